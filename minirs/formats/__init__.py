@@ -11,9 +11,19 @@ import numpy as np
 
 from minirs.errors import FormatError
 from minirs.formats.model_file import ModelFile, Tensor
+from minirs.formats.quants import dequantize
 from minirs.formats.types import QTYPES, QTYPES_BY_ID, QType
 
-__all__ = ["load_model_file", "ModelFile", "Tensor", "QType", "QTYPES", "QTYPES_BY_ID", "FormatError"]
+__all__ = [
+    "QTYPES",
+    "QTYPES_BY_ID",
+    "FormatError",
+    "ModelFile",
+    "QType",
+    "Tensor",
+    "dequantize",
+    "load_model_file",
+]
 
 
 def _map(path: Path) -> np.ndarray:

@@ -2,6 +2,9 @@
 
 The numbers are those of ggml.h (mirrored by the `gguf` package); a quantized row of `n` elements takes
 `n // block_size * type_size` bytes.
+
+safetensors also has dtypes GGUF lacks (U8, U16, U32, U64, BOOL). They get names of the same style and ids
+from 1000 up that no GGUF file can use: they are in QTYPES (by name) but not in QTYPES_BY_ID.
 """
 
 from dataclasses import dataclass
@@ -30,5 +33,9 @@ _TABLE = [
     (29, "IQ1_M", 256, 56), (30, "BF16", 1, 2), (34, "TQ1_0", 256, 54), (35, "TQ2_0", 256, 66),
 ]
 
+# minirs-only element types (safetensors dtypes with no GGML type), never read from or written to a GGUF file
+_EXTRA = [(1000, "U8", 1, 1), (1001, "U16", 1, 2), (1002, "U32", 1, 4), (1003, "U64", 1, 8), (1004, "BOOL", 1, 1)]
+
 QTYPES_BY_ID: dict[int, QType] = {i: QType(i, n, b, s) for i, n, b, s in _TABLE}
 QTYPES: dict[str, QType] = {q.name: q for q in QTYPES_BY_ID.values()}
+QTYPES.update({n: QType(i, n, b, s) for i, n, b, s in _EXTRA})
