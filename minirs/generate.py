@@ -1,0 +1,88 @@
+"""Single-sequence generation: chunked prefill, then one decode step per token.
+
+The pieces (a model forward over (token, slot, position) rows, a KV cache with slots, pure sampling
+functions) are the same ones the batching scheduler uses; this is the simplest loop over them.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from minirs.errors import RequestError
+from minirs.kv_cache import KVCache
+from minirs.sampling import SamplingParams, sample
+
+
+@dataclass
+class GenStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prompt_s: float = 0.0  # prefill time, up to the first sampled token
+    decode_s: float = 0.0
+    finish_reason: str = ""
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_s if self.prompt_s else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.decode_s and self.new_tokens > 1 else 0.0
+
+
+class Generator:
+    """Generates from one sequence at a time with a model and its own one-slot KV cache."""
+
+    def __init__(self, model, ctx_len: int = 4096, max_chunk: int = 256):
+        self.model = model
+        self.ctx_len = min(ctx_len, model.config.context_length)
+        self.max_chunk = max_chunk
+        self.cache = KVCache(model.config, model.backend, 1, self.ctx_len, max_chunk)
+        self.stats = GenStats()
+
+    def prefill(self, ids: list[int], start: int = 0) -> np.ndarray:
+        """Feed ids at positions start.. in chunks; return the logits after the last one."""
+        logits = None
+        for c in range(0, len(ids), self.max_chunk):
+            chunk = np.asarray(ids[c:c + self.max_chunk], dtype=np.int64)
+            pos = np.arange(start + c, start + c + len(chunk), dtype=np.int64)
+            slots = np.zeros(len(chunk), dtype=np.int64)
+            logits = self.model.forward(chunk, slots, pos, self.cache, logit_rows=[len(chunk) - 1])[0]
+        return logits
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
+                 stop_ids=(), start: int = 0) -> Iterator[int]:
+        """Yield new token ids. `start` > 0 continues a sequence whose first `start` tokens are cached."""
+        if not prompt_ids:
+            raise RequestError("the prompt is empty (no tokens)")
+        if max_tokens <= 0:
+            raise RequestError(f"invalid max_tokens: {max_tokens}")
+        if start + len(prompt_ids) >= self.ctx_len:
+            raise RequestError(f"prompt of {start + len(prompt_ids)} tokens does not fit the context "
+                               f"of {self.ctx_len} tokens")
+        rng = np.random.default_rng(params.seed)
+        st = self.stats = GenStats(prompt_tokens=len(prompt_ids))
+        t0 = time.perf_counter()
+        logits = self.prefill(prompt_ids, start)
+        pos = start + len(prompt_ids)
+        stop = set(stop_ids)
+        st.finish_reason = "length"
+        t1 = None
+        while True:
+            tok = sample(logits, params, rng)
+            st.new_tokens += 1
+            if t1 is None:
+                t1 = time.perf_counter()
+                st.prompt_s = t1 - t0
+            st.decode_s = time.perf_counter() - t1
+            if tok in stop:
+                st.finish_reason = "stop"
+                return
+            yield tok
+            if st.new_tokens >= max_tokens or pos + 1 >= self.ctx_len:
+                return
+            logits = self.model.forward(np.array([tok]), np.zeros(1, np.int64), np.array([pos]), self.cache)[0]
+            pos += 1

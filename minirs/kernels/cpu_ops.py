@@ -1,0 +1,104 @@
+"""Numba CPU kernels for everything but the quantized matmul: RMSNorm, RoPE, gated activations, attention.
+
+Each one has a NumPy twin in kernels/ref.py with the same arguments; tests compare them on random inputs.
+Kernels write into `out` arrays the caller owns, and are compiled once and cached on disk (cache=True).
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rmsnorm(x, w, eps, out):
+    """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w   for each row i of x (n, d)."""
+    n, d = x.shape
+    for i in prange(n):
+        ss = 0.0
+        for j in range(d):
+            ss += x[i, j] * x[i, j]
+        r = 1.0 / math.sqrt(ss / d + eps)
+        for j in range(d):
+            out[i, j] = x[i, j] * r * w[j]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def rope_(x, pos, inv_freq, neox):
+    """Rotate, in place, the first 2*len(inv_freq) dims of each head of x (n, h, d) by pos[t] * inv_freq."""
+    n, h, d = x.shape
+    half = inv_freq.shape[0]
+    for t in prange(n):
+        for i in range(half):
+            ang = pos[t] * inv_freq[i]
+            c, s = math.cos(ang), math.sin(ang)
+            i0, i1 = (i, i + half) if neox else (2 * i, 2 * i + 1)
+            for head in range(h):
+                a, b = x[t, head, i0], x[t, head, i1]
+                x[t, head, i0] = a * c - b * s
+                x[t, head, i1] = a * s + b * c
+    return x
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gated_act(gate, up, gelu, out):
+    """out = act(gate) * up, act = SiLU, or tanh-GELU when gelu is True.  gate, up, out: (n, f)."""
+    n, f = gate.shape
+    k = math.sqrt(2.0 / math.pi)
+    for i in prange(n):
+        for j in range(f):
+            g = gate[i, j]
+            if gelu:
+                a = 0.5 * g * (1.0 + math.tanh(k * (g + 0.044715 * g * g * g)))
+            else:
+                a = g / (1.0 + math.exp(-g))
+            out[i, j] = a * up[i, j]
+    return out
+
+
+@njit(cache=True)
+def kv_write(k_cache, v_cache, slots, pos, k, v):
+    """Store k, v (n, h_kv, d) of each token at row pos % L of its slot's ring buffer (n_slots, h_kv, L, d)."""
+    L = k_cache.shape[2]
+    for t in range(k.shape[0]):
+        r = pos[t] % L
+        k_cache[slots[t], :, r, :] = k[t]
+        v_cache[slots[t], :, r, :] = v[t]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
+    """Causal GQA over ring-buffer caches; see ref.attention for the math.  q, out: (n, h, d)."""
+    n, h, d = q.shape
+    h_kv, L = k_cache.shape[1], k_cache.shape[2]
+    group = h // h_kv
+    for job in prange(n * h):
+        t, head = job // h, job % h
+        s, kv, p = slots[t], head // group, pos[t]
+        lo = max(0, p - window + 1) if window > 0 else 0
+        m = p + 1 - lo
+        scores = np.empty(m, dtype=np.float32)
+        best = -np.inf
+        for jj in range(m):
+            r = (lo + jj) % L
+            acc = 0.0
+            for c in range(d):
+                acc += q[t, head, c] * k_cache[s, kv, r, c]
+            acc *= scale
+            if softcap > 0:
+                acc = softcap * math.tanh(acc / softcap)
+            scores[jj] = acc
+            best = max(best, acc)
+        total = 0.0
+        for jj in range(m):
+            scores[jj] = math.exp(scores[jj] - best)
+            total += scores[jj]
+        for c in range(d):
+            out[t, head, c] = 0.0
+        for jj in range(m):
+            r = (lo + jj) % L
+            wgt = scores[jj] / total
+            for c in range(d):
+                out[t, head, c] += wgt * v_cache[s, kv, r, c]
+    return out
