@@ -1,0 +1,445 @@
+"""CPU quantized matmul: y = x @ W.T computed on the quantized blocks, with Numba.
+
+    w = QMatrix.from_tensor(tensor)        # once per weight, at load time
+    y = qmatmul(w, x)                      # x (n, n_in) float32 -> y (n, n_out) float32
+    e = embedding_rows(w, ids)             # (len(ids), n_in) float32, bit-exact with gguf's dequantize
+    y_ref = qmatmul_ref(tensor, x)         # the NumPy twin: x @ dequantize(W).T
+
+Load time re-lays every GGML block type out into one of four *families* of plain arrays, so that four pairs of
+kernels (a fused dot for small n, a row decoder for large n and for embeddings) cover fifteen types. The f16
+scales become f32 (Numba has no float16), scales x sub-scales are multiplied out, and nibbles are re-packed to
+one order. Every conversion keeps the gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
+
+| family | weight element                       | arrays (per row)                                   | types                 |
+| ------ | ------------------------------------ | -------------------------------------------------- | --------------------- |
+| q4     | d[g] * (q - off) (+ m[g])            | q: n_in/2 bytes, lo nibble = j, hi = j+16 of a 32  | Q4_0, Q4_1, Q4_K      |
+| iq4    | d[g] * LUT[q]                        | q: as q4                                           | IQ4_NL, IQ4_XS        |
+| q5     | d[g] * (q + 16*hbit - off) (+ m[g])  | q: as q4; h: 4 bytes per 32, bit j = element j     | Q5_0, Q5_1, Q5_K      |
+| q8     | d[g] * q (+ m[g])                    | q: int8 per element                                | Q8_0, Q6_K, Q3_K, Q2_K |
+
+g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). The 6-, 3- and 2-bit K types are widened to one int8 per
+weight: simpler and faster kernels for rarely used types, at 1.2x (Q6_K) to 3x (Q2_K) their file size.
+F32, F16 and BF16 keep their bytes and go through NumPy (BLAS). Activations and accumulation stay float32.
+
+Small n (decode) runs a fused kernel per family with prange over output rows; large n (prefill) decodes a tile
+of rows to float32 in a reused buffer and hands it to BLAS sgemm.
+"""
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from minirs.formats.model_file import Tensor
+from minirs.formats.types import QTYPES
+
+SMALL_N = 4  # n <= SMALL_N: fused kernel (weights read once per row, x from L1); larger n: tile decode + sgemm
+TILE_ELEMS = 1 << 18  # float32 elements in one decoded tile (1 MiB, fits L2)
+
+IQ4_LUT = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+_NO_ARR = np.zeros((0, 0), np.uint8)
+_NO_M = np.zeros((0, 0), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Load time: GGML blocks -> family arrays (NumPy, once per weight)
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class QMatrix:
+    """A weight matrix (n_out, n_in) kept quantized, in the layout of its kernel family (see module docstring)."""
+
+    qtype: str
+    n_out: int
+    n_in: int
+    family: str  # "q4", "iq4", "q5", "q8" or "float"
+    q: np.ndarray  # (n_out, n_in/2) uint8 nibbles, (n_out, n_in) int8, or the raw float rows for "float"
+    d: np.ndarray  # (n_out, n_in/g) float32 group scales
+    m: np.ndarray = field(default_factory=lambda: _NO_M)  # (n_out, n_in/g) float32 group offsets, or (0, 0) when the type has none
+    h: np.ndarray = field(default_factory=lambda: _NO_ARR)  # (n_out, n_in/8) uint8 fifth bits (q5 only)
+    off: int = 0  # integer subtracted from q before scaling (Q4_0: 8, Q5_0: 16)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.q.nbytes + self.d.nbytes + self.m.nbytes + self.h.nbytes)
+
+    @classmethod
+    def from_tensor(cls, t: Tensor) -> "QMatrix":
+        if len(t.shape) != 2:
+            raise ValueError(f"{t.name}: a matrix needs 2 dims, got shape {t.shape}")
+        n_out, n_in = t.shape
+        if t.qtype not in _RELAYOUT:
+            raise NotImplementedError(f"{t.name}: no CPU matmul for type {t.qtype} (have {sorted(_RELAYOUT)})")
+        if n_in % QTYPES[t.qtype].block_size:
+            raise ValueError(f"{t.name}: n_in={n_in} is not a multiple of {t.qtype}'s block size")
+        return _RELAYOUT[t.qtype](t.qtype, n_out, n_in, t.rows())
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    """(..., 2) uint8 little-endian f16 bytes -> (...) float32."""
+    return np.ascontiguousarray(b).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _pack_nibbles(v: np.ndarray) -> np.ndarray:
+    """(n_out, n_groups, 32) values 0..15 -> (n_out, n_groups*16) bytes: lo nibble = element j, hi = element j+16."""
+    v = v.astype(np.uint8)
+    return np.ascontiguousarray(v[..., :16] | (v[..., 16:] << 4)).reshape(v.shape[0], -1)
+
+
+def _pack_hbits(v: np.ndarray) -> np.ndarray:
+    """(n_out, n_groups, 32) values 0..31 -> (n_out, n_groups*4) bytes holding bit 4 of element j at bit j."""
+    return np.packbits((v >> 4).astype(np.uint8) & 1, axis=-1, bitorder="little").reshape(v.shape[0], -1)
+
+
+def _k_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K / Q5_K 12-byte scales -> (sc, mn), each (..., 8) 6-bit values.
+
+    bytes 0-3: sc[0..3] low 6 bits, sc[4..7] bits 4-5 in the top 2; bytes 4-7: mn alike;
+    bytes 8-11: low nibble sc[4..7] bits 0-3, high nibble mn[4..7] bits 0-3.
+    """
+    a, b, c = s[..., 0:4], s[..., 4:8], s[..., 8:12]
+    sc = np.concatenate([a & 63, (c & 15) | ((a >> 2) & 48)], axis=-1)
+    mn = np.concatenate([b & 63, (c >> 4) | ((b >> 2) & 48)], axis=-1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _legacy(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
+    """Q4_0 [d f16, qs 16], Q4_1 [d f16, m f16, qs 16], Q5_0 [d f16, qh u32, qs 16], Q5_1 [d, m, qh u32, qs 16],
+    IQ4_NL [d f16, qs 16], Q8_0 [d f16, qs int8 32]. 32 elements per block; qs byte j holds element j (low
+    nibble) and j+16 (high nibble); bit j of qh is bit 4 of element j."""
+    nb = n_in // 32
+    blk = rows.reshape(n_out, nb, -1)
+    d = _f16(blk[..., 0:2])
+    if qtype == "Q8_0":
+        return QMatrix(qtype, n_out, n_in, "q8", np.ascontiguousarray(blk[..., 2:]).view(np.int8).reshape(n_out, n_in), d)
+    has_m = qtype in ("Q4_1", "Q5_1")
+    m = _f16(blk[..., 2:4]) if has_m else _NO_M
+    p = 4 if has_m else 2
+    if qtype.startswith("Q5"):
+        h = np.ascontiguousarray(blk[..., p:p + 4]).reshape(n_out, -1)
+        q = np.ascontiguousarray(blk[..., p + 4:]).reshape(n_out, -1)
+        return QMatrix(qtype, n_out, n_in, "q5", q, d, m, h, 0 if has_m else 16)
+    q = np.ascontiguousarray(blk[..., p:]).reshape(n_out, -1)
+    if qtype == "IQ4_NL":
+        return QMatrix(qtype, n_out, n_in, "iq4", q, d)
+    return QMatrix(qtype, n_out, n_in, "q4", q, d, m, off=0 if has_m else 8)
+
+
+def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
+    """Q4_K [d f16, dmin f16, scales 12, qs 128] and Q5_K [d, dmin, scales 12, qh 32, qs 128], 256 elements.
+
+    Element e = 64*c + 32*k + l (chunk c, half k, lane l) is nibble k of qs[32*c + l], and its fifth bit is bit
+    e // 32 of qh[l]; group e // 32 has weight d*sc[g] * q - dmin*mn[g].
+    """
+    nb = n_in // 256
+    blk = rows.reshape(n_out, nb, -1)
+    sc, mn = _k_scale_min(blk[..., 4:16])
+    d = (_f16(blk[..., 0:2])[..., None] * sc).reshape(n_out, -1)
+    m = -(_f16(blk[..., 2:4])[..., None] * mn).reshape(n_out, -1)
+    qs = blk[..., -128:].reshape(n_out, nb, 4, 1, 32)
+    v = ((qs >> np.array([0, 4], np.uint8).reshape(2, 1)) & 15).reshape(n_out, nb * 8, 32)
+    if qtype == "Q4_K":
+        return QMatrix(qtype, n_out, n_in, "q4", _pack_nibbles(v), d, m)
+    qh = blk[..., 16:48].reshape(n_out, nb, 1, 32)
+    v = v | (((qh >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1) << 4).reshape(n_out, nb * 8, 32)
+    return QMatrix(qtype, n_out, n_in, "q5", _pack_nibbles(v & 15), d, m, _pack_hbits(v))
+
+
+def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
+    """IQ4_XS [d f16, scales_h u16, scales_l 4, qs 128], 256 elements in 8 groups of 32 laid out as IQ4_NL's qs;
+    group g's scale is (nibble g of scales_l | bits 2g..2g+1 of scales_h << 4) - 32."""
+    nb = n_in // 256
+    blk = rows.reshape(n_out, nb, -1)
+    sh = np.ascontiguousarray(blk[..., 2:4]).view(np.uint16)  # (n_out, nb, 1)
+    sl = blk[..., 4:8]
+    g = np.arange(8)
+    lo = (sl[..., g // 2] >> (4 * (g % 2)).astype(np.uint8)) & 15
+    hi = (sh >> (2 * g).astype(np.uint16)) & 3
+    sc = (lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32
+    d = (_f16(blk[..., 0:2])[..., None] * sc.astype(np.float32)).reshape(n_out, -1)
+    return QMatrix(qtype, n_out, n_in, "iq4", np.ascontiguousarray(blk[..., 8:]).reshape(n_out, -1), d)
+
+
+def _q6_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
+    """Q6_K [ql 128, qh 64, scales int8 16, d f16], 256 elements. Element e = 128*h + 64*s + l (l < 64) has low
+    nibble s of ql[64*h + l]; e = 128*h + 32*t + l (l < 32) has bits 2t..2t+1 of qh[32*h + l] as bits 4-5;
+    weight (d * scales[e // 16]) * (q - 32)."""
+    nb = n_in // 256
+    blk = rows.reshape(n_out, nb, -1)
+    ql = (blk[..., 0:128].reshape(n_out, nb, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(2, 1)) & 15
+    qh = (blk[..., 128:192].reshape(n_out, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 3
+    q = (ql.reshape(n_out, nb, 256) | (qh.reshape(n_out, nb, 256) << 4)).astype(np.int8) - np.int8(32)
+    sc = blk[..., 192:208].view(np.int8).astype(np.float32)
+    d = (_f16(blk[..., 208:210])[..., None] * sc).reshape(n_out, -1)
+    return QMatrix(qtype, n_out, n_in, "q8", q.reshape(n_out, n_in), d)
+
+
+def _q3_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
+    """Q3_K [hmask 32, qs 64, scales 12, d f16], 256 elements. Element e = 128*h + 32*s + l has bits 2s..2s+1 of
+    qs[32*h + l], minus 4 unless bit e // 32 of hmask[l] is set; 16 6-bit scales (low nibbles from bytes 0-7,
+    2-bit highs from bytes 8-11), weight (d * (scale - 32)) * q."""
+    nb = n_in // 256
+    blk = rows.reshape(n_out, nb, -1)
+    ql = (blk[..., 32:96].reshape(n_out, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 3
+    hm = (blk[..., 0:32].reshape(n_out, nb, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1
+    q = ql.reshape(n_out, nb, 256).astype(np.int8) - ((hm.reshape(n_out, nb, 256) ^ 1) << 2).astype(np.int8)
+    s = blk[..., 96:108]
+    k = np.arange(16)
+    lo = (s[..., k % 8] >> (4 * (k // 8)).astype(np.uint8)) & 15
+    hi = (s[..., 8 + k % 4] >> (2 * (k // 4)).astype(np.uint8)) & 3
+    sc = ((lo | (hi << 4)).astype(np.int8) - np.int8(32)).astype(np.float32)
+    d = (_f16(blk[..., 108:110])[..., None] * sc).reshape(n_out, -1)
+    return QMatrix(qtype, n_out, n_in, "q8", q.reshape(n_out, n_in), d)
+
+
+def _q2_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
+    """Q2_K [scales 16, qs 64, d f16, dmin f16], 256 elements. Element e = 128*h + 32*s + l is bits 2s..2s+1 of
+    qs[32*h + l]; weight (d * (scales[e//16] & 15)) * q - dmin * (scales[e//16] >> 4)."""
+    nb = n_in // 256
+    blk = rows.reshape(n_out, nb, -1)
+    q = (blk[..., 16:80].reshape(n_out, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 3
+    s = blk[..., 0:16]
+    d = (_f16(blk[..., 80:82])[..., None] * (s & 15).astype(np.float32)).reshape(n_out, -1)
+    m = -(_f16(blk[..., 82:84])[..., None] * (s >> 4).astype(np.float32)).reshape(n_out, -1)
+    return QMatrix(qtype, n_out, n_in, "q8", q.astype(np.int8).reshape(n_out, n_in), d, m)
+
+
+def _float(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
+    """F32 / F16 / BF16 rows, kept as the file's bytes (a view, no copy)."""
+    dt = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[qtype]
+    return QMatrix(qtype, n_out, n_in, "float", rows.view(dt), _NO_M)
+
+
+_RELAYOUT = {
+    "Q4_0": _legacy, "Q4_1": _legacy, "Q5_0": _legacy, "Q5_1": _legacy, "Q8_0": _legacy, "IQ4_NL": _legacy,
+    "Q4_K": _q45k, "Q5_K": _q45k, "IQ4_XS": _iq4_xs, "Q6_K": _q6_k, "Q3_K": _q3_k, "Q2_K": _q2_k,
+    "F32": _float, "F16": _float, "BF16": _float,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels. Decoders (`_deq_*`) are bit-exact with gguf (no fastmath); fused dots (`_dot_*`) use fastmath and the
+# group sums xs[i, g] = sum_j x[i, 32*g + j] so that offsets cost one multiply per group.
+# ---------------------------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _deq_q4(q, d, m, off, rows, out):
+    # out[r, 32g + j] = d[rows[r], g] * (nibble_j - off) (+ m[rows[r], g])
+    has_m = m.shape[0] > 0
+    for r in prange(out.shape[0]):
+        for g in range(d.shape[1]):
+            s = d[rows[r], g]
+            for j in range(16):
+                b = q[rows[r], 16 * g + j]
+                lo = s * np.float32(np.int32(b & 15) - off)
+                hi = s * np.float32(np.int32(b >> 4) - off)
+                if has_m:
+                    lo += m[rows[r], g]
+                    hi += m[rows[r], g]
+                out[r, 32 * g + j] = lo
+                out[r, 32 * g + j + 16] = hi
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _dot_q4(q, d, m, off, x, xs, y):
+    # y[i, r] = sum_g d[r, g] * sum_j nibble_j * x[i, 32g + j] + (m[r, g] - off * d[r, g]) * xs[i, g]
+    has_m = m.shape[0] > 0
+    for r in prange(d.shape[0]):
+        for i in range(x.shape[0]):
+            acc = np.float32(0.0)
+            for g in range(d.shape[1]):
+                s = np.float32(0.0)
+                for j in range(16):
+                    b = q[r, 16 * g + j]
+                    s += np.float32(b & 15) * x[i, 32 * g + j] + np.float32(b >> 4) * x[i, 32 * g + j + 16]
+                c = -np.float32(off) * d[r, g]
+                if has_m:
+                    c += m[r, g]
+                acc += d[r, g] * s + c * xs[i, g]
+            y[i, r] = acc
+
+
+@njit(cache=True, parallel=True)
+def _deq_iq4(q, d, lut, rows, out):
+    # out[r, 32g + j] = d[rows[r], g] * LUT[nibble_j]
+    for r in prange(out.shape[0]):
+        for g in range(d.shape[1]):
+            s = d[rows[r], g]
+            for j in range(16):
+                b = q[rows[r], 16 * g + j]
+                out[r, 32 * g + j] = s * lut[b & 15]
+                out[r, 32 * g + j + 16] = s * lut[b >> 4]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _dot_iq4(q, d, lut, x, y):
+    # y[i, r] = sum_g d[r, g] * sum_j LUT[nibble_j] * x[i, 32g + j]
+    for r in prange(d.shape[0]):
+        for i in range(x.shape[0]):
+            acc = np.float32(0.0)
+            for g in range(d.shape[1]):
+                s = np.float32(0.0)
+                for j in range(16):
+                    b = q[r, 16 * g + j]
+                    s += lut[b & 15] * x[i, 32 * g + j] + lut[b >> 4] * x[i, 32 * g + j + 16]
+                acc += d[r, g] * s
+            y[i, r] = acc
+
+
+@njit(cache=True, parallel=True)
+def _deq_q5(q, h, d, m, off, rows, out):
+    # out[r, 32g + j] = d[rows[r], g] * (nibble_j + 16 * hbit_j - off) (+ m[rows[r], g])
+    has_m = m.shape[0] > 0
+    for r in prange(out.shape[0]):
+        for g in range(d.shape[1]):
+            s = d[rows[r], g]
+            hb = np.uint32(0)
+            for k in range(4):
+                hb |= np.uint32(h[rows[r], 4 * g + k]) << np.uint32(8 * k)
+            for j in range(16):
+                b = q[rows[r], 16 * g + j]
+                vlo = np.int32(b & 15) | np.int32(((hb >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
+                vhi = np.int32(b >> 4) | np.int32(((hb >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
+                lo = s * np.float32(vlo - off)
+                hi = s * np.float32(vhi - off)
+                if has_m:
+                    lo += m[rows[r], g]
+                    hi += m[rows[r], g]
+                out[r, 32 * g + j] = lo
+                out[r, 32 * g + j + 16] = hi
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _dot_q5(q, h, d, m, off, x, xs, y):
+    # y[i, r] = sum_g d[r, g] * sum_j (nibble_j + 16 hbit_j) * x[i, 32g + j] + (m[r, g] - off * d[r, g]) * xs[i, g]
+    has_m = m.shape[0] > 0
+    for r in prange(d.shape[0]):
+        for i in range(x.shape[0]):
+            acc = np.float32(0.0)
+            for g in range(d.shape[1]):
+                hb = np.uint32(0)
+                for k in range(4):
+                    hb |= np.uint32(h[r, 4 * g + k]) << np.uint32(8 * k)
+                s = np.float32(0.0)
+                for j in range(16):
+                    b = q[r, 16 * g + j]
+                    vlo = np.int32(b & 15) | np.int32(((hb >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
+                    vhi = np.int32(b >> 4) | np.int32(((hb >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
+                    s += np.float32(vlo) * x[i, 32 * g + j] + np.float32(vhi) * x[i, 32 * g + j + 16]
+                c = -np.float32(off) * d[r, g]
+                if has_m:
+                    c += m[r, g]
+                acc += d[r, g] * s + c * xs[i, g]
+            y[i, r] = acc
+
+
+@njit(cache=True, parallel=True)
+def _deq_q8(q, d, m, rows, out):
+    # out[r, k] = d[rows[r], k // gs] * q[rows[r], k] (+ m[rows[r], k // gs])
+    has_m = m.shape[0] > 0
+    gs = q.shape[1] // d.shape[1]
+    for r in prange(out.shape[0]):
+        for g in range(d.shape[1]):
+            s = d[rows[r], g]
+            for j in range(gs):
+                v = s * np.float32(q[rows[r], gs * g + j])
+                if has_m:
+                    v += m[rows[r], g]
+                out[r, gs * g + j] = v
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _dot_q8(q, d, m, x, xs, y):
+    # y[i, r] = sum_g d[r, g] * sum_j q[r, gs*g + j] * x[i, gs*g + j] (+ m[r, g] * xs[i, g])
+    has_m = m.shape[0] > 0
+    gs = q.shape[1] // d.shape[1]
+    for r in prange(d.shape[0]):
+        for i in range(x.shape[0]):
+            acc = np.float32(0.0)
+            for g in range(d.shape[1]):
+                s = np.float32(0.0)
+                for j in range(gs):
+                    s += np.float32(q[r, gs * g + j]) * x[i, gs * g + j]
+                acc += d[r, g] * s
+                if has_m:
+                    acc += m[r, g] * xs[i, g]
+            y[i, r] = acc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------------
+
+def _decode_rows(w: QMatrix, rows: np.ndarray, out: np.ndarray) -> None:
+    """out (len(rows), n_in) <- float32 rows `rows` (int64) of W, bit-exact with gguf's dequantize."""
+    f = w.family
+    if f == "q4":
+        _deq_q4(w.q, w.d, w.m, w.off, rows, out)
+    elif f == "iq4":
+        _deq_iq4(w.q, w.d, IQ4_LUT, rows, out)
+    elif f == "q5":
+        _deq_q5(w.q, w.h, w.d, w.m, w.off, rows, out)
+    elif f == "q8":
+        _deq_q8(w.q, w.d, w.m, rows, out)
+    else:
+        raw = w.q[rows]
+        out[:] = (raw.astype(np.uint32) << 16).view(np.float32) if w.qtype == "BF16" else raw
+
+
+def _group_sums(x: np.ndarray, n_groups: int) -> np.ndarray:
+    return x.reshape(x.shape[0], n_groups, -1).sum(axis=-1, dtype=np.float32)
+
+
+def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
+    """y = x @ W.T   x: (n, n_in) float32 C-contiguous -> (n, n_out) float32."""
+    if x.ndim != 2 or x.shape[1] != w.n_in:
+        raise ValueError(f"qmatmul: x has shape {x.shape}, expected (n, {w.n_in}) for a {w.qtype} matrix "
+                         f"({w.n_out}, {w.n_in})")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    y = np.empty((n, w.n_out), np.float32)
+    if w.family == "float" and w.qtype == "F32":
+        return np.dot(x, w.q.T, out=y)
+    if n <= SMALL_N and w.family != "float":
+        if w.family == "q4":
+            _dot_q4(w.q, w.d, w.m, w.off, x, _group_sums(x, w.d.shape[1]), y)
+        elif w.family == "iq4":
+            _dot_iq4(w.q, w.d, IQ4_LUT, x, y)
+        elif w.family == "q5":
+            _dot_q5(w.q, w.h, w.d, w.m, w.off, x, _group_sums(x, w.d.shape[1]), y)
+        else:
+            xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] else x[:, :0]
+            _dot_q8(w.q, w.d, w.m, x, np.ascontiguousarray(xs), y)
+        return y
+    tile_rows = max(16, min(w.n_out, TILE_ELEMS // w.n_in))
+    buf = np.empty((tile_rows, w.n_in), np.float32)
+    for r0 in range(0, w.n_out, tile_rows):
+        r1 = min(w.n_out, r0 + tile_rows)
+        tile = buf[: r1 - r0]
+        _decode_rows(w, np.arange(r0, r1, dtype=np.int64), tile)
+        y[:, r0:r1] = x @ tile.T
+    return y
+
+
+def embedding_rows(w: QMatrix, ids) -> np.ndarray:
+    """Rows `ids` of W as float32: (len(ids), n_in), bit-exact with gguf's dequantize (token embedding lookup)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    bad = (ids < 0) | (ids >= w.n_out)
+    if bad.any():
+        raise IndexError(f"embedding_rows: id {ids[bad][0]} out of range for a matrix of {w.n_out} rows")
+    out = np.empty((ids.shape[0], w.n_in), np.float32)
+    _decode_rows(w, ids, out)
+    return out
+
+
+def qmatmul_ref(t, x: np.ndarray, qtype: str | None = None) -> np.ndarray:
+    """The NumPy twin: x @ dequantize(W).T, for a Tensor, or for raw (n_out, row_bytes) uint8 rows plus qtype."""
+    import gguf
+    raw, qtype = (t.rows(), t.qtype) if isinstance(t, Tensor) else (t, qtype)
+    return x @ gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype]).T
+
+
+def set_threads(n: int) -> None:
+    """Threads for the prange kernels (default: all cores)."""
+    numba.set_num_threads(n)
