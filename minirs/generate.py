@@ -41,7 +41,23 @@ class Generator:
         self.ctx_len = min(ctx_len, model.config.context_length)
         self.max_chunk = max_chunk
         self.cache = KVCache(model.config, model.backend, 1, self.ctx_len, max_chunk)
+        self.cached: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self.stats = GenStats()
+
+    def reusable_prefix(self, ids: list[int]) -> int:
+        """How many leading ids can be taken from the cache instead of recomputed (at least one is left to run).
+
+        Sliding-window rings keep only the last window + max_chunk positions, so rewinding further back than
+        max_chunk would read overwritten rows: then nothing is reused.
+        """
+        n = 0
+        limit = min(len(ids) - 1, len(self.cached))
+        while n < limit and ids[n] == self.cached[n]:
+            n += 1
+        has_local = any(self.model.config.is_local(i) for i in range(self.model.config.n_layers))
+        if has_local and len(self.cached) - n > self.max_chunk:
+            return 0
+        return n
 
     def prefill(self, ids: list[int], start: int = 0) -> np.ndarray:
         """Feed ids at positions start.. in chunks; return the logits after the last one."""
@@ -53,21 +69,29 @@ class Generator:
             logits = self.model.forward(chunk, slots, pos, self.cache, logit_rows=[len(chunk) - 1])[0]
         return logits
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-                 stop_ids=(), start: int = 0) -> Iterator[int]:
-        """Yield new token ids. `start` > 0 continues a sequence whose first `start` tokens are cached."""
-        if not prompt_ids:
+    def generate(self, ids: list[int], params: SamplingParams, max_tokens: int, stop_ids=()) -> Iterator[int]:
+        """Yield new token ids after the prompt `ids`, reusing whatever prefix of it the cache already holds.
+
+        A stop id ends generation and is not yielded.
+        """
+        ids = [int(i) for i in ids]
+        if not ids:
             raise RequestError("the prompt is empty (no tokens)")
         if max_tokens <= 0:
             raise RequestError(f"invalid max_tokens: {max_tokens}")
-        if start + len(prompt_ids) >= self.ctx_len:
-            raise RequestError(f"prompt of {start + len(prompt_ids)} tokens does not fit the context "
-                               f"of {self.ctx_len} tokens")
+        if len(ids) >= self.ctx_len:
+            raise RequestError(f"prompt of {len(ids)} tokens does not fit the context of {self.ctx_len} tokens")
+        bad = [i for i in ids if not 0 <= i < self.model.config.vocab_size]
+        if bad:
+            raise RequestError(f"token id {bad[0]} is outside the vocabulary (size {self.model.config.vocab_size})")
         rng = np.random.default_rng(params.seed)
-        st = self.stats = GenStats(prompt_tokens=len(prompt_ids))
+        start = self.reusable_prefix(ids)
+        st = self.stats = GenStats(prompt_tokens=len(ids) - start)
         t0 = time.perf_counter()
-        logits = self.prefill(prompt_ids, start)
-        pos = start + len(prompt_ids)
+        self.cached = ids[:start]
+        logits = self.prefill(ids[start:], start)
+        self.cached = list(ids)
+        pos = len(ids)
         stop = set(stop_ids)
         st.finish_reason = "length"
         t1 = None
@@ -85,4 +109,5 @@ class Generator:
             if st.new_tokens >= max_tokens or pos + 1 >= self.ctx_len:
                 return
             logits = self.model.forward(np.array([tok]), np.zeros(1, np.int64), np.array([pos]), self.cache)[0]
+            self.cached.append(tok)
             pos += 1

