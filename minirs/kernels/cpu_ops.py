@@ -2,6 +2,7 @@
 
 Each one has a NumPy twin in kernels/ref.py with the same arguments; tests compare them on random inputs.
 Kernels write into `out` arrays the caller owns, and are compiled once and cached on disk (cache=True).
+The element-wise kernels are serial: waking Numba's thread pool costs more than they take at decode sizes.
 """
 
 import math
@@ -10,11 +11,11 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def rmsnorm(x, w, eps, out):
     """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w   for each row i of x (n, d)."""
     n, d = x.shape
-    for i in prange(n):
+    for i in range(n):
         ss = 0.0
         for j in range(d):
             ss += x[i, j] * x[i, j]
@@ -24,12 +25,12 @@ def rmsnorm(x, w, eps, out):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def rope_(x, pos, inv_freq, neox):
     """Rotate, in place, the first 2*len(inv_freq) dims of each head of x (n, h, d) by pos[t] * inv_freq."""
     n, h, d = x.shape
     half = inv_freq.shape[0]
-    for t in prange(n):
+    for t in range(n):
         for i in range(half):
             ang = pos[t] * inv_freq[i]
             c, s = math.cos(ang), math.sin(ang)
@@ -41,12 +42,12 @@ def rope_(x, pos, inv_freq, neox):
     return x
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def gated_act(gate, up, gelu, out):
     """out = act(gate) * up, act = SiLU, or tanh-GELU when gelu is True.  gate, up, out: (n, f)."""
     n, f = gate.shape
     k = math.sqrt(2.0 / math.pi)
-    for i in prange(n):
+    for i in range(n):
         for j in range(f):
             g = gate[i, j]
             if gelu:
