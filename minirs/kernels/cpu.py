@@ -36,9 +36,25 @@ class CpuBackend:
         from minirs.kernels.cpu_matmul import qmatmul
         return qmatmul(w, np.ascontiguousarray(x, dtype=np.float32))
 
-    def embed(self, w, ids: np.ndarray) -> np.ndarray:
+    def embed(self, w, ids: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """x[i] = W[ids[i]] * scale"""
         from minirs.kernels.cpu_matmul import embedding_rows
-        return embedding_rows(w, np.asarray(ids, dtype=np.int64))
+        x = embedding_rows(w, np.asarray(ids, dtype=np.int64))
+        if scale != 1.0:
+            x *= np.float32(scale)
+        return x
+
+    def add_(self, x: np.ndarray, y: np.ndarray) -> None:
+        """x += y (the residual add)"""
+        x += y
+
+    def take_rows(self, x: np.ndarray, rows) -> np.ndarray:
+        return x[np.asarray(rows)]
+
+    def softcap_(self, x: np.ndarray, cap: float) -> None:
+        """x = cap * tanh(x / cap), in place"""
+        np.tanh(x / cap, out=x)
+        x *= np.float32(cap)
 
     def rmsnorm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
         shape = x.shape

@@ -87,9 +87,7 @@ class Transformer:
         """
         cfg, be = self.config, self.backend
         n = len(tokens)
-        x = be.embed(self.token_embd, tokens)  # (n, dim)
-        if cfg.embed_scale != 1.0:
-            x *= np.float32(cfg.embed_scale)
+        x = be.embed(self.token_embd, tokens, cfg.embed_scale)  # (n, dim)
         for i, lw in enumerate(self.layers):
             # attention block
             h = be.rmsnorm(x, lw.attn_norm, cfg.norm_eps)
@@ -107,17 +105,17 @@ class Transformer:
             o = be.matmul(lw.attn_output, o.reshape(n, cfg.q_dim))
             if cfg.post_norms:
                 o = be.rmsnorm(o, lw.post_attention_norm, cfg.norm_eps)
-            x += o
+            be.add_(x, o)
             # feed-forward block
             h = be.rmsnorm(x, lw.ffn_norm, cfg.norm_eps)
             f = be.gated_act(be.matmul(lw.ffn_gate, h), be.matmul(lw.ffn_up, h), cfg.activation)
             f = be.matmul(lw.ffn_down, f)
             if cfg.post_norms:
                 f = be.rmsnorm(f, lw.post_ffw_norm, cfg.norm_eps)
-            x += f
+            be.add_(x, f)
         if logit_rows is not None:
-            x = x[logit_rows]
+            x = be.take_rows(x, logit_rows)
         logits = be.matmul(self.output, be.rmsnorm(x, self.output_norm, cfg.norm_eps))
         if cfg.final_softcap > 0:
-            logits = cfg.final_softcap * np.tanh(logits / cfg.final_softcap)
+            be.softcap_(logits, cfg.final_softcap)
         return logits
