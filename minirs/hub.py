@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -284,7 +285,7 @@ def _write_ref(storage: Path, revision: str, commit: str) -> None:
 def _link(blob: Path, pointer: Path) -> None:
     """Make snapshots/.../file point at the blob: relative symlink, else hard link, else copy."""
     pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.with_name(f"{pointer.name}.{os.getpid()}.tmp")
+    tmp = pointer.with_name(f"{pointer.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
         tmp.symlink_to(os.path.relpath(blob, pointer.parent))
@@ -439,7 +440,8 @@ def _file_meta(http: _Http, url: str, repo_id: str, revision: str, filename: str
     _raise_for_status(http, r, repo_id, revision, filename)
     commit = r.headers.get("X-Repo-Commit")
     etag = _normalize_etag(r.headers.get("X-Linked-Etag") or r.headers.get("ETag"))
-    size = r.headers.get("X-Linked-Size") or r.headers.get("Content-Length")
+    # a redirect's own Content-Length is that of its empty body, not of the file
+    size = r.headers.get("X-Linked-Size") or (None if r.is_redirect else r.headers.get("Content-Length"))
     for name, value in (("X-Repo-Commit", commit), ("ETag", etag)):
         if not value or not _SAFE_NAME_RE.fullmatch(value):
             raise DownloadError(f"{url}: the server sent no usable {name} header ({value!r}); "
@@ -464,6 +466,7 @@ def _download(http: _Http, meta: _FileMeta, blob: Path, label: str, progress: bo
         have = 0
     if meta.size is not None and (free := shutil.disk_usage(blob.parent).free) < meta.size - have:
         log.warning("%s needs %d more bytes but only %d are free in %s", label, meta.size - have, free, blob.parent)
+    tmp.touch()    # so an empty file is a file too
     want_sha = meta.etag if _SHA256_RE.fullmatch(meta.etag) else None
     sha, hashed = hashlib.sha256(), 0
     failures = 0
@@ -571,15 +574,15 @@ def hf_hub_download(repo_id: str, filename: str, *, revision: str = "main", toke
             raise
         log.warning("%s; using the cached %s", e, cached)
         return cached
-    _write_ref(storage, revision, meta.commit)
     pointer = storage / "snapshots" / meta.commit / filename
-    if pointer.is_file():
-        return pointer
-    blob = storage / "blobs" / meta.etag
-    with _lock(cache / ".locks" / storage.name / f"{meta.etag}.lock"):
-        if not blob.is_file():
-            _download(http, meta, blob, label, progress)
-    _link(blob, pointer)
+    if not pointer.is_file():
+        blob = storage / "blobs" / meta.etag
+        with _lock(cache / ".locks" / storage.name / f"{meta.etag}.lock"):
+            if not blob.is_file():
+                _download(http, meta, blob, label, progress)
+        _link(blob, pointer)
+    # only now: a failed download must not move the ref away from a snapshot that works offline
+    _write_ref(storage, revision, meta.commit)
     return pointer
 
 

@@ -401,7 +401,7 @@ def test_none_and_empty_cache_send_no_token(fake, monkeypatch):
     ("cache:x", None, "takes no value"),
     (f"literal:{TOKEN}", TOKEN, "not both"),
 ])
-def test_malformed_token_sources(fake, source, value, match):
+def test_malformed_token_sources(source, value, match):
     with pytest.raises(hub.TokenSourceError, match=match) as e:
         hub.get_token(source, value)
     assert TOKEN not in str(e.value)
@@ -468,6 +468,31 @@ def test_wrong_checksum_keeps_nothing(fake, tmp_path):
     with pytest.raises(hub.ChecksumError, match=r"org/model:model.gguf: sha256 .* deleted"):
         download()
     assert data_files(storage(tmp_path)) == []
+
+
+def test_failed_update_keeps_the_old_snapshot_usable_offline(fake, monkeypatch):
+    download()
+    repo = fake.repos[REPO]
+    repo["refs"]["main"] = COMMIT2    # main moved on, and its new file arrives corrupted
+    fake.bad_checksum.add("model.gguf")
+    with pytest.raises(hub.ChecksumError):
+        download()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert download().read_bytes() == GGUF
+
+
+def test_empty_file_and_lfs_redirect_without_linked_size(fake, monkeypatch):
+    fake.add_repo("org/odd", {"empty.txt": b"", "w.gguf": GGUF}, lfs={"w.gguf"})
+    assert download("org/odd", "empty.txt").read_bytes() == b""
+    real_reply = fake.servers[0].RequestHandlerClass.reply
+
+    def reply(self, status, headers=None, body=b"", send_body=True):
+        if headers:
+            headers.pop("X-Linked-Size", None)
+        real_reply(self, status, headers, body, send_body)
+
+    monkeypatch.setattr(fake.servers[0].RequestHandlerClass, "reply", reply)    # servers[0] is the hub
+    assert download("org/odd", "w.gguf").read_bytes() == GGUF
 
 
 def test_disk_full_keeps_nothing(fake, tmp_path, monkeypatch):
