@@ -21,7 +21,7 @@ import numpy as np
 
 from minirs.errors import TokenizerError
 from minirs.tokenizer.bpe import ByteLevelBPE, bytes_to_unicode
-from minirs.tokenizer.pretokenize import pretokenizer
+from minirs.tokenizer.pretokenize import IGNORE_MERGES, pretokenizer
 from minirs.tokenizer.spm import SPACE, SentencePieceBPE, respell
 from minirs.tokenizer.stream import StreamDecoder
 
@@ -81,8 +81,8 @@ class Tokenizer:
             merges = md.get("tokenizer.ggml.merges")
             if merges is None:
                 raise TokenizerError(f"{where}: gpt2 tokenizer without tokenizer.ggml.merges")
-            pre = pretokenizer(str(md.get("tokenizer.ggml.pre", "default")))
-            model = ByteLevelBPE.from_vocab(tokens, merges, pre)
+            pre = str(md.get("tokenizer.ggml.pre", "default"))
+            model = ByteLevelBPE.from_vocab(tokens, merges, pretokenizer(pre), ignore_merges=pre in IGNORE_MERGES)
             add_bos_default = False
         elif kind == "llama":
             arch = str(md.get("general.architecture", ""))

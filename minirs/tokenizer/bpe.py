@@ -71,8 +71,9 @@ class ByteLevelBPE:
     """GPT-2 byte-level BPE over a vocabulary written in the `bytes_to_unicode` alphabet, with ranked merges."""
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pretokenizer: PreTokenizer,
-                 cache_size: int = 200_000):
+                 ignore_merges: bool = False, cache_size: int = 200_000):
         self.vocab = vocab
+        self.ignore_merges = ignore_merges  # Llama 3: a piece that is itself a token is taken whole
         self.pretokenizer = pretokenizer
         self.ranks: dict[tuple[str, str], int] = {}
         for r, (a, b) in enumerate(merges):
@@ -84,7 +85,8 @@ class ByteLevelBPE:
         self.cache_size = cache_size
 
     @classmethod
-    def from_vocab(cls, tokens: list[str], merges: list[str], pretokenizer: PreTokenizer) -> "ByteLevelBPE":
+    def from_vocab(cls, tokens: list[str], merges: list[str], pretokenizer: PreTokenizer,
+                   ignore_merges: bool = False) -> "ByteLevelBPE":
         """From a GGUF's tokens and "a b" merges. A token written outside the byte alphabet (an added token such
         as "<think>" stored as plain text) is looked up by its byte spelling, as transformers does."""
         byte_char = bytes_to_unicode()
@@ -98,7 +100,7 @@ class ByteLevelBPE:
             if len(parts) != 2:
                 raise TokenizerError(f"merge {m!r} is not two space-separated pieces")
             pairs.append((parts[0], parts[1]))
-        return cls(vocab, pairs, pretokenizer)
+        return cls(vocab, pairs, pretokenizer, ignore_merges)
 
     def _rank(self, a: str, b: str):
         return self.ranks.get((a, b))
@@ -110,6 +112,8 @@ class ByteLevelBPE:
             byte_char = self.byte_char
             symbols = [byte_char[b] for b in word.encode("utf-8", errors="surrogatepass")]
             vocab = self.vocab
+            if self.ignore_merges and "".join(symbols) in vocab:
+                return [vocab["".join(symbols)]]
             # a byte that never occurs in valid UTF-8 may lack a token; HF's BPE drops it too
             ids = [vocab[s] for s in merge_pairs(symbols, self._rank) if s in vocab]
             if len(self.cache) >= self.cache_size:

@@ -155,6 +155,10 @@ class PreTokenizer:
         return f"PreTokenizer({self.name!r})"
 
 
+# pre-tokenizer types for which llama.cpp (like Llama 3's tokenizer.json) takes a piece that is a token whole
+IGNORE_MERGES = {"llama-bpe", "llama3", "llama-v3"}
+
+
 def pretokenizer(name: str) -> PreTokenizer:
     """The pre-tokenizer llama.cpp uses for a tokenizer.ggml.pre value; unknown names fall back to GPT-2's."""
     return PreTokenizer(name, PRETOKENIZERS.get(name, [GPT2]))

