@@ -6,4 +6,22 @@ from minirs.errors import (DeviceError, FetchError, FormatError, MinirsError, Mo
 __version__ = "0.1.0"
 
 __all__ = ["MinirsError", "FormatError", "TokenizerError", "TemplateError", "RequestError", "ModelError",
-           "FetchError", "DeviceError", "__version__"]
+           "FetchError", "DeviceError", "RepoNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
+           "AuthError", "GatedRepoError", "DownloadError", "ChecksumError", "DiskFullError", "NotCachedError",
+           "TokenSourceError", "InvalidReferenceError", "Tokenizer", "__version__"]
+
+
+_HUB_ERRORS = {"RepoNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "AuthError", "GatedRepoError",
+               "DownloadError", "ChecksumError", "DiskFullError", "NotCachedError", "TokenSourceError",
+               "InvalidReferenceError"}
+
+
+def __getattr__(name):
+    # Heavier parts (requests, the tokenizer tables) load on first use, so `import minirs` stays fast.
+    if name == "Tokenizer":
+        from minirs.tokenizer import Tokenizer
+        return Tokenizer
+    if name in _HUB_ERRORS:
+        from minirs import hub
+        return getattr(hub, name)
+    raise AttributeError(f"module 'minirs' has no attribute {name!r}")

