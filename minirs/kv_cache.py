@@ -6,14 +6,13 @@ longest prefill chunk (the chunk's own keys are written before its queries read)
 unbounded context for them.
 """
 
-import numpy as np
-
 from minirs.models.config import ModelConfig
 
 
 class KVCache:
-    def __init__(self, config: ModelConfig, backend, n_slots: int, ctx_len: int, max_chunk: int, dtype=np.float32):
+    def __init__(self, config: ModelConfig, backend, n_slots: int, ctx_len: int, max_chunk: int, dtype=None):
         self.n_slots, self.ctx_len, self.max_chunk = n_slots, ctx_len, max_chunk
+        dtype = dtype or backend.kv_dtype  # float32 on the CPU, float16 on the GPU
         self.lengths = []
         self.k, self.v = [], []
         for i in range(config.n_layers):

@@ -12,6 +12,7 @@ from minirs.kernels import cpu_ops
 
 class CpuBackend:
     name = "cpu"
+    kv_dtype = np.float32
 
     # --- weights ---
     def matrix(self, t: Tensor):
