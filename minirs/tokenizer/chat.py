@@ -75,12 +75,12 @@ MISTRAL_V3 = """{%- if messages[0]['role'] == 'system' %}
             {{- '[INST] ' + message['content'] + '[/INST]' }}
         {%- endif %}
     {%- elif message['role'] == 'assistant' and message.tool_calls %}
-        {%- set calls = [] %}
+        {%- set ns = namespace(calls=[]) %}
         {%- for call in message.tool_calls %}
             {%- set f = call.function if call.function is defined else call %}
-            {%- set calls = calls + [{'name': f.name, 'arguments': f.arguments, 'id': call.id}] %}
+            {%- set ns.calls = ns.calls + [{'name': f.name, 'arguments': f.arguments, 'id': call.id}] %}
         {%- endfor %}
-        {{- '[TOOL_CALLS] ' + calls | tojson + eos_token }}
+        {{- '[TOOL_CALLS] ' + ns.calls | tojson + eos_token }}
     {%- elif message['role'] == 'assistant' %}
         {{- ' ' + message['content'] | trim + eos_token }}
     {%- elif message['role'] == 'tool' %}
