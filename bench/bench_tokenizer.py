@@ -14,9 +14,10 @@ import time
 from minirs.fetch import gemma3_path, smollm2_path
 from minirs.tokenizer import Tokenizer
 
-WORDS = ("the of and to in is that for it with as was on be by this are from at or an which have not but were "
-         "model token inference runtime quantized matrix kernel attention cache layer weight prompt sampling "
-         "résumé naïve Zürich façade Ελληνικά русский язык").split()
+WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "was", "on", "be", "by", "this",
+         "are", "from", "at", "or", "an", "which", "have", "not", "but", "were", "model", "token", "inference",
+         "runtime", "quantized", "matrix", "kernel", "attention", "cache", "layer", "weight", "prompt", "sampling",
+         "résumé", "naïve", "Zürich", "façade", "Ελληνικά", "русский", "язык"]
 CODE = ["def f(x):\n    return x * 2\n", "for (int i = 0; i < n; ++i) { a[i] += b[i]; }\n",
         "    if key not in table:\n        raise KeyError(key)\n", "SELECT id, name FROM users WHERE age > 42;\n"]
 OTHER = ["日本語のテキストです。", "中文分词测试。", "한국어 문장입니다. ", " 🎉🚀 ", " 3.14159 ", " 2024-06-01 ", "\n\n", "\t"]
@@ -44,9 +45,10 @@ def main():
     args = ap.parse_args()
     text = mixed_text(int(args.mb * 1_000_000))
     n_mb = len(text.encode()) / 1e6
-    print(f"| tokenizer | text | load s | encode s | MB/s | tokens | decode s | round trip |")
+    print("| tokenizer | text | load s | encode s | MB/s | tokens | decode s | round trip |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, path in (("SmolLM2 (byte-level BPE, smollm)", smollm2_path()), ("Gemma 3 (SentencePiece BPE)", gemma3_path())):
+    models = (("SmolLM2 (byte-level BPE, smollm)", smollm2_path()), ("Gemma 3 (SentencePiece BPE)", gemma3_path()))
+    for name, path in models:
         t0 = time.perf_counter()
         tok = Tokenizer.from_gguf(path)
         t1 = time.perf_counter()
