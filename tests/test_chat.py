@@ -67,7 +67,8 @@ def test_mistral_v3_tools():
             {"role": "tool", "tool_call_id": "abc123xyz", "content": "4"},
             {"role": "user", "content": "Thanks"}]
     out = render(BUILTIN_TEMPLATES["mistral-v3"], msgs, tools=tools, bos_token="<s>", eos_token="</s>")
-    assert out == ('<s>[INST] 2+2?[/INST][TOOL_CALLS] [{"name": "add", "arguments": {"a": 2, "b": 2}, "id": "abc123xyz"}]'
+    assert out == ('<s>[INST] 2+2?[/INST]'
+                   '[TOOL_CALLS] [{"name": "add", "arguments": {"a": 2, "b": 2}, "id": "abc123xyz"}]'
                    '</s>[TOOL_RESULTS] {"content": "4", "call_id": "abc123xyz"}[/TOOL_RESULTS]'
                    '[AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "add", "parameters": {"type": '
                    '"object"}}}][/AVAILABLE_TOOLS][INST] Thanks[/INST]')

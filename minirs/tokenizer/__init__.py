@@ -99,11 +99,12 @@ class Tokenizer:
                    if i is not None]
         eos_ids += [i for i, t in enumerate(tokens) if t in END_OF_TURN_TEXTS and types[i] == CONTROL]
         from minirs.tokenizer.chat import resolve_template
+        template = resolve_template(chat_template) if chat_template else md.get("tokenizer.chat_template")
         return cls(model, list(tokens), types, bos_id=_opt_int(md.get("tokenizer.ggml.bos_token_id")),
                    eos_ids=list(dict.fromkeys(eos_ids)),
                    add_bos=bool(md.get("tokenizer.ggml.add_bos_token", add_bos_default)),
                    add_eos=bool(md.get("tokenizer.ggml.add_eos_token", False)),
-                   chat_template=resolve_template(chat_template) if chat_template else md.get("tokenizer.chat_template"),
+                   chat_template=template,
                    unk_id=_opt_int(md.get("tokenizer.ggml.unknown_token_id")),
                    pad_id=_opt_int(md.get("tokenizer.ggml.padding_token_id")), source=where)
 
