@@ -38,8 +38,8 @@ SMALL_N = 4  # n <= SMALL_N: fused kernel (weights read once per row, x from L1)
 TILE_ELEMS = 1 << 18  # float32 elements in one decoded tile (1 MiB, fits L2)
 
 IQ4_LUT = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
-_NO_ARR = np.zeros((0, 0), np.uint8)
-_NO_M = np.zeros((0, 0), np.float32)
+_NO_M = np.zeros((0, 0, 0), np.float32)
+_NO_H = np.zeros((0, 0, 0), np.uint32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -48,16 +48,20 @@ _NO_M = np.zeros((0, 0), np.float32)
 
 @dataclass
 class QMatrix:
-    """A weight matrix (n_out, n_in) kept quantized, in the layout of its kernel family (see module docstring)."""
+    """A weight matrix (n_out, n_in) kept quantized, in the layout of its kernel family (see module docstring).
+
+    Quantized arrays are row-interleaved in tiles of L rows (L = 32, or 64 for n_out >= 4096), zero-padded to a
+    whole tile: a[t, k, l] is item k of row t*L + l.
+    """
 
     qtype: str
     n_out: int
     n_in: int
     family: str  # "q4", "iq4", "q5", "q8" or "float"
-    q: np.ndarray  # (n_out, n_in/2) uint8 nibbles, (n_out, n_in) int8, or the raw float rows for "float"
-    d: np.ndarray  # (n_out, n_in/g) float32 group scales
-    m: np.ndarray = field(default_factory=lambda: _NO_M)  # (n_out, n_in/g) float32 group offsets, or (0, 0) when the type has none
-    h: np.ndarray = field(default_factory=lambda: _NO_ARR)  # (n_out, n_in/8) uint8 fifth bits (q5 only)
+    q: np.ndarray  # (T, n_in/2, L) uint8 nibbles | (T, n_in, L) int8 | (n_out, n_in) raw F32/F16/BF16 rows
+    d: np.ndarray  # (T, n_in/gs, L) float32 group scales
+    m: np.ndarray = field(default_factory=lambda: _NO_M)  # (T, n_in/gs, L) float32 group offsets, or empty
+    h: np.ndarray = field(default_factory=lambda: _NO_H)  # (T, n_in/32, L) uint32 fifth bits (q5), or empty
     off: int = 0  # integer subtracted from q before scaling (Q4_0: 8, Q5_0: 16)
 
     @property
@@ -76,6 +80,21 @@ class QMatrix:
         return _RELAYOUT[t.qtype](t.qtype, n_out, n_in, t.rows())
 
 
+def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.ndarray, m=None, h=None,
+          off: int = 0) -> QMatrix:
+    """Build a QMatrix from row-major family arrays (n_out, ...) by interleaving them in tiles of L rows."""
+    L = 64 if n_out >= 4096 else 32
+    n_tiles = -(-n_out // L)
+
+    def tiles(a: np.ndarray) -> np.ndarray:  # (n_out, k) -> (n_tiles, k, L)
+        pad = np.zeros((n_tiles * L, a.shape[1]), a.dtype)
+        pad[:n_out] = a
+        return np.ascontiguousarray(pad.reshape(n_tiles, L, -1).transpose(0, 2, 1))
+
+    return QMatrix(qtype, n_out, n_in, family, tiles(q), tiles(d), _NO_M if m is None else tiles(m),
+                   _NO_H if h is None else tiles(h), off)
+
+
 def _f16(b: np.ndarray) -> np.ndarray:
     """(..., 2) uint8 little-endian f16 bytes -> (...) float32."""
     return np.ascontiguousarray(b).view(np.float16)[..., 0].astype(np.float32)
@@ -88,8 +107,9 @@ def _pack_nibbles(v: np.ndarray) -> np.ndarray:
 
 
 def _pack_hbits(v: np.ndarray) -> np.ndarray:
-    """(n_out, n_groups, 32) values 0..31 -> (n_out, n_groups*4) bytes holding bit 4 of element j at bit j."""
-    return np.packbits((v >> 4).astype(np.uint8) & 1, axis=-1, bitorder="little").reshape(v.shape[0], -1)
+    """(n_out, n_groups, 32) values 0..31 -> (n_out, n_groups) uint32 holding bit 4 of element j at bit j."""
+    b = np.packbits((v >> 4).astype(np.uint8) & 1, axis=-1, bitorder="little")
+    return np.ascontiguousarray(b).view("<u4").reshape(v.shape[0], -1).astype(np.uint32)
 
 
 def _k_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,18 +132,18 @@ def _legacy(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     blk = rows.reshape(n_out, nb, -1)
     d = _f16(blk[..., 0:2])
     if qtype == "Q8_0":
-        return QMatrix(qtype, n_out, n_in, "q8", np.ascontiguousarray(blk[..., 2:]).view(np.int8).reshape(n_out, n_in), d)
+        return _make(qtype, n_out, n_in, "q8", np.ascontiguousarray(blk[..., 2:]).view(np.int8).reshape(n_out, -1), d)
     has_m = qtype in ("Q4_1", "Q5_1")
-    m = _f16(blk[..., 2:4]) if has_m else _NO_M
+    m = _f16(blk[..., 2:4]) if has_m else None
     p = 4 if has_m else 2
     if qtype.startswith("Q5"):
-        h = np.ascontiguousarray(blk[..., p:p + 4]).reshape(n_out, -1)
+        h = np.ascontiguousarray(blk[..., p:p + 4]).view("<u4").reshape(n_out, -1).astype(np.uint32)
         q = np.ascontiguousarray(blk[..., p + 4:]).reshape(n_out, -1)
-        return QMatrix(qtype, n_out, n_in, "q5", q, d, m, h, 0 if has_m else 16)
+        return _make(qtype, n_out, n_in, "q5", q, d, m, h, 0 if has_m else 16)
     q = np.ascontiguousarray(blk[..., p:]).reshape(n_out, -1)
     if qtype == "IQ4_NL":
-        return QMatrix(qtype, n_out, n_in, "iq4", q, d)
-    return QMatrix(qtype, n_out, n_in, "q4", q, d, m, off=0 if has_m else 8)
+        return _make(qtype, n_out, n_in, "iq4", q, d)
+    return _make(qtype, n_out, n_in, "q4", q, d, m, off=0 if has_m else 8)
 
 
 def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
@@ -140,10 +160,10 @@ def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     qs = blk[..., -128:].reshape(n_out, nb, 4, 1, 32)
     v = ((qs >> np.array([0, 4], np.uint8).reshape(2, 1)) & 15).reshape(n_out, nb * 8, 32)
     if qtype == "Q4_K":
-        return QMatrix(qtype, n_out, n_in, "q4", _pack_nibbles(v), d, m)
+        return _make(qtype, n_out, n_in, "q4", _pack_nibbles(v), d, m)
     qh = blk[..., 16:48].reshape(n_out, nb, 1, 32)
     v = v | (((qh >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1) << 4).reshape(n_out, nb * 8, 32)
-    return QMatrix(qtype, n_out, n_in, "q5", _pack_nibbles(v & 15), d, m, _pack_hbits(v))
+    return _make(qtype, n_out, n_in, "q5", _pack_nibbles(v & 15), d, m, _pack_hbits(v))
 
 
 def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
@@ -158,7 +178,7 @@ def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     hi = (sh >> (2 * g).astype(np.uint16)) & 3
     sc = (lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32
     d = (_f16(blk[..., 0:2])[..., None] * sc.astype(np.float32)).reshape(n_out, -1)
-    return QMatrix(qtype, n_out, n_in, "iq4", np.ascontiguousarray(blk[..., 8:]).reshape(n_out, -1), d)
+    return _make(qtype, n_out, n_in, "iq4", np.ascontiguousarray(blk[..., 8:]).reshape(n_out, -1), d)
 
 
 def _q6_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
@@ -172,7 +192,7 @@ def _q6_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     q = (ql.reshape(n_out, nb, 256) | (qh.reshape(n_out, nb, 256) << 4)).astype(np.int8) - np.int8(32)
     sc = blk[..., 192:208].view(np.int8).astype(np.float32)
     d = (_f16(blk[..., 208:210])[..., None] * sc).reshape(n_out, -1)
-    return QMatrix(qtype, n_out, n_in, "q8", q.reshape(n_out, n_in), d)
+    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, n_in), d)
 
 
 def _q3_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
@@ -190,7 +210,7 @@ def _q3_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     hi = (s[..., 8 + k % 4] >> (2 * (k // 4)).astype(np.uint8)) & 3
     sc = ((lo | (hi << 4)).astype(np.int8) - np.int8(32)).astype(np.float32)
     d = (_f16(blk[..., 108:110])[..., None] * sc).reshape(n_out, -1)
-    return QMatrix(qtype, n_out, n_in, "q8", q.reshape(n_out, n_in), d)
+    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, n_in), d)
 
 
 def _q2_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
@@ -202,13 +222,13 @@ def _q2_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     s = blk[..., 0:16]
     d = (_f16(blk[..., 80:82])[..., None] * (s & 15).astype(np.float32)).reshape(n_out, -1)
     m = -(_f16(blk[..., 82:84])[..., None] * (s >> 4).astype(np.float32)).reshape(n_out, -1)
-    return QMatrix(qtype, n_out, n_in, "q8", q.astype(np.int8).reshape(n_out, n_in), d, m)
+    return _make(qtype, n_out, n_in, "q8", q.astype(np.int8).reshape(n_out, n_in), d, m)
 
 
 def _float(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     """F32 / F16 / BF16 rows, kept as the file's bytes (a view, no copy)."""
     dt = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[qtype]
-    return QMatrix(qtype, n_out, n_in, "float", rows.view(dt), _NO_M)
+    return QMatrix(qtype, n_out, n_in, "float", rows.view(dt), _NO_M)  # no tiles: BLAS reads rows
 
 
 _RELAYOUT = {
@@ -219,152 +239,195 @@ _RELAYOUT = {
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Kernels. Decoders (`_deq_*`) are bit-exact with gguf (no fastmath); fused dots (`_dot_*`) use fastmath and the
-# group sums xs[i, g] = sum_j x[i, 32*g + j] so that offsets cost one multiply per group.
+# Kernels. All quantized arrays are row-interleaved in tiles of L rows: a[t, k, l] is item k of row t*L + l, so
+# the innermost loop runs over L rows at once (contiguous, SIMD-friendly: no per-block horizontal sums). The fused
+# dots (`_dot_*`, fastmath) fold offsets in through the group sums xs[i, g] = sum_j x[i, gs*g + j]; the decoders
+# (`_deq_*`, no fastmath) are bit-exact with gguf.
 # ---------------------------------------------------------------------------------------------------------------
-
-@njit(cache=True, parallel=True)
-def _deq_q4(q, d, m, off, rows, out):
-    # out[r, 32g + j] = d[rows[r], g] * (nibble_j - off) (+ m[rows[r], g])
-    has_m = m.shape[0] > 0
-    for r in prange(out.shape[0]):
-        for g in range(d.shape[1]):
-            s = d[rows[r], g]
-            for j in range(16):
-                b = q[rows[r], 16 * g + j]
-                lo = s * np.float32(np.int32(b & 15) - off)
-                hi = s * np.float32(np.int32(b >> 4) - off)
-                if has_m:
-                    lo += m[rows[r], g]
-                    hi += m[rows[r], g]
-                out[r, 32 * g + j] = lo
-                out[r, 32 * g + j + 16] = hi
-
 
 @njit(cache=True, parallel=True, fastmath=True)
 def _dot_q4(q, d, m, off, x, xs, y):
-    # y[i, r] = sum_g d[r, g] * sum_j nibble_j * x[i, 32g + j] + (m[r, g] - off * d[r, g]) * xs[i, g]
+    # y[i, r] = sum_g d[r, g] * sum_j nib[r, g, j] * x[i, 32g + j] + (m[r, g] - off * d[r, g]) * xs[i, g]
+    n_tiles, _, L = q.shape
+    ng = d.shape[1]
     has_m = m.shape[0] > 0
-    for r in prange(d.shape[0]):
+    for t in prange(n_tiles):
+        acc = np.empty(L, np.float32)
+        s = np.empty(L, np.float32)
         for i in range(x.shape[0]):
-            acc = np.float32(0.0)
-            for g in range(d.shape[1]):
-                s = np.float32(0.0)
+            acc[:] = 0
+            for g in range(ng):
+                s[:] = 0
                 for j in range(16):
-                    b = q[r, 16 * g + j]
-                    s += np.float32(b & 15) * x[i, 32 * g + j] + np.float32(b >> 4) * x[i, 32 * g + j + 16]
-                c = -np.float32(off) * d[r, g]
-                if has_m:
-                    c += m[r, g]
-                acc += d[r, g] * s + c * xs[i, g]
-            y[i, r] = acc
+                    xl = x[i, 32 * g + j]
+                    xh = x[i, 32 * g + 16 + j]
+                    qk = q[t, 16 * g + j]
+                    for l in range(L):
+                        b = qk[l]
+                        s[l] += np.float32(b & np.uint8(15)) * xl + np.float32(b >> np.uint8(4)) * xh
+                xsg = xs[i, g]
+                for l in range(L):
+                    c = m[t, g, l] if has_m else np.float32(0.0)
+                    acc[l] += d[t, g, l] * (s[l] - np.float32(off) * xsg) + c * xsg
+            _store(acc, y[i], t * L)
 
 
 @njit(cache=True, parallel=True)
-def _deq_iq4(q, d, lut, rows, out):
-    # out[r, 32g + j] = d[rows[r], g] * LUT[nibble_j]
-    for r in prange(out.shape[0]):
+def _deq_q4(q, d, m, off, rows, out):
+    # out[i, 32g + j] = d[r, g] * (nib[r, g, j] - off) (+ m[r, g]),  r = rows[i]
+    L = q.shape[2]
+    has_m = m.shape[0] > 0
+    for i in prange(rows.shape[0]):
+        t, l = rows[i] // L, rows[i] % L
         for g in range(d.shape[1]):
-            s = d[rows[r], g]
+            s = d[t, g, l]
             for j in range(16):
-                b = q[rows[r], 16 * g + j]
-                out[r, 32 * g + j] = s * lut[b & 15]
-                out[r, 32 * g + j + 16] = s * lut[b >> 4]
+                b = q[t, 16 * g + j, l]
+                lo = s * np.float32(np.int32(b & 15) - off)
+                hi = s * np.float32(np.int32(b >> 4) - off)
+                if has_m:
+                    lo += m[t, g, l]
+                    hi += m[t, g, l]
+                out[i, 32 * g + j] = lo
+                out[i, 32 * g + 16 + j] = hi
 
 
 @njit(cache=True, parallel=True, fastmath=True)
 def _dot_iq4(q, d, lut, x, y):
-    # y[i, r] = sum_g d[r, g] * sum_j LUT[nibble_j] * x[i, 32g + j]
-    for r in prange(d.shape[0]):
+    # y[i, r] = sum_g d[r, g] * sum_j LUT[nib[r, g, j]] * x[i, 32g + j]
+    n_tiles, _, L = q.shape
+    for t in prange(n_tiles):
+        acc = np.empty(L, np.float32)
+        s = np.empty(L, np.float32)
         for i in range(x.shape[0]):
-            acc = np.float32(0.0)
+            acc[:] = 0
             for g in range(d.shape[1]):
-                s = np.float32(0.0)
+                s[:] = 0
                 for j in range(16):
-                    b = q[r, 16 * g + j]
-                    s += lut[b & 15] * x[i, 32 * g + j] + lut[b >> 4] * x[i, 32 * g + j + 16]
-                acc += d[r, g] * s
-            y[i, r] = acc
+                    xl = x[i, 32 * g + j]
+                    xh = x[i, 32 * g + 16 + j]
+                    qk = q[t, 16 * g + j]
+                    for l in range(L):
+                        b = qk[l]
+                        s[l] += lut[b & 15] * xl + lut[b >> 4] * xh
+                for l in range(L):
+                    acc[l] += d[t, g, l] * s[l]
+            _store(acc, y[i], t * L)
+
+
+@njit(cache=True, parallel=True)
+def _deq_iq4(q, d, lut, rows, out):
+    # out[i, 32g + j] = d[r, g] * LUT[nib[r, g, j]],  r = rows[i]
+    L = q.shape[2]
+    for i in prange(rows.shape[0]):
+        t, l = rows[i] // L, rows[i] % L
+        for g in range(d.shape[1]):
+            s = d[t, g, l]
+            for j in range(16):
+                b = q[t, 16 * g + j, l]
+                out[i, 32 * g + j] = s * lut[b & 15]
+                out[i, 32 * g + 16 + j] = s * lut[b >> 4]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _dot_q5(q, h, d, m, off, x, xs, y):
+    # y[i, r] = sum_g d[r, g] * sum_j (nib + 16 hbit)[r, g, j] * x[i, 32g + j] + (m[r, g] - off d[r, g]) * xs[i, g]
+    n_tiles, _, L = q.shape
+    has_m = m.shape[0] > 0
+    for t in prange(n_tiles):
+        acc = np.empty(L, np.float32)
+        s = np.empty(L, np.float32)
+        for i in range(x.shape[0]):
+            acc[:] = 0
+            for g in range(d.shape[1]):
+                s[:] = 0
+                hg = h[t, g]
+                for j in range(16):
+                    xl = x[i, 32 * g + j]
+                    xh = x[i, 32 * g + 16 + j]
+                    qk = q[t, 16 * g + j]
+                    for l in range(L):
+                        b = np.uint32(qk[l])
+                        lo = (b & np.uint32(15)) | (((hg[l] >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
+                        hi = (b >> np.uint32(4)) | (((hg[l] >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
+                        s[l] += np.float32(lo) * xl + np.float32(hi) * xh
+                xsg = xs[i, g]
+                for l in range(L):
+                    c = m[t, g, l] if has_m else np.float32(0.0)
+                    acc[l] += d[t, g, l] * (s[l] - np.float32(off) * xsg) + c * xsg
+            _store(acc, y[i], t * L)
 
 
 @njit(cache=True, parallel=True)
 def _deq_q5(q, h, d, m, off, rows, out):
-    # out[r, 32g + j] = d[rows[r], g] * (nibble_j + 16 * hbit_j - off) (+ m[rows[r], g])
+    # out[i, 32g + j] = d[r, g] * (nib[r, g, j] + 16 * hbit[r, g, j] - off) (+ m[r, g]),  r = rows[i]
+    L = q.shape[2]
     has_m = m.shape[0] > 0
-    for r in prange(out.shape[0]):
+    for i in prange(rows.shape[0]):
+        t, l = rows[i] // L, rows[i] % L
         for g in range(d.shape[1]):
-            s = d[rows[r], g]
-            hb = np.uint32(0)
-            for k in range(4):
-                hb |= np.uint32(h[rows[r], 4 * g + k]) << np.uint32(8 * k)
+            s = d[t, g, l]
+            hb = h[t, g, l]
             for j in range(16):
-                b = q[rows[r], 16 * g + j]
+                b = q[t, 16 * g + j, l]
                 vlo = np.int32(b & 15) | np.int32(((hb >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
                 vhi = np.int32(b >> 4) | np.int32(((hb >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
                 lo = s * np.float32(vlo - off)
                 hi = s * np.float32(vhi - off)
                 if has_m:
-                    lo += m[rows[r], g]
-                    hi += m[rows[r], g]
-                out[r, 32 * g + j] = lo
-                out[r, 32 * g + j + 16] = hi
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _dot_q5(q, h, d, m, off, x, xs, y):
-    # y[i, r] = sum_g d[r, g] * sum_j (nibble_j + 16 hbit_j) * x[i, 32g + j] + (m[r, g] - off * d[r, g]) * xs[i, g]
-    has_m = m.shape[0] > 0
-    for r in prange(d.shape[0]):
-        for i in range(x.shape[0]):
-            acc = np.float32(0.0)
-            for g in range(d.shape[1]):
-                hb = np.uint32(0)
-                for k in range(4):
-                    hb |= np.uint32(h[r, 4 * g + k]) << np.uint32(8 * k)
-                s = np.float32(0.0)
-                for j in range(16):
-                    b = q[r, 16 * g + j]
-                    vlo = np.int32(b & 15) | np.int32(((hb >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
-                    vhi = np.int32(b >> 4) | np.int32(((hb >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
-                    s += np.float32(vlo) * x[i, 32 * g + j] + np.float32(vhi) * x[i, 32 * g + j + 16]
-                c = -np.float32(off) * d[r, g]
-                if has_m:
-                    c += m[r, g]
-                acc += d[r, g] * s + c * xs[i, g]
-            y[i, r] = acc
-
-
-@njit(cache=True, parallel=True)
-def _deq_q8(q, d, m, rows, out):
-    # out[r, k] = d[rows[r], k // gs] * q[rows[r], k] (+ m[rows[r], k // gs])
-    has_m = m.shape[0] > 0
-    gs = q.shape[1] // d.shape[1]
-    for r in prange(out.shape[0]):
-        for g in range(d.shape[1]):
-            s = d[rows[r], g]
-            for j in range(gs):
-                v = s * np.float32(q[rows[r], gs * g + j])
-                if has_m:
-                    v += m[rows[r], g]
-                out[r, gs * g + j] = v
+                    lo += m[t, g, l]
+                    hi += m[t, g, l]
+                out[i, 32 * g + j] = lo
+                out[i, 32 * g + 16 + j] = hi
 
 
 @njit(cache=True, parallel=True, fastmath=True)
 def _dot_q8(q, d, m, x, xs, y):
     # y[i, r] = sum_g d[r, g] * sum_j q[r, gs*g + j] * x[i, gs*g + j] (+ m[r, g] * xs[i, g])
+    n_tiles, n_in, L = q.shape
+    ng = d.shape[1]
+    gs = n_in // ng
+    has_m = m.shape[0] > 0
+    for t in prange(n_tiles):
+        acc = np.empty(L, np.float32)
+        s = np.empty(L, np.float32)
+        for i in range(x.shape[0]):
+            acc[:] = 0
+            for g in range(ng):
+                s[:] = 0
+                for j in range(gs):
+                    xv = x[i, gs * g + j]
+                    qk = q[t, gs * g + j]
+                    for l in range(L):
+                        s[l] += np.float32(qk[l]) * xv
+                for l in range(L):
+                    c = m[t, g, l] * xs[i, g] if has_m else np.float32(0.0)
+                    acc[l] += d[t, g, l] * s[l] + c
+            _store(acc, y[i], t * L)
+
+
+@njit(cache=True, parallel=True)
+def _deq_q8(q, d, m, rows, out):
+    # out[i, k] = d[r, k // gs] * q[r, k] (+ m[r, k // gs]),  r = rows[i]
+    L = q.shape[2]
     has_m = m.shape[0] > 0
     gs = q.shape[1] // d.shape[1]
-    for r in prange(d.shape[0]):
-        for i in range(x.shape[0]):
-            acc = np.float32(0.0)
-            for g in range(d.shape[1]):
-                s = np.float32(0.0)
-                for j in range(gs):
-                    s += np.float32(q[r, gs * g + j]) * x[i, gs * g + j]
-                acc += d[r, g] * s
+    for i in prange(rows.shape[0]):
+        t, l = rows[i] // L, rows[i] % L
+        for g in range(d.shape[1]):
+            s = d[t, g, l]
+            for j in range(gs):
+                v = s * np.float32(q[t, gs * g + j, l])
                 if has_m:
-                    acc += m[r, g] * xs[i, g]
-            y[i, r] = acc
+                    v += m[t, g, l]
+                out[i, gs * g + j] = v
+
+
+@njit(cache=True, inline="always")
+def _store(acc, y_row, r0):
+    # y_row[r0 + l] = acc[l] for the rows that exist (the last tile is zero-padded)
+    for l in range(min(acc.shape[0], y_row.shape[0] - r0)):
+        y_row[r0 + l] = acc[l]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -388,7 +451,7 @@ def _decode_rows(w: QMatrix, rows: np.ndarray, out: np.ndarray) -> None:
 
 
 def _group_sums(x: np.ndarray, n_groups: int) -> np.ndarray:
-    return x.reshape(x.shape[0], n_groups, -1).sum(axis=-1, dtype=np.float32)
+    return np.ascontiguousarray(x.reshape(x.shape[0], n_groups, -1).sum(axis=-1, dtype=np.float32))
 
 
 def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
@@ -398,21 +461,21 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
                          f"({w.n_out}, {w.n_in})")
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
-    y = np.empty((n, w.n_out), np.float32)
     if w.family == "float" and w.qtype == "F32":
-        return np.dot(x, w.q.T, out=y)
+        return x @ w.q.T
+    y = np.empty((n, w.n_out), np.float32)
     if n <= SMALL_N and w.family != "float":
+        ng = w.d.shape[1]
         if w.family == "q4":
-            _dot_q4(w.q, w.d, w.m, w.off, x, _group_sums(x, w.d.shape[1]), y)
+            _dot_q4(w.q, w.d, w.m, w.off, x, _group_sums(x, ng), y)
         elif w.family == "iq4":
             _dot_iq4(w.q, w.d, IQ4_LUT, x, y)
         elif w.family == "q5":
-            _dot_q5(w.q, w.h, w.d, w.m, w.off, x, _group_sums(x, w.d.shape[1]), y)
+            _dot_q5(w.q, w.h, w.d, w.m, w.off, x, _group_sums(x, ng), y)
         else:
-            xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] else x[:, :0]
-            _dot_q8(w.q, w.d, w.m, x, np.ascontiguousarray(xs), y)
+            _dot_q8(w.q, w.d, w.m, x, _group_sums(x, ng) if w.m.shape[0] else x[:, :0], y)
         return y
-    tile_rows = max(16, min(w.n_out, TILE_ELEMS // w.n_in))
+    tile_rows = max(64, min(w.n_out, TILE_ELEMS // w.n_in)) // 64 * 64
     buf = np.empty((tile_rows, w.n_in), np.float32)
     for r0 in range(0, w.n_out, tile_rows):
         r1 = min(w.n_out, r0 + tile_rows)
