@@ -8,7 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from helpers_files import write_ggml, write_gguf, write_safetensors_file, write_safetensors_folder
+from helpers_files import gguf_fields, write_ggml, write_gguf, write_safetensors_file, write_safetensors_folder
 
 from minirs.errors import FormatError
 from minirs.formats import load_model_file
@@ -29,40 +29,6 @@ def expect_error(path, match, **kwargs):
     assert peak < size + (1 << 20), f"allocated {peak} bytes for a {size}-byte file"
     assert str(path) in str(e.value)
     return e.value
-
-
-def gguf_fields(data: bytes) -> dict:
-    """Byte offsets of a well-formed GGUF's header fields: {"n_tensors": off, "n_kv": off, "kv": [(key, key_len
-    off, vtype off, value off)], "tensors": [(name, name_len off, ndims off, dims off, type off, offset off)]}."""
-    (n_tensors, n_kv) = struct.unpack_from("<QQ", data, 8)
-    pos, kvs, tensors = 24, [], []
-
-    def skip_value(vtype, pos):
-        sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-        if vtype in sizes:
-            return pos + sizes[vtype]
-        if vtype == 8:
-            return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
-        etype, count = struct.unpack_from("<IQ", data, pos)
-        pos += 12
-        for _ in range(count):
-            pos = skip_value(etype, pos)
-        return pos
-
-    for _ in range(n_kv):
-        n = struct.unpack_from("<Q", data, pos)[0]
-        key = data[pos + 8:pos + 8 + n].decode()
-        vtype = struct.unpack_from("<I", data, pos + 8 + n)[0]
-        kvs.append((key, pos, pos + 8 + n, pos + 12 + n))
-        pos = skip_value(vtype, pos + 12 + n)
-    for _ in range(n_tensors):
-        n = struct.unpack_from("<Q", data, pos)[0]
-        name = data[pos + 8:pos + 8 + n].decode()
-        nd = struct.unpack_from("<I", data, pos + 8 + n)[0]
-        dims = pos + 12 + n
-        tensors.append((name, pos, pos + 8 + n, dims, dims + 8 * nd, dims + 8 * nd + 4))
-        pos = dims + 8 * nd + 12
-    return {"n_tensors": 8, "n_kv": 16, "kv": kvs, "tensors": tensors, "end": pos}
 
 
 @pytest.fixture
