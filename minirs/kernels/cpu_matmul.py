@@ -5,24 +5,27 @@
     e = embedding_rows(w, ids)             # (len(ids), n_in) float32, bit-exact with gguf's dequantize
     y_ref = qmatmul_ref(tensor, x)         # the NumPy twin: x @ dequantize(W).T
 
-Load time re-lays every GGML block type out into one of four *families* of plain arrays, so that four pairs of
+Load time re-lays every GGML block type out into one of two *families* of plain arrays, so that two pairs of
 kernels (a fused dot for small n, a row decoder for large n and for embeddings) cover fifteen types. The f16
 scales become f32 (Numba has no float16), scales x sub-scales are multiplied out, and nibbles are re-packed to
 one order. Every conversion keeps the gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
 
-| family | weight element                       | arrays (per row)                                   | types                 |
-| ------ | ------------------------------------ | -------------------------------------------------- | --------------------- |
-| q4     | d[g] * (q - off) (+ m[g])            | q: n_in/2 bytes, lo nibble = j, hi = j+16 of a 32  | Q4_0, Q4_1, Q4_K      |
-| iq4    | d[g] * LUT[q]                        | q: as q4                                           | IQ4_NL, IQ4_XS        |
-| q5     | d[g] * (q + 16*hbit - off) (+ m[g])  | q: as q4; h: 4 bytes per 32, bit j = element j     | Q5_0, Q5_1, Q5_K      |
-| q8     | d[g] * q (+ m[g])                    | q: int8 per element                                | Q8_0, Q6_K, Q3_K, Q2_K |
+| family | weight element              | q per row                                                 | types                      |
+| ------ | --------------------------- | --------------------------------------------------------- | -------------------------- |
+| q4     | d[g] * (q - off) (+ m[g])   | n_in/2 bytes; in each 32-group lo nibble j = element j,   | Q4_0 (off 8), Q4_1, Q4_K   |
+|        |                             | hi nibble j = element j+16                                |                            |
+| q8     | d[g] * q (+ m[g])           | one int8 per element                                      | Q8_0, Q5_*, Q6_K, Q3_K,    |
+|        |                             |                                                           | Q2_K, IQ4_NL, IQ4_XS       |
 
-g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). The 6-, 3- and 2-bit K types are widened to one int8 per
-weight: simpler and faster kernels for rarely used types, at 1.2x (Q6_K) to 3x (Q2_K) their file size.
-F32, F16 and BF16 keep their bytes and go through NumPy (BLAS). Activations and accumulation stay float32.
+g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). Types other than 4- and 8-bit are widened to one int8 per
+weight (IQ4 through its codebook): one fast kernel instead of one per bit width, at 1.2x (Q6_K), 1.45x (Q5_0) to
+3x (Q2_K) their file size; never a float copy. F32, F16 and BF16 keep their bytes and go through NumPy (BLAS).
+Activations and accumulation stay float32 (no int8 quantization of x, so results match the float twin to ~1e-7).
 
-Small n (decode) runs a fused kernel per family with prange over output rows; large n (prefill) decodes a tile
-of rows to float32 in a reused buffer and hands it to BLAS sgemm.
+Rows are interleaved in tiles of L = 32 or 64 (a[t, k, l] is item k of row t*L + l) so that the fused dots run
+their innermost loop over L rows at once: contiguous SIMD loads and no horizontal sums. Small n (decode) runs the
+fused dot with prange over tiles; large n (prefill) decodes a tile of rows to float32 in a reused buffer and hands
+it to BLAS sgemm.
 """
 
 from dataclasses import dataclass, field
@@ -37,9 +40,8 @@ from minirs.formats.types import QTYPES
 SMALL_N = 4  # n <= SMALL_N: fused kernel (weights read once per row, x from L1); larger n: tile decode + sgemm
 TILE_ELEMS = 1 << 18  # float32 elements in one decoded tile (1 MiB, fits L2)
 
-IQ4_LUT = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _NO_M = np.zeros((0, 0, 0), np.float32)
-_NO_H = np.zeros((0, 0, 0), np.uint32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -50,23 +52,22 @@ _NO_H = np.zeros((0, 0, 0), np.uint32)
 class QMatrix:
     """A weight matrix (n_out, n_in) kept quantized, in the layout of its kernel family (see module docstring).
 
-    Quantized arrays are row-interleaved in tiles of L rows (L = 32, or 64 for n_out >= 4096), zero-padded to a
-    whole tile: a[t, k, l] is item k of row t*L + l.
+    Quantized arrays are row-interleaved in tiles of L rows (L = 64, or 32 for n_out < 1024 so that two threads
+    get balanced work), zero-padded to a whole tile: a[t, k, l] is item k of row t*L + l.
     """
 
     qtype: str
     n_out: int
     n_in: int
-    family: str  # "q4", "iq4", "q5", "q8" or "float"
+    family: str  # "q4", "q8" or "float"
     q: np.ndarray  # (T, n_in/2, L) uint8 nibbles | (T, n_in, L) int8 | (n_out, n_in) raw F32/F16/BF16 rows
     d: np.ndarray  # (T, n_in/gs, L) float32 group scales
     m: np.ndarray = field(default_factory=lambda: _NO_M)  # (T, n_in/gs, L) float32 group offsets, or empty
-    h: np.ndarray = field(default_factory=lambda: _NO_H)  # (T, n_in/32, L) uint32 fifth bits (q5), or empty
-    off: int = 0  # integer subtracted from q before scaling (Q4_0: 8, Q5_0: 16)
+    off: int = 0  # integer subtracted from q before scaling (Q4_0: 8)
 
     @property
     def nbytes(self) -> int:
-        return int(self.q.nbytes + self.d.nbytes + self.m.nbytes + self.h.nbytes)
+        return int(self.q.nbytes + self.d.nbytes + self.m.nbytes)
 
     @classmethod
     def from_tensor(cls, t: Tensor) -> "QMatrix":
@@ -80,10 +81,10 @@ class QMatrix:
         return _RELAYOUT[t.qtype](t.qtype, n_out, n_in, t.rows())
 
 
-def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.ndarray, m=None, h=None,
+def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.ndarray, m=None,
           off: int = 0) -> QMatrix:
     """Build a QMatrix from row-major family arrays (n_out, ...) by interleaving them in tiles of L rows."""
-    L = 64 if n_out >= 4096 else 32
+    L = 64 if n_out >= 1024 else 32
     n_tiles = -(-n_out // L)
 
     def tiles(a: np.ndarray) -> np.ndarray:  # (n_out, k) -> (n_tiles, k, L)
@@ -91,8 +92,7 @@ def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.n
         pad[:n_out] = a
         return np.ascontiguousarray(pad.reshape(n_tiles, L, -1).transpose(0, 2, 1))
 
-    return QMatrix(qtype, n_out, n_in, family, tiles(q), tiles(d), _NO_M if m is None else tiles(m),
-                   _NO_H if h is None else tiles(h), off)
+    return QMatrix(qtype, n_out, n_in, family, tiles(q), tiles(d), _NO_M if m is None else tiles(m), off)
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
@@ -106,10 +106,10 @@ def _pack_nibbles(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v[..., :16] | (v[..., 16:] << 4)).reshape(v.shape[0], -1)
 
 
-def _pack_hbits(v: np.ndarray) -> np.ndarray:
-    """(n_out, n_groups, 32) values 0..31 -> (n_out, n_groups) uint32 holding bit 4 of element j at bit j."""
-    b = np.packbits((v >> 4).astype(np.uint8) & 1, axis=-1, bitorder="little")
-    return np.ascontiguousarray(b).view("<u4").reshape(v.shape[0], -1).astype(np.uint32)
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(..., 16) bytes of a 32-element block -> (..., 32) values: element j is the lo nibble of byte j, element
+    j+16 its hi nibble (Q4_0/Q4_1/Q5_*/IQ4 order)."""
+    return np.concatenate([qs & 15, qs >> 4], axis=-1)
 
 
 def _k_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,24 +127,25 @@ def _k_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _legacy(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     """Q4_0 [d f16, qs 16], Q4_1 [d f16, m f16, qs 16], Q5_0 [d f16, qh u32, qs 16], Q5_1 [d, m, qh u32, qs 16],
     IQ4_NL [d f16, qs 16], Q8_0 [d f16, qs int8 32]. 32 elements per block; qs byte j holds element j (low
-    nibble) and j+16 (high nibble); bit j of qh is bit 4 of element j."""
+    nibble) and j+16 (high nibble); bit j of qh is bit 4 of element j. Weights: Q4_0 d*(q-8), Q4_1 d*q+m,
+    Q5_0 d*(q-16), Q5_1 d*q+m, IQ4_NL d*IQ4_VALUES[q], Q8_0 d*q."""
     nb = n_in // 32
     blk = rows.reshape(n_out, nb, -1)
     d = _f16(blk[..., 0:2])
     if qtype == "Q8_0":
         return _make(qtype, n_out, n_in, "q8", np.ascontiguousarray(blk[..., 2:]).view(np.int8).reshape(n_out, -1), d)
+    if qtype == "IQ4_NL":
+        return _make(qtype, n_out, n_in, "q8", IQ4_VALUES[_nibbles(blk[..., 2:])].reshape(n_out, -1), d)
     has_m = qtype in ("Q4_1", "Q5_1")
     m = _f16(blk[..., 2:4]) if has_m else None
     p = 4 if has_m else 2
-    if qtype.startswith("Q5"):
-        h = np.ascontiguousarray(blk[..., p:p + 4]).view("<u4").reshape(n_out, -1).astype(np.uint32)
-        q = np.ascontiguousarray(blk[..., p + 4:]).reshape(n_out, -1)
-        return _make(qtype, n_out, n_in, "q5", q, d, m, h, 0 if has_m else 16)
-    q = np.ascontiguousarray(blk[..., p:]).reshape(n_out, -1)
-    if qtype == "IQ4_NL":
-        return _make(qtype, n_out, n_in, "iq4", q, d)
-    return _make(qtype, n_out, n_in, "q4", q, d, m, off=0 if has_m else 8)
-
+    if qtype in ("Q4_0", "Q4_1"):
+        return _make(qtype, n_out, n_in, "q4", np.ascontiguousarray(blk[..., p:]).reshape(n_out, -1), d, m,
+                     off=0 if has_m else 8)
+    qh = np.ascontiguousarray(blk[..., p:p + 4]).view("<u4")  # (n_out, nb, 1)
+    v = _nibbles(blk[..., p + 4:]) | (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
+    q = v.astype(np.int8) - np.int8(0 if has_m else 16)
+    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), d, m)
 
 def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     """Q4_K [d f16, dmin f16, scales 12, qs 128] and Q5_K [d, dmin, scales 12, qh 32, qs 128], 256 elements.
@@ -163,12 +164,12 @@ def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
         return _make(qtype, n_out, n_in, "q4", _pack_nibbles(v), d, m)
     qh = blk[..., 16:48].reshape(n_out, nb, 1, 32)
     v = v | (((qh >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1) << 4).reshape(n_out, nb * 8, 32)
-    return _make(qtype, n_out, n_in, "q5", _pack_nibbles(v & 15), d, m, _pack_hbits(v))
+    return _make(qtype, n_out, n_in, "q8", v.astype(np.int8).reshape(n_out, -1), d, m)
 
 
 def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """IQ4_XS [d f16, scales_h u16, scales_l 4, qs 128], 256 elements in 8 groups of 32 laid out as IQ4_NL's qs;
-    group g's scale is (nibble g of scales_l | bits 2g..2g+1 of scales_h << 4) - 32."""
+    """IQ4_XS [d f16, scales_h u16, scales_l 4, qs 128], 256 elements in 8 groups of 32 laid out as IQ4_NL's qs
+    (values IQ4_VALUES[nibble]); group g's scale is (nibble g of scales_l | bits 2g..2g+1 of scales_h << 4) - 32."""
     nb = n_in // 256
     blk = rows.reshape(n_out, nb, -1)
     sh = np.ascontiguousarray(blk[..., 2:4]).view(np.uint16)  # (n_out, nb, 1)
@@ -178,7 +179,8 @@ def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     hi = (sh >> (2 * g).astype(np.uint16)) & 3
     sc = (lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32
     d = (_f16(blk[..., 0:2])[..., None] * sc.astype(np.float32)).reshape(n_out, -1)
-    return _make(qtype, n_out, n_in, "iq4", np.ascontiguousarray(blk[..., 8:]).reshape(n_out, -1), d)
+    q = IQ4_VALUES[_nibbles(blk[..., 8:].reshape(n_out, nb, 8, 16))]
+    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), d)
 
 
 def _q6_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
@@ -242,33 +244,34 @@ _RELAYOUT = {
 # Kernels. All quantized arrays are row-interleaved in tiles of L rows: a[t, k, l] is item k of row t*L + l, so
 # the innermost loop runs over L rows at once (contiguous, SIMD-friendly: no per-block horizontal sums). The fused
 # dots (`_dot_*`, fastmath) fold offsets in through the group sums xs[i, g] = sum_j x[i, gs*g + j]; the decoders
-# (`_deq_*`, no fastmath) are bit-exact with gguf.
+# (`_deq_*`, no fastmath) are bit-exact with gguf. Numba does integer arithmetic in int64 (8 SIMD lanes), so the
+# q4 dot splits nibbles in float32 instead (16 lanes): hi = floor(b / 16), lo = b - 16 * hi, exact for b < 256.
 # ---------------------------------------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True, fastmath=True)
 def _dot_q4(q, d, m, off, x, xs, y):
-    # y[i, r] = sum_g d[r, g] * sum_j nib[r, g, j] * x[i, 32g + j] + (m[r, g] - off * d[r, g]) * xs[i, g]
+    # y[i, r] = sum_g d[r, g] * (sum_j nib[r, g, j] * x[i, 32g + j] - off * xs[i, g]) + m[r, g] * xs[i, g]
     n_tiles, _, L = q.shape
-    ng = d.shape[1]
     has_m = m.shape[0] > 0
     for t in prange(n_tiles):
         acc = np.empty(L, np.float32)
         s = np.empty(L, np.float32)
         for i in range(x.shape[0]):
             acc[:] = 0
-            for g in range(ng):
+            for g in range(d.shape[1]):
                 s[:] = 0
                 for j in range(16):
                     xl = x[i, 32 * g + j]
                     xh = x[i, 32 * g + 16 + j]
                     qk = q[t, 16 * g + j]
                     for l in range(L):
-                        b = qk[l]
-                        s[l] += np.float32(b & np.uint8(15)) * xl + np.float32(b >> np.uint8(4)) * xh
+                        b = np.float32(qk[l])
+                        hi = np.floor(b * np.float32(0.0625))
+                        s[l] += (b - np.float32(16.0) * hi) * xl + hi * xh
                 xsg = xs[i, g]
                 for l in range(L):
-                    c = m[t, g, l] if has_m else np.float32(0.0)
-                    acc[l] += d[t, g, l] * (s[l] - np.float32(off) * xsg) + c * xsg
+                    c = m[t, g, l] * xsg if has_m else np.float32(0.0)
+                    acc[l] += d[t, g, l] * (s[l] - np.float32(off) * xsg) + c
             _store(acc, y[i], t * L)
 
 
@@ -293,113 +296,24 @@ def _deq_q4(q, d, m, off, rows, out):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _dot_iq4(q, d, lut, x, y):
-    # y[i, r] = sum_g d[r, g] * sum_j LUT[nib[r, g, j]] * x[i, 32g + j]
-    n_tiles, _, L = q.shape
-    for t in prange(n_tiles):
-        acc = np.empty(L, np.float32)
-        s = np.empty(L, np.float32)
-        for i in range(x.shape[0]):
-            acc[:] = 0
-            for g in range(d.shape[1]):
-                s[:] = 0
-                for j in range(16):
-                    xl = x[i, 32 * g + j]
-                    xh = x[i, 32 * g + 16 + j]
-                    qk = q[t, 16 * g + j]
-                    for l in range(L):
-                        b = qk[l]
-                        s[l] += lut[b & 15] * xl + lut[b >> 4] * xh
-                for l in range(L):
-                    acc[l] += d[t, g, l] * s[l]
-            _store(acc, y[i], t * L)
-
-
-@njit(cache=True, parallel=True)
-def _deq_iq4(q, d, lut, rows, out):
-    # out[i, 32g + j] = d[r, g] * LUT[nib[r, g, j]],  r = rows[i]
-    L = q.shape[2]
-    for i in prange(rows.shape[0]):
-        t, l = rows[i] // L, rows[i] % L
-        for g in range(d.shape[1]):
-            s = d[t, g, l]
-            for j in range(16):
-                b = q[t, 16 * g + j, l]
-                out[i, 32 * g + j] = s * lut[b & 15]
-                out[i, 32 * g + 16 + j] = s * lut[b >> 4]
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _dot_q5(q, h, d, m, off, x, xs, y):
-    # y[i, r] = sum_g d[r, g] * sum_j (nib + 16 hbit)[r, g, j] * x[i, 32g + j] + (m[r, g] - off d[r, g]) * xs[i, g]
-    n_tiles, _, L = q.shape
-    has_m = m.shape[0] > 0
-    for t in prange(n_tiles):
-        acc = np.empty(L, np.float32)
-        s = np.empty(L, np.float32)
-        for i in range(x.shape[0]):
-            acc[:] = 0
-            for g in range(d.shape[1]):
-                s[:] = 0
-                hg = h[t, g]
-                for j in range(16):
-                    xl = x[i, 32 * g + j]
-                    xh = x[i, 32 * g + 16 + j]
-                    qk = q[t, 16 * g + j]
-                    for l in range(L):
-                        b = np.uint32(qk[l])
-                        lo = (b & np.uint32(15)) | (((hg[l] >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
-                        hi = (b >> np.uint32(4)) | (((hg[l] >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
-                        s[l] += np.float32(lo) * xl + np.float32(hi) * xh
-                xsg = xs[i, g]
-                for l in range(L):
-                    c = m[t, g, l] if has_m else np.float32(0.0)
-                    acc[l] += d[t, g, l] * (s[l] - np.float32(off) * xsg) + c * xsg
-            _store(acc, y[i], t * L)
-
-
-@njit(cache=True, parallel=True)
-def _deq_q5(q, h, d, m, off, rows, out):
-    # out[i, 32g + j] = d[r, g] * (nib[r, g, j] + 16 * hbit[r, g, j] - off) (+ m[r, g]),  r = rows[i]
-    L = q.shape[2]
-    has_m = m.shape[0] > 0
-    for i in prange(rows.shape[0]):
-        t, l = rows[i] // L, rows[i] % L
-        for g in range(d.shape[1]):
-            s = d[t, g, l]
-            hb = h[t, g, l]
-            for j in range(16):
-                b = q[t, 16 * g + j, l]
-                vlo = np.int32(b & 15) | np.int32(((hb >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
-                vhi = np.int32(b >> 4) | np.int32(((hb >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
-                lo = s * np.float32(vlo - off)
-                hi = s * np.float32(vhi - off)
-                if has_m:
-                    lo += m[t, g, l]
-                    hi += m[t, g, l]
-                out[i, 32 * g + j] = lo
-                out[i, 32 * g + 16 + j] = hi
-
-
-@njit(cache=True, parallel=True, fastmath=True)
 def _dot_q8(q, d, m, x, xs, y):
     # y[i, r] = sum_g d[r, g] * sum_j q[r, gs*g + j] * x[i, gs*g + j] (+ m[r, g] * xs[i, g])
     n_tiles, n_in, L = q.shape
-    ng = d.shape[1]
-    gs = n_in // ng
+    gs = n_in // d.shape[1]
     has_m = m.shape[0] > 0
     for t in prange(n_tiles):
         acc = np.empty(L, np.float32)
         s = np.empty(L, np.float32)
         for i in range(x.shape[0]):
             acc[:] = 0
-            for g in range(ng):
+            for g in range(d.shape[1]):
                 s[:] = 0
-                for j in range(gs):
-                    xv = x[i, gs * g + j]
-                    qk = q[t, gs * g + j]
+                for j in range(gs * g, gs * g + gs, 4):  # 4 rows of q per pass: 4x fewer accumulator round trips
+                    x0, x1, x2, x3 = x[i, j], x[i, j + 1], x[i, j + 2], x[i, j + 3]
+                    q0, q1, q2, q3 = q[t, j], q[t, j + 1], q[t, j + 2], q[t, j + 3]
                     for l in range(L):
-                        s[l] += np.float32(qk[l]) * xv
+                        s[l] += ((np.float32(q0[l]) * x0 + np.float32(q1[l]) * x1)
+                                 + (np.float32(q2[l]) * x2 + np.float32(q3[l]) * x3))
                 for l in range(L):
                     c = m[t, g, l] * xs[i, g] if has_m else np.float32(0.0)
                     acc[l] += d[t, g, l] * s[l] + c
@@ -436,14 +350,9 @@ def _store(acc, y_row, r0):
 
 def _decode_rows(w: QMatrix, rows: np.ndarray, out: np.ndarray) -> None:
     """out (len(rows), n_in) <- float32 rows `rows` (int64) of W, bit-exact with gguf's dequantize."""
-    f = w.family
-    if f == "q4":
+    if w.family == "q4":
         _deq_q4(w.q, w.d, w.m, w.off, rows, out)
-    elif f == "iq4":
-        _deq_iq4(w.q, w.d, IQ4_LUT, rows, out)
-    elif f == "q5":
-        _deq_q5(w.q, w.h, w.d, w.m, w.off, rows, out)
-    elif f == "q8":
+    elif w.family == "q8":
         _deq_q8(w.q, w.d, w.m, rows, out)
     else:
         raw = w.q[rows]
@@ -465,15 +374,11 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
         return x @ w.q.T
     y = np.empty((n, w.n_out), np.float32)
     if n <= SMALL_N and w.family != "float":
-        ng = w.d.shape[1]
+        xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] or w.off else x[:, :0]
         if w.family == "q4":
-            _dot_q4(w.q, w.d, w.m, w.off, x, _group_sums(x, ng), y)
-        elif w.family == "iq4":
-            _dot_iq4(w.q, w.d, IQ4_LUT, x, y)
-        elif w.family == "q5":
-            _dot_q5(w.q, w.h, w.d, w.m, w.off, x, _group_sums(x, ng), y)
+            _dot_q4(w.q, w.d, w.m, w.off, x, xs, y)
         else:
-            _dot_q8(w.q, w.d, w.m, x, _group_sums(x, ng) if w.m.shape[0] else x[:, :0], y)
+            _dot_q8(w.q, w.d, w.m, x, xs, y)
         return y
     tile_rows = max(64, min(w.n_out, TILE_ELEMS // w.n_in)) // 64 * 64
     buf = np.empty((tile_rows, w.n_in), np.float32)
