@@ -67,7 +67,21 @@ class Generator:
             pos = np.arange(start + c, start + c + len(chunk), dtype=np.int64)
             slots = np.zeros(len(chunk), dtype=np.int64)
             logits = self.model.forward(chunk, slots, pos, self.cache, logit_rows=[len(chunk) - 1])[0]
-        return logits
+        return self._host(logits)
+
+    def _host(self, a) -> np.ndarray:
+        """Backend memory (a GPU array on CUDA) -> NumPy, for sampling."""
+        to_numpy = getattr(self.model.backend, "to_numpy", None)
+        return a if to_numpy is None else to_numpy(a)
+
+    def decode(self, tok: int, pos: int) -> np.ndarray:
+        """Logits after one token at position pos. A backend that offers `decode_step` (CUDA: the step captured
+        in a graph and replayed) runs it; otherwise a plain forward."""
+        args = (np.array([tok], np.int64), np.zeros(1, np.int64), np.array([pos], np.int64))
+        step = getattr(self.model.backend, "decode_step", None)
+        if step is not None:
+            return step(self.model, self.cache, *args)[0]
+        return self._host(self.model.forward(*args, self.cache)[0])
 
     def generate(self, ids: list[int], params: SamplingParams, max_tokens: int, stop_ids=()) -> Iterator[int]:
         """Yield new token ids after the prompt `ids`, reusing whatever prefix of it the cache already holds.
@@ -108,6 +122,6 @@ class Generator:
             yield tok
             if st.new_tokens >= max_tokens or pos + 1 >= self.ctx_len:
                 return
-            logits = self.model.forward(np.array([tok]), np.zeros(1, np.int64), np.array([pos]), self.cache)[0]
+            logits = self.decode(tok, pos)
             self.cached.append(tok)
             pos += 1
