@@ -1,0 +1,196 @@
+"""One call on the GPU machine: check every CUDA kernel against its NumPy twin, compare whole models on the GPU
+with the CPU path, then time them. Prints a short table last; logs go to $OUT (or ./gpu_out).
+
+    PYTHONUNBUFFERED=1 python bench/gpu_check.py [--quick] [--no-bench] [--bench-presets a,b]
+"""
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+OUT = Path(os.environ.get("OUT", "gpu_out"))
+OUT.mkdir(parents=True, exist_ok=True)
+LOG = open(OUT / "gpu_check.log", "w")
+SUMMARY = []
+
+
+def log(*a):
+    s = " ".join(str(x) for x in a)
+    print(s, flush=True)
+    LOG.write(s + "\n")
+    LOG.flush()
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def check(name, err, tol):
+    ok = np.isfinite(err) and err <= tol
+    SUMMARY.append((name, err, tol, ok))
+    log(f"{'ok  ' if ok else 'FAIL'} {name:40s} rel err {err:.2e} (tol {tol:.0e})")
+
+
+def kernel_checks(rng):
+    import cupy as cp
+    from minirs.formats.model_file import Tensor
+    from minirs.formats.quants import dequantize
+    from minirs.kernels import ref
+    from minirs.kernels.cuda import CudaBackend
+    from minirs.kernels.cuda_matmul import GMatrix
+    from minirs.models.synthetic import random_tensor_bytes
+
+    be = CudaBackend()
+    g = lambda a: cp.asnumpy(a)  # noqa: E731
+    for qt in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16", "BF16", "F32"]:
+        n_out, n_in = 300, 512  # n_out not a multiple of the 8 rows per block: the tail is exercised
+        raw = random_tensor_bytes(qt, (n_out, n_in), rng)
+        t = Tensor(f"w_{qt}", qt, (n_out, n_in), raw.reshape(-1))
+        W = dequantize(t).reshape(n_out, n_in).astype(np.float64)
+        w = GMatrix.from_tensor(t)
+        for n in (1, 3, 8, 40):
+            x = rng.standard_normal((n, n_in)).astype(np.float32)
+            y = g(be.matmul(w, cp.asarray(x)))
+            # the GEMV quantizes x to int8 per 32 (as llama.cpp's q8_1): ~1e-2; the cuBLAS path uses fp16 x: ~1e-3
+            check(f"matmul {qt} n={n}", rel(y, x @ W.T), 2e-2 if n <= 8 else 3e-3)
+        ids = rng.integers(0, n_out, 5)
+        e = g(be.embed(w, ids, 1.5))
+        check(f"embed {qt}", rel(e, W[ids] * 1.5), 1e-3 if qt in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") else 1e-6)
+
+    # element-wise and norm kernels
+    x = rng.standard_normal((7, 576)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(576)).astype(np.float32)
+    check("rmsnorm", rel(g(be.rmsnorm(cp.asarray(x), cp.asarray(w), 1e-5)), ref.rmsnorm(x, w, 1e-5)), 1e-5)
+    for neox in (False, True):
+        q = rng.standard_normal((5, 4, 64)).astype(np.float32)
+        pos = rng.integers(0, 30000, 5)
+        inv = 1.0 / 10000.0 ** (np.arange(0, 64, 2) / 64)
+        qd = cp.asarray(q)
+        be.rope_(qd, pos, cp.asarray(inv), neox)
+        check(f"rope neox={neox}", rel(g(qd), ref.rope(q, pos, inv, neox)), 1e-5)
+    for act in ("silu", "gelu"):
+        a, b = rng.standard_normal((2, 4, 1000)).astype(np.float32)
+        check(f"gated_act {act}", rel(g(be.gated_act(cp.asarray(a), cp.asarray(b), act)),
+                                      ref.gated_act(a, b, act)), 1e-5)
+    logits = rng.standard_normal((3, 50000)).astype(np.float32)
+    ok = np.array_equal(g(be.argmax(cp.asarray(logits))), logits.argmax(-1))
+    check("argmax", 0.0 if ok else 1.0, 0)
+
+    # attention over ring buffers: GQA, windows, soft-cap, tokens of several slots
+    for h, hkv, d, L, window, softcap in [(8, 2, 64, 64, 0, 0.0), (4, 1, 256, 40, 16, 0.0), (32, 8, 128, 600, 0, 0.0),
+                                          (6, 3, 32, 50, 0, 30.0)]:
+        n_slots = 2
+        kc = rng.standard_normal((n_slots, hkv, L, d)).astype(np.float16)
+        vc = rng.standard_normal((n_slots, hkv, L, d)).astype(np.float16)
+        n = 6
+        slots = rng.integers(0, n_slots, n)
+        pos = rng.integers(0, 2 * L if window else L, n)
+        q = rng.standard_normal((n, h, d)).astype(np.float32)
+        k = rng.standard_normal((n, hkv, d)).astype(np.float32)
+        v = rng.standard_normal((n, hkv, d)).astype(np.float32)
+        # kv_write of distinct (slot, row) pairs, then attention
+        _, first = np.unique(slots * 10**6 + pos % L, return_index=True)
+        kcd, vcd = cp.asarray(kc), cp.asarray(vc)
+        be.kv_write(kcd, vcd, slots[first], pos[first], cp.asarray(k[first]), cp.asarray(v[first]))
+        kc2, vc2 = kc.copy(), vc.copy()
+        for t in first:
+            kc2[slots[t], :, pos[t] % L] = k[t]
+            vc2[slots[t], :, pos[t] % L] = v[t]
+        check(f"kv_write d={d}", rel(g(kcd).astype(np.float32), kc2.astype(np.float32)), 1e-3)
+        scale = 1 / np.sqrt(d)
+        o = g(be.attention(cp.asarray(q), kcd, vcd, slots, pos, window, scale, softcap))
+        check(f"attention h={h}/{hkv} d={d} L={L} w={window} cap={softcap}",
+              rel(o, ref.attention(q, kc2, vc2, slots, pos, window, scale, softcap)), 1e-4)
+
+
+def model_checks(folder: Path, presets):
+    """Same random-weight file on CPU and GPU: prefill logits, greedy tokens, graph decode vs eager decode."""
+    from minirs.formats import load_model_file
+    from minirs.generate import Generator
+    from minirs.kernels.cpu import CpuBackend
+    from minirs.kernels.cuda import CudaBackend
+    from minirs.load import load_model
+    from minirs.models.synthetic import write_random_gguf
+    from minirs.sampling import SamplingParams
+
+    for preset in presets:
+        path = folder / f"{preset}.gguf"
+        if not path.exists():
+            write_random_gguf(path, preset)
+        mf = load_model_file(path)
+        cpu = load_model(mf, backend=CpuBackend())
+        gpu = load_model(mf, backend=CudaBackend())
+        rng = np.random.default_rng(1)
+        prompt = [int(i) for i in rng.integers(0, cpu.config.vocab_size, 40)]
+        gc, gg = Generator(cpu, ctx_len=256, max_chunk=16), Generator(gpu, ctx_len=256, max_chunk=16)
+        lc, lg = gc.prefill(prompt), gg.prefill(prompt)
+        check(f"{preset} prefill logits GPU vs CPU", rel(lg, lc), 3e-2)
+        # decode a few steps eager on both: logits each step
+        errs = []
+        for i, tok in enumerate([5, 17, 99, 3]):
+            p = len(prompt) + i
+            a = gc.decode(tok, p)
+            b = gg.decode(tok, p)  # graph path (first call eager + capture, then replays)
+            errs.append(rel(b, a))
+        check(f"{preset} decode logits (graph) GPU vs CPU", max(errs), 3e-2)
+        params = SamplingParams()
+        tc = list(Generator(cpu, ctx_len=256, max_chunk=16).generate(prompt, params, 16))
+        tg = list(Generator(gpu, ctx_len=256, max_chunk=16).generate(prompt, params, 16))
+        agree = next((i for i, (a, b) in enumerate(zip(tc, tg)) if a != b), len(tc))
+        log(f"     {preset} greedy CPU {tc}\n     {preset} greedy GPU {tg}")
+        check(f"{preset} greedy tokens agree (first {agree}/16)", 0.0 if agree >= 8 else 1.0, 0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-kernels", action="store_true")
+    ap.add_argument("--no-models", action="store_true")
+    ap.add_argument("--bench-presets", default="smollm2-135m,gemma3-270m,llama-7b-q4_0,llama-7b-q4_k")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"))
+    args = ap.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(int(time.time()))
+    t0 = time.time()
+    for name, fn in [("kernels", None if args.no_kernels else lambda: kernel_checks(rng)),
+                     ("models", None if args.no_models else lambda: model_checks(args.dir, ["smollm2-135m",
+                                                                                            "gemma3-270m"]))]:
+        if fn is None:
+            continue
+        try:
+            t = time.time()
+            fn()
+            log(f"# {name} checks took {time.time() - t:.1f} s")
+        except Exception:
+            log(f"FAIL {name} checks raised:\n{traceback.format_exc()}")
+            SUMMARY.append((name, float("nan"), 0, False))
+    bench_out = ""
+    if args.bench_presets:
+        from minirs import bench
+        rows = []
+        bw = bench.copy_bandwidth("cuda")
+        log(f"# copy bandwidth {bw / 1e9:.0f} GB/s")
+        for p in args.bench_presets.split(","):
+            try:
+                r = bench.bench_preset(p, "cuda", 512, 128, 3, args.dir, log=log)
+                log(f"# {p}: {r}")
+                rows.append(r)
+            except Exception:
+                log(f"FAIL bench {p}:\n{traceback.format_exc()}")
+        bench_out = bench.table(rows, bw, 512, 128)
+    log(f"\n# total {time.time() - t0:.0f} s; {sum(not s[3] for s in SUMMARY)} failed of {len(SUMMARY)} checks")
+    for name, err, tol, ok in SUMMARY:
+        if not ok:
+            log(f"FAILED: {name} {err:.2e} > {tol:.0e}")
+    log(bench_out)
+
+
+if __name__ == "__main__":
+    main()

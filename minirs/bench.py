@@ -1,0 +1,169 @@
+"""llama-bench-style speed table on random-weight models with real shapes.
+
+    python -m minirs.bench --device cuda --preset llama-7b-q4_0 --preset smollm2-135m
+    python -m minirs.bench --device cpu --preset smollm2-135m --pp 64 --tg 16
+
+For each preset it writes a random-weight GGUF (models/synthetic.py; speed does not depend on weight values),
+loads it, and measures pp (one prefill forward of N tokens) and tg (N greedy decode steps from an empty
+context, one token each; on CUDA the decode step is a replayed CUDA graph and only token ids come back).
+GB/s is the weight bytes a decode token reads (every matrix but the embedding table, unless it is tied to the
+output) over the time per token, and "% copy" compares it with a device copy measured here (bytes read +
+written, as ANCHORS.md counts it).
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minirs.models.synthetic import PRESETS, write_random_gguf
+
+
+class _Clock:
+    """Host timer that waits for the device first (CUDA) so the time covers the queued work."""
+
+    def __init__(self, backend):
+        self.sync = getattr(backend, "stream", None)
+
+    def now(self) -> float:
+        if self.sync is not None:
+            self.sync.synchronize()
+        return time.perf_counter()
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes read + written per second by a large device-to-device (or RAM) copy."""
+    n = 1 << 28  # 256 MiB
+    if device == "cuda":
+        import cupy as cp
+        a, b = cp.ones(n, cp.uint8), cp.empty(n, cp.uint8)
+        for _ in range(3):
+            b[...] = a
+        ev0, ev1 = cp.cuda.Event(), cp.cuda.Event()
+        ev0.record()
+        for _ in range(10):
+            b[...] = a
+        ev1.record()
+        ev1.synchronize()
+        return 2 * n * 10 / (cp.cuda.get_elapsed_time(ev0, ev1) / 1e3)
+    a, b = np.ones(n, np.uint8), np.empty(n, np.uint8)
+    np.copyto(b, a)
+    t = time.perf_counter()
+    for _ in range(3):
+        np.copyto(b, a)
+    return 2 * n * 3 / (time.perf_counter() - t)
+
+
+def decode_bytes(mf) -> int:
+    """Weight bytes read per decode token: every 2-D tensor except an untied token embedding table."""
+    tied = "output.weight" not in mf.tensors
+    return sum(t.nbytes for name, t in mf.tensors.items()
+               if len(t.shape) == 2 and (name != "token_embd.weight" or tied))
+
+
+def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: Path, log=print) -> dict:
+    from minirs.formats import load_model_file
+    from minirs.kv_cache import KVCache
+    from minirs.load import get_backend, load_model
+
+    path = folder / f"{preset}.gguf"
+    if not path.exists():
+        t = time.perf_counter()
+        write_random_gguf(path, preset)
+        log(f"# wrote {path} in {time.perf_counter() - t:.1f} s")
+    mf = load_model_file(path)
+    be = get_backend(device)
+    clock = _Clock(be)
+    t0 = clock.now()
+    model = load_model(mf, backend=be)
+    load_s = clock.now() - t0
+    cfg = model.config
+    cache = KVCache(cfg, be, 1, pp + tg + 8, max(pp, 1))
+    rng = np.random.default_rng(0)
+    res = {"preset": preset, "device": device, "size": path.stat().st_size, "load_s": load_s}
+    if device == "cuda":
+        import cupy as cp
+        res["gpu_bytes"] = cp.get_default_memory_pool().used_bytes()
+        res["kv_bytes"] = cache.nbytes
+
+    if pp:
+        ids = rng.integers(0, cfg.vocab_size, pp)
+        slots, pos = np.zeros(pp, np.int64), np.arange(pp, dtype=np.int64)
+        times = []
+        for _ in range(reps + 1):  # the first run compiles and warms up
+            t = clock.now()
+            model.forward(ids, slots, pos, cache, logit_rows=[pp - 1])
+            times.append(clock.now() - t)
+        res["pp_tps"] = pp / float(np.median(times[1:]))
+
+    if tg:
+        step = getattr(be, "decode_step", None)
+
+        def decode(tok, p):
+            args = (np.array([tok], np.int64), np.zeros(1, np.int64), np.array([p], np.int64))
+            if step is not None:
+                return int(step(model, cache, *args, greedy=True)[0])
+            return int(np.argmax(model.forward(*args, cache)[0]))
+
+        tok = 1
+        for p in range(min(4, tg)):  # warm-up (and graph capture)
+            tok = decode(tok, p)
+        times = []
+        for _ in range(reps):
+            tok = 1
+            t = clock.now()
+            for p in range(tg):
+                tok = decode(tok, p)
+            times.append(clock.now() - t)
+        res["tg_tps"] = tg / float(np.median(times))
+        res["gbps"] = decode_bytes(mf) * res["tg_tps"] / 1e9
+    return res
+
+
+def table(rows: list[dict], copy_bw: float, pp: int, tg: int) -> str:
+    out = ["| model | size | device | test | t/s | weights GB/s | % of copy BW |",
+           "| --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        size = f"{r['size'] / 2**20:.0f} MiB"
+        if "pp_tps" in r:
+            out.append(f"| {r['preset']} | {size} | {r['device']} | pp{pp} | {r['pp_tps']:,.0f} | | |")
+        if "tg_tps" in r:
+            out.append(f"| {r['preset']} | {size} | {r['device']} | tg{tg} | {r['tg_tps']:,.1f} | "
+                       f"{r['gbps']:,.0f} | {100 * r['gbps'] * 1e9 / copy_bw:.0f}% |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Prefill / decode speed on random-weight models with real shapes.")
+    ap.add_argument("--preset", action="append", choices=sorted(PRESETS),
+                    help="model shape to bench (repeatable; default smollm2-135m)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="backend (default auto)")
+    ap.add_argument("--pp", type=int, default=512, help="prompt tokens in the prefill test (0 = skip)")
+    ap.add_argument("--tg", type=int, default=128, help="decode steps in the generation test (0 = skip)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported")
+    ap.add_argument("--dir", type=Path, default=None, help="folder for the GGUF files (default: a temp folder)")
+    args = ap.parse_args(argv)
+    from minirs.load import get_backend
+    device = get_backend(args.device).name
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="minirs-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    copy_bw = copy_bandwidth(device)
+    print(f"# device {device}: copy bandwidth {copy_bw / 1e9:,.0f} GB/s (read + write)", file=sys.stderr)
+    rows = []
+    for preset in args.preset or ["smollm2-135m"]:
+        r = bench_preset(preset, device, args.pp, args.tg, args.reps, folder,
+                         log=lambda s: print(s, file=sys.stderr))
+        extra = ""
+        if "gpu_bytes" in r:
+            extra = f", GPU memory {r['gpu_bytes'] / 2**30:.2f} GiB (KV {r['kv_bytes'] / 2**20:.0f} MiB)"
+        print(f"# {preset}: loaded in {r['load_s']:.2f} s{extra}", file=sys.stderr)
+        rows.append(r)
+    print(table(rows, copy_bw, args.pp, args.tg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

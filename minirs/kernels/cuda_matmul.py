@@ -1,0 +1,413 @@
+"""CUDA quantized matmul: y = x @ W.T on the quantized blocks, Numba CUDA kernels over CuPy memory.
+
+    w = GMatrix.from_tensor(tensor)       # once per weight: upload, re-lay the blocks out for coalesced reads
+    y = gmatmul(w, x, stream)             # x (n, n_in) float32 CuPy -> y (n, n_out) float32 CuPy
+    e = gembed(w, ids, scale, stream)     # rows `ids` of W as float32 (token embedding lookup)
+
+Weights keep the families of the CPU matmul (cpu_matmul.py), with f16 group scales so that a Q4_0 matrix takes
+exactly its file size on the GPU:
+
+| family | weight element                        | arrays on the GPU (per row)                                  | types               |
+| ------ | ------------------------------------- | ------------------------------------------------------------ | ------------------- |
+| q4     | d[g] * (q - off) (+ m[g])             | q: n_in/8 uint32, per 32-block 4 words: byte j = el. j, j+16 | Q4_0, Q4_1, Q4_K    |
+| q5     | as q4, q += 16 * hbit                 | q as q4; h: one uint32 per 32-block, bit j = element j       | Q5_0, Q5_1, Q5_K    |
+| q8     | d[g] * q (+ m[g]), g = 32 or 16       | q: int8 per element (read as int32 words)                    | Q8_0, Q6_K, Q3_K, Q2_K |
+| float  | w                                     | float16 (F16) or float32 (F32, BF16 widened)                 | F16, BF16, F32      |
+
+Decode and small batches (n <= GEMV_MAX_N) run a GEMV: x is quantized to int8 per 32-block (scale + per-16 sums,
+as llama.cpp's q8_1), each lane takes one 32-block at a time, `__dp4a` does 4 int8 MACs, and each warp owns 4
+rows so each x word loaded serves 4 rows (GPU.md: 1.92 TB/s for Q4_0 on an H100). Larger n dequantize W to
+float16 and multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph,
+which is why decode needs its own kernels.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from numba import cuda, float32, int32
+from numba.cuda import libdevice
+
+from minirs.formats.model_file import Tensor
+
+GEMV_MAX_N = 8  # n <= this: GEMV kernels (graph-capturable); larger n: dequantize + cuBLAS
+R = 4  # rows per warp in the GEMVs
+NW = 2  # warps per block in the GEMVs
+DQ_THREADS = 128
+
+_DP4A_CU = os.path.join(os.path.dirname(__file__), "cuda_dp4a.cu")
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator links no CUDA C: a plain-Python twin
+    def dp4a(a, b, c):
+        for i in range(4):
+            x, y = ((a >> (8 * i)) & 255), ((b >> (8 * i)) & 255)
+            c += (x - 256 if x > 127 else x) * (y - 256 if y > 127 else y)
+        return c
+else:
+    dp4a = cuda.declare_device("dp4a", "int32(int32, int32, int32)", link=_DP4A_CU)
+
+M4 = 0x0F0F0F0F
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+def quantize_x(x, xq, xd, xs):
+    """x (n, k) f32 -> xq (n, k) int8 = round(x / d), xd (n, k/32) f32 d = max|x| / 127, xs (n, k/16) int32 sums of xq.
+
+    One warp per 32-block.
+    """
+    gw = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) >> 5
+    lane = cuda.threadIdx.x & 31
+    nb = xd.shape[1]
+    t = gw // nb
+    b = gw - t * nb
+    if t >= x.shape[0]:
+        return
+    v = x[t, 32 * b + lane]
+    a = abs(v)
+    for o in (16, 8, 4, 2, 1):
+        a = max(a, cuda.shfl_xor_sync(0xFFFFFFFF, a, o))
+    d = a / 127.0
+    qv = int32(0)
+    if a > 0:
+        qv = int32(libdevice.rintf(v / d))
+    xq[t, 32 * b + lane] = qv
+    s = qv
+    for o in (8, 4, 2, 1):
+        s += cuda.shfl_xor_sync(0xFFFFFFFF, s, o)
+    if lane == 0:
+        xd[t, b] = d
+        xs[t, 2 * b] = s
+    if lane == 16:
+        xs[t, 2 * b + 1] = s
+
+
+def _spread4(hb):
+    """Bits 0..3 of hb -> bit 4 of bytes 0..3 (the fifth bits of four q5 elements)."""
+    return ((hb & 1) << 4) | ((hb & 2) << 11) | ((hb & 4) << 18) | ((hb & 8) << 25)
+
+
+def _row_q45(q, h, d, m, r, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m):
+    """One row's share of a 32-block: d * (sum q*xq - off * sum xq) (+ m * sum xq), xq's scale left out."""
+    w0, w1, w2, w3 = q[r, 4 * b], q[r, 4 * b + 1], q[r, 4 * b + 2], q[r, 4 * b + 3]
+    l0, l1, l2, l3 = w0 & M4, w1 & M4, w2 & M4, w3 & M4
+    h0, h1, h2, h3 = (w0 >> 4) & M4, (w1 >> 4) & M4, (w2 >> 4) & M4, (w3 >> 4) & M4
+    if has_h:
+        hb = h[r, b]
+        l0 |= _spread4(hb)
+        l1 |= _spread4(hb >> 4)
+        l2 |= _spread4(hb >> 8)
+        l3 |= _spread4(hb >> 12)
+        h0 |= _spread4(hb >> 16)
+        h1 |= _spread4(hb >> 20)
+        h2 |= _spread4(hb >> 24)
+        h3 |= _spread4(hb >> 28)
+    s = dp4a(l0, x0, 0)
+    s = dp4a(l1, x1, s)
+    s = dp4a(l2, x2, s)
+    s = dp4a(l3, x3, s)
+    s = dp4a(h0, x4, s)
+    s = dp4a(h1, x5, s)
+    s = dp4a(h2, x6, s)
+    s = dp4a(h3, x7, s)
+    v = float32(d[r, b]) * float32(s - off * sb)
+    if has_m:
+        v += float32(m[r, b]) * float32(sb)
+    return v
+
+
+def _row_q8(q, d, m, r, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m):
+    """One row's share of a 32-block of the q8 family (groups of 32, or two of 16), xq's scale left out."""
+    sa = dp4a(q[r, 8 * b], x0, 0)
+    sa = dp4a(q[r, 8 * b + 1], x1, sa)
+    sa = dp4a(q[r, 8 * b + 2], x2, sa)
+    sa = dp4a(q[r, 8 * b + 3], x3, sa)
+    sc = dp4a(q[r, 8 * b + 4], x4, 0)
+    sc = dp4a(q[r, 8 * b + 5], x5, sc)
+    sc = dp4a(q[r, 8 * b + 6], x6, sc)
+    sc = dp4a(q[r, 8 * b + 7], x7, sc)
+    if g16:
+        v = float32(d[r, 2 * b]) * float32(sa) + float32(d[r, 2 * b + 1]) * float32(sc)
+        if has_m:
+            v += float32(m[r, 2 * b]) * float32(s0) + float32(m[r, 2 * b + 1]) * float32(s1)
+    else:
+        v = float32(d[r, b]) * float32(sa + sc)
+        if has_m:
+            v += float32(m[r, b]) * float32(s0 + s1)
+    return v
+
+
+def _store4(y, t, r0, n_out, a0, a1, a2, a3):
+    """Sum each of 4 row accumulators over the warp; lane 0 writes the rows that exist."""
+    for o in (16, 8, 4, 2, 1):
+        a0 += cuda.shfl_xor_sync(0xFFFFFFFF, a0, o)
+        a1 += cuda.shfl_xor_sync(0xFFFFFFFF, a1, o)
+        a2 += cuda.shfl_xor_sync(0xFFFFFFFF, a2, o)
+        a3 += cuda.shfl_xor_sync(0xFFFFFFFF, a3, o)
+    if (cuda.threadIdx.x & 31) == 0:
+        if r0 < n_out:
+            y[t, r0] = a0
+        if r0 + 1 < n_out:
+            y[t, r0 + 1] = a1
+        if r0 + 2 < n_out:
+            y[t, r0 + 2] = a2
+        if r0 + 3 < n_out:
+            y[t, r0 + 3] = a3
+
+
+def gemv_q45(q, h, d, m, xq, xd, xs, y, off, has_h, has_m):
+    """y[t, r] = sum_k W[r, k] * x[t, k], W in the q4 / q5 family, x from quantize_x (xq read as int32 words).
+
+    Per 32-block: xd * d * (sum q*xq - off * sum xq) (+ xd * m * sum xq). A warp owns R = 4 rows, lane l takes
+    the 32-blocks l, l + 32, ...  grid (ceil(n_out / (R*NW)), n), block 32*NW.
+    """
+    n_out = y.shape[1]
+    nblk = d.shape[1]
+    t = cuda.blockIdx.y
+    r0 = (cuda.blockIdx.x * NW + (cuda.threadIdx.x >> 5)) * R
+    ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
+    a0 = a1 = a2 = a3 = float32(0.0)
+    for b in range(cuda.threadIdx.x & 31, nblk, 32):
+        x0, x1, x2, x3 = xq[t, 8 * b], xq[t, 8 * b + 1], xq[t, 8 * b + 2], xq[t, 8 * b + 3]
+        x4, x5, x6, x7 = xq[t, 8 * b + 4], xq[t, 8 * b + 5], xq[t, 8 * b + 6], xq[t, 8 * b + 7]
+        xdb = xd[t, b]
+        sb = xs[t, 2 * b] + xs[t, 2 * b + 1]
+        a0 += xdb * _row_q45(q, h, d, m, ra, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m)
+        a1 += xdb * _row_q45(q, h, d, m, rb, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m)
+        a2 += xdb * _row_q45(q, h, d, m, rc, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m)
+        a3 += xdb * _row_q45(q, h, d, m, rd, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m)
+    _store4(y, t, r0, n_out, a0, a1, a2, a3)
+
+
+def gemv_q8(q, d, m, xq, xd, xs, y, g16, has_m):
+    """y[t, r] = sum_k W[r, k] * x[t, k], W in the q8 family (int8 weights read as int32 words, groups of 32 or 16)."""
+    n_out = y.shape[1]
+    nblk = xd.shape[1]
+    t = cuda.blockIdx.y
+    r0 = (cuda.blockIdx.x * NW + (cuda.threadIdx.x >> 5)) * R
+    ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
+    a0 = a1 = a2 = a3 = float32(0.0)
+    for b in range(cuda.threadIdx.x & 31, nblk, 32):
+        x0, x1, x2, x3 = xq[t, 8 * b], xq[t, 8 * b + 1], xq[t, 8 * b + 2], xq[t, 8 * b + 3]
+        x4, x5, x6, x7 = xq[t, 8 * b + 4], xq[t, 8 * b + 5], xq[t, 8 * b + 6], xq[t, 8 * b + 7]
+        xdb = xd[t, b]
+        s0, s1 = xs[t, 2 * b], xs[t, 2 * b + 1]
+        a0 += xdb * _row_q8(q, d, m, ra, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m)
+        a1 += xdb * _row_q8(q, d, m, rb, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m)
+        a2 += xdb * _row_q8(q, d, m, rc, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m)
+        a3 += xdb * _row_q8(q, d, m, rd, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m)
+    _store4(y, t, r0, n_out, a0, a1, a2, a3)
+
+
+def gemv_float(w, x, y):
+    """y[t, r] = sum_k w[r, k] * x[t, k] for float16 / float32 weights, float32 x."""
+    n_out, n_in = w.shape
+    t = cuda.blockIdx.y
+    r0 = (cuda.blockIdx.x * NW + (cuda.threadIdx.x >> 5)) * R
+    ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
+    a0 = a1 = a2 = a3 = float32(0.0)
+    for k in range(cuda.threadIdx.x & 31, n_in, 32):
+        xv = x[t, k]
+        a0 += float32(w[ra, k]) * xv
+        a1 += float32(w[rb, k]) * xv
+        a2 += float32(w[rc, k]) * xv
+        a3 += float32(w[rd, k]) * xv
+    _store4(y, t, r0, n_out, a0, a1, a2, a3)
+
+
+def dequant_q45(q, h, d, m, off, has_h, has_m, rows, scale, out):
+    """out[i, :] = W[rows[i], :] * scale for the q4 / q5 family.  One block per output row, a thread per word."""
+    i = cuda.blockIdx.x
+    r = rows[i]
+    for wi in range(cuda.threadIdx.x, q.shape[1], cuda.blockDim.x):
+        b = wi >> 2
+        k = wi & 3
+        w = q[r, wi]
+        hb = h[r, b] if has_h else 0
+        dd = float32(d[r, b])
+        mm = float32(m[r, b]) if has_m else float32(0.0)
+        for j in range(4):
+            lo = (w >> (8 * j)) & 15
+            hi = (w >> (8 * j + 4)) & 15
+            if has_h:
+                lo |= ((hb >> (4 * k + j)) & 1) << 4
+                hi |= ((hb >> (16 + 4 * k + j)) & 1) << 4
+            out[i, 32 * b + 4 * k + j] = (dd * float32(lo - off) + mm) * scale
+            out[i, 32 * b + 16 + 4 * k + j] = (dd * float32(hi - off) + mm) * scale
+
+
+def dequant_q8(q, d, m, g, has_m, rows, scale, out):
+    """out[i, :] = W[rows[i], :] * scale for the q8 family (q: int8 elements, groups of g)."""
+    i = cuda.blockIdx.x
+    r = rows[i]
+    for e in range(cuda.threadIdx.x, q.shape[1], cuda.blockDim.x):
+        gi = e // g
+        v = float32(d[r, gi]) * float32(q[r, e])
+        if has_m:
+            v += float32(m[r, gi])
+        out[i, e] = v * scale
+
+
+def dequant_float(w, rows, scale, out):
+    """out[i, :] = w[rows[i], :] * scale."""
+    i = cuda.blockIdx.x
+    r = rows[i]
+    for e in range(cuda.threadIdx.x, w.shape[1], cuda.blockDim.x):
+        out[i, e] = float32(w[r, e]) * scale
+
+
+# Signatures: compiled eagerly (fast dispatch, nothing compiles during graph capture) and by the CI test
+# (tests/test_cuda_compile.py) with compile_ptx, which needs no GPU.
+_A = "[:, ::1]"
+SIGS = {
+    quantize_x: [f"void(float32{_A}, int8{_A}, float32{_A}, int32{_A})"],
+    gemv_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int32{_A}, float32{_A}, int32{_A}, "
+               f"float32{_A}, int32, boolean, boolean)"],
+    gemv_q8: [f"void(int32{_A}, float16{_A}, float16{_A}, int32{_A}, float32{_A}, int32{_A}, float32{_A}, "
+              "boolean, boolean)"],
+    gemv_float: [f"void({w}{_A}, float32{_A}, float32{_A})" for w in ("float16", "float32")],
+    dequant_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int32, boolean, boolean, int64[::1], "
+                  f"float32, {o}{_A})" for o in ("float16", "float32")],
+    dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, {o}{_A})"
+                 for o in ("float16", "float32")],
+    dequant_float: [f"void({w}{_A}, int64[::1], float32, {o}{_A})" for w in ("float16", "float32")
+                    for o in ("float16", "float32")],
+}
+_spread4 = cuda.jit(device=True, inline=True)(_spread4)
+_row_q45 = cuda.jit(device=True, inline=True)(_row_q45)
+_row_q8 = cuda.jit(device=True, inline=True)(_row_q8)
+_store4 = cuda.jit(device=True, inline=True)(_store4)
+K = {f.__name__: cuda.jit(sigs) if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" else cuda.jit(f)
+     for f, sigs in SIGS.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Load time: GGML blocks -> GPU families
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class GMatrix:
+    """A weight matrix (n_out, n_in) on the GPU, quantized, in its family's layout (module docstring)."""
+
+    qtype: str
+    n_out: int
+    n_in: int
+    family: str  # "q45", "q8" or "float"
+    q: object  # q45: (n_out, n_in/8) uint32; q8: (n_out, n_in) int8; float: (n_out, n_in) float16/float32
+    d: object = None  # (n_out, n_in/g) float16 group scales
+    m: object = None  # (n_out, n_in/g) float16 group offsets, or a (1, 1) dummy
+    h: object = None  # (n_out, n_in/32) uint32 fifth bits (q5), or a (1, 1) dummy
+    off: int = 0
+    g: int = 32
+    has_m: bool = False
+    has_h: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in (self.q, self.d, self.m, self.h) if a is not None)
+
+    @classmethod
+    def from_tensor(cls, t: Tensor) -> "GMatrix":
+        import cupy as cp
+
+        if len(t.shape) != 2:
+            raise ValueError(f"{t.name}: a matrix needs 2 dims, got shape {t.shape}")
+        n_out, n_in = t.shape
+        qt = t.qtype
+        dummy16 = cp.zeros((1, 1), cp.float16)
+        dummy32 = cp.zeros((1, 1), cp.uint32)
+        if qt in ("F16", "F32", "BF16"):
+            rows = t.rows()
+            if qt == "F16":
+                w = cp.asarray(rows.view(np.float16))
+            elif qt == "F32":
+                w = cp.asarray(rows.view(np.float32))
+            else:  # BF16 widened to float32 on the GPU: bf16 bits are the top half of an f32
+                w = (cp.asarray(rows.view(np.uint16)).astype(cp.uint32) << 16).view(cp.float32)
+            return cls(qt, n_out, n_in, "float", w)
+        if qt in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+            # legacy 32-blocks, re-laid out on the GPU (fast for multi-GB files): upload raw, slice fields apart
+            nb = n_in // 32
+            blk = cp.asarray(t.rows()).reshape(n_out, nb, -1)
+            d = cp.ascontiguousarray(blk[:, :, 0:2]).view(cp.float16).reshape(n_out, nb)
+            if qt == "Q8_0":
+                q = cp.ascontiguousarray(blk[:, :, 2:]).view(cp.int8).reshape(n_out, n_in)
+                return cls(qt, n_out, n_in, "q8", q, d, dummy16, None, 0, 32)
+            has_m = qt in ("Q4_1", "Q5_1")
+            p = 4 if has_m else 2
+            m = cp.ascontiguousarray(blk[:, :, 2:4]).view(cp.float16).reshape(n_out, nb) if has_m else dummy16
+            h = dummy32
+            if qt.startswith("Q5"):
+                h = cp.ascontiguousarray(blk[:, :, p:p + 4]).view(cp.uint32).reshape(n_out, nb)
+                p += 4
+            q = cp.ascontiguousarray(blk[:, :, p:]).view(cp.uint32).reshape(n_out, n_in // 8)
+            off = 0 if has_m else (16 if qt.startswith("Q5") else 8)
+            del blk
+            return cls(qt, n_out, n_in, "q45", q, d, m, h, off, 32, has_m, qt.startswith("Q5"))
+        # k-quants: the CPU relayout (NumPy) into the same families, then upload with f16 scales
+        from minirs.kernels.cpu_matmul import QMatrix
+        c = QMatrix.from_tensor(t)
+        d = cp.asarray(c.d.astype(np.float16))
+        has_m = c.m.size > 0
+        m = cp.asarray(c.m.astype(np.float16)) if has_m else dummy16
+        if c.family == "q8":
+            g = n_in // c.d.shape[1]
+            return cls(qt, n_out, n_in, "q8", cp.asarray(c.q.view(np.int8)), d, m, None, 0, g, has_m)
+        if c.family in ("q4", "q5"):
+            q = cp.asarray(np.ascontiguousarray(c.q).view(np.uint32))
+            has_h = c.family == "q5"
+            h = cp.asarray(np.ascontiguousarray(c.h).view(np.uint32)) if has_h else dummy32
+            return cls(qt, n_out, n_in, "q45", q, d, m, h, c.off, 32, has_m, has_h)
+        raise NotImplementedError(f"{t.name}: no CUDA matmul for type {qt} (family {c.family})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launchers (all on the backend's stream; CuPy arrays are passed to Numba through __cuda_array_interface__)
+# ---------------------------------------------------------------------------------------------------------------
+
+def quantize(x, stream):
+    """x (n, k) float32 -> (xq int32 words (n, k/4), xd (n, k/32), xs (n, k/16))."""
+    import cupy as cp
+    n, k = x.shape
+    xq = cp.empty((n, k), cp.int8)
+    xd = cp.empty((n, k // 32), cp.float32)
+    xs = cp.empty((n, k // 16), cp.int32)
+    warps = n * (k // 32)
+    K["quantize_x"][math.ceil(warps / 8), 256, stream](x, xq, xd, xs)
+    return xq.view(cp.int32), xd, xs
+
+
+def gmatmul(w: GMatrix, x, stream, xquant=None):
+    """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32."""
+    import cupy as cp
+    n = x.shape[0]
+    if n <= GEMV_MAX_N:
+        y = cp.empty((n, w.n_out), cp.float32)
+        grid = (math.ceil(w.n_out / (R * NW)), n)
+        if w.family == "float":
+            K["gemv_float"][grid, 32 * NW, stream](w.q, x, y)
+            return y
+        xq, xd, xs = xquant if xquant is not None else quantize(x, stream)
+        if w.family == "q45":
+            K["gemv_q45"][grid, 32 * NW, stream](w.q, w.h, w.d, w.m, xq, xd, xs, y, w.off, w.has_h, w.has_m)
+        else:
+            K["gemv_q8"][grid, 32 * NW, stream](w.q.view(cp.int32), w.d, w.m, xq, xd, xs, y, w.g == 16, w.has_m)
+        return y
+    wf = dequant(w, cp.arange(w.n_out, dtype=cp.int64), 1.0, cp.float16, stream)
+    return cp.matmul(x.astype(cp.float16), wf.T).astype(cp.float32)
+
+
+def dequant(w: GMatrix, rows, scale: float, dtype, stream):
+    """Rows `rows` (int64 CuPy) of W, times scale, as a (len(rows), n_in) array of dtype."""
+    import cupy as cp
+    out = cp.empty((rows.shape[0], w.n_in), dtype)
+    grid = (rows.shape[0],)
+    if w.family == "q45":
+        K["dequant_q45"][grid, DQ_THREADS, stream](w.q, w.h, w.d, w.m, w.off, w.has_h, w.has_m, rows, scale, out)
+    elif w.family == "q8":
+        K["dequant_q8"][grid, DQ_THREADS, stream](w.q, w.d, w.m, w.g, w.has_m, rows, scale, out)
+    else:
+        K["dequant_float"][grid, DQ_THREADS, stream](w.q, rows, scale, out)
+    return out
