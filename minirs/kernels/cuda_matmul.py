@@ -346,21 +346,19 @@ class GMatrix:
             off = 0 if has_m else (16 if qt.startswith("Q5") else 8)
             del blk
             return cls(qt, n_out, n_in, "q45", q, d, m, h, off, 32, has_m, qt.startswith("Q5"))
-        # k-quants: the CPU relayout (NumPy) into the same families, then upload with f16 scales
-        from minirs.kernels.cpu_matmul import QMatrix
-        c = QMatrix.from_tensor(t)
-        d = cp.asarray(c.d.astype(np.float16))
-        has_m = c.m.size > 0
-        m = cp.asarray(c.m.astype(np.float16)) if has_m else dummy16
-        if c.family == "q8":
-            g = n_in // c.d.shape[1]
-            return cls(qt, n_out, n_in, "q8", cp.asarray(c.q.view(np.int8)), d, m, None, 0, g, has_m)
-        if c.family in ("q4", "q5"):
-            q = cp.asarray(np.ascontiguousarray(c.q).view(np.uint32))
-            has_h = c.family == "q5"
-            h = cp.asarray(np.ascontiguousarray(c.h).view(np.uint32)) if has_h else dummy32
-            return cls(qt, n_out, n_in, "q45", q, d, m, h, c.off, 32, has_m, has_h)
-        raise NotImplementedError(f"{t.name}: no CUDA matmul for type {qt} (family {c.family})")
+        # k-quants: re-laid out on the host (cuda_relayout.py) into the same families, uploaded with f16 scales
+        from minirs.kernels.cuda_relayout import RELAYOUT
+        if qt not in RELAYOUT:
+            raise NotImplementedError(f"{t.name}: no CUDA matmul for type {qt}")
+        family, q, d, m, h = RELAYOUT[qt](qt, n_out, n_in, t.rows())
+        has_m = m is not None
+        d = cp.asarray(d.astype(np.float16))
+        m = cp.asarray(m.astype(np.float16)) if has_m else dummy16
+        if family == "q8":
+            return cls(qt, n_out, n_in, "q8", cp.asarray(q.view(np.int8)), d, m, None, 0, n_in // d.shape[1], has_m)
+        q = cp.asarray(np.ascontiguousarray(q).view(np.uint32))
+        h = cp.asarray(np.ascontiguousarray(h).view(np.uint32)) if family == "q5" else dummy32
+        return cls(qt, n_out, n_in, "q45", q, d, m, h, 0, 32, has_m, family == "q5")
 
 
 # ---------------------------------------------------------------------------------------------------------------
