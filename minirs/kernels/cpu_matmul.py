@@ -276,23 +276,22 @@ def _dot_q4(q, d, m, off, x, xs, y):
 
 
 @njit(cache=True, parallel=True)
-def _deq_q4(q, d, m, off, rows, out):
-    # out[i, 32g + j] = d[r, g] * (nib[r, g, j] - off) (+ m[r, g]),  r = rows[i]
+def _deq_q4(q, d, m, off, tiles, out):
+    # out[32g + j, k*L + l] = d[t, g, l] * (nib[t, g, j, l] - off) (+ m[t, g, l]),  t = tiles[k]
     L = q.shape[2]
     has_m = m.shape[0] > 0
-    for i in prange(rows.shape[0]):
-        t, l = rows[i] // L, rows[i] % L
+    for k in prange(tiles.shape[0]):
+        t = tiles[k]
         for g in range(d.shape[1]):
-            s = d[t, g, l]
-            for j in range(16):
-                b = q[t, 16 * g + j, l]
-                lo = s * np.float32(np.int32(b & 15) - off)
-                hi = s * np.float32(np.int32(b >> 4) - off)
-                if has_m:
-                    lo += m[t, g, l]
-                    hi += m[t, g, l]
-                out[i, 32 * g + j] = lo
-                out[i, 32 * g + 16 + j] = hi
+            dg = d[t, g]
+            mg = m[t, g] if has_m else dg
+            for j in range(32):
+                qk = q[t, 16 * g + j % 16]
+                shift = np.uint8(4 * (j // 16))
+                o = out[32 * g + j, k * L:(k + 1) * L]
+                for l in range(L):
+                    v = dg[l] * (np.float32((qk[l] >> shift) & np.uint8(15)) - np.float32(off))
+                    o[l] = v + mg[l] if has_m else v
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -321,20 +320,22 @@ def _dot_q8(q, d, m, x, xs, y):
 
 
 @njit(cache=True, parallel=True)
-def _deq_q8(q, d, m, rows, out):
-    # out[i, k] = d[r, k // gs] * q[r, k] (+ m[r, k // gs]),  r = rows[i]
+def _deq_q8(q, d, m, tiles, out):
+    # out[gs*g + j, k*L + l] = d[t, g, l] * q[t, gs*g + j, l] (+ m[t, g, l]),  t = tiles[k]
     L = q.shape[2]
     has_m = m.shape[0] > 0
     gs = q.shape[1] // d.shape[1]
-    for i in prange(rows.shape[0]):
-        t, l = rows[i] // L, rows[i] % L
+    for k in prange(tiles.shape[0]):
+        t = tiles[k]
         for g in range(d.shape[1]):
-            s = d[t, g, l]
+            dg = d[t, g]
+            mg = m[t, g] if has_m else dg
             for j in range(gs):
-                v = s * np.float32(q[t, gs * g + j, l])
-                if has_m:
-                    v += m[t, g, l]
-                out[i, gs * g + j] = v
+                qk = q[t, gs * g + j]
+                o = out[gs * g + j, k * L:(k + 1) * L]
+                for l in range(L):
+                    v = dg[l] * np.float32(qk[l])
+                    o[l] = v + mg[l] if has_m else v
 
 
 @njit(cache=True, inline="always")
@@ -348,15 +349,13 @@ def _store(acc, y_row, r0):
 # Public API
 # ---------------------------------------------------------------------------------------------------------------
 
-def _decode_rows(w: QMatrix, rows: np.ndarray, out: np.ndarray) -> None:
-    """out (len(rows), n_in) <- float32 rows `rows` (int64) of W, bit-exact with gguf's dequantize."""
+def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
+    """out[:, k*L:(k+1)*L] <- rows tiles[k]*L ... of W, transposed: (n_in, len(tiles)*L) float32, bit-exact with
+    gguf's dequantize."""
     if w.family == "q4":
-        _deq_q4(w.q, w.d, w.m, w.off, rows, out)
-    elif w.family == "q8":
-        _deq_q8(w.q, w.d, w.m, rows, out)
+        _deq_q4(w.q, w.d, w.m, w.off, tiles, out)
     else:
-        raw = w.q[rows]
-        out[:] = (raw.astype(np.uint32) << 16).view(np.float32) if w.qtype == "BF16" else raw
+        _deq_q8(w.q, w.d, w.m, tiles, out)
 
 
 def _group_sums(x: np.ndarray, n_groups: int) -> np.ndarray:
@@ -380,14 +379,24 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
         else:
             _dot_q8(w.q, w.d, w.m, x, xs, y)
         return y
-    tile_rows = max(64, min(w.n_out, TILE_ELEMS // w.n_in)) // 64 * 64
-    buf = np.empty((tile_rows, w.n_in), np.float32)
-    for r0 in range(0, w.n_out, tile_rows):
-        r1 = min(w.n_out, r0 + tile_rows)
-        tile = buf[: r1 - r0]
-        _decode_rows(w, np.arange(r0, r1, dtype=np.int64), tile)
-        y[:, r0:r1] = x @ tile.T
+    if w.family == "float":  # F16 / BF16: convert a block of rows, then sgemm
+        for r0 in range(0, w.n_out, 256):
+            y[:, r0:r0 + 256] = x @ _float_rows(w, slice(r0, r0 + 256)).T
+        return y
+    L = w.q.shape[2]
+    step = max(1, TILE_ELEMS // (w.n_in * L))  # tiles per decoded block
+    buf = np.empty((w.n_in, step * L), np.float32)
+    for t0 in range(0, w.q.shape[0], step):
+        tiles = np.arange(t0, min(w.q.shape[0], t0 + step), dtype=np.int64)
+        _decode_tiles(w, tiles, buf)
+        r0, r1 = t0 * L, min(w.n_out, (t0 + len(tiles)) * L)
+        y[:, r0:r1] = x @ buf[:, : r1 - r0]
     return y
+
+
+def _float_rows(w: QMatrix, rows) -> np.ndarray:
+    raw = w.q[rows]
+    return (raw.astype(np.uint32) << 16).view(np.float32) if w.qtype == "BF16" else raw.astype(np.float32)
 
 
 def embedding_rows(w: QMatrix, ids) -> np.ndarray:
@@ -396,9 +405,12 @@ def embedding_rows(w: QMatrix, ids) -> np.ndarray:
     bad = (ids < 0) | (ids >= w.n_out)
     if bad.any():
         raise IndexError(f"embedding_rows: id {ids[bad][0]} out of range for a matrix of {w.n_out} rows")
-    out = np.empty((ids.shape[0], w.n_in), np.float32)
-    _decode_rows(w, ids, out)
-    return out
+    if w.family == "float":
+        return _float_rows(w, ids)
+    L = w.q.shape[2]
+    buf = np.empty((w.n_in, ids.shape[0] * L), np.float32)  # whole tiles: decoding 32-64 rows per id is cheap
+    _decode_tiles(w, ids // L, buf)
+    return np.ascontiguousarray(buf[:, np.arange(ids.shape[0]) * L + ids % L].T)
 
 
 def qmatmul_ref(t, x: np.ndarray, qtype: str | None = None) -> np.ndarray:
