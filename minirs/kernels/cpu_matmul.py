@@ -6,7 +6,7 @@
     y_ref = qmatmul_ref(tensor, x)         # the NumPy twin: x @ dequantize(W).T
 
 Load time re-lays every GGML block type out into one of two *families* of plain arrays, so that two pairs of
-kernels (a fused dot for small n, a row decoder for large n and for embeddings) cover fifteen types. The f16
+kernels (a fused dot for small n, a tile decoder for large n and for embeddings) cover fifteen types. The f16
 scales become f32 (Numba has no float16), scales x sub-scales are multiplied out, and nibbles are re-packed to
 one order. Every conversion keeps the gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
 
@@ -24,8 +24,8 @@ Activations and accumulation stay float32 (no int8 quantization of x, so results
 
 Rows are interleaved in tiles of L = 32 or 64 (a[t, k, l] is item k of row t*L + l) so that the fused dots run
 their innermost loop over L rows at once: contiguous SIMD loads and no horizontal sums. Small n (decode) runs the
-fused dot with prange over tiles; large n (prefill) decodes a tile of rows to float32 in a reused buffer and hands
-it to BLAS sgemm.
+fused dot with prange over tiles; large n (prefill) decodes ~1 MiB of row tiles at a time to float32 (transposed,
+in a reused buffer) and hands it to BLAS sgemm, so no float copy of W exists at any time.
 """
 
 from dataclasses import dataclass, field
@@ -373,7 +373,7 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
         return x @ w.q.T
     y = np.empty((n, w.n_out), np.float32)
     if n <= SMALL_N and w.family != "float":
-        xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] or w.off else x[:, :0]
+        xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] or w.off else np.zeros((n, 0), np.float32)
         if w.family == "q4":
             _dot_q4(w.q, w.d, w.m, w.off, x, xs, y)
         else:
