@@ -119,6 +119,13 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
                 tok = decode(tok, p)
             times.append(clock.now() - t)
         res["tg_tps"] = tg / float(np.median(times))
+        graphs = [g for g in getattr(be, "_graphs", {}).values() if g.model is model]
+        if graphs:  # the device time of one step alone: replays back to back, no host round trip
+            g, reps_g = graphs[0], 50
+            t = clock.now()
+            for _ in range(reps_g):
+                g.graph.launch(be.stream)
+            res["step_ms_graph_only"] = (clock.now() - t) / reps_g * 1e3
         res["gbps"] = decode_bytes(mf) * res["tg_tps"] / 1e9
     return res
 

@@ -279,8 +279,9 @@ _spread4 = cuda.jit(device=True, inline=True)(_spread4)
 _row_q45 = cuda.jit(device=True, inline=True)(_row_q45)
 _row_q8 = cuda.jit(device=True, inline=True)(_row_q8)
 _store4 = cuda.jit(device=True, inline=True)(_store4)
-K = {f.__name__: cuda.jit(sigs) if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" else cuda.jit(f)
-     for f, sigs in SIGS.items()}
+# Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
+_EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
+K = {f.__name__: cuda.jit(sigs)(f) if _EAGER else cuda.jit(f) for f, sigs in SIGS.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -198,5 +198,6 @@ SIGS = {
                 f"float32{_A3})"],
     argmax_rows: [f"void(float32{_A2}, int64[::1])"],
 }
-K = {f.__name__: cuda.jit(sigs) if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" else cuda.jit(f)
-     for f, sigs in SIGS.items()}
+# Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
+_EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
+K = {f.__name__: cuda.jit(sigs)(f) if _EAGER else cuda.jit(f) for f, sigs in SIGS.items()}
