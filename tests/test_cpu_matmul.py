@@ -102,6 +102,9 @@ def _check_real(tensors, rows_limit=4096):
             ref = qmatmul_ref(raw, x, t.qtype)
             err = float(np.abs(y - ref).max() / np.abs(ref).max())
             assert err <= RTOL, f"{t.name} ({t.qtype} {t.shape}) n={n}: relative err {err:.3g}"
+        ids = np.array([0, 1, raw.shape[0] - 1, 7])
+        want = gguf.quants.dequantize(raw[ids], gguf.GGMLQuantizationType[t.qtype])
+        assert np.array_equal(embedding_rows(w, ids), want), f"{t.name}: embedding rows differ from gguf"
 
 
 def test_smollm2_matrices(smollm2_path):
