@@ -6,6 +6,10 @@ Prints a markdown table per distinct (type, shape): n=1 and n=128 times, GB/s of
 bytes) and GFLOP/s; then totals for one SmolLM2 decode step (all 30 x 7 layer matrices plus the output
 projection, run in model order so that weights come from L3/DRAM as in the engine) and one 128-token prefill.
 `--types` adds a table over every supported type on a synthetic 2048 x 2048 matrix.
+
+Timings are best-of-reps wall times and depend on what else runs on the machine: on a shared 2-core box, spinning
+OpenMP/OpenBLAS worker threads can make 2-thread runs slower than 1 thread; compare `--threads 1` (with
+OPENBLAS_NUM_THREADS=1) for per-core numbers and try OMP_WAIT_POLICY=passive for 2 threads.
 """
 
 import argparse
@@ -97,8 +101,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         set_threads(args.threads)
-    from minirs.fetch import gemma3_path, smollm2_path
+    import numba
 
+    from minirs.fetch import gemma3_path, smollm2_path
+    print(f"numba threads: {numba.get_num_threads()}")
     runs = [("SmolLM2-135M Q4_1", smollm2_path()), ("Gemma-3-270M Q4_K_M", gemma3_path())]
     loaded = []
     for label, path in runs:
