@@ -1,0 +1,254 @@
+"""The mistral.rs Python API's data types: model selection (Which, Architecture), requests and responses.
+
+Names and fields follow mistral.rs's `mistralrs` package (mistralrs.pyi / API.md), so code written for it runs
+by changing the import. Responses have OpenAI's shape and serialize to OpenAI JSON with `.to_dict()` /
+`.to_json()`.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+from minirs.errors import RequestError
+
+
+class Architecture(Enum):
+    Mistral = "mistral"
+    Gemma = "gemma"
+    Mixtral = "mixtral"
+    Llama = "llama"
+    Phi2 = "phi2"
+    Phi3 = "phi3"
+    Qwen2 = "qwen2"
+    Gemma2 = "gemma2"
+    Gemma3 = "gemma3"
+
+
+class ModelDType(Enum):
+    Auto = "auto"
+    BF16 = "bf16"
+    F16 = "f16"
+    F32 = "f32"
+
+
+def _need(obj, *names):
+    for n in names:
+        if not getattr(obj, n):
+            raise RequestError(f"{type(obj).__qualname__}: {n} is required (got {getattr(obj, n)!r})")
+
+
+class Which:
+    """Which model to load: `Which.Plain(...)`, `Which.GGUF(...)` or `Which.GGML(...)`.
+
+    Model ids are local paths (a folder, or a file); `quantized_filename` names the file inside
+    `quantized_model_id` (an absolute path there works too).
+    """
+
+    @dataclass
+    class Plain:
+        model_id: str = ""
+        arch: Architecture | str | None = None
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        dtype: ModelDType | str = ModelDType.Auto
+
+        def __post_init__(self):
+            _need(self, "model_id")
+
+    @dataclass
+    class GGUF:
+        tok_model_id: str | None = None
+        quantized_model_id: str = ""
+        quantized_filename: str | list[str] = ""
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        dtype: ModelDType | str = ModelDType.Auto
+
+        def __post_init__(self):
+            _need(self, "quantized_model_id", "quantized_filename")
+
+    @dataclass
+    class GGML:
+        tok_model_id: str | None = None
+        quantized_model_id: str = ""
+        quantized_filename: str = ""
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        gqa: int | None = None
+        dtype: ModelDType | str = ModelDType.Auto
+
+        def __post_init__(self):
+            _need(self, "quantized_model_id", "quantized_filename")
+
+
+# ----- requests --------------------------------------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class _Sampling:
+    logit_bias: dict[int, float] | None = None
+    max_tokens: int | None = None
+    n_choices: int = 1
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    stop_token_ids: list[int] | None = None
+    stop_seqs: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    stream: bool = False
+    seed: int | None = None  # minirs extension (OpenAI has it): overrides the Runner's seed
+
+
+@dataclass
+class ChatCompletionRequest(_Sampling):
+    """`messages` is a list of {"role", "content"} dicts, or a string that is already templated."""
+    messages: list[dict] | str = field(default_factory=list)
+    model: str = "default"
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[dict] | None = None
+
+
+Request = ChatCompletionRequest  # the old mistralrs name
+
+
+@dataclass
+class CompletionRequest(_Sampling):
+    prompt: str = ""
+    model: str = "default"
+    echo_prompt: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+# ----- responses -------------------------------------------------------------------------------------------------
+
+class _Json:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+
+@dataclass
+class Usage(_Json):
+    completion_tokens: int
+    prompt_tokens: int
+    total_tokens: int
+    avg_tok_per_sec: float
+    avg_prompt_tok_per_sec: float
+    avg_compl_tok_per_sec: float
+    total_time_sec: float
+    total_prompt_time_sec: float
+    total_completion_time_sec: float
+
+
+@dataclass
+class TopLogprob(_Json):
+    token: int
+    logprob: float
+    bytes: str
+
+
+@dataclass
+class ResponseLogprob(_Json):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+@dataclass
+class Logprobs(_Json):
+    content: list[ResponseLogprob] | None
+
+
+@dataclass
+class ResponseMessage(_Json):
+    content: str
+    role: str = "assistant"
+
+
+@dataclass
+class Choice(_Json):
+    finish_reason: str
+    index: int
+    message: ResponseMessage
+    logprobs: Logprobs | None = None
+
+
+@dataclass
+class ChatCompletionResponse(_Json):
+    id: str
+    choices: list[Choice]
+    created: int
+    model: str
+    system_fingerprint: str
+    object: str
+    usage: Usage
+
+
+@dataclass
+class Delta(_Json):
+    content: str
+    role: str = "assistant"
+
+
+@dataclass
+class ChunkChoice(_Json):
+    finish_reason: str | None
+    index: int
+    delta: Delta
+    logprobs: ResponseLogprob | None = None
+
+
+@dataclass
+class ChatCompletionChunkResponse(_Json):
+    id: str
+    choices: list[ChunkChoice]
+    created: int
+    model: str
+    system_fingerprint: str
+    object: str = "chat.completion.chunk"
+
+
+@dataclass
+class CompletionChoice(_Json):
+    finish_reason: str
+    index: int
+    text: str
+    logprobs: Logprobs | None = None
+
+
+@dataclass
+class CompletionResponse(_Json):
+    id: str
+    choices: list[CompletionChoice]
+    created: int
+    model: str
+    system_fingerprint: str
+    object: str
+    usage: Usage
+
+
+@dataclass
+class CompletionChunkChoice(_Json):
+    finish_reason: str | None
+    index: int
+    text: str
+    logprobs: ResponseLogprob | None = None
+
+
+@dataclass
+class CompletionChunkResponse(_Json):
+    id: str
+    choices: list[CompletionChunkChoice]
+    created: int
+    model: str
+    system_fingerprint: str
+    object: str = "text_completion"

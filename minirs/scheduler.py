@@ -1,0 +1,382 @@
+"""Continuous batching: one engine thread runs up to max_seqs sequences together, one model forward per step.
+
+    engine = Engine(model, tokenizer, max_seqs=16)
+    job = engine.submit(Job(prompt_ids, GenParams(...)))     # from any thread
+    for ev in job.stream(): ...                              # Delta events; or job.wait()
+
+Each step: admit waiting jobs while KV slots are free, drop cancelled ones, then run
+  - one prefill chunk (up to `max_chunk` prompt tokens) per prefilling sequence, within a per-step token budget,
+    so that a long prompt never stalls the sequences that are decoding, and
+  - one decode row per running sequence (its latest token at its position, in its own cache slot).
+A job asking for n sequences (n_choices / best_of) prefills its prompt once and copies the KV slot.
+
+Row invariance. A batched greedy run must give each request the same tokens as running it alone, so a row's
+logits may not depend on the other rows of its forward. On the CPU, qmatmul's fused kernel (n <= 4 rows)
+computes every row with the same instruction order as n = 1, but the tile + sgemm path for larger n rounds
+differently (and OpenBLAS's result for a row depends on how many rows share the call). With
+`row_invariant=True` (the CPU default) decode rows go through forwards of at most `decode_group` rows and each
+prefill chunk through its own forward, with chunk boundaries fixed by the sequence alone: every row meets the
+same kernels in the same order whatever else is running. With `row_invariant=False` everything of a step goes
+through one forward (the fastest choice when the backend's matmul is row-independent or exactness is not
+needed).
+"""
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minirs.errors import MinirsError, RequestError
+from minirs.kv_cache import KVCache
+from minirs.sampling import SamplingParams, sample_token
+from minirs.sampling.stop import StopText
+
+SMALL_N = 4  # rows that the CPU matmul computes with its fused (row-independent) kernel
+
+
+@dataclass
+class GenParams:
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None  # None: until a stop or the end of the context
+    stop_ids: frozenset = frozenset()
+    stop_seqs: tuple = ()
+    n: int = 1  # sequences to generate from the prompt
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass
+class Delta:
+    """What a step produced for one sequence: new text, the token's logprob entry, and the end if it came."""
+    index: int
+    text: str
+    token: int | None = None
+    logprob: tuple | None = None  # (token, logprob, [(id, logprob)...])
+    finish_reason: str | None = None
+
+
+class Sequence:
+    """One generated continuation of a job's prompt, with its own KV slot, random stream and text state."""
+
+    def __init__(self, job: "Job", index: int, tokenizer):
+        self.job, self.index = job, index
+        self.slot = -1
+        self.ids = list(job.prompt_ids)  # prompt and generated tokens; the last one is fed next
+        self.n_cached = 0  # how many of ids the KV cache holds
+        self.generated: list[int] = []
+        self.logprobs: list[tuple] = []
+        self.cum_logprob = 0.0
+        self.text: list[str] = []
+        self.finish_reason: str | None = None
+        seed = job.params.sampling.seed
+        self.rng = np.random.default_rng(None if seed is None else [seed, index])
+        self.decoder = tokenizer.stream_decoder(skip_special_tokens=True)
+        self.stop = StopText(job.params.stop_seqs)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Job:
+    """A request as the engine sees it: prompt ids and generation parameters; results flow back in `events`."""
+
+    def __init__(self, prompt_ids: list[int], params: GenParams, tokenizer, stream: bool = False):
+        self.prompt_ids = [int(i) for i in prompt_ids]
+        self.params = params
+        self.stream = stream
+        self.events: queue.Queue = queue.Queue()
+        self.seqs = [Sequence(self, i, tokenizer) for i in range(params.n)]
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self.t_submit = time.perf_counter()
+        self.t_start = self.t_prompt_done = self.t_end = 0.0
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def wait(self, timeout: float | None = None) -> "Job":
+        """Block until the job ends; re-raise an engine error that ended it."""
+        if not self.finished.wait(timeout):
+            raise TimeoutError(f"the request did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def stream_events(self, timeout: float | None = None):
+        """Yield Delta events until every sequence has finished; closing the generator cancels the job."""
+        try:
+            while True:
+                ev = self.events.get(timeout=timeout)
+                if ev is None:
+                    if self.error is not None:
+                        raise self.error
+                    return
+                yield ev
+        finally:
+            if not self.finished.is_set():
+                self.cancel()
+
+    @property
+    def prompt_s(self) -> float:
+        return max(self.t_prompt_done - self.t_start, 0.0)
+
+    @property
+    def decode_s(self) -> float:
+        return max(self.t_end - self.t_prompt_done, 0.0)
+
+
+def _host(x) -> np.ndarray:
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+class Engine:
+    """Owns the model and its KV cache; a background thread runs the batch loop."""
+
+    def __init__(self, model, tokenizer, max_seqs: int = 16, ctx_len: int = 4096, max_chunk: int = 256,
+                 row_invariant: bool | None = None, decode_group: int = SMALL_N, prefill_budget: int | None = None):
+        if max_seqs < 1:
+            raise RequestError(f"invalid max_seqs: {max_seqs!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_seqs = max_seqs
+        self.ctx_len = min(ctx_len, model.config.context_length)
+        self.max_chunk = max_chunk
+        self.row_invariant = (model.backend.name == "cpu") if row_invariant is None else row_invariant
+        self.decode_group = decode_group
+        self.prefill_budget = prefill_budget or max_chunk
+        self.cache = KVCache(model.config, model.backend, max_seqs, self.ctx_len, max_chunk)
+        self.free_slots = list(range(max_seqs - 1, -1, -1))
+        self.inbox: queue.Queue = queue.Queue()
+        self.waiting: deque[Job] = deque()
+        self.active: list[Job] = []
+        self.steps = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closing = False
+
+    # ----- the caller's side ---------------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Job:
+        if job.params.n > self.max_seqs:
+            raise RequestError(f"n_choices/best_of of {job.params.n} exceeds max_seqs={self.max_seqs}")
+        if len(job.prompt_ids) >= self.ctx_len:
+            raise RequestError(f"prompt of {len(job.prompt_ids)} tokens does not fit the context of "
+                               f"{self.ctx_len} tokens")
+        with self._lock:
+            if self._closing:
+                raise MinirsError("the engine is shut down")
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="minirs-engine", daemon=True)
+                self._thread.start()
+        self.inbox.put(job)
+        return job
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._closing = True
+        self.inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ----- the engine thread ---------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            idle = not self.active and not self.waiting
+            try:
+                incoming = [self.inbox.get(timeout=0.5)] if idle else []
+            except queue.Empty:
+                continue
+            while not self.inbox.empty():
+                incoming.append(self.inbox.get_nowait())
+            if None in incoming:  # shutdown
+                self.waiting.extend(j for j in incoming if j is not None)
+                self._fail_all(MinirsError("the engine was shut down"))
+                return
+            self.waiting.extend(incoming)
+            self._admit()
+            self._reap()
+            if not self.active:
+                continue
+            try:
+                self._step()
+            except Exception as e:  # noqa: BLE001 - a failed forward ends the jobs in it, never the loop
+                self._fail_all(e if isinstance(e, MinirsError) else MinirsError(f"engine step failed: {e!r}"),
+                               waiting=False)
+
+    def _admit(self) -> None:
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled.is_set():
+                self.waiting.popleft()
+                self._finish_job(job, "canceled")
+                continue
+            if len(self.free_slots) < job.params.n:
+                return
+            self.waiting.popleft()
+            for s in job.seqs:
+                s.slot = self.free_slots.pop()
+            job.t_start = time.perf_counter()
+            self.active.append(job)
+
+    def _reap(self) -> None:
+        for job in list(self.active):
+            if job.cancelled.is_set():
+                for s in job.seqs:
+                    if not s.done:
+                        s.finish_reason = "canceled"
+                self._release(job)
+
+    def _release(self, job: Job) -> None:
+        self.active.remove(job)
+        for s in job.seqs:
+            if s.slot >= 0:
+                self.free_slots.append(s.slot)
+                s.slot = -1
+        self._finish_job(job)
+
+    def _finish_job(self, job: Job, reason: str | None = None) -> None:
+        for s in job.seqs:
+            if reason and not s.done:
+                s.finish_reason = reason
+        job.t_end = time.perf_counter()
+        if not job.t_prompt_done:
+            job.t_prompt_done = job.t_end
+        job.events.put(None)
+        job.finished.set()
+
+    def _fail_all(self, err: BaseException, waiting: bool = True) -> None:
+        jobs = list(self.active) + (list(self.waiting) if waiting else [])
+        for job in jobs:
+            job.error = err
+            if job in self.active:
+                self._release(job)
+            else:
+                self._finish_job(job, "error")
+        if waiting:
+            self.waiting.clear()
+
+    # ----- one step ------------------------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """Gather this step's rows, run them, sample from the logits they produce."""
+        chunks = []  # (seq, start, end): prompt ids [start, end) of a prefilling leader
+        budget = self.prefill_budget
+        decode = []
+        for job in self.active:
+            lead = job.seqs[0]
+            if lead.n_cached < len(job.prompt_ids):
+                if budget <= 0:
+                    continue
+                start = lead.n_cached
+                end = min(len(job.prompt_ids), start + self.max_chunk, (start // self.max_chunk + 1) * self.max_chunk)
+                if not self.row_invariant:
+                    end = min(end, start + budget)
+                chunks.append((lead, start, end))
+                budget -= end - start
+            else:
+                decode += [s for s in job.seqs if not s.done]
+        # each batch: (tokens, slots, pos, [(seq, row) that need logits], [prefill chunks whose cache it fills])
+        parts = []
+        for seq, start, end in chunks:
+            ids = seq.ids[start:end]
+            want = [(seq, len(ids) - 1)] if end == len(seq.job.prompt_ids) else []
+            parts.append((ids, [seq.slot] * len(ids), list(range(start, end)), want, [(seq, end)]))
+        for s in decode:
+            p = len(s.ids) - 1
+            parts.append(([s.ids[-1]], [s.slot], [p], [(s, 0)], [(s, p + 1)]))
+        if self.row_invariant:
+            batches, group = [], []
+            for part in parts:
+                if len(part[0]) > 1:
+                    batches.append([part])  # a prefill chunk runs alone
+                else:
+                    group.append(part)
+                    if len(group) == self.decode_group:
+                        batches.append(group)
+                        group = []
+            if group:
+                batches.append(group)
+        else:
+            batches = [parts]
+        for batch in batches:
+            self._run(batch)
+        self.steps += 1
+
+    def _run(self, batch) -> None:
+        tokens, slots, pos, want, fills = [], [], [], [], []
+        for ids, sl, ps, wants, fill in batch:
+            base = len(tokens)
+            tokens += ids
+            slots += sl
+            pos += ps
+            want += [(s, base + r) for s, r in wants]
+            fills += fill
+        logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
+                                    np.asarray(pos, np.int64), self.cache,
+                                    logit_rows=[r for _, r in want] or [len(tokens) - 1])
+        logits = _host(logits)
+        for s, n in fills:
+            s.n_cached = n
+        for k, (s, _) in enumerate(want):
+            job = s.job
+            first = not job.t_prompt_done  # the prompt's last logits: every sequence of the job samples from them
+            if first:
+                job.t_prompt_done = time.perf_counter()
+                self._fork(job)
+            try:
+                for q in (job.seqs if first else [s]):
+                    self._accept(q, logits[k])
+            except Exception as e:  # noqa: BLE001 - a bad sampling step ends this job only
+                job.error = e if isinstance(e, MinirsError) else MinirsError(f"sampling failed: {e!r}")
+                job.cancel()
+            if all(q.done for q in job.seqs) and job in self.active:
+                self._release(job)
+
+    def _fork(self, job: Job) -> None:
+        """Copy the leader's prefilled KV slot to the job's other sequences."""
+        lead = job.seqs[0]
+        for s in job.seqs[1:]:
+            for i in range(len(self.cache.k)):
+                self.cache.k[i][s.slot] = self.cache.k[i][lead.slot]
+                self.cache.v[i][s.slot] = self.cache.v[i][lead.slot]
+            s.n_cached = lead.n_cached
+
+    def _accept(self, s: Sequence, logits: np.ndarray) -> None:
+        """Sample the next token of s from its logits; emit its text; decide whether s has finished."""
+        if s.done:
+            return
+        p = s.job.params
+        coin = 0.0 if p.sampling.greedy else float(s.rng.random())
+        smp = sample_token(logits, p.sampling, s.ids, coin, p.top_logprobs, want_logprob=True)
+        tok = smp.token
+        if tok in p.stop_ids:
+            self._end(s, "stop", "")
+            return
+        s.ids.append(tok)
+        s.generated.append(tok)
+        s.cum_logprob += smp.logprob
+        lp = (tok, smp.logprob, smp.top) if p.logprobs or p.top_logprobs else None
+        if lp is not None:
+            s.logprobs.append(lp)
+        shown, hit = s.stop.push(s.decoder.feed(tok))
+        if hit:
+            self._end(s, "stop", shown, tok, lp)
+        elif p.max_tokens is not None and len(s.generated) >= p.max_tokens or len(s.ids) >= self.ctx_len:
+            self._end(s, "length", shown + s.decoder.flush() + s.stop.flush(), tok, lp)
+        else:
+            s.text.append(shown)
+            if s.job.stream:
+                s.job.events.put(Delta(s.index, shown, tok, lp))
+
+    def _end(self, s: Sequence, reason: str, shown: str, tok=None, lp=None) -> None:
+        if reason == "stop" and tok is None:
+            shown = s.decoder.flush() + s.stop.flush()  # a stop token: what was held back is text after all
+        s.text.append(shown)
+        s.finish_reason = reason
+        if s.job.stream:
+            s.job.events.put(Delta(s.index, shown, tok, lp, reason))
