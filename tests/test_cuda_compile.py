@@ -1,0 +1,50 @@
+"""CI check of the CUDA kernels without a GPU: every kernel compiles to PTX for Hopper (sm_90).
+
+Needs numba-cuda with the NVVM wheels (`pip install "numba-cuda[cu12]"`, in the `dev` extra); skips otherwise.
+"""
+
+import os
+
+import pytest
+
+pytest.importorskip("numba.cuda")
+
+
+def _nvvm_ok() -> bool:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return False
+    from numba import cuda
+
+    def k(a):
+        a[0] = 1.0
+
+    try:
+        cuda.compile_ptx(k, "void(float32[::1])", cc=(9, 0))
+        return True
+    except Exception:  # noqa: BLE001 - no NVVM: numba-cuda[cu12] is not installed
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _nvvm_ok(), reason="numba.cuda.compile_ptx needs NVVM: pip install 'numba-cuda[cu12]'")
+
+
+def _all_kernels():
+    from minirs.kernels import cuda_matmul, cuda_ops
+    for mod in (cuda_ops, cuda_matmul):
+        for fn, sigs in mod.SIGS.items():
+            for sig in sigs:
+                yield pytest.param(fn, sig, id=f"{fn.__name__}:{sig[5:40]}")
+
+
+@pytest.mark.parametrize("fn,sig", list(_all_kernels()))
+def test_kernel_compiles_for_sm90(fn, sig):
+    from numba import cuda
+    ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
+    assert ".entry" in ptx and "sm_90" in ptx
+
+
+def test_every_kernel_has_a_signature():
+    """A kernel added to K without a CI signature would escape this test."""
+    from minirs.kernels import cuda_matmul, cuda_ops
+    for mod in (cuda_ops, cuda_matmul):
+        assert set(mod.K) == {f.__name__ for f in mod.SIGS}
