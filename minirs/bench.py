@@ -69,6 +69,8 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
     from minirs.kv_cache import KVCache
     from minirs.load import get_backend, load_model
 
+    import gc
+    gc.collect()  # an earlier preset's model (held in cycles through its backend's graphs) frees its GPU memory
     path = folder / f"{preset}.gguf"
     if not path.exists():
         t = time.perf_counter()

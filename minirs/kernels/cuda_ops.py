@@ -11,7 +11,7 @@ import os
 from numba import cuda, float32, float64, int64
 
 RMS_THREADS = 256
-ATT_WARPS = 4  # warps per (token, head) block in attention; each warp walks every ATT_WARPS-th key
+ATT_WARPS = 8  # warps per (token, head) block in attention; each warp walks every ATT_WARPS-th key
 ATT_MAXE = 8  # head_dim / 32 at most: head_dim <= 256
 ATT_DMAX = 256
 ARGMAX_THREADS = 1024
