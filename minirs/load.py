@@ -39,10 +39,28 @@ def _cuda_backend_exists() -> bool:
     return importlib.util.find_spec("minirs.kernels.cuda") is not None
 
 
-def load_model(source, device: str = "auto", progress: bool = False, backend=None):
-    """Load a Transformer from a model file path (or an open ModelFile) onto a device."""
+def open_model(source) -> ModelFile:
+    """A model file path (GGUF, GGML, safetensors) or a Hugging Face folder (config.json + safetensors) as a
+    ModelFile with GGUF names; an open ModelFile is returned as it is."""
+    if isinstance(source, ModelFile):
+        return source
+    from pathlib import Path
+    if Path(source).is_dir() and (Path(source) / "config.json").is_file():
+        from minirs.models.hf import read_hf_folder
+        return read_hf_folder(source)
+    return load_model_file(source)
+
+
+def load_model(source, device: str = "auto", progress: bool = False, backend=None, isq: str | None = None):
+    """Load a Transformer from a model file path, a Hugging Face folder or an open ModelFile onto a device.
+
+    `isq` ("Q8_0", "Q4_K", ...) quantizes the F32/F16/BF16 weight matrices at load time (in-situ quantization).
+    """
     from minirs.models.llama import Transformer
-    mf = source if isinstance(source, ModelFile) else load_model_file(source)
+    mf = open_model(source)
+    if isq:
+        from minirs.models.hf import quantize_model_file
+        mf = quantize_model_file(mf, isq)
     be = backend or get_backend(device)
     bar = None
     if progress:

@@ -63,3 +63,44 @@ def test_kv_write(rng):
     cpu_ops.kv_write(kc, vc, np.array([1, 0]), np.array([5, 2]), k, v)
     np.testing.assert_array_equal(kc[1, :, 1], k[0])
     np.testing.assert_array_equal(vc[0, :, 2], v[1])
+
+
+def test_layernorm(rng):
+    x = rng.standard_normal((7, 96)).astype(np.float32) * 3 + 1
+    w, b = rng.standard_normal((2, 96)).astype(np.float32)
+    got = cpu_ops.layernorm(x, w, b, 1e-5, np.empty_like(x))
+    assert rel_err(got, ref.layernorm(x, w, b, 1e-5)) < RTOL
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_act(rng, act):
+    x = rng.standard_normal((3, 257)).astype(np.float32) * 4
+    assert rel_err(cpu_ops.act(x, act == "gelu", np.empty_like(x)), ref.act(x, act)) < RTOL
+
+
+def test_topk_softmax(rng):
+    logits = rng.standard_normal((9, 8)).astype(np.float32)
+    ids, w = cpu_ops.topk_softmax(logits, 2, np.empty((9, 2), np.int64), np.empty((9, 2), np.float32))
+    want_ids, want_w = ref.topk_softmax(logits, 2)
+    np.testing.assert_array_equal(ids, want_ids)
+    assert rel_err(w, want_w) < RTOL
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_matmul_id_and_moe_sum(rng, qtype):
+    """The CPU backend's expert matmul against the twin, on shared (n, n_in) and per-slot (n, k, n_in) inputs."""
+    from minirs.formats import Tensor, dequantize, quantize
+    from minirs.kernels.cpu import CpuBackend
+    be = CpuBackend()
+    w = rng.standard_normal((4, 48, 64)).astype(np.float32)
+    raw = w.reshape(-1).view(np.uint8) if qtype == "F32" else quantize(w.reshape(-1, 64), qtype).reshape(-1)
+    t = Tensor("exps", qtype, (4, 48, 64), raw)
+    wd = dequantize(t).reshape(4, 48, 64)
+    ids = rng.integers(0, 4, (5, 2))
+    x2, x3 = rng.standard_normal((5, 64)).astype(np.float32), rng.standard_normal((5, 2, 64)).astype(np.float32)
+    experts = be.expert_matrix(t)
+    tol = 1e-5 if qtype == "F32" else 1e-2  # Q8_0 kernels quantize the activations to 8 bits too
+    for x in (x2, x3):
+        assert rel_err(be.matmul_id(experts, x, ids), ref.matmul_id(wd, x, ids)) < tol
+    y, wts = rng.standard_normal((5, 2, 48)).astype(np.float32), rng.random((5, 2)).astype(np.float32)
+    assert rel_err(be.moe_sum(y, wts), ref.moe_sum(y, wts)) < RTOL

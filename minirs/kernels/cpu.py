@@ -73,3 +73,47 @@ class CpuBackend:
 
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap) -> np.ndarray:
         return cpu_ops.attention(q, kc, vc, slots, pos, window, scale, softcap, np.empty_like(q))
+
+    # --- ops of the families that differ from llama (phi2: LayerNorm, biases, plain MLP; mixtral: MoE) ---
+    def layernorm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+        shape = x.shape
+        x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])
+        return cpu_ops.layernorm(x2, w, b, eps, np.empty_like(x2)).reshape(shape)
+
+    def add_bias_(self, x: np.ndarray, b: np.ndarray) -> None:
+        """x[i] += b for every row i (linear-layer biases)"""
+        x += b
+
+    def act(self, x: np.ndarray, activation: str) -> np.ndarray:
+        return cpu_ops.act(x, activation == "gelu", np.empty_like(x))
+
+    def expert_matrix(self, t: Tensor):
+        """The stacked expert weights (E, n_out, n_in) of one MoE layer: one quantized matrix per expert."""
+        from minirs.kernels.cpu_matmul import QMatrix
+        n_exp, n_out, n_in = t.shape
+        rows = t.rows()  # (E * n_out, row_bytes): expert e owns rows e*n_out .. (e+1)*n_out
+        return [QMatrix.from_tensor(Tensor(f"{t.name}[{e}]", t.qtype, (n_out, n_in),
+                                           rows[e * n_out:(e + 1) * n_out].reshape(-1)))
+                for e in range(n_exp)]
+
+    def topk_softmax(self, logits: np.ndarray, k: int):
+        """Router: (n, E) logits -> ids (n, k) of the top-k experts and their softmax weights (n, k)."""
+        n = logits.shape[0]
+        return cpu_ops.topk_softmax(np.ascontiguousarray(logits), k, np.empty((n, k), np.int64),
+                                    np.empty((n, k), np.float32))
+
+    def matmul_id(self, experts, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """y[t, j] = x[t] (or x[t, j]) @ W[ids[t, j]].T: each expert runs once on the rows routed to it."""
+        from minirs.kernels.cpu_matmul import qmatmul
+        n, k = ids.shape
+        y = np.empty((n, k, experts[0].n_out), np.float32)
+        flat = ids.reshape(-1)
+        for e in np.unique(flat):
+            sel = np.nonzero(flat == e)[0]  # flat (t, j) positions
+            xs = x[sel // k] if x.ndim == 2 else x.reshape(n * k, -1)[sel]
+            y.reshape(n * k, -1)[sel] = qmatmul(experts[e], np.ascontiguousarray(xs, dtype=np.float32))
+        return y
+
+    def moe_sum(self, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """out[t] = sum_j weights[t, j] * y[t, j]"""
+        return np.einsum("nkd,nk->nd", y, weights)

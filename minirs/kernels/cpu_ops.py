@@ -28,7 +28,7 @@ def rmsnorm(x, w, eps, out):
 @njit(cache=True)
 def rope_(x, pos, inv_freq, neox):
     """Rotate, in place, the first 2*len(inv_freq) dims of each head of x (n, h, d) by pos[t] * inv_freq."""
-    n, h, d = x.shape
+    n, h, _ = x.shape
     half = inv_freq.shape[0]
     for t in range(n):
         for i in range(half):
@@ -103,3 +103,59 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
             for c in range(d):
                 out[t, head, c] += wgt * v_cache[s, kv, r, c]
     return out
+
+
+@njit(cache=True, fastmath=True)
+def layernorm(x, w, b, eps, out):
+    """out[i] = (x[i] - mean(x[i])) / sqrt(var(x[i]) + eps) * w + b   for each row i of x (n, d)."""
+    n, d = x.shape
+    for i in range(n):
+        mu = 0.0
+        for j in range(d):
+            mu += x[i, j]
+        mu /= d
+        var = 0.0
+        for j in range(d):
+            var += (x[i, j] - mu) * (x[i, j] - mu)
+        r = 1.0 / math.sqrt(var / d + eps)
+        for j in range(d):
+            out[i, j] = (x[i, j] - mu) * r * w[j] + b[j]
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def act(x, gelu, out):
+    """out = act(x), act = SiLU, or tanh-GELU when gelu is True.  x, out: (n, f)."""
+    n, f = x.shape
+    k = math.sqrt(2.0 / math.pi)
+    for i in range(n):
+        for j in range(f):
+            g = x[i, j]
+            if gelu:
+                out[i, j] = 0.5 * g * (1.0 + math.tanh(k * (g + 0.044715 * g * g * g)))
+            else:
+                out[i, j] = g / (1.0 + math.exp(-g))
+    return out
+
+
+@njit(cache=True)
+def topk_softmax(logits, k, ids, weights):
+    """ids[t] = the k largest logits[t] (largest first, lowest index on ties), weights[t] = their softmax."""
+    n, e = logits.shape
+    for t in range(n):
+        taken = np.zeros(e, dtype=np.bool_)
+        for j in range(k):
+            best = -1
+            for c in range(e):
+                if not taken[c] and (best < 0 or logits[t, c] > logits[t, best]):
+                    best = c
+            taken[best] = True
+            ids[t, j] = best
+        top = logits[t, ids[t, 0]]
+        total = 0.0
+        for j in range(k):
+            weights[t, j] = math.exp(logits[t, ids[t, j]] - top)
+            total += weights[t, j]
+        for j in range(k):
+            weights[t, j] /= total
+    return ids, weights

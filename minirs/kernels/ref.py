@@ -74,3 +74,52 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slots: np
                 scores = softcap * np.tanh(scores / softcap)
             out[t, head] = softmax(scores) @ v_cache[slots[t], kv, rows].astype(np.float64)
     return out
+
+
+def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * w + b, over the last axis (phi2)."""
+    x64 = x.astype(np.float64)
+    mu = x64.mean(axis=-1, keepdims=True)
+    var = ((x64 - mu) ** 2).mean(axis=-1, keepdims=True)
+    return ((x64 - mu) / np.sqrt(var + eps) * w + b).astype(np.float32)
+
+
+def act(x: np.ndarray, activation: str) -> np.ndarray:
+    """y = act(x), for the non-gated MLP (phi2: fc2(gelu(fc1 x)))."""
+    x64 = x.astype(np.float64)
+    return (silu(x64) if activation == "silu" else gelu_tanh(x64)).astype(np.float32)
+
+
+def add_bias(x: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """y[i] = x[i] + b for every row i of x (n, d)."""
+    return (x + b).astype(np.float32)
+
+
+def topk_softmax(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """MoE routing (Mixtral): the k largest router logits of each row and their softmax over those k.
+
+    logits (n, E) -> ids (n, k) int64, largest first; weights (n, k) float32 summing to 1 per row. The softmax
+    over the chosen k equals a softmax over all E followed by renormalising the chosen k, as transformers does.
+    """
+    ids = np.argsort(-logits.astype(np.float64), axis=-1, kind="stable")[:, :k]
+    top = np.take_along_axis(logits.astype(np.float64), ids, axis=-1)
+    return ids.astype(np.int64), softmax(top).astype(np.float32)
+
+
+def matmul_id(w: np.ndarray, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Expert matmul (llama.cpp's mul_mat_id): y[t, j] = W[ids[t, j]] @ x[t] (or x[t, j] when x is 3-D).
+
+    w (E, n_out, n_in) float; x (n, n_in) or (n, k, n_in); ids (n, k) -> y (n, k, n_out).
+    """
+    n, k = ids.shape
+    xs = x if x.ndim == 3 else np.broadcast_to(x[:, None, :], (n, k, x.shape[-1]))
+    y = np.empty((n, k, w.shape[1]), dtype=np.float32)
+    for t in range(n):
+        for j in range(k):
+            y[t, j] = w[ids[t, j]].astype(np.float64) @ xs[t, j].astype(np.float64)
+    return y
+
+
+def moe_sum(y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """out[t] = sum_j weights[t, j] * y[t, j]   y (n, k, d), weights (n, k) -> (n, d)."""
+    return np.einsum("nkd,nk->nd", y.astype(np.float64), weights.astype(np.float64)).astype(np.float32)

@@ -2,83 +2,207 @@
 
     x = embed(tokens) * embed_scale                                          # (n, dim)
     for each layer:
-        h = rmsnorm(x) ; q, k, v = h Wq, h Wk, h Wv ; [q/k rmsnorm per head] ; rope(q, k)
+        h = norm(x) ; q, k, v = h Wq [+ bq], h Wk [+ bk], h Wv [+ bv] ; [q/k rmsnorm per head] ; rope(q, k)
         o = attention(q, cache(k, v)) Wo ; [post-norm] ; x += o
-        h = rmsnorm(x) ; f = (act(h Wgate) * h Wup) Wdown ; [post-norm] ; x += f
-    logits = rmsnorm(x) Wout ; [soft-cap]
+        h = norm(x) ; f = (act(h Wgate) * h Wup) Wdown ; [post-norm] ; x += f
+    logits = norm(x) Wout [+ b] ; [soft-cap]
 
-Differences between families (gemma3's q/k norms, post-norms, GeGLU, sliding windows...) are fields of
-ModelConfig, not branches on the architecture name. The batch is a flat list of n tokens, each with its
-sequence's cache slot and its position, so one forward serves prefill chunks, decode steps and mixed batches.
-Weights are named after their GGUF tensors; the backend (CPU or CUDA) owns memory and kernels.
+Differences between families are fields of ModelConfig, not branches on the architecture name: gemma's
+GeGLU, q/k norms, post-norms and sliding windows; phi2's LayerNorm, parallel attention + MLP (both read the
+same norm(x)) and plain MLP down(act(up h)); mixtral's sparse MoE, where each token's FFN is the softmax-weighted
+sum of its top-k experts. Biases (qwen2, phi2) are used wherever the file has them. The batch is a flat list of
+n tokens, each with its sequence's cache slot and its position, so one forward serves prefill chunks, decode
+steps and mixed batches. Weights are named after their GGUF tensors; the backend (CPU or CUDA) owns memory and
+kernels.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from minirs.errors import ModelError
-from minirs.formats import ModelFile
+from minirs.formats import ModelFile, Tensor
+from minirs.formats.types import QTYPES
 from minirs.models.config import ModelConfig
 
 
 @dataclass
 class LayerWeights:
-    attn_norm: object  # (dim,)
-    attn_q: object  # (n_heads * head_dim, dim)
-    attn_k: object  # (n_kv_heads * head_dim, dim)
-    attn_v: object  # (n_kv_heads * head_dim, dim)
-    attn_output: object  # (dim, n_heads * head_dim)
-    ffn_norm: object  # (dim,)
-    ffn_gate: object  # (ffn_dim, dim)
-    ffn_up: object  # (ffn_dim, dim)
-    ffn_down: object  # (dim, ffn_dim)
+    """One block's weights; field x is GGUF tensor blk.{i}.x.weight, and x_bias is blk.{i}.x.bias."""
+    attn_norm: object = None  # (dim,)
+    attn_norm_bias: object = None  # (dim,)  LayerNorm
+    attn_q: object = None  # (n_heads * head_dim, dim)
+    attn_k: object = None  # (n_kv_heads * head_dim, dim)
+    attn_v: object = None  # (n_kv_heads * head_dim, dim)
+    attn_q_bias: object = None  # (n_heads * head_dim,)
+    attn_k_bias: object = None  # (n_kv_heads * head_dim,)
+    attn_v_bias: object = None  # (n_kv_heads * head_dim,)
     attn_q_norm: object = None  # (head_dim,)  qk_norm
     attn_k_norm: object = None  # (head_dim,)  qk_norm
+    attn_output: object = None  # (dim, n_heads * head_dim)
+    attn_output_bias: object = None  # (dim,)
     post_attention_norm: object = None  # (dim,)  post_norms
+    ffn_norm: object = None  # (dim,)  absent with parallel_block
+    ffn_norm_bias: object = None  # (dim,)
+    ffn_gate: object = None  # (ffn_dim, dim)  gated_ffn
+    ffn_up: object = None  # (ffn_dim, dim)
+    ffn_up_bias: object = None  # (ffn_dim,)
+    ffn_down: object = None  # (dim, ffn_dim)
+    ffn_down_bias: object = None  # (dim,)
     post_ffw_norm: object = None  # (dim,)  post_norms
+    ffn_gate_inp: object = None  # (n_experts, dim)  MoE router
+    ffn_gate_exps: object = None  # (n_experts, ffn_dim, dim)
+    ffn_up_exps: object = None  # (n_experts, ffn_dim, dim)
+    ffn_down_exps: object = None  # (n_experts, dim, ffn_dim)
+
+
+def required_fields(cfg: ModelConfig) -> list[str]:
+    """The LayerWeights every block of this config must have (biases are used when present)."""
+    need = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output"]
+    need += [] if cfg.parallel_block else ["ffn_norm"]
+    if cfg.n_experts:
+        need += ["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
+    else:
+        need += ["ffn_up", "ffn_down"] + (["ffn_gate"] if cfg.gated_ffn else [])
+    need += ["attn_q_norm", "attn_k_norm"] if cfg.qk_norm else []
+    need += ["post_attention_norm", "post_ffw_norm"] if cfg.post_norms else []
+    need += ["attn_norm_bias"] if cfg.norm == "layer" else []
+    return need
+
+
+def tensor_name(layer: int, field: str) -> str:
+    return f"blk.{layer}.{field[:-5]}.bias" if field.endswith("_bias") else f"blk.{layer}.{field}.weight"
+
+
+def row_slice(t: Tensor, start: int, stop: int, name: str) -> Tensor:
+    """Rows start:stop of a matrix (or elements of a vector) as a zero-copy Tensor."""
+    if len(t.shape) == 1:
+        size = QTYPES[t.qtype].type_size  # vectors are F32/F16/BF16: one element per block
+        return Tensor(name, t.qtype, (stop - start,), t.data[start * size:stop * size])
+    return Tensor(name, t.qtype, (stop - start, *t.shape[1:]), t.rows()[start:stop].reshape(-1))
+
+
+def split_fused(tensors: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """Split phi3-style fused tensors into the llama ones, without copying: attn_qkv -> attn_q, attn_k, attn_v
+    (weight and bias) and a 2*ffn_dim ffn_up -> ffn_gate (first half), ffn_up (second half)."""
+    out = dict(tensors)
+    for i in range(cfg.n_layers):
+        for kind in ("weight", "bias"):
+            qkv = out.pop(f"blk.{i}.attn_qkv.{kind}", None)
+            if qkv is not None:
+                bounds = np.cumsum([0, cfg.q_dim, cfg.kv_dim, cfg.kv_dim])
+                if qkv.shape[0] != bounds[-1]:
+                    raise ModelError(f"{qkv.name}: {qkv.shape[0]} rows, expected q + k + v = {bounds[-1]}")
+                for part, a, b in zip("qkv", bounds[:-1], bounds[1:]):
+                    out[f"blk.{i}.attn_{part}.{kind}"] = row_slice(qkv, int(a), int(b), f"blk.{i}.attn_{part}.{kind}")
+        up = out.get(f"blk.{i}.ffn_up.weight")
+        if up is not None and cfg.gated_ffn and f"blk.{i}.ffn_gate.weight" not in out \
+                and up.shape[0] == 2 * cfg.ffn_dim:
+            out[f"blk.{i}.ffn_gate.weight"] = row_slice(up, 0, cfg.ffn_dim, f"blk.{i}.ffn_gate.weight")
+            out[f"blk.{i}.ffn_up.weight"] = row_slice(up, cfg.ffn_dim, 2 * cfg.ffn_dim, f"blk.{i}.ffn_up.weight")
+    return out
 
 
 class Transformer:
-    def __init__(self, config: ModelConfig, backend, token_embd, output_norm, output, layers: list[LayerWeights]):
+    def __init__(self, config: ModelConfig, backend, token_embd, output_norm, output, layers: list[LayerWeights],
+                 output_norm_bias=None, output_bias=None):
         self.config, self.backend = config, backend
         self.token_embd = token_embd  # (vocab, dim)
         self.output_norm = output_norm  # (dim,)
+        self.output_norm_bias = output_norm_bias  # (dim,)  LayerNorm
         self.output = output  # (vocab, dim), often the same matrix as token_embd
+        self.output_bias = output_bias  # (vocab,)
         self.layers = layers
         self.inv_freq = [backend.array(config.inv_freq(i)) for i in range(config.n_layers)]
 
     @classmethod
     def from_model_file(cls, mf: ModelFile, backend, progress=None) -> "Transformer":
-        cfg = ModelConfig.from_gguf(mf.metadata)
+        cfg = ModelConfig.from_gguf(mf.metadata, mf.tensors)
+        tensors = split_fused(mf.tensors, cfg)
 
-        def tensor(name, required=True):
-            t = mf.tensors.get(name)
-            if t is None and required:
-                raise ModelError(f"{mf.path}: tensor {name!r} is missing ({cfg.arch} model)")
-            return t
+        def load(name, kind):
+            t = tensors[name]
+            if kind == "vector" or len(t.shape) == 1:
+                return backend.vector(t)
+            return backend.expert_matrix(t) if kind == "experts" else backend.matrix(t)
 
-        vector_names = {"attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"}
-        optional = {"attn_q_norm": cfg.qk_norm, "attn_k_norm": cfg.qk_norm,
-                    "post_attention_norm": cfg.post_norms, "post_ffw_norm": cfg.post_norms}
+        required = required_fields(cfg)
         layers = []
         steps = range(cfg.n_layers) if progress is None else progress(range(cfg.n_layers))
         for i in steps:
-            fields = {}
-            for field in LayerWeights.__dataclass_fields__:
-                if field in optional and not optional[field]:
+            lw = LayerWeights()
+            for f in fields(LayerWeights):
+                name = tensor_name(i, f.name)
+                if name not in tensors:
+                    if f.name in required:
+                        raise ModelError(f"{mf.path}: tensor {name!r} is missing ({cfg.arch} model)")
                     continue
-                t = tensor(f"blk.{i}.{field}.weight")
-                fields[field] = backend.vector(t) if field in vector_names else backend.matrix(t)
-            layers.append(LayerWeights(**fields))
-        embd = tensor("token_embd.weight")
-        cfg_vocab = embd.shape[0]
-        if cfg.vocab_size != cfg_vocab:
-            cfg = ModelConfig(**{**cfg.__dict__, "vocab_size": cfg_vocab})
+                kind = "experts" if f.name.endswith("_exps") else "matrix"
+                setattr(lw, f.name, load(name, "vector" if f.name.endswith(("norm", "_bias")) else kind))
+            layers.append(lw)
+        top_level = ("token_embd.weight", "output_norm.weight") + (("output_norm.bias",) if cfg.norm == "layer" else ())
+        for name in top_level:
+            if name not in tensors:
+                raise ModelError(f"{mf.path}: tensor {name!r} is missing ({cfg.arch} model)")
+        embd = tensors["token_embd.weight"]
+        if cfg.vocab_size != embd.shape[0]:
+            cfg = cfg.with_vocab(embd.shape[0])
         token_embd = backend.matrix(embd)
-        out_t = tensor("output.weight", required=False)
-        output = token_embd if out_t is None else backend.matrix(out_t)
-        return cls(cfg, backend, token_embd, backend.vector(tensor("output_norm.weight")), output, layers)
+        output = token_embd if "output.weight" not in tensors else load("output.weight", "matrix")
+        opt = {name: load(name, "vector") if name in tensors else None
+               for name in ("output_norm.bias", "output.bias")}
+        return cls(cfg, backend, token_embd, load("output_norm.weight", "vector"), output, layers,
+                   output_norm_bias=opt["output_norm.bias"], output_bias=opt["output.bias"])
+
+    # --- pieces ---
+    def norm(self, x, w, b=None):
+        """RMSNorm, or LayerNorm with bias when config.norm == "layer"."""
+        if self.config.norm == "layer":
+            return self.backend.layernorm(x, w, b, self.config.norm_eps)
+        return self.backend.rmsnorm(x, w, self.config.norm_eps)
+
+    def linear(self, w, x, b=None):
+        """y = x W.T [+ b]"""
+        y = self.backend.matmul(w, x)
+        if b is not None:
+            self.backend.add_bias_(y, b)
+        return y
+
+    def attention(self, i: int, lw: LayerWeights, h, slots, pos, cache):
+        cfg, be = self.config, self.backend
+        n = h.shape[0]
+        q = self.linear(lw.attn_q, h, lw.attn_q_bias).reshape(n, cfg.n_heads, cfg.head_dim)
+        k = self.linear(lw.attn_k, h, lw.attn_k_bias).reshape(n, cfg.n_kv_heads, cfg.head_dim)
+        v = self.linear(lw.attn_v, h, lw.attn_v_bias).reshape(n, cfg.n_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q = be.rmsnorm(q, lw.attn_q_norm, cfg.norm_eps)
+            k = be.rmsnorm(k, lw.attn_k_norm, cfg.norm_eps)
+        be.rope_(q, pos, self.inv_freq[i], cfg.rope_neox)
+        be.rope_(k, pos, self.inv_freq[i], cfg.rope_neox)
+        kc, vc = cache.layer(i)
+        be.kv_write(kc, vc, slots, pos, k, v)
+        o = be.attention(q, kc, vc, slots, pos, cfg.window(i), cfg.softmax_scale, cfg.attn_softcap)
+        o = self.linear(lw.attn_output, o.reshape(n, cfg.q_dim), lw.attn_output_bias)
+        return be.rmsnorm(o, lw.post_attention_norm, cfg.norm_eps) if cfg.post_norms else o
+
+    def feed_forward(self, lw: LayerWeights, h):
+        cfg, be = self.config, self.backend
+        if cfg.n_experts:
+            return self.moe(lw, h)
+        up = self.linear(lw.ffn_up, h, lw.ffn_up_bias)
+        a = be.gated_act(be.matmul(lw.ffn_gate, h), up, cfg.activation) if cfg.gated_ffn else be.act(up, cfg.activation)
+        f = self.linear(lw.ffn_down, a, lw.ffn_down_bias)
+        return be.rmsnorm(f, lw.post_ffw_norm, cfg.norm_eps) if cfg.post_norms else f
+
+    def moe(self, lw: LayerWeights, h):
+        """Sparse MoE: f[t] = sum over t's top-k experts e of softmax weight * down_e(act(gate_e h) * up_e h)."""
+        cfg, be = self.config, self.backend
+        n, k = h.shape[0], cfg.n_experts_used
+        ids, weights = be.topk_softmax(be.matmul(lw.ffn_gate_inp, h), k)  # (n, k), (n, k)
+        g = be.matmul_id(lw.ffn_gate_exps, h, ids).reshape(n * k, -1)  # (n * k, ffn_dim)
+        u = be.matmul_id(lw.ffn_up_exps, h, ids).reshape(n * k, -1)
+        a = be.gated_act(g, u, cfg.activation).reshape(n, k, -1)
+        return be.moe_sum(be.matmul_id(lw.ffn_down_exps, a, ids), weights)  # (n, dim)
 
     def forward(self, tokens: np.ndarray, slots: np.ndarray, pos: np.ndarray, cache, logit_rows=None):
         """Run n tokens (each with its cache slot and position) through the model.
@@ -86,36 +210,20 @@ class Transformer:
         Returns logits (len(logit_rows), vocab) for the chosen rows of the batch (default: every row).
         """
         cfg, be = self.config, self.backend
-        n = len(tokens)
         x = be.embed(self.token_embd, tokens, cfg.embed_scale)  # (n, dim)
         for i, lw in enumerate(self.layers):
-            # attention block
-            h = be.rmsnorm(x, lw.attn_norm, cfg.norm_eps)
-            q = be.matmul(lw.attn_q, h).reshape(n, cfg.n_heads, cfg.head_dim)
-            k = be.matmul(lw.attn_k, h).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-            v = be.matmul(lw.attn_v, h).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-            if cfg.qk_norm:
-                q = be.rmsnorm(q, lw.attn_q_norm, cfg.norm_eps)
-                k = be.rmsnorm(k, lw.attn_k_norm, cfg.norm_eps)
-            be.rope_(q, pos, self.inv_freq[i], cfg.rope_neox)
-            be.rope_(k, pos, self.inv_freq[i], cfg.rope_neox)
-            kc, vc = cache.layer(i)
-            be.kv_write(kc, vc, slots, pos, k, v)
-            o = be.attention(q, kc, vc, slots, pos, cfg.window(i), cfg.softmax_scale, cfg.attn_softcap)
-            o = be.matmul(lw.attn_output, o.reshape(n, cfg.q_dim))
-            if cfg.post_norms:
-                o = be.rmsnorm(o, lw.post_attention_norm, cfg.norm_eps)
+            h = self.norm(x, lw.attn_norm, lw.attn_norm_bias)
+            o = self.attention(i, lw, h, slots, pos, cache)
+            if cfg.parallel_block:  # x += attn(h) + ffn(h), both from the same norm(x)
+                f = self.feed_forward(lw, h)
+                be.add_(x, o)
+                be.add_(x, f)
+                continue
             be.add_(x, o)
-            # feed-forward block
-            h = be.rmsnorm(x, lw.ffn_norm, cfg.norm_eps)
-            f = be.gated_act(be.matmul(lw.ffn_gate, h), be.matmul(lw.ffn_up, h), cfg.activation)
-            f = be.matmul(lw.ffn_down, f)
-            if cfg.post_norms:
-                f = be.rmsnorm(f, lw.post_ffw_norm, cfg.norm_eps)
-            be.add_(x, f)
+            be.add_(x, self.feed_forward(lw, self.norm(x, lw.ffn_norm, lw.ffn_norm_bias)))
         if logit_rows is not None:
             x = be.take_rows(x, logit_rows)
-        logits = be.matmul(self.output, be.rmsnorm(x, self.output_norm, cfg.norm_eps))
+        logits = self.linear(self.output, self.norm(x, self.output_norm, self.output_norm_bias), self.output_bias)
         if cfg.final_softcap > 0:
             be.softcap_(logits, cfg.final_softcap)
         return logits

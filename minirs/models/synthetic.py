@@ -62,6 +62,8 @@ class Preset:
     # per-layer overrides: tensor role -> (qtype for "more bits" layers, layers that get it, qtype for the others)
     overrides: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # additional metadata
+    n_experts: int = 0  # sparse MoE (mixtral): ffn_gate_inp + stacked ffn_{gate,up,down}_exps instead of ffn_*
+    n_experts_used: int = 0
 
 
 _GEMMA3_MORE_BITS = (0, 1, 4, 7, 10, 13, 15, 16, 17)
@@ -77,6 +79,11 @@ PRESETS = {
     "llama-7b-q4_0": Preset("llama", 4096, 32, 32, 8, 14336, 32000, "Q4_0", "Q4_0", "Q6_K"),
     "llama-7b-q4_k": Preset("llama", 4096, 32, 32, 8, 14336, 32000, "Q4_K", "Q4_K", "Q6_K"),
     "tiny-llama": Preset("llama", 64, 2, 4, 2, 128, 256, "Q8_0", "Q8_0", "Q8_0", context=256),
+    # Mixtral-8x7B: llama-shaped attention, 8 experts of ffn 14336, top-2 (about 26 GB at Q4_K)
+    "mixtral-8x7b-q4_k": Preset("llama", 4096, 32, 32, 8, 14336, 32000, "Q4_K", "Q4_K", "Q6_K", context=32768,
+                                rope_theta=1e6, n_experts=8, n_experts_used=2),
+    "tiny-mixtral": Preset("llama", 64, 2, 4, 2, 96, 256, "Q8_0", "Q8_0", "Q8_0", context=256,
+                           n_experts=4, n_experts_used=2),
 }
 
 
@@ -87,9 +94,14 @@ def preset_tensors(p: Preset):
     for i in range(p.n_layers):
         roles = [("attn_norm", "F32", (p.dim,)), ("attn_q", None, (p.n_heads * hd, p.dim)),
                  ("attn_k", None, (p.n_kv_heads * hd, p.dim)), ("attn_v", None, (p.n_kv_heads * hd, p.dim)),
-                 ("attn_output", None, (p.dim, p.n_heads * hd)), ("ffn_norm", "F32", (p.dim,)),
-                 ("ffn_gate", None, (p.ffn_dim, p.dim)), ("ffn_up", None, (p.ffn_dim, p.dim)),
-                 ("ffn_down", None, (p.dim, p.ffn_dim))]
+                 ("attn_output", None, (p.dim, p.n_heads * hd)), ("ffn_norm", "F32", (p.dim,))]
+        if p.n_experts:
+            e = p.n_experts
+            roles += [("ffn_gate_inp", "F32", (e, p.dim)), ("ffn_gate_exps", None, (e, p.ffn_dim, p.dim)),
+                      ("ffn_up_exps", None, (e, p.ffn_dim, p.dim)), ("ffn_down_exps", None, (e, p.dim, p.ffn_dim))]
+        else:
+            roles += [("ffn_gate", None, (p.ffn_dim, p.dim)), ("ffn_up", None, (p.ffn_dim, p.dim)),
+                      ("ffn_down", None, (p.dim, p.ffn_dim))]
         if p.arch == "gemma3":
             roles += [("attn_q_norm", "F32", (hd,)), ("attn_k_norm", "F32", (hd,)),
                       ("post_attention_norm", "F32", (p.dim,)), ("post_ffw_norm", "F32", (p.dim,))]
@@ -125,6 +137,9 @@ def write_random_gguf(path, preset: str | Preset, seed: int = 0) -> Path:
     w.add_float32(f"{a}.rope.freq_base", p.rope_theta)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6 if a == "gemma3" else 1e-5)
     w.add_uint32(f"{a}.vocab_size", p.vocab)
+    if p.n_experts:
+        w.add_uint32(f"{a}.expert_count", p.n_experts)
+        w.add_uint32(f"{a}.expert_used_count", p.n_experts_used)
     for k, v in p.extra.items():
         w.add_uint32(f"{a}.{k}", v)
     for name, qtype, shape in preset_tensors(p):
@@ -132,7 +147,7 @@ def write_random_gguf(path, preset: str | Preset, seed: int = 0) -> Path:
             data = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
             w.add_tensor(name, data)
             continue
-        raw = random_tensor_bytes(qtype, shape, rng)
+        raw = random_tensor_bytes(qtype, shape, rng).reshape(*shape[:-1], -1)  # (..., row_bytes)
         w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType[qtype])
     w.write_header_to_file()
     w.write_kv_data_to_file()

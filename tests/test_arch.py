@@ -1,0 +1,148 @@
+"""Every supported family against transformers, on tiny random-weight models (tests/golden/arch_<family>/).
+
+Reference: tests/golden/make_arch_goldens.py builds each model with transformers' own config class, saves it as
+float16 safetensors and records transformers' logits (float64, eager attention) for three seeded prompts.
+Ours: the same folder read by minirs.models.hf (name tables + llama.cpp's transforms), and the GGUF files our
+converter (minirs.models.convert) writes from it, F32 and Q8_0, loaded through the GGUF path like any llama.cpp
+file. No torch or transformers is needed here.
+
+Tolerances, relative to the largest |logit| of the prompt:
+  * safetensors and F32 GGUF: 1e-4. The weights are the same float16 values in every file, so only float32
+    rounding separates us from the float64 reference (observed ~1e-6).
+  * Q8_0 GGUF: 0.1, plus the same top token at >= 85% of positions. Q8_0 stores every weight with ~0.4%
+    rounding error; untrained random models amplify it through the layers (observed 0.3-8%). The F32 run is the
+    exactness check; this one checks that quantized files of every family load and compute the same model.
+"""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minirs.errors import MinirsError
+from minirs.kv_cache import KVCache
+from minirs.load import load_model, open_model
+from minirs.models.convert import convert
+
+GOLDEN = Path(__file__).parent / "golden"
+FAMILIES = ["llama", "mistral", "qwen2", "mixtral", "gemma", "gemma2", "gemma3", "phi2", "phi3"]
+TOL = {"safetensors": 1e-4, "F32": 1e-4, "Q8_0": 0.1}
+WINDOW = 8  # mistral's sliding window in the golden model
+
+
+def golden(family):
+    g = np.load(GOLDEN / f"arch_{family}" / "logits.npz")
+    return [(g[f"prompts_{i}"], g[f"logits_{i}"]) for i in range(3)], g
+
+
+def run(model, ids, chunk=None, ctx_len=64):
+    """Logits of every position, fed in chunks through a one-slot cache (default: one prefill)."""
+    chunk = chunk or len(ids)
+    cache = KVCache(model.config, model.backend, 1, ctx_len, chunk)
+    out = []
+    for c in range(0, len(ids), chunk):
+        part = np.asarray(ids[c:c + chunk])
+        out.append(model.forward(part, np.zeros(len(part), np.int64), np.arange(c, c + len(part)), cache))
+    return np.concatenate(out)
+
+
+def rel_err(got, want):
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("arch_gguf")
+
+
+@pytest.fixture(scope="module", params=[(f, s) for f in FAMILIES for s in ("safetensors", "F32", "Q8_0")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def model(request, gguf_dir):
+    family, source = request.param
+    folder = GOLDEN / f"arch_{family}"
+    path = folder if source == "safetensors" else convert(folder, gguf_dir / f"{family}-{source}.gguf", source)
+    return family, source, load_model(path, device="cpu")
+
+
+def test_logits_match_transformers(model):
+    family, source, m = model
+    prompts, _ = golden(family)
+    for ids, want in prompts:
+        for chunk in (None, 5):  # one prefill, and chunks through the (ring-buffer) cache
+            got = run(m, ids, chunk)
+            err = rel_err(got, want)
+            assert err < TOL[source], f"{family} {source} chunk={chunk}: relative error {err:.2e}"
+            if source == "Q8_0":
+                agree = np.mean(got.argmax(-1) == want.argmax(-1))
+                assert agree >= 0.85, f"{family} Q8_0: top token agrees at only {agree:.0%} of positions"
+
+
+def test_gguf_is_what_llama_cpp_would_write(gguf_dir):
+    """Spot checks of the converted files against llama.cpp's conventions."""
+    import gguf
+    convert(GOLDEN / "arch_mixtral", gguf_dir / "mixtral-check.gguf")
+    r = gguf.GGUFReader(str(gguf_dir / "mixtral-check.gguf"))
+    names = {t.name: t for t in r.tensors}
+    assert bytes(r.fields["general.architecture"].parts[-1]).decode() == "llama"
+    assert list(names["blk.0.ffn_gate_exps.weight"].shape) == [32, 48, 8]  # ne order: (n_in, n_out, expert)
+    assert "blk.0.ffn_gate_inp.weight" in names and "llama.expert_used_count" in r.fields
+
+
+def test_mistral_sliding_window_like_transformers():
+    """Mistral attends to the last WINDOW keys only: like transformers, its logits equal full attention's up to
+    position WINDOW - 1 and differ after, and a ring cache shorter than the prompt gives the windowed result."""
+    prompts, g = golden("mistral")
+    ids, windowed = prompts[2]
+    full = g["full_2"]  # transformers, same weights, sliding_window=None
+    scale = np.abs(windowed).max()
+    assert np.abs(windowed[:WINDOW] - full[:WINDOW]).max() / scale < 1e-6
+    assert (np.abs(windowed[WINDOW:] - full[WINDOW:]).max(-1) / scale > 1e-3).all()
+
+    m = load_model(GOLDEN / "arch_mistral", device="cpu")
+    cache = KVCache(m.config, m.backend, 1, 64, 4)
+    assert max(cache.lengths) < len(ids)  # the ring is smaller than the context
+    assert rel_err(run(m, ids, chunk=4), windowed) < 1e-4
+    assert rel_err(run(m, ids, chunk=1), windowed) < 1e-4
+    m.config = dataclasses.replace(m.config, sliding_window=0)
+    assert rel_err(run(m, ids), full) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_isq_equals_quantized_gguf(family, gguf_dir):
+    """Quantizing at load time (ISQ) gives the same weights as loading the converted Q8_0 file."""
+    ids, _ = golden(family)[0][1]
+    isq = load_model(GOLDEN / f"arch_{family}", device="cpu", isq="Q8_0")
+    q8 = load_model(convert(GOLDEN / f"arch_{family}", gguf_dir / f"{family}-isq.gguf", "Q8_0"), device="cpu")
+    np.testing.assert_array_equal(run(isq, ids), run(q8, ids))
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(GOLDEN / "arch_llama", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon"}))
+    with pytest.raises(MinirsError, match="falcon"):
+        load_model(folder, device="cpu")
+
+
+def test_missing_tensor_is_named():
+    mf = open_model(GOLDEN / "arch_phi2")
+    del mf.tensors["blk.1.attn_norm.bias"]
+    with pytest.raises(MinirsError, match=r"blk\.1\.attn_norm\.bias"):
+        load_model(mf, device="cpu")
+    mf = open_model(GOLDEN / "arch_mixtral")
+    del mf.tensors["blk.0.ffn_up_exps.weight"]
+    with pytest.raises(MinirsError, match=r"blk\.0\.ffn_up_exps\.weight"):
+        load_model(mf, device="cpu")
+
+
+def test_tiny_mixtral_preset_decodes_like_prefill(tmp_path):
+    """The random-weight mixtral preset (for GPU benchmarks) loads, and decode through the cache equals prefill."""
+    from minirs.models.synthetic import write_random_gguf
+    m = load_model(write_random_gguf(tmp_path / "tiny-mixtral.gguf", "tiny-mixtral", seed=3), device="cpu")
+    assert m.config.n_experts == 4 and m.config.n_experts_used == 2
+    ids = list(np.random.default_rng(0).integers(0, 256, 12))
+    assert rel_err(run(m, ids, chunk=1), run(m, ids)) < 1e-4
