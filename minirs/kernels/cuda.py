@@ -129,7 +129,8 @@ class CudaBackend:
         if d % 32 or d > 32 * cuda_ops.ATT_MAXE:
             raise NotImplementedError(f"CUDA attention needs head_dim a multiple of 32 up to 256, got {d}")
         out = cp.empty_like(q)
-        K["attention"][n * h, 32 * cuda_ops.ATT_WARPS, self.nbs](
+        warps = cuda_ops.ATT_WARPS if n * h < 1024 else 4  # few blocks (decode): more warps split the keys
+        K["attention"][n * h, 32 * warps, self.nbs](
             cp.ascontiguousarray(q), kc, vc, self._ix(slots), self._ix(pos), int(window), np.float32(scale),
             np.float32(softcap), out)
         return out

@@ -11,7 +11,7 @@ import os
 from numba import cuda, float32, float64, int64
 
 RMS_THREADS = 256
-ATT_WARPS = 8  # warps per (token, head) block in attention; each warp walks every ATT_WARPS-th key
+ATT_WARPS = 8  # most warps per (token, head) block in attention (decode uses 8, prefill 4: see CudaBackend.attention)
 ATT_MAXE = 8  # head_dim / 32 at most: head_dim <= 256
 ATT_DMAX = 256
 ARGMAX_THREADS = 1024
@@ -96,8 +96,8 @@ def kv_write(k_cache, v_cache, slots, pos, k, v):
 def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
     """Causal GQA over ring-buffer caches (ref.attention states the math).  q, out: (n, h, d) float32; caches f16.
 
-    One block per (token, head); warp w takes keys lo + w, lo + w + ATT_WARPS, ... with an online softmax, lanes
-    split the head dims (d / 32 each, in registers), and the warps' partial sums are merged at the end.
+    One block per (token, head) of nw <= ATT_WARPS warps; warp w takes keys lo + w, lo + w + nw, ... with an
+    online softmax, lanes split the head dims (d / 32 each, in registers), and the warps' partial sums are merged at the end.
     """
     n, h, d = q.shape
     h_kv, L = k_cache.shape[1], k_cache.shape[2]
@@ -110,6 +110,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
     lo = max(0, p - window + 1) if window > 0 else 0
     warp = cuda.threadIdx.x >> 5
     lane = cuda.threadIdx.x & 31
+    nw = cuda.blockDim.x >> 5
     per = d >> 5
     qv = cuda.local.array(ATT_MAXE, float32)
     o = cuda.local.array(ATT_MAXE, float32)
@@ -119,7 +120,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
             o[i] = 0.0
     mx = float32(-math.inf)
     lsum = float32(0.0)
-    for j in range(lo + warp, p + 1, ATT_WARPS):
+    for j in range(lo + warp, p + 1, nw):
         r = j % L
         sc = float32(0.0)
         for i in range(ATT_MAXE):
@@ -148,14 +149,14 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
             sm_o[warp, lane + 32 * i] = o[i]
     cuda.syncthreads()
     big = sm_m[0]
-    for w in range(1, ATT_WARPS):
+    for w in range(1, nw):
         big = max(big, sm_m[w])
     total = float32(0.0)
-    for w in range(ATT_WARPS):
+    for w in range(nw):
         total += sm_l[w] * math.exp(sm_m[w] - big)
     for c in range(cuda.threadIdx.x, d, cuda.blockDim.x):
         acc = float32(0.0)
-        for w in range(ATT_WARPS):
+        for w in range(nw):
             acc += sm_o[w, c] * math.exp(sm_m[w] - big)
         out[t, head, c] = acc / total
 
