@@ -5,10 +5,20 @@ from minirs.errors import (DeviceError, FetchError, FormatError, MinirsError, Mo
 
 __version__ = "0.1.0"
 
+# The mistral.rs-compatible API (minirs.api), loaded on first use.
+_API = {"Runner", "Which", "Architecture", "ModelDType", "ChatCompletionRequest", "CompletionRequest", "Request",
+        "ChatCompletionResponse", "ChatCompletionChunkResponse", "CompletionResponse", "CompletionChunkResponse",
+        "Usage", "ModelKind", "MistralLoader", "MixtralLoader", "GemmaLoader", "LlamaLoader", "Phi2Loader",
+        "Phi3Loader", "Qwen2Loader", "NormalLoader", "QuantizedLoader"}
+
 __all__ = ["MinirsError", "FormatError", "TokenizerError", "TemplateError", "RequestError", "ModelError",
            "FetchError", "DeviceError", "RepoNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
            "AuthError", "GatedRepoError", "DownloadError", "ChecksumError", "DiskFullError", "NotCachedError",
-           "TokenSourceError", "InvalidReferenceError", "Tokenizer", "__version__"]
+           "TokenSourceError", "InvalidReferenceError", "Tokenizer", "__version__",
+           "Runner", "Which", "Architecture", "ModelDType", "ChatCompletionRequest", "CompletionRequest", "Request",
+           "ChatCompletionResponse", "ChatCompletionChunkResponse", "CompletionResponse", "CompletionChunkResponse",
+           "Usage", "ModelKind", "MistralLoader", "MixtralLoader", "GemmaLoader", "LlamaLoader", "Phi2Loader",
+           "Phi3Loader", "Qwen2Loader", "NormalLoader", "QuantizedLoader"]
 
 
 _HUB_ERRORS = {"RepoNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "AuthError", "GatedRepoError",
@@ -21,6 +31,9 @@ def __getattr__(name):
     if name == "Tokenizer":
         from minirs.tokenizer import Tokenizer
         return Tokenizer
+    if name in _API:
+        from minirs import api
+        return getattr(api, name)
     if name in _HUB_ERRORS:
         from minirs import hub
         return getattr(hub, name)

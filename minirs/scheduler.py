@@ -22,6 +22,7 @@ needed).
 """
 
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -157,6 +158,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closing = False
+        # Numba's thread count is per thread: the engine thread takes the one of the thread that made the engine.
+        numba = sys.modules.get("numba")
+        self._numba_threads = numba.get_num_threads() if numba is not None else None
 
     # ----- the caller's side ---------------------------------------------------------------------------------------
 
@@ -185,6 +189,8 @@ class Engine:
     # ----- the engine thread ---------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self._numba_threads is not None:
+            sys.modules["numba"].set_num_threads(self._numba_threads)
         while True:
             idle = not self.active and not self.waiting
             try:
