@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from minirs.errors import RequestError
-from minirs.sampling import (SamplingParams, draw, filter_probs, log_softmax, process_logits, sample, sample_token,
-                             softmax)
+from minirs.sampling import (
+    SamplingParams,
+    draw,
+    filter_probs,
+    log_softmax,
+    process_logits,
+    sample,
+    sample_token,
+    softmax,
+)
 from minirs.sampling.penalties import apply_penalties
 from minirs.sampling.stop import StopText
 

@@ -1,0 +1,140 @@
+"""Batched decode throughput: 1 request alone vs N concurrent requests through one Runner, total decode tok/s.
+
+    python bench/bench_batch.py                                  # SmolLM2-135M Q4_1 on the CPU, 1 vs 16
+    python bench/bench_batch.py --device cuda --gguf model.gguf   # any GGUF with a tokenizer, on the GPU
+    python bench/bench_batch.py --device cuda --preset llama-7b-q4_0   # random weights, 7B shape (engine level)
+    python bench/bench_batch.py --modes exact,fast --repeat 3 --threads 1
+
+Every request is a short chat prompt with greedy decoding of --max-tokens tokens (no stop: the EOS id is
+biased away). Throughput = all tokens generated / wall time from submitting the requests to the last one's end
+(prefill included, the same way in both columns); the table reports the median over --repeat runs. Modes:
+`exact` is row_invariant=True (each row computed as if alone: greedy output identical alone and batched),
+`fast` is row_invariant=False (one forward per step for the whole batch).
+"""
+
+import argparse
+import ctypes
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numba
+
+
+def set_blas_threads(n: int) -> None:
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    for line in maps:
+        if "openblas" in line:
+            lib = ctypes.CDLL(line.split()[-1])
+            fn = getattr(lib, "scipy_openblas_set_num_threads64_", None) or getattr(lib, "openblas_set_num_threads",
+                                                                                     None)
+            if fn is not None:
+                fn(n)
+                return
+
+
+def run_batch(runner, n: int, max_tokens: int) -> float:
+    """Total generated tok/s of n concurrent greedy requests."""
+    from minirs import ChatCompletionRequest
+    eos = runner.tokenizer.eos_ids
+    results = [None] * n
+
+    def go(i):
+        req = ChatCompletionRequest(messages=[{"role": "user", "content": f"Write a long story, part {i}."}],
+                                    max_tokens=max_tokens, logit_bias={e: -100.0 for e in eos})
+        results[i] = runner.send_chat_completion_request(req, timeout=3600).usage
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(u.completion_tokens for u in results) / (time.perf_counter() - t0)
+
+
+class _Ids:
+    """A tokenizer stand-in for random-weight presets (they have none): ids decode to nothing."""
+    eos_ids = ()
+
+    def stream_decoder(self, skip_special_tokens=False):
+        class D:
+            def feed(self, t):
+                return ""
+
+            def flush(self):
+                return ""
+        return D()
+
+
+class PresetRunner:
+    """Drives the Engine directly with random prompt ids; quacks like Runner for run_batch."""
+
+    def __init__(self, preset: str, device: str, max_seqs: int, row_invariant: bool):
+        import tempfile
+
+        from minirs.load import load_model
+        from minirs.models.synthetic import write_random_gguf
+        from minirs.scheduler import Engine
+        path = write_random_gguf(Path(tempfile.mkdtemp()) / f"{preset}.gguf", preset, seed=0)
+        self.model = load_model(path, device=device)
+        self.tokenizer = _Ids()
+        self.engine = Engine(self.model, self.tokenizer, max_seqs=max_seqs, row_invariant=row_invariant)
+
+    def send_chat_completion_request(self, req, timeout=None):
+        import numpy as np
+
+        from minirs.scheduler import GenParams, Job
+        ids = list(np.random.default_rng(0).integers(0, self.model.config.vocab_size, 32))
+        job = self.engine.submit(Job(ids, GenParams(max_tokens=req.max_tokens), self.tokenizer)).wait(timeout)
+
+        class U:
+            completion_tokens = len(job.seqs[0].generated)
+        return type("R", (), {"usage": U})
+
+    def shutdown(self):
+        self.engine.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", type=str, default=None, help="GGUF path (default: the SmolLM2-135M-Instruct Q4_1)")
+    ap.add_argument("--preset", type=str, default=None, help="a random-weight preset of minirs.models.synthetic "
+                    "(e.g. llama-7b-q4_0) instead of a GGUF")
+    ap.add_argument("--device", type=str, default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--concurrency", type=int, default=16, help="concurrent requests in the batched run")
+    ap.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
+    ap.add_argument("--modes", type=str, default="exact,fast", help="comma list of exact / fast")
+    ap.add_argument("--threads", type=int, default=0, help="numba and OpenBLAS threads (0: leave as is)")
+    args = ap.parse_args()
+    if args.threads:
+        numba.set_num_threads(args.threads)
+        set_blas_threads(args.threads)
+    from minirs import Runner, Which
+    from minirs.fetch import smollm2_path
+    path = Path(args.gguf) if args.gguf else smollm2_path()
+    name = args.preset or path.name
+    rows = []
+    for mode in args.modes.split(","):
+        if args.preset:
+            runner = PresetRunner(args.preset, args.device, max(16, args.concurrency), mode == "exact")
+        else:
+            runner = Runner(Which.GGUF(quantized_model_id=str(path.parent), quantized_filename=path.name),
+                            max_seqs=max(16, args.concurrency), device=args.device, row_invariant=(mode == "exact"))
+        run_batch(runner, 1, 4)  # warm-up (JIT, caches)
+        single = statistics.median(run_batch(runner, 1, args.max_tokens) for _ in range(args.repeat))
+        batch = statistics.median(run_batch(runner, args.concurrency, args.max_tokens) for _ in range(args.repeat))
+        rows.append((mode, single, batch))
+        runner.shutdown()
+    dev = rows and runner.model.backend.name
+    print(f"\n{name} on {dev}, {args.max_tokens} tokens per request, median of {args.repeat}\n")
+    print(f"| mode | 1 request (tok/s) | {args.concurrency} concurrent (total tok/s) | speed-up |")
+    print("| --- | --- | --- | --- |")
+    for mode, single, batch in rows:
+        print(f"| {mode} | {single:.1f} | {batch:.1f} | {batch / single:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
