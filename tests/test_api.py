@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 
-from minirs import (ChatCompletionRequest, CompletionRequest, RequestError, Runner, Which)
+from minirs import ChatCompletionRequest, CompletionRequest, RequestError, Runner, Which
 from minirs.kv_cache import KVCache
 from minirs.sampling import SamplingParams, log_softmax, process_logits
 
@@ -24,7 +24,9 @@ Q = [{"role": "user", "content": "What is the capital of France?"}]
 
 def set_blas_threads(n: int) -> int | None:
     """Set numpy's OpenBLAS thread count at run time; return the old one (None if not found)."""
-    for line in open("/proc/self/maps"):
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    for line in maps:
         if "openblas" in line:
             lib = ctypes.CDLL(line.split()[-1])
             for suffix in ("64_", ""):
@@ -91,7 +93,7 @@ def test_closing_a_stream_cancels_it(runner):
 
 
 def test_completion_echo_suffix_stop_seqs(runner):
-    req = dict(prompt="The capital of France is", max_tokens=10)
+    req = {"prompt": "The capital of France is", "max_tokens": 10}
     plain = runner.send_completion_request(CompletionRequest(**req), T).choices[0].text
     res = runner.send_completion_request(CompletionRequest(**req, echo_prompt=True, suffix="!"), T)
     assert res.choices[0].text == req["prompt"] + plain + "!" and res.object == "text_completion"
@@ -123,7 +125,7 @@ def test_logprobs_are_log_softmax_of_processed_logits(runner, smollm2_path):
 
 
 def test_seed_repeats_and_choices(runner):
-    kw = dict(max_tokens=10, temperature=0.9, top_k=40, min_p=0.05, seed=123)
+    kw = {"max_tokens": 10, "temperature": 0.9, "top_k": 40, "min_p": 0.05, "seed": 123}
     a = [c.message.content for c in chat(runner, n_choices=3, **kw).choices]
     b = [c.message.content for c in chat(runner, n_choices=3, **kw).choices]
     assert a == b and len(set(a)) > 1
@@ -136,11 +138,11 @@ def test_bad_requests_name_field_and_value_and_spare_others(runner):
     want = chat(runner, max_tokens=16).choices[0].message.content
     it = chat(runner, max_tokens=16, stream=True)
     first = next(it).choices[0].delta.content
-    bad = [(dict(temperature=-1.0), "temperature: -1.0"), (dict(top_p=0.0), "top_p: 0.0"),
-           (dict(top_p=1.5), "top_p: 1.5"), (dict(max_tokens=0), "max_tokens: 0"),
-           (dict(messages=[{"role": "wizard", "content": "x"}]), "role: 'wizard'"),
-           (dict(messages=[]), "messages: []"), (dict(logit_bias={10**6: 1.0}), "logit_bias: token id 1000000"),
-           (dict(top_logprobs=99, logprobs=True), "top_logprobs: 99"), (dict(n_choices=0), "n_choices: 0")]
+    bad = [({"temperature": -1.0}, "temperature: -1.0"), ({"top_p": 0.0}, "top_p: 0.0"),
+           ({"top_p": 1.5}, "top_p: 1.5"), ({"max_tokens": 0}, "max_tokens: 0"),
+           ({"messages": [{"role": "wizard", "content": "x"}]}, "role: 'wizard'"),
+           ({"messages": []}, "messages: []"), ({"logit_bias": {10**6: 1.0}}, "logit_bias: token id 1000000"),
+           ({"top_logprobs": 99, "logprobs": True}, "top_logprobs: 99"), ({"n_choices": 0}, "n_choices: 0")]
     for kw, msg in bad:
         with pytest.raises(RequestError, match=re.escape(msg)):
             chat(runner, **kw)
