@@ -43,6 +43,9 @@ def open_model(source) -> ModelFile:
     """A model file path (GGUF, GGML, safetensors) or a Hugging Face folder (config.json + safetensors) as a
     ModelFile with GGUF names; an open ModelFile is returned as it is."""
     if isinstance(source, ModelFile):
+        if source.format == "safetensors" and "hf.config" in source.metadata:  # HF names: map them
+            from minirs.models.hf import read_hf_folder
+            return read_hf_folder(source)
         return source
     from pathlib import Path
     if Path(source).is_dir() and (Path(source) / "config.json").is_file():

@@ -146,3 +146,42 @@ def test_tiny_mixtral_preset_decodes_like_prefill(tmp_path):
     assert m.config.n_experts == 4 and m.config.n_experts_used == 2
     ids = list(np.random.default_rng(0).integers(0, 256, 12))
     assert rel_err(run(m, ids, chunk=1), run(m, ids)) < 1e-4
+
+
+# Backend ops beyond llama's that a family's forward calls (listed so a backend can be checked for them).
+EXTRA_OPS = {"qwen2": ["add_bias_"], "phi2": ["layernorm", "add_bias_", "act"],
+             "mixtral": ["expert_matrix", "topk_softmax", "matmul_id", "moe_sum"]}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers_cuda(family):
+    """The same goldens on the GPU backend. Tolerance 5e-3: its KV cache is float16 (~5e-4 relative per value)."""
+    from minirs.load import cuda_available, get_backend
+    if not cuda_available():
+        pytest.skip("no CUDA GPU")
+    be = get_backend("cuda")
+    missing = [op for op in EXTRA_OPS.get(family, []) if not hasattr(be, op)]
+    if missing:
+        pytest.skip(f"the CUDA backend lacks {', '.join(missing)}")
+    m = load_model(GOLDEN / f"arch_{family}", backend=be)
+    for ids, want in golden(family)[0]:
+        for chunk in (None, 5):
+            got = run(m, ids, chunk)
+            got = be.to_numpy(got) if hasattr(be, "to_numpy") else np.asarray(got)
+            assert rel_err(got, want) < 5e-3, f"{family} cuda chunk={chunk}"
+
+
+def test_old_mixtral_gguf_per_expert_tensors(gguf_dir):
+    """GGUFs from before llama.cpp stacked the experts (blk.{i}.ffn_gate.{e}.weight) give the same model."""
+    from minirs.formats import Tensor
+    mf = open_model(GOLDEN / "arch_mixtral")
+    tensors = dict(mf.tensors)
+    for name in [n for n in tensors if n.endswith("_exps.weight")]:
+        t = tensors.pop(name)
+        per = t.data.reshape(t.shape[0], -1)
+        for e in range(t.shape[0]):
+            old = name.replace("_exps.weight", f".{e}.weight")
+            tensors[old] = Tensor(old, t.qtype, t.shape[1:], per[e])
+    ids, want = golden("mixtral")[0][2]
+    m = load_model(dataclasses.replace(mf, tensors=tensors), device="cpu")
+    assert rel_err(run(m, ids), want) < 1e-4

@@ -48,7 +48,7 @@ def write_gguf(mf: ModelFile, out, qtype: str = "F32") -> Path:
     for name, t in mf.tensors.items():
         if t.qtype in ("F32", "F16", "BF16"):
             a = dequantize(t).reshape(t.shape)
-            keep_f32 = len(t.shape) == 1 or name.endswith(KEEP_F32) or "rope_factors" in name
+            keep_f32 = len(t.shape) == 1 or name.endswith(KEEP_F32)
             w.add_tensor(name, a.astype(np.float16 if qtype == "F16" and not keep_f32 else np.float32))
         else:
             raw = t.data.reshape(*t.shape[:-1], -1)  # (..., row_bytes)

@@ -204,13 +204,19 @@ def permute_rows(t: Tensor, n_heads: int, name: str) -> Tensor:
     return Tensor(name, t.qtype, t.shape, np.ascontiguousarray(t.rows()[order]).reshape(-1))
 
 
-def read_hf_folder(path) -> ModelFile:
-    """A Hugging Face model folder (config.json + safetensors) as a GGUF-named ModelFile."""
+def read_hf_folder(source) -> ModelFile:
+    """A Hugging Face model folder (config.json + safetensors), or its already opened safetensors ModelFile, as
+    a GGUF-named ModelFile."""
     from minirs.formats.safetensors import read_safetensors
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"{folder}: no config.json (a Hugging Face model folder needs one)")
-    st = read_safetensors(folder)
+    if isinstance(source, ModelFile):
+        st, folder = source, source.path if source.path.is_dir() else source.path.parent
+    else:
+        folder = Path(source)
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{folder}: no config.json (a Hugging Face model folder needs one)")
+        st = read_safetensors(folder)
+    if "hf.config" not in st.metadata:
+        raise ModelError(f"{folder}: no config.json beside the safetensors")
     cfg = st.metadata["hf.config"]
     md, extra = hf_metadata(cfg, folder)
     for extra_file in ("generation_config.json",):
@@ -252,7 +258,9 @@ def read_hf_folder(path) -> ModelFile:
 
 
 # --- in-situ quantization --------------------------------------------------------------------------------------
-KEEP_F32 = ("_norm.weight", "ffn_gate_inp.weight", "rope_freqs.weight", "rope_factors")
+# tensors llama.cpp never quantizes (all but the router are vectors anyway)
+KEEP_F32 = ("norm.weight", "ffn_gate_inp.weight", "rope_freqs.weight", "rope_factors_long.weight",
+            "rope_factors_short.weight")
 
 
 def quantize_model_file(mf: ModelFile, qtype: str) -> ModelFile:
@@ -260,7 +268,7 @@ def quantize_model_file(mf: ModelFile, qtype: str) -> ModelFile:
     block = QTYPES[qtype].block_size
     out = {}
     for name, t in mf.tensors.items():
-        if len(t.shape) < 2 or name.endswith(KEEP_F32) or "rope_factors" in name or t.shape[-1] % block \
+        if len(t.shape) < 2 or name.endswith(KEEP_F32) or t.shape[-1] % block \
                 or t.qtype not in ("F32", "F16", "BF16"):
             out[name] = t
             continue

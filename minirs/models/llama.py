@@ -84,9 +84,16 @@ def row_slice(t: Tensor, start: int, stop: int, name: str) -> Tensor:
 
 def split_fused(tensors: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     """Split phi3-style fused tensors into the llama ones, without copying: attn_qkv -> attn_q, attn_k, attn_v
-    (weight and bias) and a 2*ffn_dim ffn_up -> ffn_gate (first half), ffn_up (second half)."""
+    (weight and bias) and a 2*ffn_dim ffn_up -> ffn_gate (first half), ffn_up (second half). Old mixtral GGUFs'
+    per-expert blk.{i}.ffn_gate.{e}.weight are stacked (copied) into ffn_gate_exps and friends."""
     out = dict(tensors)
     for i in range(cfg.n_layers):
+        for role in ("ffn_gate", "ffn_up", "ffn_down"):
+            parts = [out.pop(f"blk.{i}.{role}.{e}.weight", None) for e in range(cfg.n_experts)]
+            if cfg.n_experts and all(p is not None for p in parts):
+                name = f"blk.{i}.{role}_exps.weight"
+                out[name] = Tensor(name, parts[0].qtype, (cfg.n_experts, *parts[0].shape),
+                                   np.concatenate([p.data for p in parts]))
         for kind in ("weight", "bias"):
             qkv = out.pop(f"blk.{i}.attn_qkv.{kind}", None)
             if qkv is not None:
