@@ -85,6 +85,31 @@ NAME_TABLES = {"llama": LLAMA, "mistral": LLAMA, "mixtral": MIXTRAL, "qwen2": QW
                "gemma2": GEMMA2, "gemma3_text": GEMMA3, "phi": PHI2, "phi3": PHI3}
 IGNORED = re.compile(r"rotary_emb\.inv_freq$")  # buffers some old checkpoints saved
 
+# Multimodal wrappers whose text model we run: model_type -> (text model_type, name prefix rewrites, skipped parts)
+MULTIMODAL = {"gemma3": ("gemma3_text", {"model.language_model.": "model.", "language_model.model.": "model.",
+                                         "language_model.lm_head.": "lm_head."},
+                         ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                          "model.multi_modal_projector."))}
+
+
+def _text_part(cfg: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
+    """For a multimodal folder (gemma3 with a vision tower): the text model's config and tensors, renamed."""
+    if cfg.get("model_type") not in MULTIMODAL:
+        return cfg, tensors
+    text_type, prefixes, skipped = MULTIMODAL[cfg["model_type"]]
+    text_cfg = {**cfg.get("text_config", {}), "model_type": text_type}
+    text_cfg.setdefault("tie_word_embeddings", cfg.get("tie_word_embeddings", True))
+    out = {}
+    for name, t in tensors.items():
+        if name.startswith(skipped):
+            continue
+        for old, new in prefixes.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        out[name] = t
+    return text_cfg, out
+
 
 def _template(name: str) -> tuple[str, list[int]]:
     """'model.layers.3.block_sparse_moe.experts.5.w1.weight' -> ('model.layers.{i}...experts.{e}.w1.weight', [3, 5])"""
@@ -217,7 +242,7 @@ def read_hf_folder(source) -> ModelFile:
         st = read_safetensors(folder)
     if "hf.config" not in st.metadata:
         raise ModelError(f"{folder}: no config.json beside the safetensors")
-    cfg = st.metadata["hf.config"]
+    cfg, hf_tensors = _text_part(st.metadata["hf.config"], st.tensors)
     md, extra = hf_metadata(cfg, folder)
     for extra_file in ("generation_config.json",):
         if (folder / extra_file).is_file():
@@ -228,7 +253,7 @@ def read_hf_folder(source) -> ModelFile:
 
     tensors: dict[str, Tensor] = {}
     experts: dict[str, dict[int, Tensor]] = {}
-    for hf_name, t in st.tensors.items():
+    for hf_name, t in hf_tensors.items():
         if IGNORED.search(hf_name):
             continue
         template, nums = _template(hf_name)
