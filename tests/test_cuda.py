@@ -2,7 +2,9 @@
 models (SmolLM2 and Gemma-3 shapes) on the GPU against the CPU path. Skips cleanly without CuPy or a GPU.
 
 The quantized GEMVs quantize x to int8 per 32-block (as llama.cpp does), so they match the float twin to ~1e-2
-relative; the rest match to float32 rounding. bench/gpu_check.py runs the same checks with timings.
+relative; the rest match to float32 rounding. Whole models are compared with the CPU path that rounds as the GPU
+does (kernels/cuda_numerics.py), since a random-weight model amplifies the int8 error a hundredfold on some
+tokens. bench/gpu_check.py runs the same checks with timings.
 """
 
 import numpy as np
@@ -66,9 +68,36 @@ def test_elementwise_ops_match_twins(be):
     assert np.array_equal(cp.asnumpy(be.argmax(cp.asarray(logits))), logits.argmax(-1))
 
 
+def _assert_int8_form(quant, x):
+    """The int8 form (xq, xd, xs) a fused kernel wrote matches cuda_numerics.quantize_x of its float output."""
+    from minirs.kernels.cuda_numerics import quantize_x
+    xq, xd, xs = (np.asarray(a.get()) for a in quant)
+    tq, td, ts = quantize_x(x)
+    assert np.abs(xq.view(np.int8).reshape(tq.shape).astype(np.int32) - tq).max() <= 1  # rounding-boundary ties
+    assert rel(xd, td) < 1e-6
+    assert np.array_equal(xs, xq.view(np.int8).reshape(tq.shape).astype(np.int32).reshape(xs.shape[0], -1, 16).sum(-1))
+
+
+def test_fused_int8_producers_match_twins(be):
+    import cupy as cp
+    from minirs.kernels import ref
+    rng = np.random.default_rng()
+    for d in (576, 640, 4096):
+        x = rng.standard_normal((3, d)).astype(np.float32)
+        w = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
+        out = be.rmsnorm(cp.asarray(x), cp.asarray(w), 1e-6)
+        assert rel(out.get(), ref.rmsnorm(x, w, 1e-6)) < 1e-5
+        _assert_int8_form(be._quant_of(out), out.get())
+    a, b = rng.standard_normal((2, 2, 1536)).astype(np.float32)
+    out = be.gated_act(cp.asarray(a), cp.asarray(b), "silu")
+    assert rel(out.get(), ref.gated_act(a, b, "silu")) < 1e-5
+    _assert_int8_form(be._quant_of(out), out.get())
+
+
 @pytest.mark.parametrize("h,hkv,d,L,window,softcap", [(8, 2, 64, 64, 0, 0.0), (4, 1, 256, 40, 16, 0.0),
                                                        (32, 8, 128, 600, 0, 0.0), (6, 3, 32, 50, 0, 30.0)])
 def test_kv_write_and_attention_match_twin(be, h, hkv, d, L, window, softcap):
+    """6 tokens: split (flash-decoding) attention where the cache is longer than one chunk."""
     import cupy as cp
     from minirs.kernels import ref
     rng = np.random.default_rng()
@@ -86,29 +115,46 @@ def test_kv_write_and_attention_match_twin(be, h, hkv, d, L, window, softcap):
     assert np.array_equal(cp.asnumpy(kcd), kc)
     o = cp.asnumpy(be.attention(cp.asarray(q), kcd, vcd, slots, pos, window, 1 / np.sqrt(d), softcap))
     assert rel(o, ref.attention(q, kc, vc, slots, pos, window, 1 / np.sqrt(d), softcap)) < 1e-4
+    if (min(L, window) if window else L) > 32:  # split: the reduce also wrote the int8 form of o for the output projection
+        _assert_int8_form(be._xquant[3], o.reshape(6, -1))
+    qp = rng.standard_normal((12, h, d)).astype(np.float32)  # 12 tokens: the prefill kernel
+    sp, pp = np.resize(slots, 12), np.resize(pos, 12)
+    o = cp.asnumpy(be.attention(cp.asarray(qp), kcd, vcd, sp, pp, window, 1 / np.sqrt(d), softcap))
+    assert rel(o, ref.attention(qp, kc, vc, sp, pp, window, 1 / np.sqrt(d), softcap)) < 1e-4
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["smollm2-135m", "gemma3-270m"])
 def test_model_on_gpu_matches_cpu(be, preset, tmp_path):
+    """GPU vs the CPU with the GPU's roundings (tight), vs the float32 CPU (loose), teacher-forced on the CPU's
+    greedy tokens; greedy argmax must agree wherever the CPU's top-2 margin exceeds twice the design error (the
+    twin's distance from the float32 CPU): elsewhere a near-tie may flip and prove nothing."""
     from minirs.formats import load_model_file
     from minirs.generate import Generator
     from minirs.kernels.cpu import CpuBackend
+    from minirs.kernels.cuda_numerics import GpuNumericsCpu
     from minirs.load import load_model
     from minirs.models.synthetic import write_random_gguf
     from minirs.sampling import SamplingParams
     mf = load_model_file(write_random_gguf(tmp_path / f"{preset}.gguf", preset))
-    cpu, gpu = load_model(mf, backend=CpuBackend()), load_model(mf, backend=be)
+    cpu, twin, gpu = (load_model(mf, backend=b) for b in (CpuBackend(), GpuNumericsCpu(), be))
     prompt = [int(i) for i in np.random.default_rng(1).integers(0, cpu.config.vocab_size, 40)]
-    gc, gg = Generator(cpu, ctx_len=256, max_chunk=16), Generator(gpu, ctx_len=256, max_chunk=16)
-    assert rel(gg.prefill(prompt), gc.prefill(prompt)) < 8e-2  # int8 activations in the GEMVs, fp16 K/V
-    for i, tok in enumerate([5, 17, 99]):
+    l40 = [Generator(m, ctx_len=256, max_chunk=40).prefill(prompt) for m in (cpu, gpu)]
+    assert rel(l40[1], l40[0]) < 8e-2  # cuBLAS (fp16) prefill and the prefill attention kernel
+    # chunks of 8: every matmul is a GEMV, so the twin rounds exactly as the GPU does
+    gc, gt, gg = (Generator(m, ctx_len=256, max_chunk=8) for m in (cpu, twin, gpu))
+    lc, lt, lg = gc.prefill(prompt), gt.prefill(prompt), gg.prefill(prompt)
+    assert rel(lg, lt) < 1e-3
+    assert rel(lg, lc) < 8e-2  # int8 activations in the GEMVs, fp16 K/V
+    toks = list(Generator(cpu, ctx_len=256, max_chunk=8).generate(prompt, SamplingParams(), 8))
+    for i, tok in enumerate(toks[:-1]):
         p = len(prompt) + i
-        eager = be.to_numpy(gpu.forward(np.array([tok]), np.zeros(1, np.int64), np.array([p]), gg.cache))[0]
-        graph = gg.decode(tok, p)  # the captured decode step computes exactly the eager forward
-        assert np.array_equal(graph, eager)
-        gc.decode(tok, p)
-    params = SamplingParams()
-    tc = list(Generator(cpu, ctx_len=256, max_chunk=16).generate(prompt, params, 4))
-    tg = list(Generator(gpu, ctx_len=256, max_chunk=16).generate(prompt, params, 4))
-    assert tc == tg
+        if i < 2:
+            eager = be.to_numpy(gpu.forward(np.array([tok]), np.zeros(1, np.int64), np.array([p]), gg.cache))[0]
+        c, a, b = gg.decode(tok, p), gc.decode(tok, p), gt.decode(tok, p)
+        if i < 2:
+            assert np.array_equal(c, eager)  # the captured decode step computes exactly the eager forward
+        assert rel(c, b) < 1e-3, (i, rel(c, b), rel(c, a))
+        top = np.sort(a)[::-1]
+        if top[0] - top[1] > 2 * np.abs(b - a).max():
+            assert int(np.argmax(c)) == int(np.argmax(a)), i

@@ -51,6 +51,22 @@ class CudaBackend:
         self.nbs = cuda.external_stream(self.stream.ptr)
         self._idx = {}  # id(host index array) -> (host array, device copy), so one forward uploads each once
         self._graphs = {}  # (id(model), id(cache), n, greedy) -> DecodeGraph
+        self._xquant = None  # (array, ptr, size, (xq, xd, xs)): the int8 form of the last fused-op output
+
+    # --- the int8 activations of the GEMVs, produced by the op before them ---
+    def _stash(self, x, xquant) -> None:
+        """Remember that x (by its memory) has the int8 form xquant, for the matmuls that read x next."""
+        self._xquant = (x, x.data.ptr, x.size, xquant)
+
+    def _quant_of(self, x):
+        s = self._xquant
+        return s[3] if s is not None and s[1] == x.data.ptr and s[2] == x.size else None
+
+    def _new_quant(self, n: int, k: int):
+        return cp.empty((n, k), cp.int8), cp.empty((n, k // 32), cp.float32), cp.empty((n, k // 16), cp.int32)
+
+    def _fuse_quant(self, n: int, k: int) -> bool:
+        return n <= cuda_matmul.GEMV_MAX_N and k % 32 == 0
 
     # --- weights ---
     def matrix(self, t: Tensor) -> GMatrix:
@@ -86,19 +102,25 @@ class CudaBackend:
     # --- ops ---
     def matmul(self, w: GMatrix, x):
         """y = x @ W.T   x: (n, n_in) -> (n, n_out) float32"""
-        return cuda_matmul.gmatmul(w, cp.ascontiguousarray(x, dtype=cp.float32), self.nbs)
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        q = self._quant_of(x) if w.family != "float" else None
+        if q is not None:
+            q = (q[0].view(cp.int32), q[1], q[2])
+        return cuda_matmul.gmatmul(w, x, self.nbs, q)
 
     def embed(self, w: GMatrix, ids, scale: float = 1.0):
         """x[i] = W[ids[i]] * scale"""
         return cuda_matmul.dequant(w, self._ix(ids), float(scale), cp.float32, self.nbs)
 
     def add_(self, x, y) -> None:
+        self._xquant = None
         x += y
 
     def take_rows(self, x, rows):
         return cp.ascontiguousarray(x[self._ix(np.asarray(rows))])
 
     def softcap_(self, x, cap: float) -> None:
+        self._xquant = None
         cp.tanh(x / np.float32(cap), out=x)
         x *= np.float32(cap)
 
@@ -106,17 +128,33 @@ class CudaBackend:
         shape = x.shape
         x2 = cp.ascontiguousarray(x).reshape(-1, shape[-1])
         out = cp.empty_like(x2)
-        K["rmsnorm"][x2.shape[0], cuda_ops.RMS_THREADS, self.nbs](x2, w, np.float32(eps), out)
+        n, d = x2.shape
+        threads = min(1024, 32 * max(1, -(-d // 128)))  # ~4 elements per thread, held in registers
+        if d > threads * cuda_ops.RMS_MAXE:
+            raise NotImplementedError(f"CUDA rmsnorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
+        if x.ndim == 2 and self._fuse_quant(n, d):  # its output feeds GEMVs: write their int8 form too
+            xq = self._new_quant(n, d)
+            K["rmsnorm_q"][n, threads, self.nbs](x2, w, np.float32(eps), out, *xq)
+            self._stash(out, xq)
+        else:
+            K["rmsnorm"][n, threads, self.nbs](x2, w, np.float32(eps), out)
         return out.reshape(shape)
 
     def rope_(self, x, pos, inv_freq, neox: bool) -> None:
+        self._xquant = None
         n, h, _ = x.shape
         total = n * h * inv_freq.shape[0]
         K["rope_"][_blocks(total, 256), 256, self.nbs](x, self._ix(pos), inv_freq, bool(neox))
 
     def gated_act(self, gate, up, activation: str):
         out = cp.empty_like(gate)
-        K["gated_act"][_blocks(gate.size, 256), 256, self.nbs](gate, up, activation == "gelu", out)
+        n, f = gate.shape
+        if self._fuse_quant(n, f):  # its output feeds the down-projection GEMV
+            xq = self._new_quant(n, f)
+            K["gated_act_q"][_blocks(gate.size, 256), 256, self.nbs](gate, up, activation == "gelu", out, *xq)
+            self._stash(out, xq)
+        else:
+            K["gated_act"][_blocks(gate.size, 256), 256, self.nbs](gate, up, activation == "gelu", out)
         return out
 
     def kv_write(self, kc, vc, slots, pos, k, v) -> None:
@@ -128,11 +166,26 @@ class CudaBackend:
         n, h, d = q.shape
         if d % 32 or d > 32 * cuda_ops.ATT_MAXE:
             raise NotImplementedError(f"CUDA attention needs head_dim a multiple of 32 up to 256, got {d}")
-        out = cp.empty_like(q)
-        warps = cuda_ops.ATT_WARPS if n * h < 1024 else 4  # few blocks (decode): more warps split the keys
-        K["attention"][n * h, 32 * warps, self.nbs](
-            cp.ascontiguousarray(q), kc, vc, self._ix(slots), self._ix(pos), int(window), np.float32(scale),
-            np.float32(softcap), out)
+        q = cp.ascontiguousarray(q)
+        sl, ps = self._ix(slots), self._ix(pos)
+        keys = min(kc.shape[2], window) if window > 0 else kc.shape[2]  # the most keys one token can see
+        splits = -(-keys // cuda_ops.ATT_CHUNK)
+        args = (q, kc, vc, sl, ps, int(window), np.float32(scale), np.float32(softcap))
+        if n > cuda_matmul.GEMV_MAX_N or splits == 1:  # prefill: a block per (token, head) over all its keys
+            out = cp.empty((n, h, 1, d), cp.float32)
+            dummy = cp.empty((1, 1, 1), cp.float32)
+            warps = cuda_ops.ATT_WARPS if n * h < 1024 else 4
+            K["attention"][(n * h, 1), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, out)
+            return out.reshape(n, h, d)
+        # decode (flash-decoding): blocks over chunks of the context, then a reduce that also quantizes for Wo
+        pm = cp.empty((n, h, splits), cp.float32)
+        pl = cp.empty((n, h, splits), cp.float32)
+        po = cp.empty((n, h, splits, d), cp.float32)
+        K["attention"][(n * h, splits), 32 * cuda_ops.ATT_WARPS, self.nbs](*args, cuda_ops.ATT_CHUNK, pm, pl, po)
+        out = cp.empty((n, h, d), cp.float32)
+        xq = self._new_quant(n, h * d)
+        K["attn_reduce"][n * h, d, self.nbs](pm, pl, po, out, True, *xq)
+        self._stash(out, xq)
         return out
 
     def argmax(self, logits):

@@ -16,7 +16,8 @@ exactly its file size on the GPU:
 
 Decode and small batches (n <= GEMV_MAX_N) run a GEMV: x is quantized to int8 per 32-block (scale + per-16 sums,
 as llama.cpp's q8_1), each lane takes one 32-block at a time, `__dp4a` does 4 int8 MACs, and each warp owns 4
-rows so each x word loaded serves 4 rows (GPU.md: 1.92 TB/s for Q4_0 on an H100). Larger n dequantize W to
+rows so each x word loaded serves 4 rows (GPU.md: 1.92 TB/s for Q4_0 on an H100); the NW warps of a block split
+K of its rows, so short matrices (k/v projections) still put thousands of warps in flight. Larger n dequantize W to
 float16 and multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph,
 which is why decode needs its own kernels.
 """
@@ -33,8 +34,8 @@ from minirs.formats.model_file import Tensor
 
 GEMV_MAX_N = 8  # n <= this: GEMV kernels (graph-capturable); larger n: dequantize + cuBLAS
 R = 4  # rows per warp in the GEMVs
-NW = 2  # warps per block in the GEMVs
-DQ_THREADS = 128
+NW = 4  # warps per block in the GEMVs: they split K of the block's R rows
+DQ_THREADS = 256
 
 _DP4A_CU = os.path.join(os.path.dirname(__file__), "cuda_dp4a.cu")
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator links no CUDA C: a plain-Python twin
@@ -53,23 +54,14 @@ M4 = 0x0F0F0F0F
 # Kernels
 # ---------------------------------------------------------------------------------------------------------------
 
-def quantize_x(x, xq, xd, xs):
-    """x (n, k) f32 -> xq (n, k) int8 = round(x / d), xd (n, k/32) f32 d = max|x| / 127, xs (n, k/16) int32 sums of xq.
-
-    One warp per 32-block.
-    """
-    gw = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) >> 5
+def quant32(v, t, b, xq, xd, xs):
+    """Warp-wide: the 32 lanes hold elements 32*b + lane of row t; write their int8 codes round(v / d) to xq,
+    d = max|v| / 127 to xd[t, b] and the sums of the codes of each half to xs[t, 2b], xs[t, 2b + 1]."""
     lane = cuda.threadIdx.x & 31
-    nb = xd.shape[1]
-    t = gw // nb
-    b = gw - t * nb
-    if t >= x.shape[0]:
-        return
-    v = x[t, 32 * b + lane]
     a = abs(v)
     for o in (16, 8, 4, 2, 1):
         a = max(a, cuda.shfl_xor_sync(0xFFFFFFFF, a, o))
-    d = a / 127.0
+    d = a / float32(127.0)
     qv = int32(0)
     if a > 0:
         qv = int32(libdevice.rintf(v / d))
@@ -82,6 +74,21 @@ def quantize_x(x, xq, xd, xs):
         xs[t, 2 * b] = s
     if lane == 16:
         xs[t, 2 * b + 1] = s
+
+
+def quantize_x(x, xq, xd, xs):
+    """x (n, k) f32 -> xq (n, k) int8 = round(x / d), xd (n, k/32) f32 d = max|x| / 127, xs (n, k/16) int32 sums of xq.
+
+    One warp per 32-block (llama.cpp's q8_1; cuda_numerics.quantize_x is the NumPy twin).
+    """
+    gw = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) >> 5
+    lane = cuda.threadIdx.x & 31
+    nb = xd.shape[1]
+    t = gw // nb
+    b = gw - t * nb
+    if t >= x.shape[0]:
+        return
+    quant32(x[t, 32 * b + lane], t, b, xq, xd, xs)
 
 
 def _spread4(hb):
@@ -140,36 +147,43 @@ def _row_q8(q, d, m, r, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m):
 
 
 def _store4(y, t, r0, n_out, a0, a1, a2, a3):
-    """Sum each of 4 row accumulators over the warp; lane 0 writes the rows that exist."""
+    """Sum each of 4 row accumulators over the warp, then over the block's NW warps (split K); thread 0 writes
+    the rows that exist."""
     for o in (16, 8, 4, 2, 1):
         a0 += cuda.shfl_xor_sync(0xFFFFFFFF, a0, o)
         a1 += cuda.shfl_xor_sync(0xFFFFFFFF, a1, o)
         a2 += cuda.shfl_xor_sync(0xFFFFFFFF, a2, o)
         a3 += cuda.shfl_xor_sync(0xFFFFFFFF, a3, o)
+    part = cuda.shared.array((NW, R), float32)
+    warp = cuda.threadIdx.x >> 5
     if (cuda.threadIdx.x & 31) == 0:
-        if r0 < n_out:
-            y[t, r0] = a0
-        if r0 + 1 < n_out:
-            y[t, r0 + 1] = a1
-        if r0 + 2 < n_out:
-            y[t, r0 + 2] = a2
-        if r0 + 3 < n_out:
-            y[t, r0 + 3] = a3
+        part[warp, 0] = a0
+        part[warp, 1] = a1
+        part[warp, 2] = a2
+        part[warp, 3] = a3
+    cuda.syncthreads()
+    i = cuda.threadIdx.x
+    if i < R and r0 + i < n_out:
+        acc = float32(0.0)
+        for w in range(NW):
+            acc += part[w, i]
+        y[t, r0 + i] = acc
 
 
 def gemv_q45(q, h, d, m, xq, xd, xs, y, off, has_h, has_m):
     """y[t, r] = sum_k W[r, k] * x[t, k], W in the q4 / q5 family, x from quantize_x (xq read as int32 words).
 
     Per 32-block: xd * d * (sum q*xq - off * sum xq) (+ xd * m * sum xq). A warp owns R = 4 rows, lane l takes
-    the 32-blocks l, l + 32, ...  grid (ceil(n_out / (R*NW)), n), block 32*NW.
+    the 32-blocks l, l + 32, ...; the NW warps of a block share its R rows and split K (more warps in flight
+    for short matrices).  grid (ceil(n_out / R), n), block 32*NW.
     """
     n_out = y.shape[1]
     nblk = d.shape[1]
     t = cuda.blockIdx.y
-    r0 = (cuda.blockIdx.x * NW + (cuda.threadIdx.x >> 5)) * R
+    r0 = cuda.blockIdx.x * R
     ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
     a0 = a1 = a2 = a3 = float32(0.0)
-    for b in range(cuda.threadIdx.x & 31, nblk, 32):
+    for b in range(cuda.threadIdx.x, nblk, 32 * NW):
         x0, x1, x2, x3 = xq[t, 8 * b], xq[t, 8 * b + 1], xq[t, 8 * b + 2], xq[t, 8 * b + 3]
         x4, x5, x6, x7 = xq[t, 8 * b + 4], xq[t, 8 * b + 5], xq[t, 8 * b + 6], xq[t, 8 * b + 7]
         xdb = xd[t, b]
@@ -186,10 +200,10 @@ def gemv_q8(q, d, m, xq, xd, xs, y, g16, has_m):
     n_out = y.shape[1]
     nblk = xd.shape[1]
     t = cuda.blockIdx.y
-    r0 = (cuda.blockIdx.x * NW + (cuda.threadIdx.x >> 5)) * R
+    r0 = cuda.blockIdx.x * R
     ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
     a0 = a1 = a2 = a3 = float32(0.0)
-    for b in range(cuda.threadIdx.x & 31, nblk, 32):
+    for b in range(cuda.threadIdx.x, nblk, 32 * NW):
         x0, x1, x2, x3 = xq[t, 8 * b], xq[t, 8 * b + 1], xq[t, 8 * b + 2], xq[t, 8 * b + 3]
         x4, x5, x6, x7 = xq[t, 8 * b + 4], xq[t, 8 * b + 5], xq[t, 8 * b + 6], xq[t, 8 * b + 7]
         xdb = xd[t, b]
@@ -205,10 +219,10 @@ def gemv_float(w, x, y):
     """y[t, r] = sum_k w[r, k] * x[t, k] for float16 / float32 weights, float32 x."""
     n_out, n_in = w.shape
     t = cuda.blockIdx.y
-    r0 = (cuda.blockIdx.x * NW + (cuda.threadIdx.x >> 5)) * R
+    r0 = cuda.blockIdx.x * R
     ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
     a0 = a1 = a2 = a3 = float32(0.0)
-    for k in range(cuda.threadIdx.x & 31, n_in, 32):
+    for k in range(cuda.threadIdx.x, n_in, 32 * NW):
         xv = x[t, k]
         a0 += float32(w[ra, k]) * xv
         a1 += float32(w[rb, k]) * xv
@@ -218,24 +232,24 @@ def gemv_float(w, x, y):
 
 
 def dequant_q45(q, h, d, m, off, has_h, has_m, rows, scale, out):
-    """out[i, :] = W[rows[i], :] * scale for the q4 / q5 family.  One block per output row, a thread per word."""
+    """out[i, :] = W[rows[i], :] * scale for the q4 / q5 family.  One block per output row; a thread per byte of
+    q (elements j and j + 16 of a 32-block), so a warp writes 64 consecutive outputs."""
     i = cuda.blockIdx.x
     r = rows[i]
-    for wi in range(cuda.threadIdx.x, q.shape[1], cuda.blockDim.x):
-        b = wi >> 2
-        k = wi & 3
-        w = q[r, wi]
-        hb = h[r, b] if has_h else 0
+    for e in range(cuda.threadIdx.x, 4 * q.shape[1], cuda.blockDim.x):
+        b = e >> 4
+        j = e & 15
+        byte = (q[r, 4 * b + (j >> 2)] >> (8 * (j & 3))) & 255
+        lo = byte & 15
+        hi = byte >> 4
+        if has_h:
+            hb = h[r, b]
+            lo |= ((hb >> j) & 1) << 4
+            hi |= ((hb >> (16 + j)) & 1) << 4
         dd = float32(d[r, b])
         mm = float32(m[r, b]) if has_m else float32(0.0)
-        for j in range(4):
-            lo = (w >> (8 * j)) & 15
-            hi = (w >> (8 * j + 4)) & 15
-            if has_h:
-                lo |= ((hb >> (4 * k + j)) & 1) << 4
-                hi |= ((hb >> (16 + 4 * k + j)) & 1) << 4
-            out[i, 32 * b + 4 * k + j] = (dd * float32(lo - off) + mm) * scale
-            out[i, 32 * b + 16 + 4 * k + j] = (dd * float32(hi - off) + mm) * scale
+        out[i, 32 * b + j] = (dd * float32(lo - off) + mm) * scale
+        out[i, 32 * b + 16 + j] = (dd * float32(hi - off) + mm) * scale
 
 
 def dequant_q8(q, d, m, g, has_m, rows, scale, out):
@@ -275,6 +289,7 @@ SIGS = {
     dequant_float: [f"void({w}{_A}, int64[::1], float32, {o}{_A})" for w in ("float16", "float32")
                     for o in ("float16", "float32")],
 }
+quant32 = cuda.jit(device=True, inline=True)(quant32)
 _spread4 = cuda.jit(device=True, inline=True)(_spread4)
 _row_q45 = cuda.jit(device=True, inline=True)(_row_q45)
 _row_q8 = cuda.jit(device=True, inline=True)(_row_q8)
@@ -347,18 +362,20 @@ class GMatrix:
             off = 0 if has_m else (16 if qt.startswith("Q5") else 8)
             del blk
             return cls(qt, n_out, n_in, "q45", q, d, m, h, off, 32, has_m, qt.startswith("Q5"))
-        # k-quants: re-laid out on the host (cuda_relayout.py) into the same families, uploaded with f16 scales
+        # k-quants: raw blocks uploaded, re-laid out on the GPU by cuda_relayout's array code (CuPy) into the
+        # same families, with f16 scales
         from minirs.kernels.cuda_relayout import RELAYOUT
         if qt not in RELAYOUT:
             raise NotImplementedError(f"{t.name}: no CUDA matmul for type {qt}")
-        family, q, d, m, h = RELAYOUT[qt](qt, n_out, n_in, t.rows())
+        family, q, d, m, h = RELAYOUT[qt](qt, n_out, n_in, cp.asarray(t.rows()), xp=cp)
         has_m = m is not None
-        d = cp.asarray(d.astype(np.float16))
-        m = cp.asarray(m.astype(np.float16)) if has_m else dummy16
+        d = d.astype(cp.float16)
+        m = m.astype(cp.float16) if has_m else dummy16
         if family == "q8":
-            return cls(qt, n_out, n_in, "q8", cp.asarray(q.view(np.int8)), d, m, None, 0, n_in // d.shape[1], has_m)
-        q = cp.asarray(np.ascontiguousarray(q).view(np.uint32))
-        h = cp.asarray(np.ascontiguousarray(h).view(np.uint32)) if family == "q5" else dummy32
+            return cls(qt, n_out, n_in, "q8", cp.ascontiguousarray(q).view(cp.int8), d, m, None, 0,
+                       n_in // d.shape[1], has_m)
+        q = cp.ascontiguousarray(q).view(cp.uint32)
+        h = cp.ascontiguousarray(h).view(cp.uint32) if family == "q5" else dummy32
         return cls(qt, n_out, n_in, "q45", q, d, m, h, 0, 32, has_m, family == "q5")
 
 
@@ -384,7 +401,7 @@ def gmatmul(w: GMatrix, x, stream, xquant=None):
     n = x.shape[0]
     if n <= GEMV_MAX_N:
         y = cp.empty((n, w.n_out), cp.float32)
-        grid = (math.ceil(w.n_out / (R * NW)), n)
+        grid = (math.ceil(w.n_out / R), n)
         if w.family == "float":
             K["gemv_float"][grid, 32 * NW, stream](w.q, x, y)
             return y

@@ -1,0 +1,52 @@
+"""The CUDA backend's rounding, on the CPU: a test oracle for whole-model GPU runs.
+
+The GPU differs from the float32 CPU path in three roundings, by design: the GEMVs (n <= GEMV_MAX_N) read x
+quantized to int8 per 32-block (llama.cpp's q8_1: ~5e-3 relative error per matmul), the cuBLAS path (larger n)
+reads x and W as float16, and the KV cache is float16. A random-weight model can amplify those errors a
+hundredfold on some tokens (its logits are near-uniform and its layers chaotic), so GPU-vs-CPU logits alone
+cannot tell such a token from a bug. `GpuNumericsCpu` is the CPU backend with the same roundings: fed batches of
+at most GEMV_MAX_N tokens (prefill chunks of 8), the GPU must match it far more closely than it matches the
+float32 path. (Larger batches are only near: cuBLAS also rounds W and y to float16, which this leaves out, and
+int8 rounding turns any 1e-3 difference into a fresh draw of its error.) No CuPy here; it runs anywhere.
+"""
+
+import numpy as np
+
+from minirs.kernels.cpu import CpuBackend
+
+GEMV_MAX_N = 8  # as cuda_matmul.GEMV_MAX_N
+
+
+def quantize_x(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The twin of cuda_matmul.quantize_x: x (n, k) -> xq (n, k) int8 = rint(x / d), d (n, k/32) = max|x| / 127
+    per 32-block (float32 math, round half to even), xs (n, k/16) int32 sums of xq per 16."""
+    n, k = x.shape
+    xb = np.asarray(x, np.float32).reshape(n, k // 32, 32)
+    d = np.abs(xb).max(-1) / np.float32(127.0)
+    safe = np.where(d > 0, d, np.float32(1.0))[..., None]
+    xq = np.where(d[..., None] > 0, np.rint(xb / safe), 0).astype(np.int8)
+    xs = xq.reshape(n, k // 16, 16).sum(-1, dtype=np.int32)
+    return xq.reshape(n, k), d.astype(np.float32), xs
+
+
+def dequantize_x(xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
+    n, k = xq.shape
+    return (xq.reshape(n, k // 32, 32).astype(np.float32) * xd[..., None]).reshape(n, k)
+
+
+class GpuNumericsCpu(CpuBackend):
+    """CpuBackend whose matmuls and KV cache round as the CUDA backend's do (module docstring)."""
+
+    def matmul(self, w, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if w.family == "float":
+            pass
+        elif x.shape[0] <= GEMV_MAX_N and x.shape[1] % 32 == 0:
+            x = dequantize_x(*quantize_x(x)[:2])
+        else:
+            x = x.astype(np.float16).astype(np.float32)
+        return super().matmul(w, x)
+
+    def kv_write(self, kc, vc, slots, pos, k, v) -> None:
+        f16 = lambda a: np.ascontiguousarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
+        super().kv_write(kc, vc, slots, pos, f16(k), f16(v))
