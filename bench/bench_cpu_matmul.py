@@ -1,18 +1,19 @@
 """Benchmark of the CPU quantized matmul on the real SmolLM2-135M (Q4_1/Q8_0) and Gemma-3-270M (Q4_K_M) matrices.
 
-    python bench/bench_cpu_matmul.py [--reps 20] [--threads 2] [--types]
+    NUMBA_NUM_THREADS=1 python bench/bench_cpu_matmul.py [--reps 20] [--types]
+    NUMBA_NUM_THREADS=2 python bench/bench_cpu_matmul.py
 
-Prints a markdown table per distinct (type, shape): n=1 and n=128 times, GB/s of weights read (the re-laid-out
-bytes) and GFLOP/s; then totals for one SmolLM2 decode step (all 30 x 7 layer matrices plus the output
+Prints a markdown table per distinct (type, shape): for n = 1, 4, 16, 128 rows of x the time, GB/s of weights read
+(the re-laid-out bytes, once per call) and GFLOP/s; then totals for one SmolLM2 decode step (all 30 x 7 layer matrices plus the output
 projection, run in model order so that weights come from L3/DRAM as in the engine) and one 128-token prefill.
 `--types` adds a table over every supported type on a synthetic 2048 x 2048 matrix.
 
-Timings are best-of-reps wall times and depend on what else runs on the machine: on a shared 2-core box, spinning
-OpenMP/OpenBLAS worker threads can make 2-thread runs slower than 1 thread; compare `--threads 1` (with
-OPENBLAS_NUM_THREADS=1) for per-core numbers and try OMP_WAIT_POLICY=passive for 2 threads.
+Timings are best-of-reps wall times and depend on what else runs on the machine: on a shared 2-core box, run
+single-thread (NUMBA_NUM_THREADS=1) and 2-thread, and repeat.
 """
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -42,20 +43,21 @@ def matrices(path: str) -> list[tuple[str, QMatrix]]:
     return [(name, QMatrix.from_tensor(t)) for name, t in mf.tensors.items() if len(t.shape) == 2]
 
 
+NS = (1, 4, 16, 128)
+
+
 def shape_table(mats: list[tuple[str, QMatrix]], reps: int) -> None:
     seen = {}
     for name, w in mats:
         seen.setdefault((w.qtype, w.n_out, w.n_in), (name, w))
-    print("| type | shape (n_out, n_in) | example | n=1 ms | n=1 GB/s | n=1 GFLOP/s | n=128 ms | n=128 GFLOP/s |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| type | shape (n_out, n_in) | example | " + " | ".join(f"n={n} ms, GB/s, GFLOP/s" for n in NS) + " |")
+    print("| --- | --- | --- |" + " ---: |" * len(NS))
     for (qtype, n_out, n_in), (name, w) in seen.items():
-        flops = 2 * n_out * n_in
         row = [f"| {qtype} | ({n_out}, {n_in}) | {name} "]
-        for n in (1, 128):
+        for n in NS:
             x = np.random.default_rng(0).standard_normal((n, n_in), dtype=np.float32)
-            t = timeit(reps if n == 1 else max(2, reps // 5), qmatmul, w, x)
-            row.append(f"| {t * 1e3:.3f} " + (f"| {w.nbytes / t / 1e9:.1f} " if n == 1 else "") +
-                       f"| {flops * n / t / 1e9:.1f} ")
+            t = timeit(reps if n <= 4 else max(2, reps // 5), qmatmul, w, x)
+            row.append(f"| {t * 1e3:.3f}, {w.nbytes / t / 1e9:.1f}, {2 * n_out * n_in * n / t / 1e9:.1f} ")
         print("".join(row) + "|")
 
 
@@ -75,7 +77,6 @@ def totals(label: str, mats: list[tuple[str, QMatrix]], reps: int) -> None:
 
 
 def type_table(reps: int) -> None:
-    import sys
     sys.path.insert(0, "tests")
     from test_cpu_matmul import ALL_TYPES, random_rows
 
@@ -104,7 +105,8 @@ def main() -> None:
     import numba
 
     from minirs.fetch import gemma3_path, smollm2_path
-    print(f"numba threads: {numba.get_num_threads()}")
+    print(f"numba threads: {numba.get_num_threads()}, kernels from {qmatmul.__module__} "
+          f"({sys.modules[qmatmul.__module__].__file__})")
     runs = [("SmolLM2-135M Q4_1", smollm2_path()), ("Gemma-3-270M Q4_K_M", gemma3_path())]
     loaded = []
     for label, path in runs:

@@ -5,7 +5,8 @@ Tolerance: the kernels accumulate in float32 in a different order than BLAS (per
 in through group sums of x), so outputs differ by float32 rounding only: we require
 max|y - y_ref| <= RTOL * max|y_ref| with RTOL = 1e-5 (about 100 ulps of the largest output, far below the
 engine's 1e-3 logits target and far above float32 noise for dot products of length <= 2048).
-Embedding rows (pure decoding) must be bit-exact.
+Embedding rows (pure decoding) must be bit-exact, and every row of qmatmul must be batch-invariant: bit-identical
+whether it is computed alone or with any number of other rows (the batching scheduler relies on it).
 """
 
 import gguf
@@ -14,7 +15,7 @@ import pytest
 
 from minirs.formats import Tensor
 from minirs.formats.types import QTYPES
-from minirs.kernels.cpu_matmul import QMatrix, embedding_rows, qmatmul, qmatmul_ref
+from minirs.kernels.cpu_matmul import QMatrix, embedding_rows, qmatmul, qmatmul_ref, set_threads
 
 RTOL = 1e-5
 
@@ -115,6 +116,47 @@ def test_smollm2_matrices(smollm2_path):
 def test_gemma3_matrices(gemma3_path):
     _check_real(_real(gemma3_path, ["blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight",
                                     "blk.0.ffn_down.weight", "blk.2.ffn_down.weight"]))
+
+
+BATCH_SIZES = (2, 3, 4, 5, 7, 16, 33, 128)
+
+
+def check_batch_invariant(w: QMatrix, name: str, rng: np.random.Generator) -> None:
+    """qmatmul(w, x)[i] == qmatmul(w, x[i:i+1])[0] bit for bit, for every batch size n and row i < n."""
+    x = rng.standard_normal((max(BATCH_SIZES), w.n_in), dtype=np.float32)
+    alone = np.concatenate([qmatmul(w, x[i:i + 1]) for i in range(x.shape[0])])
+    for n in BATCH_SIZES:
+        y = qmatmul(w, x[:n])
+        bad = np.flatnonzero(~np.all(y == alone[:n], axis=1))
+        assert bad.size == 0, f"{name} ({w.qtype} {w.n_out}x{w.n_in}): n={n}, rows {bad[:5]} differ from the row alone"
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_batch_invariant_random_blocks(qtype):
+    rng = np.random.default_rng(QTYPES[qtype].id + 100)
+    n_out, n_in = 100, 512  # 100: a partial last tile
+    raw = random_rows(qtype, n_out, n_in, rng)
+    check_batch_invariant(QMatrix.from_tensor(as_tensor(qtype, n_out, n_in, raw)), "random", rng)
+
+
+def test_batch_invariant_real(smollm2_path, gemma3_path):
+    """SmolLM2 Q4_1 and Gemma-3 Q5_0 / Q4_K / Q6_K / Q8_0 matrices; also across thread counts."""
+    rng = np.random.default_rng(3)
+    ts = _real(smollm2_path, ["blk.0.attn_q.weight", "blk.0.ffn_down.weight"])
+    ts += _real(gemma3_path, ["blk.0.attn_q.weight", "blk.0.attn_output.weight", "blk.0.ffn_down.weight",
+                              "blk.0.attn_v.weight"])
+    assert {t.qtype for t in ts} == {"Q4_1", "Q5_0", "Q4_K", "Q6_K", "Q8_0"}
+    for t in ts:
+        w = QMatrix.from_tensor(t)
+        check_batch_invariant(w, t.name, rng)
+        x = rng.standard_normal((7, t.shape[1]), dtype=np.float32)
+        y = qmatmul(w, x)
+        set_threads(1)
+        try:
+            assert np.array_equal(qmatmul(w, x), y), f"{t.name}: 1 thread differs from the default"
+        finally:
+            import numba
+            set_threads(numba.config.NUMBA_NUM_THREADS)
 
 
 def test_shape_errors():

@@ -5,10 +5,10 @@
     e = embedding_rows(w, ids)             # (len(ids), n_in) float32, bit-exact with gguf's dequantize
     y_ref = qmatmul_ref(tensor, x)         # the NumPy twin: x @ dequantize(W).T
 
-Load time re-lays every GGML block type out into one of two *families* of plain arrays, so that two pairs of
-kernels (a fused dot for small n, a tile decoder for large n and for embeddings) cover fifteen types. The f16
-scales become f32 (Numba has no float16), scales x sub-scales are multiplied out, and nibbles are re-packed to
-one order. Every conversion keeps the gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
+Load time re-lays every GGML block type out into one of two *families* of plain arrays, so that one matmul kernel
+per family (plus a tile decoder for embeddings) covers fifteen types. The f16 scales become f32 (Numba has no
+float16), scales x sub-scales are multiplied out, and nibbles are re-packed to one order. Every conversion keeps the
+gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
 
 | family | weight element              | q per row                                                 | types                      |
 | ------ | --------------------------- | --------------------------------------------------------- | -------------------------- |
@@ -19,26 +19,27 @@ one order. Every conversion keeps the gguf dequantized value bit for bit (`d*q -
 
 g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). Types other than 4- and 8-bit are widened to one int8 per
 weight (IQ4 through its codebook): one fast kernel instead of one per bit width, at 1.2x (Q6_K), 1.45x (Q5_0) to
-3x (Q2_K) their file size; never a float copy. F32, F16 and BF16 keep their bytes and go through NumPy (BLAS).
+3x (Q2_K) their file size; never a float copy. F32, F16 and BF16 keep their bytes and are converted on the fly.
 Activations and accumulation stay float32 (no int8 quantization of x, so results match the float twin to ~1e-7).
 
-Rows are interleaved in tiles of L = 32 or 64 (a[t, k, l] is item k of row t*L + l) so that the fused dots run
-their innermost loop over L rows at once: contiguous SIMD loads and no horizontal sums. Small n (decode) runs the
-fused dot with prange over tiles; large n (prefill) decodes ~1 MiB of row tiles at a time to float32 (transposed,
-in a reused buffer) and hands it to BLAS sgemm, so no float copy of W exists at any time.
+Rows are interleaved in tiles of L = 32 or 64 (a[t, k, l] is item k of row t*L + l) so that the kernels run their
+innermost loop over L rows at once: contiguous SIMD loads and no horizontal sums. The same kernel serves decode
+(n = 1) and prefill (n = hundreds): each tile's weights are decoded once per call, group by group, into an L1
+buffer that every row of x then reads, and each output row is computed in one fixed order whatever n is, so rows
+are bit-identical alone or batched (see "Kernels" below). No BLAS is involved.
 """
 
 from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from minirs.formats.model_file import Tensor
 from minirs.formats.types import QTYPES
-
-SMALL_N = 4  # n <= SMALL_N: fused kernel (weights read once per row, x from L1); larger n: tile decode + sgemm
-TILE_ELEMS = 1 << 18  # float32 elements in one decoded tile (1 MiB, fits L2)
 
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _NO_M = np.zeros((0, 0, 0), np.float32)
@@ -229,7 +230,7 @@ def _q2_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
 
 def _float(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     """F32 / F16 / BF16 rows, kept as the file's bytes (a view, no copy)."""
-    dt = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[qtype]
+    dt = {"F32": np.float32, "F16": np.uint16, "BF16": np.uint16}[qtype]  # F16 as bits: Numba has no float16
     return QMatrix(qtype, n_out, n_in, "float", rows.view(dt), _NO_M)  # no tiles: BLAS reads rows
 
 
@@ -242,37 +243,180 @@ _RELAYOUT = {
 
 # ---------------------------------------------------------------------------------------------------------------
 # Kernels. All quantized arrays are row-interleaved in tiles of L rows: a[t, k, l] is item k of row t*L + l, so
-# the innermost loop runs over L rows at once (contiguous, SIMD-friendly: no per-block horizontal sums). The fused
-# dots (`_dot_*`, fastmath) fold offsets in through the group sums xs[i, g] = sum_j x[i, gs*g + j]; the decoders
-# (`_deq_*`, no fastmath) are bit-exact with gguf. Numba does integer arithmetic in int64 (8 SIMD lanes), so the
-# q4 dot splits nibbles in float32 instead (16 lanes): hi = floor(b / 16), lo = b - 16 * hi, exact for b < 256.
+# the innermost loop runs over L rows at once (contiguous, SIMD-friendly: no per-block horizontal sums).
+#
+# One kernel per family serves every n (decode and prefill alike), and every row of y is *batch-invariant*: its
+# bits depend only on its own row of x and on W, never on n or on the other rows. Per tile (prange) and per group
+# g of gs inputs, the group's integers are decoded once into a small float32 buffer w (gs, L) that stays in L1
+# (exact: integers < 2^24), then every token i runs, in this fixed order, for each output row r:
+#
+#     s = 0;  for j = 0 .. gs-1:  s = fma(w[j, r], x[i, gs*g + j], s)      (one sequential FMA chain)
+#     acc[i, r] = fma(d[r, g], s, acc[i, r]);  then  acc[i, r] = fma(m[r, g], xs[i, g], acc[i, r])  if W has m
+#
+# with acc[i, r] = 0 before group 0, and xs[i, g] = x[i, gs*g] + ... + x[i, gs*g + gs-1] summed left to right.
+# Tokens are processed two per pass over w (each weight load feeds two FMAs), the odd one alone: both paths run
+# the same chain. The kernels are compiled *without* fastmath and every FMA is the explicit llvm.fma intrinsic,
+# so LLVM may vectorise over rows (independent lanes) but can neither reassociate nor contract anything: the
+# per-row order above is exactly what runs, for any n, any thread count and any vector width. No BLAS anywhere
+# (its results depend on the batch size, and its thread pool fights Numba's on small machines).
 # ---------------------------------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _dot_q4(q, d, m, off, x, xs, y):
-    # y[i, r] = sum_g d[r, g] * (sum_j nib[r, g, j] * x[i, 32g + j] - off * xs[i, g]) + m[r, g] * xs[i, g]
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """fma(a, b, c) = a * b + c with a single rounding (llvm.fma.f32), float32 in and out."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32")
+        return builder.call(fma, args)
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _chain2(w, xa, xb, k0, sa, sb):
+    # sa[l] = sum_j w[j, l] * xa[k0 + j] as one sequential FMA chain over j (sb alike for xb); 4 j's per pass
+    L = w.shape[1]
+    for l in range(L):
+        sa[l] = 0
+        sb[l] = 0
+    for j in range(0, w.shape[0], 4):
+        a0, a1, a2, a3 = xa[k0 + j], xa[k0 + j + 1], xa[k0 + j + 2], xa[k0 + j + 3]
+        b0, b1, b2, b3 = xb[k0 + j], xb[k0 + j + 1], xb[k0 + j + 2], xb[k0 + j + 3]
+        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        for l in range(L):
+            sa[l] = _fma(w3[l], a3, _fma(w2[l], a2, _fma(w1[l], a1, _fma(w0[l], a0, sa[l]))))
+            sb[l] = _fma(w3[l], b3, _fma(w2[l], b2, _fma(w1[l], b1, _fma(w0[l], b0, sb[l]))))
+
+
+@njit(cache=True, inline="always")
+def _chain1(w, xa, k0, sa):
+    # _chain2 for a single token: the same FMA chain, so a row's bits do not depend on it being paired or not
+    L = w.shape[1]
+    for l in range(L):
+        sa[l] = 0
+    for j in range(0, w.shape[0], 4):
+        a0, a1, a2, a3 = xa[k0 + j], xa[k0 + j + 1], xa[k0 + j + 2], xa[k0 + j + 3]
+        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        for l in range(L):
+            sa[l] = _fma(w3[l], a3, _fma(w2[l], a2, _fma(w1[l], a1, _fma(w0[l], a0, sa[l]))))
+
+
+@njit(cache=True, inline="always")
+def _scale(acc, s, dg, mg, xs_i, g):
+    # acc[l] = fma(d[l], s[l], acc[l]), then acc[l] = fma(m[l], xs_i[g], acc[l]) when the type has offsets
+    for l in range(acc.shape[0]):
+        acc[l] = _fma(dg[l], s[l], acc[l])
+    if mg.shape[0]:
+        xsg = xs_i[g]
+        for l in range(acc.shape[0]):
+            acc[l] = _fma(mg[l], xsg, acc[l])
+
+
+@njit(cache=True, inline="always")
+def _group(w, x, k0, dg, mg, xs, g, acc, s):
+    # acc[i] += group g's contribution for every token i (w: the group's decoded integers, (gs, L))
+    n = x.shape[0]
+    for i in range(0, n - 1, 2):
+        _chain2(w, x[i], x[i + 1], k0, s[0], s[1])
+        _scale(acc[i], s[0], dg, mg, xs[i], g)
+        _scale(acc[i + 1], s[1], dg, mg, xs[i + 1], g)
+    if n % 2:
+        _chain1(w, x[n - 1], k0, s[0])
+        _scale(acc[n - 1], s[0], dg, mg, xs[n - 1], g)
+
+
+@njit(cache=True, inline="always")
+def _store(acc, y, r0):
+    # y[i, r0 + l] = acc[i, l] for the rows that exist (the last tile is zero-padded)
+    for i in range(acc.shape[0]):
+        for l in range(min(acc.shape[1], y.shape[1] - r0)):
+            y[i, r0 + l] = acc[i, l]
+
+
+@njit(cache=True, parallel=True)
+def _mm_q4(q, d, m, off, x, xs, y):
+    # y[i, r] = sum_g d[r, g] * sum_j (nib[r, 32g + j] - off) * x[i, 32g + j] (+ m[r, g] * xs[i, g])
     n_tiles, _, L = q.shape
-    has_m = m.shape[0] > 0
+    fo = np.float32(off)
+    no_m = np.zeros(0, np.float32)
     for t in prange(n_tiles):
-        acc = np.empty(L, np.float32)
-        s = np.empty(L, np.float32)
-        for i in range(x.shape[0]):
-            acc[:] = 0
-            for g in range(d.shape[1]):
-                s[:] = 0
-                for j in range(16):
-                    xl = x[i, 32 * g + j]
-                    xh = x[i, 32 * g + 16 + j]
-                    qk = q[t, 16 * g + j]
-                    for l in range(L):
-                        b = np.float32(qk[l])
-                        hi = np.floor(b * np.float32(0.0625))
-                        s[l] += (b - np.float32(16.0) * hi) * xl + hi * xh
-                xsg = xs[i, g]
+        w = np.empty((32, L), np.float32)
+        s = np.empty((2, L), np.float32)
+        acc = np.zeros((x.shape[0], L), np.float32)
+        for g in range(d.shape[1]):
+            for j in range(16):  # byte j of the group: lo nibble = element j, hi nibble = element j + 16
+                qk, lo, hi = q[t, 16 * g + j], w[j], w[j + 16]
+                for l in range(L):  # split in float32 (16 lanes; Numba's integers are int64): exact for b < 256
+                    b = np.float32(qk[l])
+                    h = np.floor(b * np.float32(0.0625))
+                    lo[l] = _fma(np.float32(-16.0), h, b) - fo
+                    hi[l] = h - fo
+            _group(w, x, 32 * g, d[t, g], m[t, g] if m.shape[0] else no_m, xs, g, acc, s)
+        _store(acc, y, t * L)
+
+
+@njit(cache=True, parallel=True)
+def _mm_q8(q, d, m, x, xs, y):
+    # y[i, r] = sum_g d[r, g] * sum_j q[r, gs*g + j] * x[i, gs*g + j] (+ m[r, g] * xs[i, g])
+    n_tiles, n_in, L = q.shape
+    gs = n_in // d.shape[1]
+    no_m = np.zeros(0, np.float32)
+    for t in prange(n_tiles):
+        w = np.empty((gs, L), np.float32)
+        s = np.empty((2, L), np.float32)
+        acc = np.zeros((x.shape[0], L), np.float32)
+        for g in range(d.shape[1]):
+            for j in range(gs):
+                qk, wj = q[t, gs * g + j], w[j]
                 for l in range(L):
-                    c = m[t, g, l] * xsg if has_m else np.float32(0.0)
-                    acc[l] += d[t, g, l] * (s[l] - np.float32(off) * xsg) + c
-            _store(acc, y[i], t * L)
+                    wj[l] = np.float32(qk[l])
+            _group(w, x, gs * g, d[t, g], m[t, g] if m.shape[0] else no_m, xs, g, acc, s)
+        _store(acc, y, t * L)
+
+
+@njit(cache=True, parallel=True)
+def _mm_float(raw, kind, x, y):
+    # y[i, r] = sum_k W[r, k] * x[i, k]; raw rows (n_out, n_in) of float32 (kind 0), or uint16 bits of f16 (kind 1)
+    # or bf16 (kind 2), converted in groups of 32 inputs for L = 64 rows at a time (Numba has no float16); the
+    # order is the quantized kernels' with d = 1 and no m
+    n_out, n_in = raw.shape
+    L = 64
+    ones = np.ones(L, np.float32)
+    no_m = np.zeros(0, np.float32)
+    no_xs = np.zeros((x.shape[0], 0), np.float32)
+    for t in prange(-(-n_out // L)):
+        w = np.zeros((32, L), np.float32)
+        wb = w.view(np.uint32)
+        s = np.empty((2, L), np.float32)
+        acc = np.zeros((x.shape[0], L), np.float32)
+        for g in range(n_in // 32):
+            for l in range(min(L, n_out - t * L)):
+                row = raw[t * L + l, 32 * g:32 * g + 32]
+                for j in range(32):
+                    if kind == 0:
+                        w[j, l] = row[j]
+                    elif kind == 2:
+                        wb[j, l] = np.uint32(row[j]) << np.uint32(16)
+                    else:
+                        w[j, l] = _f16_to_f32(np.uint32(row[j]))
+            _group(w, x, 32 * g, ones, no_m, no_xs, g, acc, s)
+        _store(acc, y, t * L)
+
+
+_F16_SCALE = np.array([2.0 ** -24] + [2.0 ** (e - 25) for e in range(1, 31)] + [np.inf], np.float32)
+
+
+@njit(cache=True, inline="always")
+def _f16_to_f32(b):
+    # IEEE half bits -> float32, exactly: (1024 + mantissa) * 2^(e - 25), subnormals mantissa * 2^-24
+    e = (b >> np.uint32(10)) & np.uint32(31)
+    mant = b & np.uint32(1023)
+    r = np.float32(mant + (np.uint32(1024) if e else np.uint32(0))) * _F16_SCALE[e]
+    if e == 31 and mant:
+        r = np.float32(np.nan)
+    return -r if b & np.uint32(0x8000) else r
 
 
 @njit(cache=True, parallel=True)
@@ -294,31 +438,6 @@ def _deq_q4(q, d, m, off, tiles, out):
                     o[l] = v + mg[l] if has_m else v
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _dot_q8(q, d, m, x, xs, y):
-    # y[i, r] = sum_g d[r, g] * sum_j q[r, gs*g + j] * x[i, gs*g + j] (+ m[r, g] * xs[i, g])
-    n_tiles, n_in, L = q.shape
-    gs = n_in // d.shape[1]
-    has_m = m.shape[0] > 0
-    for t in prange(n_tiles):
-        acc = np.empty(L, np.float32)
-        s = np.empty(L, np.float32)
-        for i in range(x.shape[0]):
-            acc[:] = 0
-            for g in range(d.shape[1]):
-                s[:] = 0
-                for j in range(gs * g, gs * g + gs, 4):  # 4 rows of q per pass: 4x fewer accumulator round trips
-                    x0, x1, x2, x3 = x[i, j], x[i, j + 1], x[i, j + 2], x[i, j + 3]
-                    q0, q1, q2, q3 = q[t, j], q[t, j + 1], q[t, j + 2], q[t, j + 3]
-                    for l in range(L):
-                        s[l] += ((np.float32(q0[l]) * x0 + np.float32(q1[l]) * x1)
-                                 + (np.float32(q2[l]) * x2 + np.float32(q3[l]) * x3))
-                for l in range(L):
-                    c = m[t, g, l] * xs[i, g] if has_m else np.float32(0.0)
-                    acc[l] += d[t, g, l] * s[l] + c
-            _store(acc, y[i], t * L)
-
-
 @njit(cache=True, parallel=True)
 def _deq_q8(q, d, m, tiles, out):
     # out[gs*g + j, k*L + l] = d[t, g, l] * q[t, gs*g + j, l] (+ m[t, g, l]),  t = tiles[k]
@@ -338,11 +457,19 @@ def _deq_q8(q, d, m, tiles, out):
                     o[l] = v + mg[l] if has_m else v
 
 
-@njit(cache=True, inline="always")
-def _store(acc, y_row, r0):
-    # y_row[r0 + l] = acc[l] for the rows that exist (the last tile is zero-padded)
-    for l in range(min(acc.shape[0], y_row.shape[0] - r0)):
-        y_row[r0 + l] = acc[l]
+@njit(cache=True)
+def _group_sums(x, n_groups):
+    # xs[i, g] = x[i, gs*g] + x[i, gs*g + 1] + ... summed left to right (a fixed order, unlike np.sum)
+    n, n_in = x.shape
+    gs = n_in // n_groups
+    xs = np.zeros((n, n_groups), np.float32)
+    for i in range(n):
+        for g in range(n_groups):
+            a = np.float32(0.0)
+            for j in range(gs * g, gs * g + gs):
+                a += x[i, j]
+            xs[i, g] = a
+    return xs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -358,45 +485,32 @@ def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
         _deq_q8(w.q, w.d, w.m, tiles, out)
 
 
-def _group_sums(x: np.ndarray, n_groups: int) -> np.ndarray:
-    return np.ascontiguousarray(x.reshape(x.shape[0], n_groups, -1).sum(axis=-1, dtype=np.float32))
+_FLOAT_KIND = {"F32": 0, "F16": 1, "BF16": 2}
 
 
 def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
-    """y = x @ W.T   x: (n, n_in) float32 C-contiguous -> (n, n_out) float32."""
+    """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32; row i of y depends only on x[i] and W (bits too)."""
     if x.ndim != 2 or x.shape[1] != w.n_in:
         raise ValueError(f"qmatmul: x has shape {x.shape}, expected (n, {w.n_in}) for a {w.qtype} matrix "
                          f"({w.n_out}, {w.n_in})")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n = x.shape[0]
-    if w.family == "float" and w.qtype == "F32":
-        return x @ w.q.T
-    y = np.empty((n, w.n_out), np.float32)
-    if n <= SMALL_N and w.family != "float":
-        xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] or w.off else np.zeros((n, 0), np.float32)
-        if w.family == "q4":
-            _dot_q4(w.q, w.d, w.m, w.off, x, xs, y)
-        else:
-            _dot_q8(w.q, w.d, w.m, x, xs, y)
+    y = np.empty((x.shape[0], w.n_out), np.float32)
+    if w.family == "float":
+        _mm_float(w.q, _FLOAT_KIND[w.qtype], x, y)
         return y
-    if w.family == "float":  # F16 / BF16: convert a block of rows, then sgemm
-        for r0 in range(0, w.n_out, 256):
-            y[:, r0:r0 + 256] = x @ _float_rows(w, slice(r0, r0 + 256)).T
-        return y
-    L = w.q.shape[2]
-    step = max(1, TILE_ELEMS // (w.n_in * L))  # tiles per decoded block
-    buf = np.empty((w.n_in, step * L), np.float32)
-    for t0 in range(0, w.q.shape[0], step):
-        tiles = np.arange(t0, min(w.q.shape[0], t0 + step), dtype=np.int64)
-        _decode_tiles(w, tiles, buf)
-        r0, r1 = t0 * L, min(w.n_out, (t0 + len(tiles)) * L)
-        y[:, r0:r1] = x @ buf[:, : r1 - r0]
+    xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] else np.zeros((x.shape[0], 0), np.float32)
+    if w.family == "q4":
+        _mm_q4(w.q, w.d, w.m, w.off, x, xs, y)
+    else:
+        _mm_q8(w.q, w.d, w.m, x, xs, y)
     return y
 
 
 def _float_rows(w: QMatrix, rows) -> np.ndarray:
     raw = w.q[rows]
-    return (raw.astype(np.uint32) << 16).view(np.float32) if w.qtype == "BF16" else raw.astype(np.float32)
+    if w.qtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return (raw.view(np.float16) if w.qtype == "F16" else raw).astype(np.float32)
 
 
 def embedding_rows(w: QMatrix, ids) -> np.ndarray:
