@@ -166,3 +166,17 @@ def test_shape_errors():
         qmatmul(w, np.zeros((1, 32), np.float32))
     with pytest.raises(IndexError):
         embedding_rows(w, [4])
+
+
+@pytest.mark.parametrize("qtype,dtype", [("F32", np.float32), ("F16", np.float16)])
+@pytest.mark.parametrize("n_in", [5, 48, 70])
+def test_float_rows_of_any_length(qtype, dtype, n_in):
+    """Float weights (HF folders) may have rows that are not whole groups of 32."""
+    rng = np.random.default_rng(n_in)
+    w = rng.standard_normal((70, n_in)).astype(dtype)
+    qm = QMatrix.from_tensor(Tensor("w", qtype, (70, n_in), w.view(np.uint8).reshape(-1)))
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    y = qmatmul(qm, x)
+    ref = x @ w.astype(np.float32).T
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.array_equal(qmatmul(qm, x[3:4])[0], y[3])

@@ -380,7 +380,8 @@ def _mm_q8(q, d, m, x, xs, y):
 def _mm_float(raw, kind, x, y):
     # y[i, r] = sum_k W[r, k] * x[i, k]; raw rows (n_out, n_in) of float32 (kind 0), or uint16 bits of f16 (kind 1)
     # or bf16 (kind 2), converted in groups of 32 inputs for L = 64 rows at a time (Numba has no float16); the
-    # order is the quantized kernels' with d = 1 and no m
+    # order is the quantized kernels' with d = 1 and no m. x is zero-padded to whole groups (x.shape[1] >= n_in)
+    # and the missing weights of a last partial group read as 0, so fma(0, 0, s) leaves s unchanged.
     n_out, n_in = raw.shape
     L = 64
     ones = np.ones(L, np.float32)
@@ -391,10 +392,11 @@ def _mm_float(raw, kind, x, y):
         wb = w.view(np.uint32)
         s = np.empty((2, L), np.float32)
         acc = np.zeros((x.shape[0], L), np.float32)
-        for g in range(n_in // 32):
+        for g in range(x.shape[1] // 32):
             for l in range(min(L, n_out - t * L)):
                 row = raw[t * L + l, 32 * g:32 * g + 32]
-                for j in range(32):
+                w[row.shape[0]:, l] = 0
+                for j in range(row.shape[0]):
                     if kind == 0:
                         w[j, l] = row[j]
                     elif kind == 2:
@@ -496,6 +498,8 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty((x.shape[0], w.n_out), np.float32)
     if w.family == "float":
+        if w.n_in % 32:  # any row length is legal for float weights: pad x to whole groups of 32
+            x = np.concatenate([x, np.zeros((x.shape[0], -w.n_in % 32), np.float32)], axis=1)
         _mm_float(w.q, _FLOAT_KIND[w.qtype], x, y)
         return y
     xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] else np.zeros((x.shape[0], 0), np.float32)
