@@ -9,7 +9,8 @@ Every request is a short chat prompt with greedy decoding of --max-tokens tokens
 biased away). Throughput = all tokens generated / wall time from submitting the requests to the last one's end
 (prefill included, the same way in both columns); the table reports the median over --repeat runs. Modes:
 `exact` is row_invariant=True (each row computed as if alone: greedy output identical alone and batched),
-`fast` is row_invariant=False (one forward per step for the whole batch).
+`fast` is row_invariant=False (one forward per step for the whole batch). On CUDA both modes decode through
+CUDA graphs padded to a few batch sizes (scheduler.GRAPH_BUCKETS); they differ in how prefill chunks run.
 """
 
 import argparse
@@ -71,14 +72,16 @@ class _Ids:
 class PresetRunner:
     """Drives the Engine directly with random prompt ids; quacks like Runner for run_batch."""
 
-    def __init__(self, preset: str, device: str, max_seqs: int, row_invariant: bool):
+    def __init__(self, preset: str, device: str, max_seqs: int, row_invariant: bool, model=None):
         import tempfile
 
         from minirs.load import load_model
         from minirs.models.synthetic import write_random_gguf
         from minirs.scheduler import Engine
-        path = write_random_gguf(Path(tempfile.mkdtemp()) / f"{preset}.gguf", preset, seed=0)
-        self.model = load_model(path, device=device)
+        if model is None:  # a model already loaded (of that preset) may be passed in, e.g. one per mode
+            path = write_random_gguf(Path(tempfile.mkdtemp()) / f"{preset}.gguf", preset, seed=0)
+            model = load_model(path, device=device)
+        self.model = model
         self.tokenizer = _Ids()
         self.engine = Engine(self.model, self.tokenizer, max_seqs=max_seqs, row_invariant=row_invariant)
 
@@ -117,13 +120,16 @@ def main() -> None:
     path = Path(args.gguf) if args.gguf else smollm2_path()
     name = args.preset or path.name
     rows = []
+    model = None
     for mode in args.modes.split(","):
         if args.preset:
-            runner = PresetRunner(args.preset, args.device, max(16, args.concurrency), mode == "exact")
+            runner = PresetRunner(args.preset, args.device, max(16, args.concurrency), mode == "exact", model)
+            model = runner.model  # loaded once for all modes
         else:
             runner = Runner(Which.GGUF(quantized_model_id=str(path.parent), quantized_filename=path.name),
                             max_seqs=max(16, args.concurrency), device=args.device, row_invariant=(mode == "exact"))
-        run_batch(runner, 1, 4)  # warm-up (JIT, caches)
+        run_batch(runner, 1, 4)  # warm-up (JIT, caches; on CUDA the graphs of each batch size)
+        run_batch(runner, args.concurrency, 4)
         single = statistics.median(run_batch(runner, 1, args.max_tokens) for _ in range(args.repeat))
         batch = statistics.median(run_batch(runner, args.concurrency, args.max_tokens) for _ in range(args.repeat))
         rows.append((mode, single, batch))

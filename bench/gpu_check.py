@@ -59,11 +59,15 @@ def kernel_checks(rng):
         t = Tensor(f"w_{qt}", qt, (n_out, n_in), raw.reshape(-1))
         W = dequantize(t).reshape(n_out, n_in).astype(np.float64)
         w = GMatrix.from_tensor(t)
-        for n in (1, 3, 8, 40):
+        from minirs.kernels.cuda_matmul import GEMV_MAX_N
+        for n in (1, 3, 8, 17, 32, 40):
             x = rng.standard_normal((n, n_in)).astype(np.float32)
             y = g(be.matmul(w, cp.asarray(x)))
             # the GEMV quantizes x to int8 per 32 (as llama.cpp's q8_1): ~1e-2; the cuBLAS path uses fp16 x: ~1e-3
-            check(f"matmul {qt} n={n}", rel(y, x @ W.T), 2e-2 if n <= 8 else 3e-3)
+            check(f"matmul {qt} n={n}", rel(y, x @ W.T), 2e-2 if n <= GEMV_MAX_N else 3e-3)
+            if 1 < n <= GEMV_MAX_N:  # batch invariance: each row bit-identical to that row alone
+                alone = np.concatenate([g(be.matmul(w, cp.asarray(x[i:i + 1]))) for i in range(n)])
+                check(f"matmul {qt} n={n} rows == rows alone (max abs diff)", float(np.abs(y - alone).max()), 0)
         ids = rng.integers(0, n_out, 5)
         e = g(be.embed(w, ids, 1.5))
         check(f"embed {qt}", rel(e, W[ids] * 1.5), 1e-3 if qt in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") else 1e-6)
@@ -241,6 +245,14 @@ def micro_timings():
         us = cp.cuda.get_elapsed_time(e0, e1) * 1e3 / (5 * reps)
         log(f"time {name:44s} {us:8.1f} us  {nbytes / us / 1e3:7.0f} GB/s")
 
+    for n in (1, 2, 4, 8, 16, 32):  # batched decode: one weight read per block of TT tokens
+        ws = [GMatrix.from_tensor(Tensor("w", "Q4_0", (14336, 4096), random_tensor_bytes(
+            "Q4_0", (14336, 4096), rng).reshape(-1))) for _ in range(3)]
+        x = cp.asarray(rng.standard_normal((n, 4096)).astype(np.float32))
+        xqt = quantize(x, be.nbs)
+        it = iter(range(10**9))
+        timed(f"gemv Q4_0 14336x4096 n={n}", lambda: gmatmul(ws[next(it) % 3], x, be.nbs, xqt), ws[0].nbytes)
+        del ws
     for qt, (n_out, n_in) in [("Q4_0", (14336, 4096)), ("Q4_0", (4096, 14336)), ("Q4_0", (1024, 4096)),
                               ("Q4_K", (14336, 4096)), ("Q6_K", (32000, 4096)), ("Q8_0", (49152, 576)),
                               ("Q4_1", (1536, 576))]:
@@ -332,12 +344,76 @@ def prefill_profile(folder: Path, preset: str):
     del model, cache
 
 
+def batched_checks(folder: Path, presets, n_req: int = 16, max_tokens: int = 24):
+    """The engine on the GPU: each request's greedy tokens (and logprobs) alone vs batched with the others
+    (row_invariant: prefill chunks alone, decode rows through the bucketed CUDA graphs); must be identical."""
+    from minirs.load import load_model
+    from minirs.models.synthetic import write_random_gguf
+    from minirs.scheduler import Engine, GenParams, Job
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_batch import _Ids
+
+    for preset in presets:
+        path = folder / f"{preset}.gguf"
+        if not path.exists():
+            write_random_gguf(path, preset)
+        model = load_model(path, device="cuda")
+        rng = np.random.default_rng(7)
+        ps = [[int(i) for i in rng.integers(0, model.config.vocab_size, int(rng.integers(5, 60)))]
+              for _ in range(n_req)]
+        eng = Engine(model, _Ids(), max_seqs=n_req, row_invariant=True)
+        t = time.time()
+        alone = [eng.submit(Job(p, GenParams(max_tokens=max_tokens, logprobs=True), _Ids())).wait(600).seqs[0]
+                 for p in ps[:4]]
+        t_alone = time.time() - t
+        t = time.time()
+        jobs = [eng.submit(Job(p, GenParams(max_tokens=max_tokens, logprobs=True), _Ids())) for p in ps]
+        batched = [j.wait(600).seqs[0] for j in jobs]
+        t_b = time.time() - t
+        eng.shutdown()
+        same = sum(a.generated == b.generated for a, b in zip(alone, batched))
+        lp = max(abs(x[1] - y[1]) for a, b in zip(alone, batched) for x, y in zip(a.logprobs, b.logprobs))
+        log(f"     {preset} alone {alone[0].generated}\n     {preset} batch {batched[0].generated}")
+        log(f"     {preset}: 4 alone {4 * max_tokens / t_alone:.0f} tok/s, {n_req} batched "
+            f"{n_req * max_tokens / t_b:.0f} tok/s (logprobs on)")
+        check(f"{preset} GPU engine: greedy tokens alone == batched x{n_req} ({same}/4 equal)", float(4 - same), 0)
+        check(f"{preset} GPU engine: logprobs alone vs batched (max abs diff)", lp, 0)
+        del model, eng
+
+
+def batch_bench(folder: Path, preset: str, n: int = 16, max_tokens: int = 64):
+    """bench/bench_batch.py's table (1 vs n concurrent requests, exact and fast modes) on a preset."""
+    import statistics
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_batch import PresetRunner, run_batch
+    from minirs.load import load_model
+    model = load_model(folder / f"{preset}.gguf", device="cuda")
+    rows = []
+    for mode in ("exact", "fast"):
+        runner = PresetRunner(preset, "cuda", n, mode == "exact", model=model)
+        run_batch(runner, 1, 4)
+        run_batch(runner, n, 4)  # captures the graphs of every bucket
+        single = statistics.median(run_batch(runner, 1, max_tokens) for _ in range(3))
+        batch = statistics.median(run_batch(runner, n, max_tokens) for _ in range(3))
+        rows.append((mode, single, batch))
+        runner.shutdown()
+    out = [f"\n{preset} on cuda (engine, greedy), {max_tokens} tokens per request, median of 3",
+           f"| mode | 1 request (tok/s) | {n} concurrent (total tok/s) | speed-up |", "| --- | --- | --- | --- |"]
+    out += [f"| {m} | {a:.1f} | {b:.1f} | {b / a:.2f}x |" for m, a, b in rows]
+    log("\n".join(out))
+    del model
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-kernels", action="store_true")
     ap.add_argument("--no-models", action="store_true")
     ap.add_argument("--bench-presets", default="smollm2-135m,gemma3-270m,llama-7b-q4_0,llama-7b-q4_k")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"))
+    ap.add_argument("--no-batch", action="store_true", help="skip the batched-engine checks and batch bench")
+    ap.add_argument("--no-micro", action="store_true", help="skip the kernel micro timings")
+    ap.add_argument("--profile", action="store_true", help="profile a 7B pp512 forward by op")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(int(time.time()))
@@ -352,10 +428,19 @@ def main():
         except Exception:
             log(f"FAIL {name} checks raised:\n{traceback.format_exc()}")
             SUMMARY.append((name, float("nan"), 0, False))
-    try:
-        micro_timings()
-    except Exception:
-        log(f"FAIL micro timings:\n{traceback.format_exc()}")
+    batch_out = ""
+    for name, fn in [("batched engine", lambda: batched_checks(args.dir, ["smollm2-135m", "llama-7b-q4_0"])),
+                     ("batch bench", lambda: batch_bench(args.dir, "llama-7b-q4_0"))]:
+        if args.no_batch:
+            break
+        try:
+            t = time.time()
+            r = fn()
+            batch_out = r or batch_out
+            log(f"# {name} took {time.time() - t:.1f} s")
+        except Exception:
+            log(f"FAIL {name} raised:\n{traceback.format_exc()}")
+            SUMMARY.append((name, float("nan"), 0, False))
     bench_out = ""
     if args.bench_presets:
         from minirs import bench
@@ -373,6 +458,12 @@ def main():
         log(bench_out)
         for r in rows:
             log(f"# {r['preset']}: load {r['load_s']:.1f} s, graph step alone {r.get('step_ms_graph_only', 0):.2f} ms")
+    try:
+        if not args.no_micro:
+            micro_timings()
+    except Exception:
+        log(f"FAIL micro timings:\n{traceback.format_exc()}")
+    if args.bench_presets and args.profile:
         try:
             prefill_profile(args.dir, "llama-7b-q4_0")
         except Exception:
@@ -390,6 +481,7 @@ def main():
         if not ok:
             log(f"FAILED: {name} {err:.2e} > {tol:.0e}")
     log(bench_out)
+    log(batch_out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,14 @@ prefill chunk through its own forward, with chunk boundaries fixed by the sequen
 same kernels in the same order whatever else is running. With `row_invariant=False` everything of a step goes
 through one forward (the fastest choice when the backend's matmul is row-independent or exactness is not
 needed).
+
+CUDA graphs. On a backend with `decode_step` (CUDA), the decode rows of a step go through one captured CUDA
+graph: the batch is padded to the next size of GRAPH_BUCKETS with dummy rows (token 0 at position 0 in a spare
+KV slot that no sequence owns), so six graphs serve every batch size and a step costs one graph launch instead of
+hundreds of Python kernel launches. The GPU's decode kernels compute each row identically whatever the batch
+(cuda_matmul's GEMVs), so dummy rows and other requests never change a row's logits. Prefill chunks run eagerly
+between replays: each alone with `row_invariant` (then a request's tokens are identical alone and batched), else
+all chunks of a step in one forward (cuBLAS for more than GEMV_MAX_N tokens: faster, rounds with the batch).
 """
 
 import queue
@@ -36,6 +44,7 @@ from minirs.sampling import SamplingParams, sample_token
 from minirs.sampling.stop import StopText
 
 SMALL_N = 4  # rows that the CPU matmul computes with its fused (row-independent) kernel
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as CUDA graphs (32 = cuda_matmul.GEMV_MAX_N)
 
 
 @dataclass
@@ -139,7 +148,8 @@ class Engine:
     """Owns the model and its KV cache; a background thread runs the batch loop."""
 
     def __init__(self, model, tokenizer, max_seqs: int = 16, ctx_len: int = 4096, max_chunk: int = 256,
-                 row_invariant: bool | None = None, decode_group: int = SMALL_N, prefill_budget: int | None = None):
+                 row_invariant: bool | None = None, decode_group: int = SMALL_N, prefill_budget: int | None = None,
+                 graphs: bool | None = None):
         if max_seqs < 1:
             raise RequestError(f"invalid max_seqs: {max_seqs!r}")
         self.model, self.tokenizer = model, tokenizer
@@ -149,7 +159,9 @@ class Engine:
         self.row_invariant = (model.backend.name == "cpu") if row_invariant is None else row_invariant
         self.decode_group = decode_group
         self.prefill_budget = prefill_budget or max_chunk
-        self.cache = KVCache(model.config, model.backend, max_seqs, self.ctx_len, max_chunk)
+        self.graphs = hasattr(model.backend, "decode_step") if graphs is None else graphs
+        self.spare_slot = max_seqs  # graphs: the dummy rows' KV slot, never handed to a sequence
+        self.cache = KVCache(model.config, model.backend, max_seqs + self.graphs, self.ctx_len, max_chunk)
         self.free_slots = list(range(max_seqs - 1, -1, -1))
         self.inbox: queue.Queue = queue.Queue()
         self.waiting: deque[Job] = deque()
@@ -191,6 +203,8 @@ class Engine:
     def _loop(self) -> None:
         if self._numba_threads is not None:
             sys.modules["numba"].set_num_threads(self._numba_threads)
+        if hasattr(self.model.backend, "use_in_thread"):  # CUDA: this thread's CuPy ops on the backend's stream
+            self.model.backend.use_in_thread()
         while True:
             idle = not self.active and not self.waiting
             try:
@@ -295,6 +309,14 @@ class Engine:
         for s in decode:
             p = len(s.ids) - 1
             parts.append(([s.ids[-1]], [s.slot], [p], [(s, 0)], [(s, p + 1)]))
+        if self.graphs:
+            pre, dec = parts[:len(chunks)], parts[len(chunks):]  # prefill chunks eagerly, decode rows by graph
+            for batch in ([[p] for p in pre] if self.row_invariant else [pre] if pre else []):
+                self._run(batch)
+            for i in range(0, len(dec), GRAPH_BUCKETS[-1]):
+                self._run(dec[i:i + GRAPH_BUCKETS[-1]], graph=True)
+            self.steps += 1
+            return
         if self.row_invariant:
             batches, group = [], []
             for part in parts:
@@ -313,7 +335,9 @@ class Engine:
             self._run(batch)
         self.steps += 1
 
-    def _run(self, batch) -> None:
+    def _run(self, batch, graph: bool = False) -> None:
+        """One forward of the batch's rows (graph: decode rows through the backend's captured step, padded to a
+        GRAPH_BUCKETS size with dummy rows in the spare slot), then sampling from its logits."""
         tokens, slots, pos, want, fills = [], [], [], [], []
         for ids, sl, ps, wants, fill in batch:
             base = len(tokens)
@@ -322,9 +346,15 @@ class Engine:
             pos += ps
             want += [(s, base + r) for s, r in wants]
             fills += fill
-        logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
-                                    np.asarray(pos, np.int64), self.cache,
-                                    logit_rows=[r for _, r in want] or [len(tokens) - 1])
+        if graph:
+            pad = next(b for b in GRAPH_BUCKETS if b >= len(tokens)) - len(tokens)
+            logits = self.model.backend.decode_step(
+                self.model, self.cache, np.asarray(tokens + [0] * pad, np.int64),
+                np.asarray(slots + [self.spare_slot] * pad, np.int64), np.asarray(pos + [0] * pad, np.int64))
+        else:
+            logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
+                                        np.asarray(pos, np.int64), self.cache,
+                                        logit_rows=[r for _, r in want] or [len(tokens) - 1])
         logits = _host(logits)
         for s, n in fills:
             s.n_cached = n
@@ -358,7 +388,9 @@ class Engine:
             return
         p = s.job.params
         coin = 0.0 if p.sampling.greedy else float(s.rng.random())
-        smp = sample_token(logits, p.sampling, s.ids, coin, p.top_logprobs, want_logprob=True)
+        # the logprob costs a log-softmax over the vocabulary: only where it is shown or ranks best_of sequences
+        want_lp = bool(p.logprobs or p.top_logprobs or len(s.job.seqs) > 1)
+        smp = sample_token(logits, p.sampling, s.ids, coin, p.top_logprobs, want_logprob=want_lp)
         tok = smp.token
         if tok in p.stop_ids:
             self._end(s, "stop", "")

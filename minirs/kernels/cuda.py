@@ -6,7 +6,8 @@ backend's one non-default stream: Numba kernels through `numba.cuda.external_str
 stream made current, so a whole forward can be captured.
 
 Decode: `decode_step(model, cache, tokens, slots, pos)` runs a forward whose token ids, slots and positions
-live in device buffers; the first call for a batch size runs it eagerly and captures it into a CUDA graph, later
+live in device buffers; the first call for a batch size runs it eagerly and captures it into a CUDA graph (the
+scheduler pads its decode batches to a few sizes, scheduler.GRAPH_BUCKETS, so a handful of graphs serve all), later
 calls copy the new ids/slots/positions in and replay it (~1.4 us per kernel instead of ~30-50 us per Python
 launch, GPU.md). Intermediates of a captured step come from the graph's own memory pool, so no other code can
 be handed that memory while the graph still writes it. Greedy decoding also takes the argmax on the GPU, so
@@ -52,6 +53,11 @@ class CudaBackend:
         self._idx = {}  # id(host index array) -> (host array, device copy), so one forward uploads each once
         self._graphs = {}  # (id(model), id(cache), n, greedy) -> DecodeGraph
         self._xquant = None  # (array, ptr, size, (xq, xd, xs)): the int8 form of the last fused-op output
+
+    def use_in_thread(self) -> None:
+        """Make this backend's stream CuPy's current one in the calling thread (CuPy's current stream is per
+        thread; a thread that did not call this would run CuPy ops on the default stream, unordered with ours)."""
+        self.stream.use()
 
     # --- the int8 activations of the GEMVs, produced by the op before them ---
     def _stash(self, x, xquant) -> None:

@@ -17,7 +17,9 @@ exactly its file size on the GPU:
 Decode and small batches (n <= GEMV_MAX_N) run a GEMV: x is quantized to int8 per 32-block (scale + per-16 sums,
 as llama.cpp's q8_1), each lane takes one 32-block at a time, `__dp4a` does 4 int8 MACs, and each warp owns 4
 rows so each x word loaded serves 4 rows (GPU.md: 1.92 TB/s for Q4_0 on an H100); the NW warps of a block split
-K of its rows, so short matrices (k/v projections) still put thousands of warps in flight. Larger n dequantize W to
+K of its rows, so short matrices (k/v projections) still put thousands of warps in flight. A block also serves up
+to TT = 4 tokens from the same unpacked weight words (batched decode, n up to GEMV_MAX_N = 32), and each token's
+result is bit-identical whatever the batch. Larger n dequantize W to
 float16 and multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph,
 which is why decode needs its own kernels.
 """
@@ -32,8 +34,9 @@ from numba.cuda import libdevice
 
 from minirs.formats.model_file import Tensor
 
-GEMV_MAX_N = 8  # n <= this: GEMV kernels (graph-capturable); larger n: dequantize + cuBLAS
+GEMV_MAX_N = 32  # n <= this: GEMV kernels (graph-capturable, so batched decode too); larger n: dequantize + cuBLAS
 R = 4  # rows per warp in the GEMVs
+TT = 4  # tokens per block in the quantized GEMVs: each weight word loaded and unpacked feeds TT tokens' dots
 NW = 4  # warps per block in the GEMVs: they split K of the block's R rows
 DQ_THREADS = 256
 
@@ -96,56 +99,6 @@ def _spread4(hb):
     return ((hb & 1) << 4) | ((hb & 2) << 11) | ((hb & 4) << 18) | ((hb & 8) << 25)
 
 
-def _row_q45(q, h, d, m, r, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m):
-    """One row's share of a 32-block: d * (sum q*xq - off * sum xq) (+ m * sum xq), xq's scale left out."""
-    w0, w1, w2, w3 = q[r, 4 * b], q[r, 4 * b + 1], q[r, 4 * b + 2], q[r, 4 * b + 3]
-    l0, l1, l2, l3 = w0 & M4, w1 & M4, w2 & M4, w3 & M4
-    h0, h1, h2, h3 = (w0 >> 4) & M4, (w1 >> 4) & M4, (w2 >> 4) & M4, (w3 >> 4) & M4
-    if has_h:
-        hb = h[r, b]
-        l0 |= _spread4(hb)
-        l1 |= _spread4(hb >> 4)
-        l2 |= _spread4(hb >> 8)
-        l3 |= _spread4(hb >> 12)
-        h0 |= _spread4(hb >> 16)
-        h1 |= _spread4(hb >> 20)
-        h2 |= _spread4(hb >> 24)
-        h3 |= _spread4(hb >> 28)
-    s = dp4a(l0, x0, 0)
-    s = dp4a(l1, x1, s)
-    s = dp4a(l2, x2, s)
-    s = dp4a(l3, x3, s)
-    s = dp4a(h0, x4, s)
-    s = dp4a(h1, x5, s)
-    s = dp4a(h2, x6, s)
-    s = dp4a(h3, x7, s)
-    v = float32(d[r, b]) * float32(s - off * sb)
-    if has_m:
-        v += float32(m[r, b]) * float32(sb)
-    return v
-
-
-def _row_q8(q, d, m, r, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m):
-    """One row's share of a 32-block of the q8 family (groups of 32, or two of 16), xq's scale left out."""
-    sa = dp4a(q[r, 8 * b], x0, 0)
-    sa = dp4a(q[r, 8 * b + 1], x1, sa)
-    sa = dp4a(q[r, 8 * b + 2], x2, sa)
-    sa = dp4a(q[r, 8 * b + 3], x3, sa)
-    sc = dp4a(q[r, 8 * b + 4], x4, 0)
-    sc = dp4a(q[r, 8 * b + 5], x5, sc)
-    sc = dp4a(q[r, 8 * b + 6], x6, sc)
-    sc = dp4a(q[r, 8 * b + 7], x7, sc)
-    if g16:
-        v = float32(d[r, 2 * b]) * float32(sa) + float32(d[r, 2 * b + 1]) * float32(sc)
-        if has_m:
-            v += float32(m[r, 2 * b]) * float32(s0) + float32(m[r, 2 * b + 1]) * float32(s1)
-    else:
-        v = float32(d[r, b]) * float32(sa + sc)
-        if has_m:
-            v += float32(m[r, b]) * float32(s0 + s1)
-    return v
-
-
 def _store4(y, t, r0, n_out, a0, a1, a2, a3):
     """Sum each of 4 row accumulators over the warp, then over the block's NW warps (split K); thread 0 writes
     the rows that exist."""
@@ -170,49 +123,190 @@ def _store4(y, t, r0, n_out, a0, a1, a2, a3):
         y[t, r0 + i] = acc
 
 
+def _w45(q, h, r, b, has_h):
+    """Row r's 32-block b of the q4 / q5 family as 8 words of 4 codes each (elements 4i.. and 16+4i..)."""
+    w0, w1, w2, w3 = q[r, 4 * b], q[r, 4 * b + 1], q[r, 4 * b + 2], q[r, 4 * b + 3]
+    l0, l1, l2, l3 = w0 & M4, w1 & M4, w2 & M4, w3 & M4
+    h0, h1, h2, h3 = (w0 >> 4) & M4, (w1 >> 4) & M4, (w2 >> 4) & M4, (w3 >> 4) & M4
+    if has_h:
+        hb = h[r, b]
+        l0 |= _spread4(hb)
+        l1 |= _spread4(hb >> 4)
+        l2 |= _spread4(hb >> 8)
+        l3 |= _spread4(hb >> 12)
+        h0 |= _spread4(hb >> 16)
+        h1 |= _spread4(hb >> 20)
+        h2 |= _spread4(hb >> 24)
+        h3 |= _spread4(hb >> 28)
+    return l0, l1, l2, l3, h0, h1, h2, h3
+
+
+def _w8(q, r, b):
+    """Row r's 32-block b of the q8 family: 8 words of 4 int8 weights."""
+    o = 8 * b
+    return q[r, o], q[r, o + 1], q[r, o + 2], q[r, o + 3], q[r, o + 4], q[r, o + 5], q[r, o + 6], q[r, o + 7]
+
+
+def _xw(xq, t, b):
+    o = 8 * b
+    return xq[t, o], xq[t, o + 1], xq[t, o + 2], xq[t, o + 3], xq[t, o + 4], xq[t, o + 5], xq[t, o + 6], xq[t, o + 7]
+
+
+def _dot(w, x):
+    """The int8 dot products of a 32-block (w, x: 8 words each): its two halves' sums."""
+    sa = dp4a(w[0], x[0], 0)
+    sa = dp4a(w[1], x[1], sa)
+    sa = dp4a(w[2], x[2], sa)
+    sa = dp4a(w[3], x[3], sa)
+    sc = dp4a(w[4], x[4], 0)
+    sc = dp4a(w[5], x[5], sc)
+    sc = dp4a(w[6], x[6], sc)
+    sc = dp4a(w[7], x[7], sc)
+    return sa, sc
+
+
+def _tok45(c, xq, xd, xs, t, b, wa, wb, wc, wd, dv, mv, off):
+    """Token t's share of the block's 32-block b for 4 rows: c[j] + xd * (d_j * (sum q*xq - off * sum xq) + m_j * sum xq)."""
+    x = _xw(xq, t, b)
+    xdb = xd[t, b]
+    sb = xs[t, 2 * b] + xs[t, 2 * b + 1]
+    fb = float32(sb)
+    sa, sc = _dot(wa, x)
+    v0 = c[0] + xdb * (dv[0] * float32(sa + sc - off * sb) + mv[0] * fb)
+    sa, sc = _dot(wb, x)
+    v1 = c[1] + xdb * (dv[1] * float32(sa + sc - off * sb) + mv[1] * fb)
+    sa, sc = _dot(wc, x)
+    v2 = c[2] + xdb * (dv[2] * float32(sa + sc - off * sb) + mv[2] * fb)
+    sa, sc = _dot(wd, x)
+    v3 = c[3] + xdb * (dv[3] * float32(sa + sc - off * sb) + mv[3] * fb)
+    return v0, v1, v2, v3
+
+
+def _v8(d, m, r, b, sa, sc, s0, s1, g16, has_m):
+    """A q8-family row's 32-block value from its two half sums (xq's scale left out)."""
+    if g16:
+        v = float32(d[r, 2 * b]) * float32(sa) + float32(d[r, 2 * b + 1]) * float32(sc)
+        if has_m:
+            v += float32(m[r, 2 * b]) * float32(s0) + float32(m[r, 2 * b + 1]) * float32(s1)
+    else:
+        v = float32(d[r, b]) * float32(sa + sc)
+        if has_m:
+            v += float32(m[r, b]) * float32(s0 + s1)
+    return v
+
+
+def _tok8(c, xq, xd, xs, t, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m):
+    """Token t's share of 32-block b for 4 rows of the q8 family."""
+    x = _xw(xq, t, b)
+    xdb = xd[t, b]
+    s0, s1 = xs[t, 2 * b], xs[t, 2 * b + 1]
+    sa, sc = _dot(wa, x)
+    v0 = c[0] + xdb * _v8(d, m, ra, b, sa, sc, s0, s1, g16, has_m)
+    sa, sc = _dot(wb, x)
+    v1 = c[1] + xdb * _v8(d, m, rb, b, sa, sc, s0, s1, g16, has_m)
+    sa, sc = _dot(wc, x)
+    v2 = c[2] + xdb * _v8(d, m, rc, b, sa, sc, s0, s1, g16, has_m)
+    sa, sc = _dot(wd, x)
+    v3 = c[3] + xdb * _v8(d, m, rd, b, sa, sc, s0, s1, g16, has_m)
+    return v0, v1, v2, v3
+
+
+def _store_t(y, t, k, r0, c):
+    """Sum token t's 4 row accumulators c over the warp, then over the NW warps (split K, fixed order) through
+    slot k of shared memory; thread i < R writes row r0 + i if it exists."""
+    a0, a1, a2, a3 = c
+    for o in (16, 8, 4, 2, 1):
+        a0 += cuda.shfl_xor_sync(0xFFFFFFFF, a0, o)
+        a1 += cuda.shfl_xor_sync(0xFFFFFFFF, a1, o)
+        a2 += cuda.shfl_xor_sync(0xFFFFFFFF, a2, o)
+        a3 += cuda.shfl_xor_sync(0xFFFFFFFF, a3, o)
+    part = cuda.shared.array((TT, NW, R), float32)
+    warp = cuda.threadIdx.x >> 5
+    if (cuda.threadIdx.x & 31) == 0:
+        part[k, warp, 0] = a0
+        part[k, warp, 1] = a1
+        part[k, warp, 2] = a2
+        part[k, warp, 3] = a3
+    cuda.syncthreads()
+    i = cuda.threadIdx.x
+    if i < R and r0 + i < y.shape[1]:
+        acc = float32(0.0)
+        for w in range(NW):
+            acc += part[k, w, i]
+        y[t, r0 + i] = acc
+
+
+def _tile(n):
+    """This block's first row and first token, and its number of tokens. Grid: ceil(n_out / R) * ceil(n / TT)
+    blocks, the token tiles of one row group adjacent (they read the same weights: the later ones find them in L2)."""
+    ntile = (n + TT - 1) // TT
+    t0 = (cuda.blockIdx.x % ntile) * TT
+    return (cuda.blockIdx.x // ntile) * R, t0, min(TT, n - t0)
+
+
 def gemv_q45(q, h, d, m, xq, xd, xs, y, off, has_h, has_m):
     """y[t, r] = sum_k W[r, k] * x[t, k], W in the q4 / q5 family, x from quantize_x (xq read as int32 words).
 
-    Per 32-block: xd * d * (sum q*xq - off * sum xq) (+ xd * m * sum xq). A warp owns R = 4 rows, lane l takes
-    the 32-blocks l, l + 32, ...; the NW warps of a block share its R rows and split K (more warps in flight
-    for short matrices).  grid (ceil(n_out / R), n), block 32*NW.
+    Per 32-block: xd * d * (sum q*xq - off * sum xq) (+ xd * m * sum xq). A block owns R = 4 rows and up to
+    TT = 4 tokens (_tile); lane l of each of its NW warps takes the 32-blocks w*32 + l, + 32*NW, ... (the warps
+    split K), unpacks the 4 rows' words once and feeds them to its tokens' dot products (accumulators in
+    registers). Every (row, token) value is computed by the same instructions in the same order whatever n is, so a
+    token's result does not depend on the other rows of its batch (batched decode = decode alone).
     """
-    n_out = y.shape[1]
+    n, n_out = y.shape
     nblk = d.shape[1]
-    t = cuda.blockIdx.y
-    r0 = cuda.blockIdx.x * R
+    r0, t0, nt = _tile(n)
     ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
-    a0 = a1 = a2 = a3 = float32(0.0)
+    z = float32(0.0)
+    c0 = c1 = c2 = c3 = (z, z, z, z)
     for b in range(cuda.threadIdx.x, nblk, 32 * NW):
-        x0, x1, x2, x3 = xq[t, 8 * b], xq[t, 8 * b + 1], xq[t, 8 * b + 2], xq[t, 8 * b + 3]
-        x4, x5, x6, x7 = xq[t, 8 * b + 4], xq[t, 8 * b + 5], xq[t, 8 * b + 6], xq[t, 8 * b + 7]
-        xdb = xd[t, b]
-        sb = xs[t, 2 * b] + xs[t, 2 * b + 1]
-        a0 += xdb * _row_q45(q, h, d, m, ra, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m)
-        a1 += xdb * _row_q45(q, h, d, m, rb, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m)
-        a2 += xdb * _row_q45(q, h, d, m, rc, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m)
-        a3 += xdb * _row_q45(q, h, d, m, rd, b, x0, x1, x2, x3, x4, x5, x6, x7, sb, off, has_h, has_m)
-    _store4(y, t, r0, n_out, a0, a1, a2, a3)
+        wa, wb, wc, wd = _w45(q, h, ra, b, has_h), _w45(q, h, rb, b, has_h), _w45(q, h, rc, b, has_h), \
+            _w45(q, h, rd, b, has_h)
+        dv = (float32(d[ra, b]), float32(d[rb, b]), float32(d[rc, b]), float32(d[rd, b]))
+        mv = (z, z, z, z)
+        if has_m:
+            mv = (float32(m[ra, b]), float32(m[rb, b]), float32(m[rc, b]), float32(m[rd, b]))
+        c0 = _tok45(c0, xq, xd, xs, t0, b, wa, wb, wc, wd, dv, mv, off)
+        if nt > 1:
+            c1 = _tok45(c1, xq, xd, xs, t0 + 1, b, wa, wb, wc, wd, dv, mv, off)
+        if nt > 2:
+            c2 = _tok45(c2, xq, xd, xs, t0 + 2, b, wa, wb, wc, wd, dv, mv, off)
+        if nt > 3:
+            c3 = _tok45(c3, xq, xd, xs, t0 + 3, b, wa, wb, wc, wd, dv, mv, off)
+    _store_t(y, t0, 0, r0, c0)
+    if nt > 1:
+        _store_t(y, t0 + 1, 1, r0, c1)
+    if nt > 2:
+        _store_t(y, t0 + 2, 2, r0, c2)
+    if nt > 3:
+        _store_t(y, t0 + 3, 3, r0, c3)
 
 
 def gemv_q8(q, d, m, xq, xd, xs, y, g16, has_m):
-    """y[t, r] = sum_k W[r, k] * x[t, k], W in the q8 family (int8 weights read as int32 words, groups of 32 or 16)."""
-    n_out = y.shape[1]
+    """y[t, r] = sum_k W[r, k] * x[t, k], W in the q8 family (int8 weights read as int32 words, groups of 32 or 16);
+    blocks of R rows x TT tokens as gemv_q45."""
+    n, n_out = y.shape
     nblk = xd.shape[1]
-    t = cuda.blockIdx.y
-    r0 = cuda.blockIdx.x * R
+    r0, t0, nt = _tile(n)
     ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
-    a0 = a1 = a2 = a3 = float32(0.0)
+    z = float32(0.0)
+    c0 = c1 = c2 = c3 = (z, z, z, z)
     for b in range(cuda.threadIdx.x, nblk, 32 * NW):
-        x0, x1, x2, x3 = xq[t, 8 * b], xq[t, 8 * b + 1], xq[t, 8 * b + 2], xq[t, 8 * b + 3]
-        x4, x5, x6, x7 = xq[t, 8 * b + 4], xq[t, 8 * b + 5], xq[t, 8 * b + 6], xq[t, 8 * b + 7]
-        xdb = xd[t, b]
-        s0, s1 = xs[t, 2 * b], xs[t, 2 * b + 1]
-        a0 += xdb * _row_q8(q, d, m, ra, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m)
-        a1 += xdb * _row_q8(q, d, m, rb, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m)
-        a2 += xdb * _row_q8(q, d, m, rc, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m)
-        a3 += xdb * _row_q8(q, d, m, rd, b, x0, x1, x2, x3, x4, x5, x6, x7, s0, s1, g16, has_m)
-    _store4(y, t, r0, n_out, a0, a1, a2, a3)
+        wa, wb, wc, wd = _w8(q, ra, b), _w8(q, rb, b), _w8(q, rc, b), _w8(q, rd, b)
+        c0 = _tok8(c0, xq, xd, xs, t0, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
+        if nt > 1:
+            c1 = _tok8(c1, xq, xd, xs, t0 + 1, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
+        if nt > 2:
+            c2 = _tok8(c2, xq, xd, xs, t0 + 2, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
+        if nt > 3:
+            c3 = _tok8(c3, xq, xd, xs, t0 + 3, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
+    _store_t(y, t0, 0, r0, c0)
+    if nt > 1:
+        _store_t(y, t0 + 1, 1, r0, c1)
+    if nt > 2:
+        _store_t(y, t0 + 2, 2, r0, c2)
+    if nt > 3:
+        _store_t(y, t0 + 3, 3, r0, c3)
 
 
 def gemv_float(w, x, y):
@@ -291,8 +385,15 @@ SIGS = {
 }
 quant32 = cuda.jit(device=True, inline=True)(quant32)
 _spread4 = cuda.jit(device=True, inline=True)(_spread4)
-_row_q45 = cuda.jit(device=True, inline=True)(_row_q45)
-_row_q8 = cuda.jit(device=True, inline=True)(_row_q8)
+_w45 = cuda.jit(device=True, inline=True)(_w45)
+_w8 = cuda.jit(device=True, inline=True)(_w8)
+_xw = cuda.jit(device=True, inline=True)(_xw)
+_dot = cuda.jit(device=True, inline=True)(_dot)
+_tok45 = cuda.jit(device=True, inline=True)(_tok45)
+_v8 = cuda.jit(device=True, inline=True)(_v8)
+_tok8 = cuda.jit(device=True, inline=True)(_tok8)
+_store_t = cuda.jit(device=True, inline=True)(_store_t)
+_tile = cuda.jit(device=True, inline=True)(_tile)
 _store4 = cuda.jit(device=True, inline=True)(_store4)
 # Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
 _EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
@@ -406,6 +507,7 @@ def gmatmul(w: GMatrix, x, stream, xquant=None):
             K["gemv_float"][grid, 32 * NW, stream](w.q, x, y)
             return y
         xq, xd, xs = xquant if xquant is not None else quantize(x, stream)
+        grid = math.ceil(w.n_out / R) * math.ceil(n / TT)  # row groups x token tiles (_tile)
         if w.family == "q45":
             K["gemv_q45"][grid, 32 * NW, stream](w.q, w.h, w.d, w.m, xq, xd, xs, y, w.off, w.has_h, w.has_m)
         else:

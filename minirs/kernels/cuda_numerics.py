@@ -16,7 +16,7 @@ import numpy as np
 
 from minirs.kernels.cpu import CpuBackend
 
-GEMV_MAX_N = 8  # as cuda_matmul.GEMV_MAX_N
+GEMV_MAX_N = 32  # as cuda_matmul.GEMV_MAX_N
 
 
 def quantize_x(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
