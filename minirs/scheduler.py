@@ -11,14 +11,12 @@ Each step: admit waiting jobs while KV slots are free, drop cancelled ones, then
 A job asking for n sequences (n_choices / best_of) prefills its prompt once and copies the KV slot.
 
 Row invariance. A batched greedy run must give each request the same tokens as running it alone, so a row's
-logits may not depend on the other rows of its forward. On the CPU, qmatmul's fused kernel (n <= 4 rows)
-computes every row with the same instruction order as n = 1, but the tile + sgemm path for larger n rounds
-differently (and OpenBLAS's result for a row depends on how many rows share the call). With
-`row_invariant=True` (the CPU default) decode rows go through forwards of at most `decode_group` rows and each
-prefill chunk through its own forward, with chunk boundaries fixed by the sequence alone: every row meets the
-same kernels in the same order whatever else is running. With `row_invariant=False` everything of a step goes
-through one forward (the fastest choice when the backend's matmul is row-independent or exactness is not
-needed).
+logits may not depend on the other rows of its forward. On the CPU every kernel computes each row on its own:
+qmatmul's kernels are batch-invariant (a row's bits depend only on that row of x and on W, whatever n is),
+and norms, RoPE, attention and sampling are per row. So one forward per step is exact there, and a request gives
+the same tokens and logprobs alone and batched with 15 others. `row_invariant=True` is for backends whose large
+matmuls round with the batch (cuBLAS in CUDA prefill): then each prefill chunk runs in its own forward, with chunk
+boundaries fixed by the sequence alone.
 
 CUDA graphs. On a backend with `decode_step` (CUDA), the decode rows of a step go through one captured CUDA
 graph: the batch is padded to the next size of GRAPH_BUCKETS with dummy rows (token 0 at position 0 in a spare
@@ -43,7 +41,6 @@ from minirs.kv_cache import KVCache
 from minirs.sampling import SamplingParams, sample_token
 from minirs.sampling.stop import StopText
 
-SMALL_N = 4  # rows that the CPU matmul computes with its fused (row-independent) kernel
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as CUDA graphs (32 = cuda_matmul.GEMV_MAX_N)
 
 
@@ -148,7 +145,7 @@ class Engine:
     """Owns the model and its KV cache; a background thread runs the batch loop."""
 
     def __init__(self, model, tokenizer, max_seqs: int = 16, ctx_len: int = 4096, max_chunk: int = 256,
-                 row_invariant: bool | None = None, decode_group: int = SMALL_N, prefill_budget: int | None = None,
+                 row_invariant: bool | None = None, prefill_budget: int | None = None,
                  graphs: bool | None = None):
         if max_seqs < 1:
             raise RequestError(f"invalid max_seqs: {max_seqs!r}")
@@ -156,8 +153,8 @@ class Engine:
         self.max_seqs = max_seqs
         self.ctx_len = min(ctx_len, model.config.context_length)
         self.max_chunk = max_chunk
-        self.row_invariant = (model.backend.name == "cpu") if row_invariant is None else row_invariant
-        self.decode_group = decode_group
+        # None: exact wherever that costs something, i.e. only where prefill rounds with the batch (CUDA's cuBLAS)
+        self.row_invariant = hasattr(model.backend, "decode_step") if row_invariant is None else row_invariant
         self.prefill_budget = prefill_budget or max_chunk
         self.graphs = hasattr(model.backend, "decode_step") if graphs is None else graphs
         self.spare_slot = max_seqs  # graphs: the dummy rows' KV slot, never handed to a sequence
@@ -317,18 +314,8 @@ class Engine:
                 self._run(dec[i:i + GRAPH_BUCKETS[-1]], graph=True)
             self.steps += 1
             return
-        if self.row_invariant:
-            batches, group = [], []
-            for part in parts:
-                if len(part[0]) > 1:
-                    batches.append([part])  # a prefill chunk runs alone
-                else:
-                    group.append(part)
-                    if len(group) == self.decode_group:
-                        batches.append(group)
-                        group = []
-            if group:
-                batches.append(group)
+        if self.row_invariant:  # each prefill chunk alone, the decode rows together
+            batches = [[p] for p in parts[:len(chunks)]] + ([parts[len(chunks):]] if decode else [])
         else:
             batches = [parts]
         for batch in batches:

@@ -1,7 +1,8 @@
 """The batching engine on a tiny random-weight model (no tokenizer needed: a stub decodes ids to letters).
 
 The central property: a request's greedy tokens are the same when it runs alone and when it runs batched
-with others (row_invariant=True, the CPU default), and seeded sampling repeats exactly.
+with others (on the CPU one forward per step is exact: every kernel computes each row on its own), and seeded
+sampling repeats exactly.
 """
 
 import threading
