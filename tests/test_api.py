@@ -179,3 +179,10 @@ def test_truncate_sequence_and_logfile(smollm2_path, tmp_path):
     assert kinds == ["request", "response"]
     with Runner(w, device="cpu", max_seq_len=48) as r, pytest.raises(RequestError, match="truncate_sequence"):
         r.send_completion_request(CompletionRequest(prompt="one two three " * 30, max_tokens=4))
+
+
+def test_in_situ_quant_names():
+    from minirs.api.runner import _isq_name
+    assert [_isq_name(x) for x in ("Q4K", "q8_0", "Q6K", "Q4_K", None)] == ["Q4_K", "Q8_0", "Q6_K", "Q4_K", None]
+    with pytest.raises(RequestError, match="in_situ_quant"):
+        _isq_name("Q9")

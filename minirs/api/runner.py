@@ -59,8 +59,7 @@ class Runner:
                  max_seq_len: int | None = None, prefill_chunk: int = 256, row_invariant: bool | None = None):
         # no_kv_cache, prefix_cache_n, speculative_gamma, num_device_layers and the paged-attention knobs change
         # only how mistral.rs computes, never what: they are accepted and ignored.
-        for name, value in (("which_draft", which_draft), ("in_situ_quant", in_situ_quant),
-                            ("anymoe_config", anymoe_config)):
+        for name, value in (("which_draft", which_draft), ("anymoe_config", anymoe_config)):
             if value is not None:
                 raise MinirsError(f"Runner: {name}={value!r} is not supported by minirs")
         if not isinstance(max_seqs, int) or max_seqs < 1:
@@ -72,7 +71,7 @@ class Runner:
         self._log_lock = threading.Lock()
         self.model, self.tokenizer, self.model_name = load_which(
             which, device=device, token_source=token_source, token_source_value=token_source_value,
-            revision=revision, chat_template=chat_template)
+            revision=revision, chat_template=chat_template, isq=_isq_name(in_situ_quant))
         self.repeat_last_n = int(getattr(which, "repeat_last_n", 64) or 0)
         ctx = min(max_seq_len or 4096, self.model.config.context_length)
         self.engine = Engine(self.model, self.tokenizer, max_seqs=max_seqs, ctx_len=ctx, max_chunk=prefill_chunk,
@@ -368,9 +367,23 @@ def _tokenizer_folder(tokenizer_json: str | None, tok_model_id: str | None) -> P
     return None  # a hub id or nothing: the model file's own tokenizer is used
 
 
+_ISQ_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+
+
+def _isq_name(name: str | None) -> str | None:
+    """mistral.rs's in_situ_quant names ("Q4K", "Q8_0") as GGUF type names ("Q4_K", "Q8_0")."""
+    if name is None:
+        return None
+    qtype = str(name).upper()
+    qtype = qtype[:-1] + "_K" if qtype.endswith("K") and "_" not in qtype else qtype
+    if qtype not in _ISQ_TYPES:
+        raise RequestError(f"invalid in_situ_quant: {name!r} (supported: {', '.join(_ISQ_TYPES)})")
+    return qtype
+
+
 def load_which(which, device: str = "auto", token_source: str = "cache", token_source_value: str | None = None,
-               revision: str | None = None, chat_template: str | None = None):
-    """(model, tokenizer, name) for a Which.Plain / GGUF / GGML."""
+               revision: str | None = None, chat_template: str | None = None, isq: str | None = None):
+    """(model, tokenizer, name) for a Which.Plain / GGUF / GGML; `isq` quantizes float weights at load time."""
     from minirs.formats import load_model_file
     from minirs.load import load_model
     from minirs.tokenizer import Tokenizer
@@ -389,9 +402,9 @@ def load_which(which, device: str = "auto", token_source: str = "cache", token_s
             except TokenizerError as e:
                 raise MinirsError(f"{path}: the file has no usable tokenizer ({e}); give tok_model_id as a local "
                                   "folder with tokenizer.json, or tokenizer_json") from e
-        return load_model(mf, device=device), tok, path.name
+        return load_model(mf, device=device, isq=isq), tok, path.name
     if isinstance(which, Which.Plain):
         folder = _tokenizer_folder(which.tokenizer_json, which.model_id) or Path(which.model_id)
-        model = load_model(which.model_id, device=device)
+        model = load_model(which.model_id, device=device, isq=isq)
         return model, Tokenizer.from_files(folder, chat_template=template), Path(which.model_id).name
     raise RequestError(f"invalid which: {which!r} (expected Which.Plain, Which.GGUF or Which.GGML)")
