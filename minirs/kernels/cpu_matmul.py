@@ -407,6 +407,126 @@ def _mm_float(raw, kind, x, y):
         _store(acc, y, t * L)
 
 
+# Single-token decode (n = 1) is bound by FMA latency, not bandwidth, if each lane runs its chain alone: the
+# kernels below run the very same per-row operations as _mm_q4 / _mm_q8 (one sequential chain per group, then
+# fma(d, s, acc) and fma(m, xs, acc)), so their rows are bit-identical with the batched kernels', but they give
+# each vector iteration four rows of the tile (l, l + Q, l + 2Q, l + 3Q with Q = L/4) whose chains interleave,
+# keep each group's 32 inputs of x in registers and read the integers straight from q (no L1 buffer).
+
+def _nibble(shift):
+    @intrinsic
+    def nib(typingctx, v):
+        """float32((v >> shift) & 15) for a uint8 v, in 8-bit integer ops (Numba's own widen to int64)."""
+        def codegen(context, builder, signature, args):
+            i8 = ir.IntType(8)
+            r = builder.and_(builder.lshr(args[0], ir.Constant(i8, shift)), ir.Constant(i8, 15))
+            return builder.uitofp(r, ir.FloatType())
+
+        return types.float32(types.uint8), codegen
+
+    return nib
+
+
+_lo4, _hi4 = _nibble(0), _nibble(4)
+
+
+@njit(cache=True, inline="always")
+def _read_q4(qt, k, h, l, fo):
+    # element of nibble h (0: lo, 1: hi) of byte k of row l, minus the offset
+    return (_hi4(qt[k, l]) if h else _lo4(qt[k, l])) - fo
+
+
+@njit(cache=True, inline="always")
+def _read_q8(qt, k, h, l, fo):
+    return np.float32(qt[k, l])
+
+
+@njit(cache=True, inline="always")
+def _chain8(read, qt, k, h, fo, xi, k0, l, Q, s0, s1, s2, s3):
+    # continue the chains of rows l + cQ (c = 0..3) over 8 inputs: weight read(qt, k + j, h, ...) times x[k0 + j]
+    # (8, not 16: LLVM must unroll this loop fully before it vectorises the loop over l around it)
+    for j in range(8):
+        xj = xi[k0 + j]
+        s0 = _fma(read(qt, k + j, h, l, fo), xj, s0)
+        s1 = _fma(read(qt, k + j, h, l + Q, fo), xj, s1)
+        s2 = _fma(read(qt, k + j, h, l + 2 * Q, fo), xj, s2)
+        s3 = _fma(read(qt, k + j, h, l + 3 * Q, fo), xj, s3)
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, inline="always")
+def _chain16(read, qt, k, h, fo, xi, k0, l, Q, s0, s1, s2, s3):
+    s0, s1, s2, s3 = _chain8(read, qt, k, h, fo, xi, k0, l, Q, s0, s1, s2, s3)
+    return _chain8(read, qt, k + 8, h, fo, xi, k0 + 8, l, Q, s0, s1, s2, s3)
+
+
+@njit(cache=True, inline="always")
+def _scale4(a, l, Q, dg, mg, xsg, has_m, s0, s1, s2, s3):
+    # a[16c + l] (row l + cQ) = fma(d, s_c, a), then fma(m, xs, a): _scale's operations
+    a[l] = _fma(dg[l], s0, a[l])
+    a[16 + l] = _fma(dg[l + Q], s1, a[16 + l])
+    a[32 + l] = _fma(dg[l + 2 * Q], s2, a[32 + l])
+    a[48 + l] = _fma(dg[l + 3 * Q], s3, a[48 + l])
+    if has_m:
+        a[l] = _fma(mg[l], xsg, a[l])
+        a[16 + l] = _fma(mg[l + Q], xsg, a[16 + l])
+        a[32 + l] = _fma(mg[l + 2 * Q], xsg, a[32 + l])
+        a[48 + l] = _fma(mg[l + 3 * Q], xsg, a[48 + l])
+
+
+@njit(cache=True, inline="always")
+def _mv_tile(read, qt, dt, mt, xi, xsi, y, r0, fo, gs, has_m):
+    # y[0, r0 + l] for one tile, x a single token. gs (16 or 32 for q8, 0 for q4 nibbles), fo and has_m are literals at every call site, so
+    # that LLVM folds them. a (64,) holds the four quarters at constant offsets 16c (Q <= 16), which lets LLVM
+    # prove the stores independent and vectorise over l with few runtime checks.
+    Q = qt.shape[1] // 4
+    a = np.zeros(64, np.float32)
+    for g in range(dt.shape[0]):
+        dg, mg = dt[g], mt[g] if has_m else dt[g]
+        xsg = xsi[g] if has_m else np.float32(0.0)
+        for l in range(Q):
+            z = np.float32(0.0)
+            if gs == 0:  # q4: byte 16g + j: lo nibble = input 32g + j, hi nibble = input 32g + 16 + j
+                s0, s1, s2, s3 = _chain16(read, qt, 16 * g, 0, fo, xi, 32 * g, l, Q, z, z, z, z)
+                s0, s1, s2, s3 = _chain16(read, qt, 16 * g, 1, fo, xi, 32 * g + 16, l, Q, s0, s1, s2, s3)
+            else:
+                s0, s1, s2, s3 = _chain16(read, qt, gs * g, 0, fo, xi, gs * g, l, Q, z, z, z, z)
+                if gs == 32:
+                    s0, s1, s2, s3 = _chain16(read, qt, gs * g + 16, 0, fo, xi, gs * g + 16, l, Q, s0, s1, s2, s3)
+            _scale4(a, l, Q, dg, mg, xsg, has_m, s0, s1, s2, s3)
+    for c in range(4):
+        for l in range(min(Q, y.shape[1] - r0 - c * Q)):
+            y[0, r0 + c * Q + l] = a[16 * c + l]
+
+
+@njit(cache=True, parallel=True)
+def _mv_q4(q, d, m, off, x, xs, y):
+    # _mm_q4 for one token (Q4_0: off 8 and no m; Q4_1, Q4_K: off 0 and m)
+    L = q.shape[2]
+    for t in prange(q.shape[0]):
+        if off:
+            _mv_tile(_read_q4, q[t], d[t], d[t], x[0], xs[0], y, t * L, np.float32(8.0), 0, False)
+        else:
+            _mv_tile(_read_q4, q[t], d[t], m[t], x[0], xs[0], y, t * L, np.float32(0.0), 0, True)
+
+
+@njit(cache=True, parallel=True)
+def _mv_q8(q, d, m, x, xs, y):
+    # _mm_q8 for one token
+    L = q.shape[2]
+    gs = q.shape[1] // d.shape[1]
+    for t in prange(q.shape[0]):
+        mt = m[t] if m.shape[0] else d[t]
+        if gs == 16 and m.shape[0]:
+            _mv_tile(_read_q8, q[t], d[t], mt, x[0], xs[0], y, t * L, np.float32(0.0), 16, True)
+        elif gs == 16:
+            _mv_tile(_read_q8, q[t], d[t], mt, x[0], xs[0], y, t * L, np.float32(0.0), 16, False)
+        elif m.shape[0]:
+            _mv_tile(_read_q8, q[t], d[t], mt, x[0], xs[0], y, t * L, np.float32(0.0), 32, True)
+        else:
+            _mv_tile(_read_q8, q[t], d[t], mt, x[0], xs[0], y, t * L, np.float32(0.0), 32, False)
+
+
 _F16_SCALE = np.array([2.0 ** -24] + [2.0 ** (e - 25) for e in range(1, 31)] + [np.inf], np.float32)
 
 
@@ -503,7 +623,12 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
         _mm_float(w.q, _FLOAT_KIND[w.qtype], x, y)
         return y
     xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] else np.zeros((x.shape[0], 0), np.float32)
-    if w.family == "q4":
+    if x.shape[0] == 1 and w.q.shape[2] in (32, 64):  # decode: same bits as the batched kernels, faster
+        if w.family == "q4":
+            _mv_q4(w.q, w.d, w.m, w.off, x, xs, y)
+        else:
+            _mv_q8(w.q, w.d, w.m, x, xs, y)
+    elif w.family == "q4":
         _mm_q4(w.q, w.d, w.m, w.off, x, xs, y)
     else:
         _mm_q8(w.q, w.d, w.m, x, xs, y)
