@@ -476,24 +476,33 @@ def _scale4(a, l, Q, dg, mg, xsg, has_m, s0, s1, s2, s3):
 
 @njit(cache=True, inline="always")
 def _mv_tile(read, qt, dt, mt, xi, xsi, y, r0, fo, gs, has_m):
-    # y[0, r0 + l] for one tile, x a single token. gs (16 or 32 for q8, 0 for q4 nibbles), fo and has_m are literals at every call site, so
-    # that LLVM folds them. a (64,) holds the four quarters at constant offsets 16c (Q <= 16), which lets LLVM
-    # prove the stores independent and vectorise over l with few runtime checks.
+    # y[0, r0 + l] for one tile, x a single token. gs (16 or 32 for q8, 0 for q4 nibbles), fo and has_m are
+    # literals at every call site, so that LLVM folds them. a (64,) holds the four quarters at constant offsets 16c
+    # (Q <= 16), which lets LLVM prove the stores independent and vectorise over l with few runtime checks.
     Q = qt.shape[1] // 4
     a = np.zeros(64, np.float32)
+    p = np.empty(64, np.float32)
     for g in range(dt.shape[0]):
         dg, mg = dt[g], mt[g] if has_m else dt[g]
         xsg = xsi[g] if has_m else np.float32(0.0)
-        for l in range(Q):
-            z = np.float32(0.0)
-            if gs == 0:  # q4: byte 16g + j: lo nibble = input 32g + j, hi nibble = input 32g + 16 + j
+        z = np.float32(0.0)
+        if gs == 0:  # q4: byte 16g + j: lo nibble = input 32g + j, hi nibble = input 32g + 16 + j
+            for l in range(Q):
                 s0, s1, s2, s3 = _chain16(read, qt, 16 * g, 0, fo, xi, 32 * g, l, Q, z, z, z, z)
                 s0, s1, s2, s3 = _chain16(read, qt, 16 * g, 1, fo, xi, 32 * g + 16, l, Q, s0, s1, s2, s3)
-            else:
-                s0, s1, s2, s3 = _chain16(read, qt, gs * g, 0, fo, xi, gs * g, l, Q, z, z, z, z)
-                if gs == 32:
-                    s0, s1, s2, s3 = _chain16(read, qt, gs * g + 16, 0, fo, xi, gs * g + 16, l, Q, s0, s1, s2, s3)
-            _scale4(a, l, Q, dg, mg, xsg, has_m, s0, s1, s2, s3)
+                _scale4(a, l, Q, dg, mg, xsg, has_m, s0, s1, s2, s3)
+        elif gs == 16:
+            for l in range(Q):
+                s0, s1, s2, s3 = _chain16(read, qt, 16 * g, 0, fo, xi, 16 * g, l, Q, z, z, z, z)
+                _scale4(a, l, Q, dg, mg, xsg, has_m, s0, s1, s2, s3)
+        else:  # 32 int8 rows: two loops of 16 (LLVM gives up on 128 distinct row pointers), the chains kept in p
+            for l in range(Q):
+                s0, s1, s2, s3 = _chain16(read, qt, 32 * g, 0, fo, xi, 32 * g, l, Q, z, z, z, z)
+                p[l], p[16 + l], p[32 + l], p[48 + l] = s0, s1, s2, s3
+            for l in range(Q):
+                s0, s1, s2, s3 = _chain16(read, qt, 32 * g + 16, 0, fo, xi, 32 * g + 16, l, Q,
+                                          p[l], p[16 + l], p[32 + l], p[48 + l])
+                _scale4(a, l, Q, dg, mg, xsg, has_m, s0, s1, s2, s3)
     for c in range(4):
         for l in range(min(Q, y.shape[1] - r0 - c * Q)):
             y[0, r0 + c * Q + l] = a[16 * c + l]
