@@ -259,6 +259,7 @@ _RELAYOUT = {
 # so LLVM may vectorise over rows (independent lanes) but can neither reassociate nor contract anything: the
 # per-row order above is exactly what runs, for any n, any thread count and any vector width. No BLAS anywhere
 # (its results depend on the batch size, and its thread pool fights Numba's on small machines).
+# A single token (decode) goes to _mv_q4 / _mv_q8 (below), which run exactly these operations in another loop order.
 # ---------------------------------------------------------------------------------------------------------------
 
 @intrinsic
@@ -509,9 +510,11 @@ def _mv_tile(read, qt, dt, mt, xi, xsi, y, r0, fo, gs, has_m):
 
 
 @njit(cache=True, parallel=True)
-def _mv_q4(q, d, m, off, x, xs, y):
-    # _mm_q4 for one token (Q4_0: off 8 and no m; Q4_1, Q4_K: off 0 and m)
+def _mv_q4(q, d, m, off, x, y):
+    # _mm_q4 for one token (Q4_0: off 8 and no m; Q4_1, Q4_K: off 0 and m); the group sums of x are made here,
+    # which saves a call
     L = q.shape[2]
+    xs = _group_sums(x, d.shape[1]) if m.shape[0] else np.zeros((1, 0), np.float32)
     for t in prange(q.shape[0]):
         if off:
             _mv_tile(_read_q4, q[t], d[t], d[t], x[0], xs[0], y, t * L, np.float32(8.0), 0, False)
@@ -520,9 +523,10 @@ def _mv_q4(q, d, m, off, x, xs, y):
 
 
 @njit(cache=True, parallel=True)
-def _mv_q8(q, d, m, x, xs, y):
+def _mv_q8(q, d, m, x, y):
     # _mm_q8 for one token
     L = q.shape[2]
+    xs = _group_sums(x, d.shape[1]) if m.shape[0] else np.zeros((1, 0), np.float32)
     gs = q.shape[1] // d.shape[1]
     for t in prange(q.shape[0]):
         mt = m[t] if m.shape[0] else d[t]
@@ -631,13 +635,14 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
             x = np.concatenate([x, np.zeros((x.shape[0], -w.n_in % 32), np.float32)], axis=1)
         _mm_float(w.q, _FLOAT_KIND[w.qtype], x, y)
         return y
-    xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] else np.zeros((x.shape[0], 0), np.float32)
     if x.shape[0] == 1 and w.q.shape[2] in (32, 64):  # decode: same bits as the batched kernels, faster
         if w.family == "q4":
-            _mv_q4(w.q, w.d, w.m, w.off, x, xs, y)
+            _mv_q4(w.q, w.d, w.m, w.off, x, y)
         else:
-            _mv_q8(w.q, w.d, w.m, x, xs, y)
-    elif w.family == "q4":
+            _mv_q8(w.q, w.d, w.m, x, y)
+        return y
+    xs = _group_sums(x, w.d.shape[1]) if w.m.shape[0] else np.zeros((x.shape[0], 0), np.float32)
+    if w.family == "q4":
         _mm_q4(w.q, w.d, w.m, w.off, x, xs, y)
     else:
         _mm_q8(w.q, w.d, w.m, x, xs, y)
