@@ -57,11 +57,14 @@ def copy_bandwidth(device: str) -> float:
     return 2 * n * 3 / (time.perf_counter() - t)
 
 
-def decode_bytes(mf) -> int:
-    """Weight bytes read per decode token: every 2-D tensor except an untied token embedding table."""
+def decode_bytes(mf, cfg) -> int:
+    """Weight bytes read per decode token: every 2-D tensor except an untied token embedding table, and the
+    n_experts_used / n_experts share of the stacked MoE experts (3-D) that one token's routing reads."""
     tied = "output.weight" not in mf.tensors
-    return sum(t.nbytes for name, t in mf.tensors.items()
-               if len(t.shape) == 2 and (name != "token_embd.weight" or tied))
+    dense = sum(t.nbytes for name, t in mf.tensors.items()
+                if len(t.shape) == 2 and (name != "token_embd.weight" or tied))
+    experts = sum(t.nbytes for t in mf.tensors.values() if len(t.shape) == 3)
+    return dense + (experts * cfg.n_experts_used // cfg.n_experts if cfg.n_experts else 0)
 
 
 def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: Path, log=print) -> dict:
@@ -100,6 +103,7 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
             model.forward(ids, slots, pos, cache, logit_rows=[pp - 1])
             times.append(clock.now() - t)
         res["pp_tps"] = pp / float(np.median(times[1:]))
+        log(f"# {preset} pp{pp}: {res['pp_tps']:,.0f} tok/s (first run, compiles included: {times[0]:.2f} s)")
 
     if tg:
         step = getattr(be, "decode_step", None)
@@ -121,6 +125,7 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
                 tok = decode(tok, p)
             times.append(clock.now() - t)
         res["tg_tps"] = tg / float(np.median(times))
+        log(f"# {preset} tg{tg}: {res['tg_tps']:,.1f} tok/s")
         graphs = [g for g in getattr(be, "_graphs", {}).values() if g.model is model]
         if graphs:  # the device time of one step alone: replays back to back, no host round trip
             g, reps_g = graphs[0], 50
@@ -128,7 +133,7 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
             for _ in range(reps_g):
                 g.graph.launch(be.stream)
             res["step_ms_graph_only"] = (clock.now() - t) / reps_g * 1e3
-        res["gbps"] = decode_bytes(mf) * res["tg_tps"] / 1e9
+        res["gbps"] = decode_bytes(mf, cfg) * res["tg_tps"] / 1e9
     return res
 
 

@@ -161,3 +161,71 @@ def test_model_on_gpu_matches_cpu(be, preset, tmp_path):
         if top[0] - top[1] > 2 * np.abs(b - a).max():
             assert int(np.argmax(c)) == int(np.argmax(a)), i
     assert np.mean(e_gpu) < 2.5 * np.mean(e_twin), (e_gpu, e_twin)
+
+
+def test_phi2_qwen2_ops_match_twins(be):
+    """LayerNorm (with bias, and its int8 form for the GEMVs), in-place bias (which drops a stale int8 form), act."""
+    import cupy as cp
+    from minirs.kernels import ref
+    rng = np.random.default_rng()
+    for n, d in ((3, 64), (5, 2560), (40, 96)):
+        x = (rng.standard_normal((n, d)) + 2).astype(np.float32)
+        w, b = (1 + 0.1 * rng.standard_normal((2, d))).astype(np.float32)
+        out = be.layernorm(cp.asarray(x), cp.asarray(w), cp.asarray(b), 1e-5)
+        assert rel(out.get(), ref.layernorm(x, w, b, 1e-5)) < 1e-5, (n, d)
+        if n <= 32:
+            _assert_int8_form(be._quant_of(out), out.get())
+            be.add_bias_(out, cp.asarray(b))
+            assert be._quant_of(out) is None
+    x = rng.standard_normal((4, 1000)).astype(np.float32)
+    b = rng.standard_normal(1000).astype(np.float32)
+    xd = cp.asarray(x)
+    be.add_bias_(xd, cp.asarray(b))
+    assert np.array_equal(xd.get(), ref.add_bias(x, b))
+    for act in ("silu", "gelu"):
+        assert rel(be.act(cp.asarray(x), act).get(), ref.act(x, act)) < 1e-5
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K", "Q6_K", "Q8_0", "F16", "F32"])
+def test_moe_ops_match_twins(be, qtype):
+    """Router top-k softmax, the expert GEMV (2-D x shared by a token's experts, 3-D x one row per pair) and the
+    prefill path (cuBLAS per expert), and the weighted sum."""
+    import cupy as cp
+    from minirs.formats.model_file import Tensor
+    from minirs.formats.quants import dequantize
+    from minirs.kernels import ref
+    from minirs.models.synthetic import random_tensor_bytes
+    rng = np.random.default_rng()
+    n_exp, n_out, n_in, k = 8, 300, 512, 2
+    t = Tensor("w", qtype, (n_exp, n_out, n_in), random_tensor_bytes(qtype, (n_exp, n_out, n_in), rng).reshape(-1))
+    W = dequantize(t).reshape(n_exp, n_out, n_in).astype(np.float64)
+    ex = be.expert_matrix(t)
+    for n in (1, 3, 16, 40):
+        logits = rng.standard_normal((n, n_exp)).astype(np.float32)
+        ids, wts = be.topk_softmax(cp.asarray(logits), k)
+        rid, rwt = ref.topk_softmax(logits, k)
+        assert np.array_equal(ids.get(), rid) and rel(wts.get(), rwt) < 1e-6
+        tol = 2e-2 if n <= 32 and qtype not in ("F16", "F32") else 3e-3
+        x = rng.standard_normal((n, n_in)).astype(np.float32)
+        y = be.matmul_id(ex, cp.asarray(x), ids).get()
+        assert rel(y, ref.matmul_id(W, x, rid)) < tol, (qtype, n, "2-D x")
+        x3 = rng.standard_normal((n, k, n_in)).astype(np.float32)
+        y3 = be.matmul_id(ex, cp.asarray(x3), ids)
+        assert rel(y3.get(), ref.matmul_id(W, x3, rid)) < tol, (qtype, n, "3-D x")
+        assert rel(be.moe_sum(y3, wts).get(), ref.moe_sum(y3.get(), rwt)) < 1e-6
+
+
+@pytest.mark.parametrize("d", [8, 16])
+def test_attention_small_head_dim(be, d):
+    """head_dim below 32 (the tiny golden models): the lanes past d idle; split decode and prefill."""
+    import cupy as cp
+    from minirs.kernels import ref
+    rng = np.random.default_rng()
+    h, hkv, L = 4, 2, 64
+    kc = rng.standard_normal((1, hkv, L, d)).astype(np.float16)
+    vc = rng.standard_normal((1, hkv, L, d)).astype(np.float16)
+    for n in (3, 40):
+        q = rng.standard_normal((n, h, d)).astype(np.float32)
+        slots, pos = np.zeros(n, np.int64), rng.integers(0, L, n)
+        o = be.attention(cp.asarray(q), cp.asarray(kc), cp.asarray(vc), slots, pos, 0, 1 / np.sqrt(d), 0.0)
+        assert rel(o.get(), ref.attention(q, kc, vc, slots, pos, 0, 1 / np.sqrt(d), 0.0)) < 1e-4, n

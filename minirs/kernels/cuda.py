@@ -26,7 +26,7 @@ from numba import cuda  # noqa: E402
 
 from minirs.formats import Tensor  # noqa: E402
 from minirs.kernels import cuda_matmul, cuda_ops  # noqa: E402
-from minirs.kernels.cuda_matmul import GMatrix  # noqa: E402
+from minirs.kernels.cuda_matmul import GExperts, GMatrix  # noqa: E402
 
 for _cfg in ("numba.cuda.core.config", "numba.core.config"):  # the env var is read when the config loads,
     try:  # which may have happened before this module
@@ -170,8 +170,8 @@ class CudaBackend:
 
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap):
         n, h, d = q.shape
-        if d % 32 or d > 32 * cuda_ops.ATT_MAXE:
-            raise NotImplementedError(f"CUDA attention needs head_dim a multiple of 32 up to 256, got {d}")
+        if d > 32 * cuda_ops.ATT_MAXE:
+            raise NotImplementedError(f"CUDA attention handles head_dim up to {32 * cuda_ops.ATT_MAXE}, got {d}")
         q = cp.ascontiguousarray(q)
         sl, ps = self._ix(slots), self._ix(pos)
         keys = min(kc.shape[2], window) if window > 0 else kc.shape[2]  # the most keys one token can see
@@ -189,9 +189,69 @@ class CudaBackend:
         po = cp.empty((n, h, splits, d), cp.float32)
         K["attention"][(n * h, splits), 32 * cuda_ops.ATT_WARPS, self.nbs](*args, cuda_ops.ATT_CHUNK, pm, pl, po)
         out = cp.empty((n, h, d), cp.float32)
-        xq = self._new_quant(n, h * d)
-        K["attn_reduce"][n * h, d, self.nbs](pm, pl, po, out, True, *xq)
-        self._stash(out, xq)
+        quant = d % 32 == 0  # the int8 form goes per head (tiny test models have head_dim 8 or 16)
+        xq = self._new_quant(n, h * d) if quant else self._new_quant(1, 32)
+        K["attn_reduce"][n * h, d, self.nbs](pm, pl, po, out, quant, *xq)
+        if quant:
+            self._stash(out, xq)
+        return out
+
+    # --- ops of the families that differ from llama (phi2: LayerNorm, biases, plain MLP; mixtral: MoE) ---
+    def layernorm(self, x, w, b, eps: float):
+        shape = x.shape
+        x2 = cp.ascontiguousarray(x).reshape(-1, shape[-1])
+        out = cp.empty_like(x2)
+        n, d = x2.shape
+        threads = min(1024, 32 * max(1, -(-d // 128)))
+        if d > threads * cuda_ops.RMS_MAXE:
+            raise NotImplementedError(f"CUDA layernorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
+        if x.ndim == 2 and self._fuse_quant(n, d):
+            xq = self._new_quant(n, d)
+            K["layernorm_q"][n, threads, self.nbs](x2, w, b, np.float32(eps), out, *xq)
+            self._stash(out, xq)
+        else:
+            K["layernorm"][n, threads, self.nbs](x2, w, b, np.float32(eps), out)
+        return out.reshape(shape)
+
+    def add_bias_(self, x, b) -> None:
+        """x[i] += b for every row i (linear-layer biases), in place."""
+        self._xquant = None
+        x2 = x.reshape(-1, x.shape[-1])  # a view: x is contiguous (a matmul output)
+        K["add_bias_"][_blocks(x2.size, 256), 256, self.nbs](x2, b)
+
+    def act(self, x, activation: str):
+        x = cp.ascontiguousarray(x)
+        out = cp.empty_like(x)
+        K["act"][_blocks(x.size, 256), 256, self.nbs](x, activation == "gelu", out)
+        return out
+
+    def expert_matrix(self, t: Tensor) -> GExperts:
+        """The stacked expert weights (n_exp, n_out, n_in) of one MoE layer, kept quantized on the GPU."""
+        return GExperts.from_tensor(t)
+
+    def topk_softmax(self, logits, k: int):
+        """Router: (n, E) logits -> ids (n, k) int64 of the top-k experts and their softmax weights (n, k)."""
+        logits = cp.ascontiguousarray(logits, dtype=cp.float32)
+        n = logits.shape[0]
+        ids, weights = cp.empty((n, k), cp.int64), cp.empty((n, k), cp.float32)
+        K["topk_softmax"][_blocks(n, 64), 64, self.nbs](logits, ids, weights)
+        return ids, weights
+
+    def matmul_id(self, experts: GExperts, x, ids):
+        """y[t, j] = x[t] (or x[t, j]) @ W[ids[t, j]].T -> (n, k, n_out)"""
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        q = self._quant_of(x) if experts.family != "float" else None
+        if q is not None:
+            q = (q[0].view(cp.int32), q[1], q[2])
+        ids = cp.ascontiguousarray(self._ix(ids).reshape(x.shape[0], -1) if not isinstance(ids, cp.ndarray)
+                                   else ids.astype(cp.int64, copy=False))
+        return cuda_matmul.gmatmul_id(experts, x, ids, self.nbs, q)
+
+    def moe_sum(self, y, weights):
+        """out[t] = sum_j weights[t, j] * y[t, j]"""
+        y = cp.ascontiguousarray(y)
+        out = cp.empty((y.shape[0], y.shape[2]), cp.float32)
+        K["moe_sum"][_blocks(out.size, 256), 256, self.nbs](y, cp.ascontiguousarray(weights), out)
         return out
 
     def argmax(self, logits):

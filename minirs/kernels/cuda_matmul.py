@@ -2,6 +2,8 @@
 
     w = GMatrix.from_tensor(tensor)       # once per weight: upload, re-lay the blocks out for coalesced reads
     y = gmatmul(w, x, stream)             # x (n, n_in) float32 CuPy -> y (n, n_out) float32 CuPy
+    ex = GExperts.from_tensor(t3)         # MoE: the stacked experts (n_exp, n_out, n_in), one GMatrix of rows
+    y = gmatmul_id(ex, x, ids, stream)    # y[t, j] = x[t] @ W[ids[t, j]].T   (n, K, n_out)
     e = gembed(w, ids, scale, stream)     # rows `ids` of W as float32 (token embedding lookup)
 
 Weights keep the families of the CPU matmul (cpu_matmul.py), with f16 group scales so that a Q4_0 matrix takes
@@ -325,6 +327,70 @@ def gemv_float(w, x, y):
     _store4(y, t, r0, n_out, a0, a1, a2, a3)
 
 
+def gemv_id_q45(q, h, d, m, ids, xdiv, xq, xd, xs, y, off, has_h, has_m):
+    """Expert GEMV (llama.cpp's mul_mat_id): y[p, r] = sum_k W_e[r, k] * x[p // xdiv, k], e = ids[p // K, p % K],
+    for each (token, slot) pair p = t * K + j, W the stacked experts (GExperts: expert e owns rows e * n_out ..).
+    The expert ids are read from device memory (a CUDA graph stays right as routing changes). Block (row group,
+    p) as gemv_q45 with one token per block."""
+    n_out = y.shape[1]
+    kk = ids.shape[1]
+    p = cuda.blockIdx.y
+    base = ids[p // kk, p % kk] * n_out
+    r0 = cuda.blockIdx.x * R
+    ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
+        base + min(r0 + 3, n_out - 1)
+    tx = p // xdiv
+    z = float32(0.0)
+    c0 = (z, z, z, z)
+    for b in range(cuda.threadIdx.x, d.shape[1], 32 * NW):
+        wa, wb, wc, wd = _w45(q, h, ra, b, has_h), _w45(q, h, rb, b, has_h), _w45(q, h, rc, b, has_h), \
+            _w45(q, h, rd, b, has_h)
+        dv = (float32(d[ra, b]), float32(d[rb, b]), float32(d[rc, b]), float32(d[rd, b]))
+        mv = (z, z, z, z)
+        if has_m:
+            mv = (float32(m[ra, b]), float32(m[rb, b]), float32(m[rc, b]), float32(m[rd, b]))
+        c0 = _tok45(c0, xq, xd, xs, tx, b, wa, wb, wc, wd, dv, mv, off)
+    _store_t(y, p, 0, r0, c0)
+
+
+def gemv_id_q8(q, d, m, ids, xdiv, xq, xd, xs, y, g16, has_m):
+    """gemv_id_q45 for the q8 family."""
+    n_out = y.shape[1]
+    kk = ids.shape[1]
+    p = cuda.blockIdx.y
+    base = ids[p // kk, p % kk] * n_out
+    r0 = cuda.blockIdx.x * R
+    ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
+        base + min(r0 + 3, n_out - 1)
+    tx = p // xdiv
+    z = float32(0.0)
+    c0 = (z, z, z, z)
+    for b in range(cuda.threadIdx.x, xd.shape[1], 32 * NW):
+        wa, wb, wc, wd = _w8(q, ra, b), _w8(q, rb, b), _w8(q, rc, b), _w8(q, rd, b)
+        c0 = _tok8(c0, xq, xd, xs, tx, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
+    _store_t(y, p, 0, r0, c0)
+
+
+def gemv_id_float(w, ids, xdiv, x, y):
+    """gemv_id_q45 for float16 / float32 experts and float32 x."""
+    n_out = y.shape[1]
+    kk = ids.shape[1]
+    p = cuda.blockIdx.y
+    base = ids[p // kk, p % kk] * n_out
+    r0 = cuda.blockIdx.x * R
+    ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
+        base + min(r0 + 3, n_out - 1)
+    tx = p // xdiv
+    a0 = a1 = a2 = a3 = float32(0.0)
+    for k in range(cuda.threadIdx.x, w.shape[1], 32 * NW):
+        xv = x[tx, k]
+        a0 += float32(w[ra, k]) * xv
+        a1 += float32(w[rb, k]) * xv
+        a2 += float32(w[rc, k]) * xv
+        a3 += float32(w[rd, k]) * xv
+    _store4(y, p, r0, n_out, a0, a1, a2, a3)
+
+
 def dequant_q45(q, h, d, m, off, has_h, has_m, rows, scale, out):
     """out[i, :] = W[rows[i], :] * scale for the q4 / q5 family.  One block per output row; a thread per byte of
     q (elements j and j + 16 of a 32-block), so a warp writes 64 consecutive outputs."""
@@ -376,6 +442,11 @@ SIGS = {
     gemv_q8: [f"void(int32{_A}, float16{_A}, float16{_A}, int32{_A}, float32{_A}, int32{_A}, float32{_A}, "
               "boolean, boolean)"],
     gemv_float: [f"void({w}{_A}, float32{_A}, float32{_A})" for w in ("float16", "float32")],
+    gemv_id_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int32{_A}, float32{_A}, "
+                  f"int32{_A}, float32{_A}, int32, boolean, boolean)"],
+    gemv_id_q8: [f"void(int32{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int32{_A}, float32{_A}, int32{_A}, "
+                 f"float32{_A}, boolean, boolean)"],
+    gemv_id_float: [f"void({w}{_A}, int64{_A}, int64, float32{_A}, float32{_A})" for w in ("float16", "float32")],
     dequant_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int32, boolean, boolean, int64[::1], "
                   f"float32, {o}{_A})" for o in ("float16", "float32")],
     dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, {o}{_A})"
@@ -480,6 +551,33 @@ class GMatrix:
         return cls(qt, n_out, n_in, "q45", q, d, m, h, 0, 32, has_m, family == "q5")
 
 
+
+@dataclass
+class GExperts:
+    """The stacked experts (n_exp, n_out, n_in) of one MoE weight as one GMatrix of n_exp * n_out rows: expert e
+    owns rows e * n_out .. (e + 1) * n_out, each row laid out as any GMatrix row (the relayout is per row)."""
+
+    w: GMatrix
+    n_exp: int
+    n_out: int
+
+    @property
+    def n_in(self) -> int:
+        return self.w.n_in
+
+    @property
+    def family(self) -> str:
+        return self.w.family
+
+    @classmethod
+    def from_tensor(cls, t: Tensor) -> "GExperts":
+        if len(t.shape) != 3:
+            raise ValueError(f"{t.name}: stacked experts need 3 dims (n_exp, n_out, n_in), got shape {t.shape}")
+        n_exp, n_out, n_in = t.shape
+        flat = Tensor(t.name, t.qtype, (n_exp * n_out, n_in), t.rows().reshape(-1))
+        return cls(GMatrix.from_tensor(flat), n_exp, n_out)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Launchers (all on the backend's stream; CuPy arrays are passed to Numba through __cuda_array_interface__)
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,3 +627,39 @@ def dequant(w: GMatrix, rows, scale: float, dtype, stream):
     else:
         K["dequant_float"][grid, DQ_THREADS, stream](w.q, rows, scale, out)
     return out
+
+
+def gmatmul_id(ex: GExperts, x, ids, stream, xquant=None):
+    """y[t, j] = x[t] (x (n, n_in)) or x[t, j] (x (n, K, n_in)) @ W[ids[t, j]].T -> y (n, K, n_out) float32.
+
+    n <= GEMV_MAX_N: one expert-GEMV launch over every (token, slot) pair, ids read on the GPU (graph-capturable).
+    Larger n (prefill): the ids come to the host, and each expert used multiplies the rows routed to it (its rows
+    dequantized to float16, cuBLAS), as the CPU backend does.
+    """
+    import cupy as cp
+    n, kk = ids.shape
+    x2 = x.reshape(-1, x.shape[-1])  # (n or n * K, n_in)
+    xdiv = kk if x.ndim == 2 else 1  # pair p reads x2 row p // xdiv
+    w, n_out = ex.w, ex.n_out
+    y = cp.empty((n * kk, n_out), cp.float32)
+    if n <= GEMV_MAX_N:
+        grid = (math.ceil(n_out / R), n * kk)
+        if w.family == "float":
+            K["gemv_id_float"][grid, 32 * NW, stream](w.q, ids, xdiv, x2, y)
+            return y.reshape(n, kk, n_out)
+        xq, xd, xs = xquant if xquant is not None else quantize(x2, stream)
+        if w.family == "q45":
+            K["gemv_id_q45"][grid, 32 * NW, stream](w.q, w.h, w.d, w.m, ids, xdiv, xq, xd, xs, y, w.off, w.has_h,
+                                                    w.has_m)
+        else:
+            K["gemv_id_q8"][grid, 32 * NW, stream](w.q.view(cp.int32), w.d, w.m, ids, xdiv, xq, xd, xs, y, w.g == 16,
+                                                   w.has_m)
+        return y.reshape(n, kk, n_out)
+    cp.cuda.get_current_stream().synchronize()
+    flat = cp.asnumpy(ids).reshape(-1)
+    for e in np.unique(flat):
+        sel = np.nonzero(flat == e)[0]  # flat (t, j) pairs routed to expert e
+        xs = x2[cp.asarray(sel // xdiv)].astype(cp.float16)
+        wf = dequant(w, cp.arange(int(e) * n_out, (int(e) + 1) * n_out, dtype=cp.int64), 1.0, cp.float16, stream)
+        y[cp.asarray(sel)] = cp.matmul(xs, wf.T).astype(cp.float32)
+    return y.reshape(n, kk, n_out)

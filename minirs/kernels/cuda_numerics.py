@@ -39,15 +39,22 @@ def dequantize_x(xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
 class GpuNumericsCpu(CpuBackend):
     """CpuBackend whose matmuls and KV cache round as the CUDA backend's do (module docstring)."""
 
-    def matmul(self, w, x: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _round_x(w, x: np.ndarray, n: int) -> np.ndarray:
+        """x as the GPU matmul of a batch of n tokens reads it: int8 per 32-block (GEMV) or float16 (cuBLAS)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if w.family == "float":
-            pass
-        elif x.shape[0] <= GEMV_MAX_N and x.shape[1] % 32 == 0:
-            x = dequantize_x(*quantize_x(x)[:2])
-        else:
-            x = x.astype(np.float16).astype(np.float32)
-        return super().matmul(w, x)
+            return x
+        if n <= GEMV_MAX_N and x.shape[-1] % 32 == 0:
+            x2 = x.reshape(-1, x.shape[-1])
+            return dequantize_x(*quantize_x(x2)[:2]).reshape(x.shape)
+        return x.astype(np.float16).astype(np.float32)
+
+    def matmul(self, w, x: np.ndarray) -> np.ndarray:
+        return super().matmul(w, self._round_x(w, x, x.shape[0]))
+
+    def matmul_id(self, experts, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return super().matmul_id(experts, self._round_x(experts[0], x, ids.shape[0]), ids)
 
     def kv_write(self, kc, vc, slots, pos, k, v) -> None:
         f16 = lambda a: np.ascontiguousarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)  # noqa: E731

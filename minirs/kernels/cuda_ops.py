@@ -1,5 +1,5 @@
-"""Numba CUDA kernels for everything but the quantized matmul: RMSNorm, RoPE, gated activations, KV writes,
-attention and greedy sampling. Each has a NumPy twin in kernels/ref.py (argmax: np.argmax); tests compare them.
+"""Numba CUDA kernels for everything but the quantized matmul: RMSNorm, LayerNorm, RoPE, activations, biases,
+KV writes, attention, MoE routing and combining, and greedy sampling. Each has a NumPy twin in kernels/ref.py (argmax: np.argmax); tests compare them.
 The `_q` variants also write their output in the int8 form the GEMVs read (cuda_matmul.quantize_x), so the
 matmuls after a norm, the activation or attention need no quantize kernel of their own.
 
@@ -150,7 +150,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
     Block (t*h + head, s) takes the keys lo + s*chunk .. of token t's range [lo, pos[t]] (flash-decoding: a
     decode step spreads a long context over many blocks). Warp w of its nw <= ATT_WARPS warps takes keys
     w, w + nw, ... of the chunk with an online softmax, lanes split the head dims (d / 32 each, in registers), and
-    the warps are merged at the end. out: (n, h, S, d), S = gridDim.y. With S == 1 out is the attention output;
+    the warps are merged at the end (head_dim < 32 or not a multiple of 32: the lanes past d idle). out: (n, h, S, d), S = gridDim.y. With S == 1 out is the attention output;
     otherwise out holds each chunk's unnormalised sum, pm its max score and pl its sum of exp(score - max), and
     attn_reduce combines them.
     """
@@ -177,11 +177,10 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
     warp = cuda.threadIdx.x >> 5
     lane = cuda.threadIdx.x & 31
     nw = cuda.blockDim.x >> 5
-    per = d >> 5
     qv = cuda.local.array(ATT_MAXE, float32)
     o = cuda.local.array(ATT_MAXE, float32)
     for i in range(ATT_MAXE):
-        if i < per:
+        if lane + 32 * i < d:
             qv[i] = q[t, head, lane + 32 * i] * scale
             o[i] = 0.0
     mx = float32(-math.inf)
@@ -190,7 +189,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
         r = j % L
         sc = float32(0.0)
         for i in range(ATT_MAXE):
-            if i < per:
+            if lane + 32 * i < d:
                 sc += qv[i] * float32(k_cache[s, kv, r, lane + 32 * i])
         for off in (16, 8, 4, 2, 1):
             sc += cuda.shfl_xor_sync(0xFFFFFFFF, sc, off)
@@ -201,7 +200,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
         pe = math.exp(sc - mnew)
         lsum = lsum * corr + pe
         for i in range(ATT_MAXE):
-            if i < per:
+            if lane + 32 * i < d:
                 o[i] = o[i] * corr + pe * float32(v_cache[s, kv, r, lane + 32 * i])
         mx = mnew
     sm_m = cuda.shared.array(ATT_WARPS, float32)
@@ -211,7 +210,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
         sm_m[warp] = mx
         sm_l[warp] = lsum
     for i in range(ATT_MAXE):
-        if i < per:
+        if lane + 32 * i < d:
             sm_o[warp, lane + 32 * i] = o[i]
     cuda.syncthreads()
     big = sm_m[0]
@@ -235,7 +234,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
 def attn_reduce(pm, pl, po, out, quant, xq, xd, xs):
     """out[t, head] = sum_s exp(pm_s - M) po_s / sum_s exp(pm_s - M) pl_s over the chunks s of split attention
     (M = max_s pm_s); with quant, out is also quantized per 32-block for the output-projection GEMV (row t of
-    xq is out[t] flattened over heads).  A block of d threads per (token, head); d % 32 == 0."""
+    xq is out[t] flattened over heads; d % 32 == 0).  A block of d threads per (token, head)."""
     n, h, S, d = po.shape
     job = cuda.blockIdx.x
     t = job // h
@@ -285,6 +284,127 @@ def argmax_rows(x, out):
         out[i] = bi
 
 
+def _block_sum(s):
+    """Sum of s over the whole block (blockDim a multiple of 32, at most 1024); every thread gets the total."""
+    for o in (16, 8, 4, 2, 1):
+        s += cuda.shfl_xor_sync(0xFFFFFFFF, s, o)
+    part = cuda.shared.array(32, float32)
+    cuda.syncthreads()  # an earlier call's readers of part are done
+    if (cuda.threadIdx.x & 31) == 0:
+        part[cuda.threadIdx.x >> 5] = s
+    cuda.syncthreads()
+    total = float32(0.0)
+    for k in range(cuda.blockDim.x >> 5):
+        total += part[k]
+    return total
+
+
+def _ln_row(x, i, eps, v):
+    """Load row i of x into v (as _load_row) and return its mean and 1 / sqrt(var + eps) (two passes over the
+    registers: the variance of the centred values, not E[x^2] - mean^2)."""
+    d = x.shape[1]
+    tid = cuda.threadIdx.x
+    s = float32(0.0)
+    for u in range(RMS_MAXE):
+        j = tid + u * cuda.blockDim.x
+        v[u] = x[i, j] if j < d else float32(0.0)
+        s += v[u]
+    mu = _block_sum(s) / float32(d)
+    ss = float32(0.0)
+    for u in range(RMS_MAXE):
+        if tid + u * cuda.blockDim.x < d:
+            ss += (v[u] - mu) * (v[u] - mu)
+    return mu, float32(1.0) / math.sqrt(_block_sum(ss) / float32(d) + eps)
+
+
+def layernorm(x, w, b, eps, out):
+    """out[i] = (x[i] - mean(x[i])) / sqrt(var(x[i]) + eps) * w + b   for each row i of x (n, d).  One block
+    per row, as rmsnorm."""
+    i = cuda.blockIdx.x
+    d = x.shape[1]
+    v = cuda.local.array(RMS_MAXE, float32)
+    mu, r = _ln_row(x, i, eps, v)
+    for u in range(RMS_MAXE):
+        j = cuda.threadIdx.x + u * cuda.blockDim.x
+        if j < d:
+            out[i, j] = (v[u] - mu) * r * w[j] + b[j]
+
+
+def layernorm_q(x, w, b, eps, out, xq, xd, xs):
+    """layernorm, and out also quantized to int8 per 32-block for the GEMVs after it (as rmsnorm_q)."""
+    i = cuda.blockIdx.x
+    d = x.shape[1]
+    v = cuda.local.array(RMS_MAXE, float32)
+    mu, r = _ln_row(x, i, eps, v)
+    for u in range(RMS_MAXE):
+        j0 = (cuda.threadIdx.x & ~31) + u * cuda.blockDim.x
+        if j0 < d:
+            j = j0 + (cuda.threadIdx.x & 31)
+            y = (v[u] - mu) * r * w[j] + b[j]
+            out[i, j] = y
+            quant32(y, i, j0 >> 5, xq, xd, xs)
+
+
+def add_bias_(x, b):
+    """x[i, j] += b[j], in place.  A thread per element."""
+    n, f = x.shape
+    e = cuda.grid(1)
+    if e < n * f:
+        x[e // f, e % f] += b[e % f]
+
+
+def act(x, gelu, out):
+    """out = act(x), act = SiLU, or tanh-GELU when gelu (the non-gated MLP).  A thread per element."""
+    n, f = x.shape
+    e = cuda.grid(1)
+    if e < n * f:
+        out[e // f, e % f] = _act(x[e // f, e % f], gelu)
+
+
+def topk_softmax(logits, ids, weights):
+    """MoE routing: ids[t] = the k = ids.shape[1] largest logits[t] (largest first, lowest index on ties, as the
+    CPU's), weights[t] = their softmax over those k.  A thread per token; pick j is the largest logit ordered
+    after pick j - 1 by (value descending, index ascending), so no 'taken' array is needed."""
+    t = cuda.grid(1)
+    n, n_exp = logits.shape
+    if t >= n:
+        return
+    k = ids.shape[1]
+    pv = float32(math.inf)
+    pi = -1
+    for j in range(k):
+        best = -1
+        bv = float32(-math.inf)
+        for c in range(n_exp):
+            lc = logits[t, c]
+            if (lc < pv or (lc == pv and c > pi)) and (best < 0 or lc > bv):
+                best, bv = c, lc
+        ids[t, j] = best
+        weights[t, j] = bv
+        pv, pi = bv, best
+    top = weights[t, 0]
+    total = float32(0.0)
+    for j in range(k):
+        e = math.exp(weights[t, j] - top)
+        weights[t, j] = e
+        total += e
+    for j in range(k):
+        weights[t, j] /= total
+
+
+def moe_sum(y, weights, out):
+    """out[t, c] = sum_j weights[t, j] * y[t, j, c]   y (n, k, d).  A thread per element of out."""
+    n, k, d = y.shape
+    e = cuda.grid(1)
+    if e >= n * d:
+        return
+    t, c = e // d, e % d
+    acc = float32(0.0)
+    for j in range(k):
+        acc += weights[t, j] * y[t, j, c]
+    out[t, c] = acc
+
+
 _A2, _A3, _A4 = "[:, ::1]", "[:, :, ::1]", "[:, :, :, ::1]"
 _Q = f"int8{_A2}, float32{_A2}, int32{_A2}"  # xq, xd, xs of cuda_matmul.quantize_x
 SIGS = {
@@ -298,9 +418,17 @@ SIGS = {
                 f"int64, float32{_A3}, float32{_A3}, float32{_A4})"],
     attn_reduce: [f"void(float32{_A3}, float32{_A3}, float32{_A4}, float32{_A3}, boolean, {_Q})"],
     argmax_rows: [f"void(float32{_A2}, int64[::1])"],
+    layernorm: [f"void(float32{_A2}, float32[::1], float32[::1], float32, float32{_A2})"],
+    layernorm_q: [f"void(float32{_A2}, float32[::1], float32[::1], float32, float32{_A2}, {_Q})"],
+    add_bias_: [f"void(float32{_A2}, float32[::1])"],
+    act: [f"void(float32{_A2}, boolean, float32{_A2})"],
+    topk_softmax: [f"void(float32{_A2}, int64{_A2}, float32{_A2})"],
+    moe_sum: [f"void(float32{_A3}, float32{_A2}, float32{_A2})"],
 }
 _load_row = cuda.jit(device=True, inline=True)(_load_row)
 _act = cuda.jit(device=True, inline=True)(_act)
+_block_sum = cuda.jit(device=True, inline=True)(_block_sum)
+_ln_row = cuda.jit(device=True, inline=True)(_ln_row)
 # Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
 _EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
 K = {f.__name__: cuda.jit(sigs)(f) if _EAGER else cuda.jit(f) for f, sigs in SIGS.items()}
