@@ -104,3 +104,11 @@ def test_matmul_id_and_moe_sum(rng, qtype):
         assert rel_err(be.matmul_id(experts, x, ids), ref.matmul_id(wd, x, ids)) < tol
     y, wts = rng.standard_normal((5, 2, 48)).astype(np.float32), rng.random((5, 2)).astype(np.float32)
     assert rel_err(be.moe_sum(y, wts), ref.moe_sum(y, wts)) < RTOL
+
+
+def test_gated_act_rows_equals_serial(rng):
+    g, u = rng.standard_normal((2, 40, 256)).astype(np.float32)
+    for gelu in (False, True):
+        a = cpu_ops.gated_act(g, u, gelu, np.empty_like(g))
+        b = cpu_ops.gated_act_rows(g, u, gelu, np.empty_like(g))
+        np.testing.assert_array_equal(a, b)

@@ -66,7 +66,9 @@ class CpuBackend:
         cpu_ops.rope_(x, pos, inv_freq, neox)
 
     def gated_act(self, gate: np.ndarray, up: np.ndarray, activation: str) -> np.ndarray:
-        return cpu_ops.gated_act(gate, up, activation == "gelu", np.empty_like(gate))
+        # large batches (prefill) spread rows over the threads; a decode step is cheaper than waking them
+        kernel = cpu_ops.gated_act_rows if gate.shape[0] >= 16 else cpu_ops.gated_act
+        return kernel(gate, up, activation == "gelu", np.empty_like(gate))
 
     def kv_write(self, kc, vc, slots, pos, k, v) -> None:
         cpu_ops.kv_write(kc, vc, slots, pos, k, v)

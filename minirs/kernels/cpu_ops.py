@@ -42,19 +42,31 @@ def rope_(x, pos, inv_freq, neox):
     return x
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _gated_row(gate, up, gelu, out, i):
+    k = math.sqrt(2.0 / math.pi)
+    for j in range(gate.shape[1]):
+        g = gate[i, j]
+        if gelu:
+            a = 0.5 * g * (1.0 + math.tanh(k * (g + 0.044715 * g * g * g)))
+        else:
+            a = g / (1.0 + math.exp(-g))
+        out[i, j] = a * up[i, j]
+
+
 @njit(cache=True, fastmath=True)
 def gated_act(gate, up, gelu, out):
     """out = act(gate) * up, act = SiLU, or tanh-GELU when gelu is True.  gate, up, out: (n, f)."""
-    n, f = gate.shape
-    k = math.sqrt(2.0 / math.pi)
-    for i in range(n):
-        for j in range(f):
-            g = gate[i, j]
-            if gelu:
-                a = 0.5 * g * (1.0 + math.tanh(k * (g + 0.044715 * g * g * g)))
-            else:
-                a = g / (1.0 + math.exp(-g))
-            out[i, j] = a * up[i, j]
+    for i in range(gate.shape[0]):
+        _gated_row(gate, up, gelu, out, i)
+    return out
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def gated_act_rows(gate, up, gelu, out):
+    """gated_act with the rows spread over the threads: for prefill-sized batches (the same per-row math)."""
+    for i in prange(gate.shape[0]):
+        _gated_row(gate, up, gelu, out, i)
     return out
 
 
@@ -70,38 +82,48 @@ def kv_write(k_cache, v_cache, slots, pos, k, v):
 
 @njit(cache=True, parallel=True, fastmath=True)
 def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
-    """Causal GQA over ring-buffer caches; see ref.attention for the math.  q, out: (n, h, d)."""
+    """Causal GQA over ring-buffer caches; see ref.attention for the math.  q, out: (n, h, d).
+
+    One (token, head) per job; float32 dot products (a float64 accumulator would halve the SIMD width), the
+    output summed in a local row. Each job reads only its own token's cache rows, so a row's result does not
+    depend on the other rows of the batch.
+    """
     n, h, d = q.shape
     h_kv, L = k_cache.shape[1], k_cache.shape[2]
     group = h // h_kv
+    scale32 = np.float32(scale)
     for job in prange(n * h):
         t, head = job // h, job % h
         s, kv, p = slots[t], head // group, pos[t]
         lo = max(0, p - window + 1) if window > 0 else 0
         m = p + 1 - lo
+        qv = q[t, head]
+        keys, vals = k_cache[s, kv], v_cache[s, kv]  # (L, d) rings
         scores = np.empty(m, dtype=np.float32)
-        best = -np.inf
+        best = np.float32(-np.inf)
         for jj in range(m):
-            r = (lo + jj) % L
-            acc = 0.0
+            kr = keys[(lo + jj) % L]
+            acc = np.float32(0.0)
             for c in range(d):
-                acc += q[t, head, c] * k_cache[s, kv, r, c]
-            acc *= scale
+                acc += qv[c] * kr[c]
+            acc *= scale32
             if softcap > 0:
-                acc = softcap * math.tanh(acc / softcap)
+                acc = np.float32(softcap * math.tanh(acc / softcap))
             scores[jj] = acc
             best = max(best, acc)
-        total = 0.0
+        total = np.float32(0.0)
         for jj in range(m):
-            scores[jj] = math.exp(scores[jj] - best)
-            total += scores[jj]
-        for c in range(d):
-            out[t, head, c] = 0.0
+            e = np.float32(math.exp(scores[jj] - best))
+            scores[jj] = e
+            total += e
+        inv = np.float32(1.0) / total
+        o = np.zeros(d, dtype=np.float32)
         for jj in range(m):
-            r = (lo + jj) % L
-            wgt = scores[jj] / total
+            wgt = scores[jj] * inv
+            vr = vals[(lo + jj) % L]
             for c in range(d):
-                out[t, head, c] += wgt * v_cache[s, kv, r, c]
+                o[c] += wgt * vr[c]
+        out[t, head, :] = o
     return out
 
 
