@@ -40,6 +40,7 @@ from numba.extending import intrinsic
 
 from minirs.formats.model_file import Tensor
 from minirs.formats.types import QTYPES
+from minirs.kernels import kquant_relayout as kq
 
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _NO_M = np.zeros((0, 0, 0), np.float32)
@@ -113,18 +114,6 @@ def _nibbles(qs: np.ndarray) -> np.ndarray:
     return np.concatenate([qs & 15, qs >> 4], axis=-1)
 
 
-def _k_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K / Q5_K 12-byte scales -> (sc, mn), each (..., 8) 6-bit values.
-
-    bytes 0-3: sc[0..3] low 6 bits, sc[4..7] bits 4-5 in the top 2; bytes 4-7: mn alike;
-    bytes 8-11: low nibble sc[4..7] bits 0-3, high nibble mn[4..7] bits 0-3.
-    """
-    a, b, c = s[..., 0:4], s[..., 4:8], s[..., 8:12]
-    sc = np.concatenate([a & 63, (c & 15) | ((a >> 2) & 48)], axis=-1)
-    mn = np.concatenate([b & 63, (c >> 4) | ((b >> 2) & 48)], axis=-1)
-    return sc.astype(np.float32), mn.astype(np.float32)
-
-
 def _legacy(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     """Q4_0 [d f16, qs 16], Q4_1 [d f16, m f16, qs 16], Q5_0 [d f16, qh u32, qs 16], Q5_1 [d, m, qh u32, qs 16],
     IQ4_NL [d f16, qs 16], Q8_0 [d f16, qs int8 32]. 32 elements per block; qs byte j holds element j (low
@@ -156,7 +145,7 @@ def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     """
     nb = n_in // 256
     blk = rows.reshape(n_out, nb, -1)
-    sc, mn = _k_scale_min(blk[..., 4:16])
+    sc, mn = kq._k_scale_min(blk[..., 4:16])
     d = (_f16(blk[..., 0:2])[..., None] * sc).reshape(n_out, -1)
     m = -(_f16(blk[..., 2:4])[..., None] * mn).reshape(n_out, -1)
     qs = blk[..., -128:].reshape(n_out, nb, 4, 1, 32)
@@ -184,48 +173,11 @@ def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), d)
 
 
-def _q6_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """Q6_K [ql 128, qh 64, scales int8 16, d f16], 256 elements. Element e = 128*h + 64*s + l (l < 64) has low
-    nibble s of ql[64*h + l]; e = 128*h + 32*t + l (l < 32) has bits 2t..2t+1 of qh[32*h + l] as bits 4-5;
-    weight (d * scales[e // 16]) * (q - 32)."""
-    nb = n_in // 256
-    blk = rows.reshape(n_out, nb, -1)
-    ql = (blk[..., 0:128].reshape(n_out, nb, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(2, 1)) & 15
-    qh = (blk[..., 128:192].reshape(n_out, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 3
-    q = (ql.reshape(n_out, nb, 256) | (qh.reshape(n_out, nb, 256) << 4)).astype(np.int8) - np.int8(32)
-    sc = blk[..., 192:208].view(np.int8).astype(np.float32)
-    d = (_f16(blk[..., 208:210])[..., None] * sc).reshape(n_out, -1)
-    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, n_in), d)
-
-
-def _q3_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """Q3_K [hmask 32, qs 64, scales 12, d f16], 256 elements. Element e = 128*h + 32*s + l has bits 2s..2s+1 of
-    qs[32*h + l], minus 4 unless bit e // 32 of hmask[l] is set; 16 6-bit scales (low nibbles from bytes 0-7,
-    2-bit highs from bytes 8-11), weight (d * (scale - 32)) * q."""
-    nb = n_in // 256
-    blk = rows.reshape(n_out, nb, -1)
-    ql = (blk[..., 32:96].reshape(n_out, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 3
-    hm = (blk[..., 0:32].reshape(n_out, nb, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1
-    q = ql.reshape(n_out, nb, 256).astype(np.int8) - ((hm.reshape(n_out, nb, 256) ^ 1) << 2).astype(np.int8)
-    s = blk[..., 96:108]
-    k = np.arange(16)
-    lo = (s[..., k % 8] >> (4 * (k // 8)).astype(np.uint8)) & 15
-    hi = (s[..., 8 + k % 4] >> (2 * (k // 4)).astype(np.uint8)) & 3
-    sc = ((lo | (hi << 4)).astype(np.int8) - np.int8(32)).astype(np.float32)
-    d = (_f16(blk[..., 108:110])[..., None] * sc).reshape(n_out, -1)
-    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, n_in), d)
-
-
-def _q2_k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """Q2_K [scales 16, qs 64, d f16, dmin f16], 256 elements. Element e = 128*h + 32*s + l is bits 2s..2s+1 of
-    qs[32*h + l]; weight (d * (scales[e//16] & 15)) * q - dmin * (scales[e//16] >> 4)."""
-    nb = n_in // 256
-    blk = rows.reshape(n_out, nb, -1)
-    q = (blk[..., 16:80].reshape(n_out, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 3
-    s = blk[..., 0:16]
-    d = (_f16(blk[..., 80:82])[..., None] * (s & 15).astype(np.float32)).reshape(n_out, -1)
-    m = -(_f16(blk[..., 82:84])[..., None] * (s >> 4).astype(np.float32)).reshape(n_out, -1)
-    return _make(qtype, n_out, n_in, "q8", q.astype(np.int8).reshape(n_out, n_in), d, m)
+def _kquant_q8(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
+    """Q6_K, Q3_K, Q2_K: one int8 per element with a scale (and an offset) per 16-group, decoded by
+    kquant_relayout (their block layouts are written there), then tiled for the q8 kernels."""
+    _, q, d, m, _ = kq.RELAYOUT[qtype](qtype, n_out, n_in, rows)
+    return _make(qtype, n_out, n_in, "q8", q, d, m)
 
 
 def _float(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
@@ -236,7 +188,7 @@ def _float(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
 
 _RELAYOUT = {
     "Q4_0": _legacy, "Q4_1": _legacy, "Q5_0": _legacy, "Q5_1": _legacy, "Q8_0": _legacy, "IQ4_NL": _legacy,
-    "Q4_K": _q45k, "Q5_K": _q45k, "IQ4_XS": _iq4_xs, "Q6_K": _q6_k, "Q3_K": _q3_k, "Q2_K": _q2_k,
+    "Q4_K": _q45k, "Q5_K": _q45k, "IQ4_XS": _iq4_xs, "Q6_K": _kquant_q8, "Q3_K": _kquant_q8, "Q2_K": _kquant_q8,
     "F32": _float, "F16": _float, "BF16": _float,
 }
 
@@ -383,7 +335,7 @@ def _mm_float(raw, kind, x, y):
     # or bf16 (kind 2), converted in groups of 32 inputs for L = 64 rows at a time (Numba has no float16); the
     # order is the quantized kernels' with d = 1 and no m. x is zero-padded to whole groups (x.shape[1] >= n_in)
     # and the missing weights of a last partial group read as 0, so fma(0, 0, s) leaves s unchanged.
-    n_out, n_in = raw.shape
+    n_out = raw.shape[0]
     L = 64
     ones = np.ones(L, np.float32)
     no_m = np.zeros(0, np.float32)

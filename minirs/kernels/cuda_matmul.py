@@ -534,9 +534,9 @@ class GMatrix:
             off = 0 if has_m else (16 if qt.startswith("Q5") else 8)
             del blk
             return cls(qt, n_out, n_in, "q45", q, d, m, h, off, 32, has_m, qt.startswith("Q5"))
-        # k-quants: raw blocks uploaded, re-laid out on the GPU by cuda_relayout's array code (CuPy) into the
+        # k-quants: raw blocks uploaded, re-laid out on the GPU by kquant_relayout's array code (CuPy) into the
         # same families, with f16 scales
-        from minirs.kernels.cuda_relayout import RELAYOUT
+        from minirs.kernels.kquant_relayout import RELAYOUT
         if qt not in RELAYOUT:
             raise NotImplementedError(f"{t.name}: no CUDA matmul for type {qt}")
         family, q, d, m, h = RELAYOUT[qt](qt, n_out, n_in, cp.asarray(t.rows()), xp=cp)

@@ -1,9 +1,10 @@
-"""Load-time re-layout of the k-quants (Q2_K..Q6_K) into the CUDA matmul families, array code for NumPy or CuPy.
+"""Load-time re-layout of the k-quants (Q2_K..Q6_K) into plain matmul arrays, array code for NumPy or CuPy.
 
 Each function takes a tensor's raw rows (n_out, row_bytes) and returns (family, q, d, m, h): q4 / q5 nibbles with
 one scale (and offset) per 32-group, or q8 int8 elements with one per 16-group; d and m float32 (n_out, n_groups),
 m and h None when the type has none. Every block layout is written next to its decoder. The same code runs on
-the GPU (xp=cupy, rows uploaded raw: a 7B Q4_K loads in seconds) and on the host (xp=numpy, the tests' twin).
+the GPU (xp=cupy, rows uploaded raw: a 7B Q4_K loads in seconds) and on the host (xp=numpy), where the CPU
+matmul (cpu_matmul.py) uses it too before tiling the rows its own way.
 (The legacy 32-block types are re-laid out on the GPU too, in cuda_matmul.GMatrix.from_tensor.)
 """
 
