@@ -38,6 +38,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from minirs.errors import ModelError
 from minirs.formats.model_file import Tensor
 from minirs.formats.types import QTYPES
 from minirs.kernels import kquant_relayout as kq
@@ -77,7 +78,7 @@ class QMatrix:
             raise ValueError(f"{t.name}: a matrix needs 2 dims, got shape {t.shape}")
         n_out, n_in = t.shape
         if t.qtype not in _RELAYOUT:
-            raise NotImplementedError(f"{t.name}: no CPU matmul for type {t.qtype} (have {sorted(_RELAYOUT)})")
+            raise ModelError(f"{t.name}: no CPU matmul for type {t.qtype} (have {sorted(_RELAYOUT)})")
         if n_in % QTYPES[t.qtype].block_size:
             raise ValueError(f"{t.name}: n_in={n_in} is not a multiple of {t.qtype}'s block size")
         return _RELAYOUT[t.qtype](t.qtype, n_out, n_in, t.rows())

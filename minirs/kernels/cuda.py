@@ -24,6 +24,7 @@ import cupy as cp  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import cuda  # noqa: E402
 
+from minirs.errors import ModelError  # noqa: E402
 from minirs.formats import Tensor  # noqa: E402
 from minirs.kernels import cuda_matmul, cuda_ops  # noqa: E402
 from minirs.kernels.cuda_matmul import GExperts, GMatrix  # noqa: E402
@@ -137,7 +138,7 @@ class CudaBackend:
         n, d = x2.shape
         threads = min(1024, 32 * max(1, -(-d // 128)))  # ~4 elements per thread, held in registers
         if d > threads * cuda_ops.RMS_MAXE:
-            raise NotImplementedError(f"CUDA rmsnorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
+            raise ModelError(f"CUDA rmsnorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
         if x.ndim == 2 and self._fuse_quant(n, d):  # its output feeds GEMVs: write their int8 form too
             xq = self._new_quant(n, d)
             K["rmsnorm_q"][n, threads, self.nbs](x2, w, np.float32(eps), out, *xq)
@@ -171,7 +172,7 @@ class CudaBackend:
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap):
         n, h, d = q.shape
         if d > 32 * cuda_ops.ATT_MAXE:
-            raise NotImplementedError(f"CUDA attention handles head_dim up to {32 * cuda_ops.ATT_MAXE}, got {d}")
+            raise ModelError(f"CUDA attention handles head_dim up to {32 * cuda_ops.ATT_MAXE}, got {d}")
         q = cp.ascontiguousarray(q)
         sl, ps = self._ix(slots), self._ix(pos)
         keys = min(kc.shape[2], window) if window > 0 else kc.shape[2]  # the most keys one token can see
@@ -204,7 +205,7 @@ class CudaBackend:
         n, d = x2.shape
         threads = min(1024, 32 * max(1, -(-d // 128)))
         if d > threads * cuda_ops.RMS_MAXE:
-            raise NotImplementedError(f"CUDA layernorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
+            raise ModelError(f"CUDA layernorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
         if x.ndim == 2 and self._fuse_quant(n, d):
             xq = self._new_quant(n, d)
             K["layernorm_q"][n, threads, self.nbs](x2, w, b, np.float32(eps), out, *xq)

@@ -34,6 +34,7 @@ import numpy as np
 from numba import cuda, float32, int32
 from numba.cuda import libdevice
 
+from minirs.errors import ModelError
 from minirs.formats.model_file import Tensor
 
 GEMV_MAX_N = 32  # n <= this: GEMV kernels (graph-capturable, so batched decode too); larger n: dequantize + cuBLAS
@@ -538,7 +539,7 @@ class GMatrix:
         # same families, with f16 scales
         from minirs.kernels.kquant_relayout import RELAYOUT
         if qt not in RELAYOUT:
-            raise NotImplementedError(f"{t.name}: no CUDA matmul for type {qt}")
+            raise ModelError(f"{t.name}: no CUDA matmul for type {qt}")
         family, q, d, m, h = RELAYOUT[qt](qt, n_out, n_in, cp.asarray(t.rows()), xp=cp)
         has_m = m is not None
         d = d.astype(cp.float16)
