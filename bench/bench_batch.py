@@ -14,26 +14,12 @@ CUDA graphs padded to a few batch sizes (scheduler.GRAPH_BUCKETS); they differ i
 """
 
 import argparse
-import ctypes
 import statistics
 import threading
 import time
 from pathlib import Path
 
 import numba
-
-
-def set_blas_threads(n: int) -> None:
-    with open("/proc/self/maps") as f:
-        maps = f.read().splitlines()
-    for line in maps:
-        if "openblas" in line:
-            lib = ctypes.CDLL(line.split()[-1])
-            fn = getattr(lib, "scipy_openblas_set_num_threads64_", None) or getattr(lib, "openblas_set_num_threads",
-                                                                                     None)
-            if fn is not None:
-                fn(n)
-                return
 
 
 def run_batch(runner, n: int, max_tokens: int) -> float:
@@ -110,11 +96,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request")
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
     ap.add_argument("--modes", type=str, default="exact,fast", help="comma list of exact / fast")
-    ap.add_argument("--threads", type=int, default=0, help="numba and OpenBLAS threads (0: leave as is)")
+    ap.add_argument("--threads", type=int, default=0, help="Numba threads (0: leave as is); the forward uses no BLAS")
     args = ap.parse_args()
     if args.threads:
         numba.set_num_threads(args.threads)
-        set_blas_threads(args.threads)
     from minirs import Runner, Which
     from minirs.fetch import smollm2_path
     path = Path(args.gguf) if args.gguf else smollm2_path()

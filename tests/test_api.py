@@ -5,7 +5,6 @@ Numba and OpenBLAS run single-threaded here: the tests share two cores with othe
 OpenBLAS's spinning threads slow prefill by ~30x. Results do not depend on the thread count.
 """
 
-import ctypes
 import json
 import re
 import threading
@@ -22,30 +21,14 @@ T = 300  # seconds: nothing may hang
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def set_blas_threads(n: int) -> int | None:
-    """Set numpy's OpenBLAS thread count at run time; return the old one (None if not found)."""
-    with open("/proc/self/maps") as f:
-        maps = f.read().splitlines()
-    for line in maps:
-        if "openblas" in line:
-            lib = ctypes.CDLL(line.split()[-1])
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
-                if get is not None:
-                    old = get()
-                    getattr(lib, f"scipy_openblas_set_num_threads{suffix}")(n)
-                    return old
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def single_threaded():
-    old, old_blas = numba.get_num_threads(), set_blas_threads(1)
+    # one Numba thread: parallel regions degrade badly when other processes share the 2 cores (the forward
+    # uses no BLAS, so Numba's is the only thread pool)
+    old = numba.get_num_threads()
     numba.set_num_threads(1)
     yield
     numba.set_num_threads(old)
-    if old_blas:
-        set_blas_threads(old_blas)
 
 
 @pytest.fixture(scope="module")

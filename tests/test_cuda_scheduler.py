@@ -11,21 +11,9 @@ from minirs.kernels.cpu import CpuBackend
 from minirs.load import load_model
 from minirs.models.synthetic import write_random_gguf
 from minirs.scheduler import GRAPH_BUCKETS, Engine, GenParams, Job
+from test_scheduler import StubTokenizer
 
 TIMEOUT = 120
-
-
-class StubTokenizer:
-    eos_ids = ()
-
-    def stream_decoder(self, skip_special_tokens=False):
-        class D:
-            def feed(self, t):
-                return chr(97 + t % 26)
-
-            def flush(self):
-                return ""
-        return D()
 
 
 class GraphCpu(CpuBackend):

@@ -169,13 +169,13 @@ def _q3_k(b):
     return (dl * q).reshape(n, QK_K)
 
 
-def k_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K's eight 6-bit (scale, min) pairs from 12 bytes:
+def k_scale_min(s, xp=np) -> tuple:
+    """Q4_K/Q5_K's eight 6-bit (scale, min) pairs from the last axis of 12 bytes (NumPy or CuPy arrays):
     j < 4: sc = s[j] & 63, m = s[j+4] & 63;  j >= 4: sc = (s[j+4] & 15) | (s[j-4] >> 6) << 4,
     m = (s[j+4] >> 4) | (s[j] >> 6) << 4."""
-    lo, mid, hi = s[:, 0:4], s[:, 4:8], s[:, 8:12]
-    sc = np.concatenate([lo & 0x3F, (hi & 0x0F) | ((lo >> 6) << 4)], axis=-1)
-    m = np.concatenate([mid & 0x3F, (hi >> 4) | ((mid >> 6) << 4)], axis=-1)
+    lo, mid, hi = s[..., 0:4], s[..., 4:8], s[..., 8:12]
+    sc = xp.concatenate([lo & 0x3F, (hi & 0x0F) | ((lo >> 6) << 4)], axis=-1)
+    m = xp.concatenate([mid & 0x3F, (hi >> 4) | ((mid >> 6) << 4)], axis=-1)
     return sc, m
 
 

@@ -98,11 +98,6 @@ def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.n
     return QMatrix(qtype, n_out, n_in, family, tiles(q), tiles(d), _NO_M if m is None else tiles(m), off)
 
 
-def _f16(b: np.ndarray) -> np.ndarray:
-    """(..., 2) uint8 little-endian f16 bytes -> (...) float32."""
-    return np.ascontiguousarray(b).view(np.float16)[..., 0].astype(np.float32)
-
-
 def _pack_nibbles(v: np.ndarray) -> np.ndarray:
     """(n_out, n_groups, 32) values 0..15 -> (n_out, n_groups*16) bytes: lo nibble = element j, hi = element j+16."""
     v = v.astype(np.uint8)
@@ -122,13 +117,13 @@ def _legacy(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     Q5_0 d*(q-16), Q5_1 d*q+m, IQ4_NL d*IQ4_VALUES[q], Q8_0 d*q."""
     nb = n_in // 32
     blk = rows.reshape(n_out, nb, -1)
-    d = _f16(blk[..., 0:2])
+    d = kq._f16(blk[..., 0:2])
     if qtype == "Q8_0":
         return _make(qtype, n_out, n_in, "q8", np.ascontiguousarray(blk[..., 2:]).view(np.int8).reshape(n_out, -1), d)
     if qtype == "IQ4_NL":
         return _make(qtype, n_out, n_in, "q8", IQ4_VALUES[_nibbles(blk[..., 2:])].reshape(n_out, -1), d)
     has_m = qtype in ("Q4_1", "Q5_1")
-    m = _f16(blk[..., 2:4]) if has_m else None
+    m = kq._f16(blk[..., 2:4]) if has_m else None
     p = 4 if has_m else 2
     if qtype in ("Q4_0", "Q4_1"):
         return _make(qtype, n_out, n_in, "q4", np.ascontiguousarray(blk[..., p:]).reshape(n_out, -1), d, m,
@@ -147,8 +142,8 @@ def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     nb = n_in // 256
     blk = rows.reshape(n_out, nb, -1)
     sc, mn = kq._k_scale_min(blk[..., 4:16])
-    d = (_f16(blk[..., 0:2])[..., None] * sc).reshape(n_out, -1)
-    m = -(_f16(blk[..., 2:4])[..., None] * mn).reshape(n_out, -1)
+    d = (kq._f16(blk[..., 0:2])[..., None] * sc).reshape(n_out, -1)
+    m = -(kq._f16(blk[..., 2:4])[..., None] * mn).reshape(n_out, -1)
     qs = blk[..., -128:].reshape(n_out, nb, 4, 1, 32)
     v = ((qs >> np.array([0, 4], np.uint8).reshape(2, 1)) & 15).reshape(n_out, nb * 8, 32)
     if qtype == "Q4_K":
@@ -169,7 +164,7 @@ def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     lo = (sl[..., g // 2] >> (4 * (g % 2)).astype(np.uint8)) & 15
     hi = (sh >> (2 * g).astype(np.uint16)) & 3
     sc = (lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32
-    d = (_f16(blk[..., 0:2])[..., None] * sc.astype(np.float32)).reshape(n_out, -1)
+    d = (kq._f16(blk[..., 0:2])[..., None] * sc.astype(np.float32)).reshape(n_out, -1)
     q = IQ4_VALUES[_nibbles(blk[..., 8:].reshape(n_out, nb, 8, 16))]
     return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), d)
 

@@ -10,6 +10,8 @@ matmul (cpu_matmul.py) uses it too before tiling the rows its own way.
 
 import numpy as np
 
+from minirs.formats.quants import k_scale_min
+
 
 def _f16(b, xp=np):
     """(..., 2) uint8 little-endian f16 bytes -> (...) float32."""
@@ -29,14 +31,8 @@ def _pack_hbits(v, xp=np):
 
 
 def _k_scale_min(s, xp=np) -> tuple:
-    """Q4_K / Q5_K 12-byte scales -> (sc, mn), each (..., 8) 6-bit values.
-
-    bytes 0-3: sc[0..3] low 6 bits, sc[4..7] bits 4-5 in the top 2; bytes 4-7: mn alike;
-    bytes 8-11: low nibble sc[4..7] bits 0-3, high nibble mn[4..7] bits 0-3.
-    """
-    a, b, c = s[..., 0:4], s[..., 4:8], s[..., 8:12]
-    sc = xp.concatenate([a & 63, (c & 15) | ((a >> 2) & 48)], axis=-1)
-    mn = xp.concatenate([b & 63, (c >> 4) | ((b >> 2) & 48)], axis=-1)
+    """Q4_K / Q5_K 12-byte scales -> (sc, mn) as float32, each (..., 8): the format's decoder, as floats."""
+    sc, mn = k_scale_min(s, xp)
     return sc.astype(xp.float32), mn.astype(xp.float32)
 
 
