@@ -47,6 +47,22 @@ def test_matmul_and_embed_match_twin(be, qtype):
     assert rel(cp.asnumpy(be.embed(w, ids, 1.5)), W[ids] * 1.5) < 1e-3
 
 
+@pytest.mark.parametrize("qtype,n_in", [("Q4_0", 512), ("Q4_K", 8192), ("Q6_K", 512), ("Q5_1", 8192), ("F16", 512)])
+def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in):
+    """Batch invariance (batched decode = decode alone): each row of a batched GEMV is bit-identical to that row
+    computed alone, for every batch size up to GEMV_MAX_N and both block shapes (short and long rows)."""
+    import cupy as cp
+    from minirs.formats.model_file import Tensor
+    from minirs.kernels.cuda_matmul import GEMV_MAX_N
+    from minirs.models.synthetic import random_tensor_bytes
+    rng = np.random.default_rng()
+    w = be.matrix(Tensor("w", qtype, (72, n_in), random_tensor_bytes(qtype, (72, n_in), rng).reshape(-1)))
+    x = rng.standard_normal((GEMV_MAX_N, n_in)).astype(np.float32)
+    alone = np.concatenate([be.matmul(w, cp.asarray(x[i:i + 1])).get() for i in range(GEMV_MAX_N)])
+    for n in (2, 5, 16, GEMV_MAX_N):
+        assert np.array_equal(be.matmul(w, cp.asarray(x[:n])).get(), alone[:n]), n
+
+
 def test_elementwise_ops_match_twins(be):
     import cupy as cp
     from minirs.kernels import ref
@@ -64,6 +80,8 @@ def test_elementwise_ops_match_twins(be):
     for act in ("silu", "gelu"):
         a, b = rng.standard_normal((2, 4, 1000)).astype(np.float32)
         assert rel(cp.asnumpy(be.gated_act(cp.asarray(a), cp.asarray(b), act)), ref.gated_act(a, b, act)) < 1e-5
+        gu = cp.asarray(np.concatenate([a, b], axis=1))  # a fused gate_up output: gate and up are column views
+        assert rel(cp.asnumpy(be.gated_act(gu[:, :1000], gu[:, 1000:], act)), ref.gated_act(a, b, act)) < 1e-5
     logits = rng.standard_normal((3, 50000)).astype(np.float32)
     assert np.array_equal(cp.asnumpy(be.argmax(cp.asarray(logits))), logits.argmax(-1))
 
@@ -117,10 +135,84 @@ def test_kv_write_and_attention_match_twin(be, h, hkv, d, L, window, softcap):
     assert rel(o, ref.attention(q, kc, vc, slots, pos, window, 1 / np.sqrt(d), softcap)) < 1e-4
     if (min(L, window) if window else L) > 32:  # split: the reduce also wrote the int8 form of o for the output projection
         _assert_int8_form(be._xquant[3], o.reshape(6, -1))
-    qp = rng.standard_normal((12, h, d)).astype(np.float32)  # 12 tokens: the prefill kernel
-    sp, pp = np.resize(slots, 12), np.resize(pos, 12)
-    o = cp.asnumpy(be.attention(cp.asarray(qp), kcd, vcd, sp, pp, window, 1 / np.sqrt(d), softcap))
-    assert rel(o, ref.attention(qp, kc, vc, sp, pp, window, 1 / np.sqrt(d), softcap)) < 1e-4
+    for n in (12, 40):  # 12 tokens: the attention kernel; 40: cuBLAS per slot (the kernel where the ring wrapped)
+        qp = rng.standard_normal((n, h, d)).astype(np.float32)
+        sp, pp = np.resize(slots, n), np.resize(pos, n)
+        o = cp.asnumpy(be.attention(cp.asarray(qp), kcd, vcd, sp, pp, window, 1 / np.sqrt(d), softcap))
+        assert rel(o, ref.attention(qp, kc, vc, sp, pp, window, 1 / np.sqrt(d), softcap)) < 1e-4, n
+
+
+def test_prefill_attention_gemm_one_sequence(be):
+    """A 300-token prompt of one sequence after 20 cached tokens (the cuBLAS path's usual case: consecutive rows
+    and positions), with a sliding window, against the twin."""
+    import cupy as cp
+    from minirs.kernels import ref
+    rng = np.random.default_rng()
+    h, hkv, d, L = 8, 2, 64, 400
+    kc = rng.standard_normal((3, hkv, L, d)).astype(np.float16)
+    vc = rng.standard_normal((3, hkv, L, d)).astype(np.float16)
+    q = rng.standard_normal((300, h, d)).astype(np.float32)
+    slots, pos = np.full(300, 2), np.arange(20, 320)
+    for window in (0, 64):
+        o = be.attention(cp.asarray(q), cp.asarray(kc), cp.asarray(vc), slots, pos, window, 0.125, 0.0)
+        assert rel(o.get(), ref.attention(q, kc, vc, slots, pos, window, 0.125, 0.0)) < 1e-4, window
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "Q4_K", "Q6_K", "F16"])
+def test_stacked_and_accumulating_matmuls(be, qtype):
+    """stack_matrices (q/k/v -> qkv) gives each part's rows exactly, and matmul_add_ adds the product into the
+    residual stream, in the GEMV and in the cuBLAS path."""
+    import cupy as cp
+    from minirs.formats.model_file import Tensor
+    from minirs.models.synthetic import random_tensor_bytes
+    rng = np.random.default_rng()
+    parts = [be.matrix(Tensor("w", qtype, (r, 512), random_tensor_bytes(qtype, (r, 512), rng).reshape(-1)))
+             for r in (300, 64, 64)]
+    qkv = be.stack_matrices(parts)
+    assert qkv.n_out == 428
+    for n in (1, 5, 40):
+        x = cp.asarray(rng.standard_normal((n, 512)).astype(np.float32))
+        y = be.matmul(qkv, x).get()
+        sep = np.concatenate([be.matmul(w, x).get() for w in parts], axis=1)
+        if n <= 32:
+            assert np.array_equal(y, sep), n  # a row's GEMV does not depend on the rows around it
+        else:
+            assert rel(y, sep) < 1e-3, n
+        base = rng.standard_normal((n, 300)).astype(np.float32)
+        out = cp.asarray(base)
+        be.matmul_add_(parts[0], x, out)
+        assert rel(out.get(), base + be.matmul(parts[0], x).get()) < 1e-6, n
+    other = "Q8_0" if qtype != "Q8_0" else "Q4_0"
+    mixed = parts[:2] + [be.matrix(Tensor("w", other, (64, 512), random_tensor_bytes(other, (64, 512), rng)
+                                          .reshape(-1)))]
+    assert be.stack_matrices(mixed) is None
+
+
+@pytest.mark.parametrize("bias,norm,neox,rot", [(False, False, False, 64), (True, False, True, 64),
+                                                (False, True, True, 64), (True, True, False, 32)])
+def test_attn_inputs_match_cpu(be, bias, norm, neox, rot):
+    """The fused bias + q/k RMSNorm + RoPE + cache write kernel against the CPU backend's separate ops, with
+    q/k/v as column views of one qkv output, and partial rotary dims (rot < head_dim, phi2)."""
+    import cupy as cp
+    from minirs.kernels.cpu import CpuBackend
+    rng = np.random.default_rng()
+    n, h, hkv, d, L = 5, 8, 2, 64, 50
+    qkv = rng.standard_normal((n, (h + 2 * hkv) * d)).astype(np.float32)
+    q, k, v = qkv[:, :h * d], qkv[:, h * d:(h + hkv) * d], qkv[:, (h + hkv) * d:]
+    biases = tuple(rng.standard_normal(a.shape[1]).astype(np.float32) for a in (q, k, v)) if bias else (None,) * 3
+    norms = tuple((1 + 0.1 * rng.standard_normal(d)).astype(np.float32) for _ in "qk") if norm else None
+    inv = 1.0 / 10000.0 ** (np.arange(0, rot, 2) / rot)
+    slots, pos = np.array([0, 1, 1, 0, 1]), np.array([3, 7, 49, 60, 8])
+    kc, vc = np.zeros((2, 2, hkv, L, d), np.float32)
+    ref_q = CpuBackend().attn_inputs(q, k, v, biases, norms, 1e-6, pos, inv, neox, kc, vc, slots)
+    g = cp.asarray(qkv)
+    dev = lambda a: None if a is None else cp.asarray(a)  # noqa: E731
+    kcd, vcd = cp.zeros((2, 2, hkv, L, d), cp.float16)
+    gq = be.attn_inputs(g[:, :h * d], g[:, h * d:(h + hkv) * d], g[:, (h + hkv) * d:], tuple(dev(b) for b in biases),
+                        None if norms is None else tuple(dev(w) for w in norms), 1e-6, pos, cp.asarray(inv), neox,
+                        kcd, vcd, slots)
+    assert rel(gq.get(), ref_q) < 1e-5
+    assert rel(kcd.get(), kc) < 1e-3 and rel(vcd.get(), vc) < 1e-3
 
 
 @pytest.mark.slow

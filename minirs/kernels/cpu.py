@@ -37,6 +37,10 @@ class CpuBackend:
         from minirs.kernels.cpu_matmul import qmatmul
         return qmatmul(w, np.ascontiguousarray(x, dtype=np.float32))
 
+    def matmul_add_(self, w, x: np.ndarray, out: np.ndarray) -> None:
+        """out += x @ W.T (an output projection into the residual stream)"""
+        out += self.matmul(w, x)
+
     def embed(self, w, ids: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """x[i] = W[ids[i]] * scale"""
         from minirs.kernels.cpu_matmul import embedding_rows
@@ -72,6 +76,23 @@ class CpuBackend:
 
     def kv_write(self, kc, vc, slots, pos, k, v) -> None:
         cpu_ops.kv_write(kc, vc, slots, pos, k, v)
+
+    def attn_inputs(self, q, k, v, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots) -> np.ndarray:
+        """From the q/k/v projections (n, h*d), (n, hkv*d) x2 to attention: add the biases, RMS-normalise each q
+        and k head (norms = (q_norm, k_norm) or None), rotate q and k, write k and v to the cache. Returns q as
+        (n, h, d). (The CUDA backend does all this in one kernel.)"""
+        n, d = q.shape[0], kc.shape[3]
+        q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+        if biases[0] is not None:
+            for a, b in zip((q, k, v), biases):
+                self.add_bias_(a, b)
+        q, k, v = q.reshape(n, -1, d), k.reshape(n, -1, d), v.reshape(n, -1, d)
+        if norms is not None:
+            q, k = self.rmsnorm(q, norms[0], eps), self.rmsnorm(k, norms[1], eps)
+        self.rope_(q, pos, inv_freq, neox)
+        self.rope_(k, pos, inv_freq, neox)
+        self.kv_write(kc, vc, slots, pos, k, v)
+        return q
 
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap) -> np.ndarray:
         return cpu_ops.attention(q, kc, vc, slots, pos, window, scale, softcap, np.empty_like(q))

@@ -107,17 +107,27 @@ class CudaBackend:
         return dev
 
     # --- ops ---
+    def stack_matrices(self, parts: list) -> GMatrix | None:
+        """One matrix of the parts' rows (q, k, v -> qkv; gate, up -> gate_up): one GEMV instead of several. None
+        when their layouts differ."""
+        return GMatrix.stack(parts)
+
     def matmul(self, w: GMatrix, x):
         """y = x @ W.T   x: (n, n_in) -> (n, n_out) float32"""
         x = cp.ascontiguousarray(x, dtype=cp.float32)
         q = self._quant_of(x) if w.family != "float" else None
-        if q is not None:
-            q = (q[0].view(cp.int32), q[1], q[2])
         return cuda_matmul.gmatmul(w, x, self.nbs, q)
+
+    def matmul_add_(self, w: GMatrix, x, out) -> None:
+        """out += x @ W.T (an output projection into the residual stream: the GEMVs add as they write)."""
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        q = self._quant_of(x) if w.family != "float" else None
+        self._xquant = None
+        cuda_matmul.gmatmul(w, x, self.nbs, q, out=out)
 
     def embed(self, w: GMatrix, ids, scale: float = 1.0):
         """x[i] = W[ids[i]] * scale"""
-        return cuda_matmul.dequant(w, self._ix(ids), float(scale), cp.float32, self.nbs)
+        return cuda_matmul.dequant(w, self._ix(ids), float(scale), self.nbs)
 
     def add_(self, x, y) -> None:
         self._xquant = None
@@ -141,7 +151,8 @@ class CudaBackend:
             raise ModelError(f"CUDA rmsnorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
         if x.ndim == 2 and self._fuse_quant(n, d):  # its output feeds GEMVs: write their int8 form too
             xq = self._new_quant(n, d)
-            K["rmsnorm_q"][n, threads, self.nbs](x2, w, np.float32(eps), out, *xq)
+            slices = -(-d // (64 * cuda_ops.NORM_WARPS))
+            K["rmsnorm_q"][(n, slices), 32 * cuda_ops.NORM_WARPS, self.nbs](x2, w, np.float32(eps), out, *xq)
             self._stash(out, xq)
         else:
             K["rmsnorm"][n, threads, self.nbs](x2, w, np.float32(eps), out)
@@ -154,8 +165,9 @@ class CudaBackend:
         K["rope_"][_blocks(total, 256), 256, self.nbs](x, self._ix(pos), inv_freq, bool(neox))
 
     def gated_act(self, gate, up, activation: str):
-        out = cp.empty_like(gate)
+        """act(gate) * up; gate and up may be column views of one fused gate_up output."""
         n, f = gate.shape
+        out = cp.empty((n, f), cp.float32)
         if self._fuse_quant(n, f):  # its output feeds the down-projection GEMV
             xq = self._new_quant(n, f)
             K["gated_act_q"][_blocks(gate.size, 256), 256, self.nbs](gate, up, activation == "gelu", out, *xq)
@@ -169,32 +181,100 @@ class CudaBackend:
         v = cp.ascontiguousarray(v)
         K["kv_write"][_blocks(k.size, 256), 256, self.nbs](kc, vc, self._ix(slots), self._ix(pos), k, v)
 
+    def attn_inputs(self, q, k, v, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots):
+        """Biases, per-head q/k RMSNorm (norms = (q_norm, k_norm) or None), RoPE, and the k/v cache writes, in one
+        kernel (cuda_ops.attn_inputs). q, k, v: (n, h*d), (n, hkv*d) x2, possibly views of one qkv output.
+        Returns q as (n, h, d)."""
+        self._xquant = None
+        n, hkv, d = q.shape[0], kc.shape[1], kc.shape[3]
+        h = q.shape[1] // d
+        if d > cuda_ops.ATT_DMAX:
+            raise ModelError(f"CUDA attention handles head_dim up to {cuda_ops.ATT_DMAX}, got {d}")
+        dummy = self._dummy()
+        has_bias = biases[0] is not None
+        qb, kb, vb = biases if has_bias else (dummy, dummy, dummy)
+        has_norm = norms is not None
+        qn, kn = norms if has_norm else (dummy, dummy)
+        qo = cp.empty((n, h, d), cp.float32)
+        warps = n * (h + hkv)
+        K["attn_inputs"][_blocks(warps, cuda_ops.PREP_WARPS), 32 * cuda_ops.PREP_WARPS, self.nbs](
+            q, k, v, qb, kb, vb, has_bias, qn, kn, has_norm, np.float32(eps), self._ix(pos), inv_freq, bool(neox),
+            kc, vc, self._ix(slots), qo)
+        return qo
+
+    def _dummy(self):
+        if getattr(self, "_dummy1", None) is None:
+            self._dummy1 = cp.zeros(1, cp.float32)
+        return self._dummy1
+
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap):
         n, h, d = q.shape
         if d > 32 * cuda_ops.ATT_MAXE:
             raise ModelError(f"CUDA attention handles head_dim up to {32 * cuda_ops.ATT_MAXE}, got {d}")
         q = cp.ascontiguousarray(q)
+        if n > cuda_matmul.GEMV_MAX_N and not isinstance(slots, cp.ndarray) and not isinstance(pos, cp.ndarray):
+            out = self._attention_gemm(q, kc, vc, slots, pos, window, scale, softcap)
+            if out is not None:
+                return out
         sl, ps = self._ix(slots), self._ix(pos)
         keys = min(kc.shape[2], window) if window > 0 else kc.shape[2]  # the most keys one token can see
-        splits = -(-keys // cuda_ops.ATT_CHUNK)
+        splits = min(-(-keys // cuda_ops.ATT_CHUNK), cuda_ops.ATT_SPLITS)  # each block sizes its chunk at run time
         args = (q, kc, vc, sl, ps, int(window), np.float32(scale), np.float32(softcap))
         if n > cuda_matmul.GEMV_MAX_N or splits == 1:  # prefill: a block per (token, head) over all its keys
             out = cp.empty((n, h, 1, d), cp.float32)
             dummy = cp.empty((1, 1, 1), cp.float32)
             warps = cuda_ops.ATT_WARPS if n * h < 1024 else 4
-            K["attention"][(n * h, 1), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, out)
+            K["attention"][(h, 1, n), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, out)
             return out.reshape(n, h, d)
         # decode (flash-decoding): blocks over chunks of the context, then a reduce that also quantizes for Wo
         pm = cp.empty((n, h, splits), cp.float32)
         pl = cp.empty((n, h, splits), cp.float32)
         po = cp.empty((n, h, splits, d), cp.float32)
-        K["attention"][(n * h, splits), 32 * cuda_ops.ATT_WARPS, self.nbs](*args, cuda_ops.ATT_CHUNK, pm, pl, po)
+        K["attention"][(h, splits, n), 32 * cuda_ops.ATT_WARPS, self.nbs](*args, cuda_ops.ATT_CHUNK, pm, pl, po)
         out = cp.empty((n, h, d), cp.float32)
         quant = d % 32 == 0  # the int8 form goes per head (tiny test models have head_dim 8 or 16)
         xq = self._new_quant(n, h * d) if quant else self._new_quant(1, 32)
-        K["attn_reduce"][n * h, d, self.nbs](pm, pl, po, out, quant, *xq)
+        K["attn_reduce"][(h, n), 32 * -(-d // 32), self.nbs](pm, pl, po, out, quant, *xq)
         if quant:
             self._stash(out, xq)
+        return out
+
+    def _attention_gemm(self, q, kc, vc, slots, pos, window, scale, softcap):
+        """Prefill attention through cuBLAS (fp32): per sequence slot, scores = Q K^T for all its query rows
+        against its keys, a masked softmax kernel (causal, window, soft-cap), then P V. GQA: the g query heads
+        of a kv head are stacked as rows of one matrix. None when a slot's keys have wrapped around its ring
+        buffer (the attention kernel handles that)."""
+        n, h, d = q.shape
+        hkv, L = kc.shape[1], kc.shape[2]
+        g = h // hkv
+        out = cp.empty((n, h, d), cp.float32)
+        pos_dev = self._ix(pos)  # uploaded once per forward (the cache of _ix), read by every layer
+        slots, pos = np.asarray(slots).reshape(-1), np.asarray(pos).reshape(-1)
+        for s in np.unique(slots):
+            rows = np.nonzero(slots == s)[0]
+            p = pos[rows]
+            k0 = max(0, int(p.min()) - window + 1) if window > 0 else 0
+            m = int(p.max()) + 1 - k0
+            if k0 + m > L:
+                return None
+            keys = kc[int(s), :, k0:k0 + m].astype(cp.float32)  # (hkv, m, d)
+            vals = vc[int(s), :, k0:k0 + m].astype(cp.float32)
+            step = max(1, (256 << 20) // (4 * h * m))  # query rows per round: scores stay under 256 MiB
+            for c0 in range(0, len(rows), step):
+                r = rows[c0:c0 + step]
+                nq = len(r)
+                block = r[-1] - r[0] + 1 == nq  # consecutive rows: slices, not gathers
+                qr = q[r[0]:r[0] + nq] if block else q[cp.asarray(r)]
+                qs = qr.reshape(nq, hkv, g, d).transpose(1, 2, 0, 3).reshape(hkv, g * nq, d)
+                sc = cp.matmul(qs, keys.transpose(0, 2, 1))  # (hkv, g * nq, m)
+                qpos, q0 = (pos_dev, int(r[0])) if block else (cp.asarray(p[c0:c0 + nq]), 0)
+                K["softmax_masked_"][hkv * g * nq, 128, self.nbs](sc.reshape(-1, m), qpos, q0, nq, k0, int(window),
+                                                                   np.float32(scale), np.float32(softcap))
+                o = cp.matmul(sc, vals).reshape(hkv, g, nq, d).transpose(2, 0, 1, 3).reshape(nq, h, d)
+                if block:
+                    out[r[0]:r[0] + nq] = o
+                else:
+                    out[cp.asarray(r)] = o
         return out
 
     # --- ops of the families that differ from llama (phi2: LayerNorm, biases, plain MLP; mixtral: MoE) ---

@@ -28,19 +28,30 @@ which is why decode needs its own kernels.
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from numba import cuda, float32, int32
+from numba import cuda, float32, int8, int32, int64
 from numba.cuda import libdevice
 
 from minirs.errors import ModelError
+from minirs.kernels.cuda_launch import fast_kernels
 from minirs.formats.model_file import Tensor
 
 GEMV_MAX_N = 32  # n <= this: GEMV kernels (graph-capturable, so batched decode too); larger n: dequantize + cuBLAS
 R = 4  # rows per warp in the GEMVs
 TT = 4  # tokens per block in the quantized GEMVs: each weight word loaded and unpacked feeds TT tokens' dots
-NW = 4  # warps per block in the GEMVs: they split K of the block's R rows
+NW = 4  # warps per block in the float and expert GEMVs: they split K of the block's R rows
+UNROLL = 1  # 32-blocks per lane per loop round in the quantized GEMVs (gemv_kernels)
+NWS = (1, 4)  # block shapes of the quantized GEMVs, chosen per matrix by gemv_warps
+
+
+def gemv_warps(n_in: int) -> int:
+    """Warps per block for a quantized GEMV over rows of n_in (timed on an H100, bench/gpu_check.py --sweep):
+    one warp per 4 rows for short rows (each lane then takes several 32-blocks, no cross-warp sum); long rows
+    (the FFN down-projection) split K over 4 warps. It depends on the matrix only, never on the batch: the
+    split-K sum order is part of a row's result, and a row must not change with the rows batched with it."""
+    return 1 if n_in < 8192 else 4
 DQ_THREADS = 256
 
 _DP4A_CU = os.path.join(os.path.dirname(__file__), "cuda_dp4a.cu")
@@ -53,7 +64,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator links no CUDA
 else:
     dp4a = cuda.declare_device("dp4a", "int32(int32, int32, int32)", link=_DP4A_CU)
 
-M4 = 0x0F0F0F0F
+M8 = 0x0F0F0F0F0F0F0F0F  # the low nibble of each byte of an int64
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,9 +113,270 @@ def _spread4(hb):
     return ((hb & 1) << 4) | ((hb & 2) << 11) | ((hb & 4) << 18) | ((hb & 8) << 25)
 
 
-def _store4(y, t, r0, n_out, a0, a1, a2, a3):
-    """Sum each of 4 row accumulators over the warp, then over the block's NW warps (split K); thread 0 writes
-    the rows that exist."""
+def _w45(q, h, r, b, has_h):
+    """Row r's 32-block b of the q4 / q5 family as 8 words of 4 codes each (elements 4i.. and 16+4i..).
+
+    q is read as int64 (two 8-byte loads per 32-block); each word is the low 32 bits of an int64 (dp4a takes the
+    low 32 bits), so splitting needs no masking."""
+    a = q[r, 2 * b]
+    c = q[r, 2 * b + 1]
+    la, lc = a & M8, c & M8
+    ha, hc = (a >> 4) & M8, (c >> 4) & M8
+    l0, l1, l2, l3 = la, la >> 32, lc, lc >> 32
+    h0, h1, h2, h3 = ha, ha >> 32, hc, hc >> 32
+    if has_h:
+        hb = h[r, b]
+        l0 |= _spread4(hb)
+        l1 |= _spread4(hb >> 4)
+        l2 |= _spread4(hb >> 8)
+        l3 |= _spread4(hb >> 12)
+        h0 |= _spread4(hb >> 16)
+        h1 |= _spread4(hb >> 20)
+        h2 |= _spread4(hb >> 24)
+        h3 |= _spread4(hb >> 28)
+    return l0, l1, l2, l3, h0, h1, h2, h3
+
+
+def _words8(a, r, b):
+    """32 int8 values (row r, 32-block b of an int8 array read as int64) as 8 words of 4: four 8-byte loads."""
+    o = 4 * b
+    w0, w1, w2, w3 = a[r, o], a[r, o + 1], a[r, o + 2], a[r, o + 3]
+    return w0, w0 >> 32, w1, w1 >> 32, w2, w2 >> 32, w3, w3 >> 32
+
+
+def _blk45(q, h, d, m, ra, rb, rc, rd, b, has_h, has_m):
+    """32-block b of 4 rows of the q4 / q5 family: their words (_w45), scales and offsets."""
+    z = float32(0.0)
+    mv = (z, z, z, z)
+    if has_m:
+        mv = (float32(m[ra, b]), float32(m[rb, b]), float32(m[rc, b]), float32(m[rd, b]))
+    return _w45(q, h, ra, b, has_h), _w45(q, h, rb, b, has_h), _w45(q, h, rc, b, has_h), _w45(q, h, rd, b, has_h), \
+        (float32(d[ra, b]), float32(d[rb, b]), float32(d[rc, b]), float32(d[rd, b])), mv
+
+
+def _dot(w, x):
+    """The int8 dot products of a 32-block (w, x: 8 words each): its two halves' sums."""
+    sa = dp4a(w[0], x[0], 0)
+    sa = dp4a(w[1], x[1], sa)
+    sa = dp4a(w[2], x[2], sa)
+    sa = dp4a(w[3], x[3], sa)
+    sc = dp4a(w[4], x[4], 0)
+    sc = dp4a(w[5], x[5], sc)
+    sc = dp4a(w[6], x[6], sc)
+    sc = dp4a(w[7], x[7], sc)
+    return sa, sc
+
+
+def _acc45(acc, i, xq, xd, xs, t, b, wa, wb, wc, wd, dv, mv, off):
+    """acc[i, j] += token t's 32-block b for 4 rows: xd * (d_j * (sum q*xq - off * sum xq) + m_j * sum xq)."""
+    x = _words8(xq, t, b)
+    xdb = xd[t, b]
+    sb = xs[t, 2 * b] + xs[t, 2 * b + 1]
+    fb = float32(sb)
+    sa, sc = _dot(wa, x)
+    acc[R * i + 0] += xdb * (dv[0] * float32(sa + sc - off * sb) + mv[0] * fb)
+    sa, sc = _dot(wb, x)
+    acc[R * i + 1] += xdb * (dv[1] * float32(sa + sc - off * sb) + mv[1] * fb)
+    sa, sc = _dot(wc, x)
+    acc[R * i + 2] += xdb * (dv[2] * float32(sa + sc - off * sb) + mv[2] * fb)
+    sa, sc = _dot(wd, x)
+    acc[R * i + 3] += xdb * (dv[3] * float32(sa + sc - off * sb) + mv[3] * fb)
+
+
+def _v8(d, m, r, b, sa, sc, s0, s1, g16, has_m):
+    """A q8-family row's 32-block value from its two half sums (xq's scale left out)."""
+    if g16:
+        v = float32(d[r, 2 * b]) * float32(sa) + float32(d[r, 2 * b + 1]) * float32(sc)
+        if has_m:
+            v += float32(m[r, 2 * b]) * float32(s0) + float32(m[r, 2 * b + 1]) * float32(s1)
+    else:
+        v = float32(d[r, b]) * float32(sa + sc)
+        if has_m:
+            v += float32(m[r, b]) * float32(s0 + s1)
+    return v
+
+
+def _acc8(acc, i, xq, xd, xs, t, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m):
+    """acc[i, j] += token t's 32-block b for 4 rows of the q8 family."""
+    x = _words8(xq, t, b)
+    xdb = xd[t, b]
+    s0, s1 = xs[t, 2 * b], xs[t, 2 * b + 1]
+    sa, sc = _dot(wa, x)
+    acc[R * i + 0] += xdb * _v8(d, m, ra, b, sa, sc, s0, s1, g16, has_m)
+    sa, sc = _dot(wb, x)
+    acc[R * i + 1] += xdb * _v8(d, m, rb, b, sa, sc, s0, s1, g16, has_m)
+    sa, sc = _dot(wc, x)
+    acc[R * i + 2] += xdb * _v8(d, m, rc, b, sa, sc, s0, s1, g16, has_m)
+    sa, sc = _dot(wd, x)
+    acc[R * i + 3] += xdb * _v8(d, m, rd, b, sa, sc, s0, s1, g16, has_m)
+
+
+def _put(y, t, r, v, add):
+    """y[t, r] = v, or y[t, r] += v (add: the matmul's result goes straight into the residual stream)."""
+    if add:
+        y[t, r] += v
+    else:
+        y[t, r] = v
+
+
+def gemv_kernels(nw: int, tt: int, unroll: int = UNROLL) -> dict:
+    """The quantized GEMV kernels for blocks of nw warps and up to tt tokens, each lane taking `unroll` (1 or 2)
+    32-blocks per loop round (gemv_warps and TT for the model; bench/gpu_check.py --sweep times other shapes).
+    Returns plain Python kernels, not yet compiled."""
+    nacc = tt * R  # accumulators per thread: (token slot, row), flat so that they live in registers
+
+    def tile(n):
+        """This block's first row and first token, and its number of tokens. Grid: ceil(n_out / R) * ceil(n / tt)
+        blocks, the token tiles of one row group adjacent (they read the same weights: the later ones find them
+        in L2)."""
+        ntile = (n + tt - 1) // tt
+        t0 = (cuda.blockIdx.x % ntile) * tt
+        return (cuda.blockIdx.x // ntile) * R, t0, min(tt, n - t0)
+
+    def store(y, t, k, r0, acc, add):
+        """Sum token slot k's 4 row accumulators over the warp, then over the block's nw warps (split K, fixed
+        order); thread i < R writes (or adds to) y[t, r0 + i] if that row exists."""
+        a0, a1, a2, a3 = acc[R * k], acc[R * k + 1], acc[R * k + 2], acc[R * k + 3]
+        for o in (16, 8, 4, 2, 1):
+            a0 += cuda.shfl_xor_sync(0xFFFFFFFF, a0, o)
+            a1 += cuda.shfl_xor_sync(0xFFFFFFFF, a1, o)
+            a2 += cuda.shfl_xor_sync(0xFFFFFFFF, a2, o)
+            a3 += cuda.shfl_xor_sync(0xFFFFFFFF, a3, o)
+        i = cuda.threadIdx.x
+        if nw == 1:  # every lane holds the 4 sums
+            v = a0 if i == 0 else (a1 if i == 1 else (a2 if i == 2 else a3))
+        else:
+            part = cuda.shared.array((tt, nw, R), float32)
+            if (i & 31) == 0:
+                part[k, i >> 5, 0] = a0
+                part[k, i >> 5, 1] = a1
+                part[k, i >> 5, 2] = a2
+                part[k, i >> 5, 3] = a3
+            cuda.syncthreads()
+            v = float32(0.0)
+            if i < R:
+                for w in range(nw):
+                    v += part[k, w, i]
+        if i < R and r0 + i < y.shape[1]:
+            _put(y, t, r0 + i, v, add)
+
+    def gemv_q45(q, h, d, m, xq, xd, xs, y, off, has_h, has_m, add):
+        """y[t, r] (+)= sum_k W[r, k] * x[t, k], W in the q4 / q5 family, x from quantize_x (xq read as int64).
+
+        Per 32-block: xd * d * (sum q*xq - off * sum xq) (+ xd * m * sum xq). A block owns R = 4 rows and up to
+        tt tokens (tile); lane l of each of its nw warps takes the 32-blocks w*32 + l, + 32*nw, ... (the warps
+        split K), unpacks the 4 rows' words once and feeds them to its tokens' dot products (accumulators in
+        registers). Every (row, token) value is computed by the same instructions in the same order whatever n
+        is, so a token's result does not depend on the other rows of its batch (batched decode = decode alone).
+        """
+        n, n_out = y.shape
+        r0, t0, nt = tile(n)
+        ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
+        acc = cuda.local.array(nacc, float32)
+        for i in range(nacc):
+            acc[i] = float32(0.0)
+        nblk = d.shape[1]
+        step = 32 * nw * unroll
+        for b in range(cuda.threadIdx.x, nblk, step):
+            # unroll == 2: the second 32-block's loads are issued before the first one's dot products
+            b2 = b + 32 * nw
+            two = unroll == 2 and b2 < nblk
+            wa, wb, wc, wd, dv, mv = _blk45(q, h, d, m, ra, rb, rc, rd, b, has_h, has_m)
+            if unroll == 2:
+                bb = b2 if two else b
+                wa2, wb2, wc2, wd2, dv2, mv2 = _blk45(q, h, d, m, ra, rb, rc, rd, bb, has_h, has_m)
+            for i in range(tt):
+                if i < nt:
+                    _acc45(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, dv, mv, off)
+            if two:
+                for i in range(tt):
+                    if i < nt:
+                        _acc45(acc, i, xq, xd, xs, t0 + i, b2, wa2, wb2, wc2, wd2, dv2, mv2, off)
+        for i in range(tt):
+            if i < nt:
+                store(y, t0 + i, i, r0, acc, add)
+
+    def gemv_q8(q, d, m, xq, xd, xs, y, g16, has_m, add):
+        """gemv_q45 for the q8 family (int8 weights read as int64, groups of 32 or 16)."""
+        n, n_out = y.shape
+        r0, t0, nt = tile(n)
+        ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
+        acc = cuda.local.array(nacc, float32)
+        for i in range(nacc):
+            acc[i] = float32(0.0)
+        nblk = xd.shape[1]
+        for b in range(cuda.threadIdx.x, nblk, 32 * nw * unroll):
+            b2 = b + 32 * nw
+            two = unroll == 2 and b2 < nblk
+            wa, wb, wc, wd = _words8(q, ra, b), _words8(q, rb, b), _words8(q, rc, b), _words8(q, rd, b)
+            if unroll == 2:
+                bb = b2 if two else b
+                wa2, wb2, wc2, wd2 = _words8(q, ra, bb), _words8(q, rb, bb), _words8(q, rc, bb), _words8(q, rd, bb)
+            for i in range(tt):
+                if i < nt:
+                    _acc8(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
+            if two:
+                for i in range(tt):
+                    if i < nt:
+                        _acc8(acc, i, xq, xd, xs, t0 + i, b2, wa2, wb2, wc2, wd2, d, m, ra, rb, rc, rd, g16, has_m)
+        for i in range(tt):
+            if i < nt:
+                store(y, t0 + i, i, r0, acc, add)
+
+    def gemv_id_q45(q, h, d, m, ids, xdiv, xq, xd, xs, y, off, has_h, has_m):
+        """Expert GEMV (llama.cpp's mul_mat_id): y[p, r] = sum_k W_e[r, k] * x[p // xdiv, k], e = ids[p // K, p % K],
+        for each (token, slot) pair p = t * K + j, W the stacked experts (GExperts: expert e owns rows e * n_out ..).
+        The expert ids are read from device memory (a CUDA graph stays right as routing changes). Block (row
+        group, p) as gemv_q45 with one token per block."""
+        n_out = y.shape[1]
+        kk = ids.shape[1]
+        p = cuda.blockIdx.y
+        base = ids[p // kk, p % kk] * n_out
+        r0 = cuda.blockIdx.x * R
+        ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
+            base + min(r0 + 3, n_out - 1)
+        acc = cuda.local.array(R, float32)
+        for j in range(R):
+            acc[j] = float32(0.0)
+        z = float32(0.0)
+        for b in range(cuda.threadIdx.x, d.shape[1], 32 * nw):
+            wa, wb, wc, wd = _w45(q, h, ra, b, has_h), _w45(q, h, rb, b, has_h), _w45(q, h, rc, b, has_h), \
+                _w45(q, h, rd, b, has_h)
+            dv = (float32(d[ra, b]), float32(d[rb, b]), float32(d[rc, b]), float32(d[rd, b]))
+            mv = (z, z, z, z)
+            if has_m:
+                mv = (float32(m[ra, b]), float32(m[rb, b]), float32(m[rc, b]), float32(m[rd, b]))
+            _acc45(acc, 0, xq, xd, xs, p // xdiv, b, wa, wb, wc, wd, dv, mv, off)
+        store(y, p, 0, r0, acc, False)
+
+    def gemv_id_q8(q, d, m, ids, xdiv, xq, xd, xs, y, g16, has_m):
+        """gemv_id_q45 for the q8 family."""
+        n_out = y.shape[1]
+        kk = ids.shape[1]
+        p = cuda.blockIdx.y
+        base = ids[p // kk, p % kk] * n_out
+        r0 = cuda.blockIdx.x * R
+        ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
+            base + min(r0 + 3, n_out - 1)
+        acc = cuda.local.array(R, float32)
+        for j in range(R):
+            acc[j] = float32(0.0)
+        for b in range(cuda.threadIdx.x, xd.shape[1], 32 * nw):
+            wa, wb, wc, wd = _words8(q, ra, b), _words8(q, rb, b), _words8(q, rc, b), _words8(q, rd, b)
+            _acc8(acc, 0, xq, xd, xs, p // xdiv, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
+        store(y, p, 0, r0, acc, False)
+
+    tile = cuda.jit(device=True, inline=True)(tile)
+    store = cuda.jit(device=True, inline=True)(store)
+    kernels = {"gemv_q45": gemv_q45, "gemv_q8": gemv_q8, "gemv_id_q45": gemv_id_q45, "gemv_id_q8": gemv_id_q8}
+    for name, f in kernels.items():
+        f.__name__ = f"{name}_w{nw}"  # one compiled kernel per block shape
+    return kernels
+
+
+def _store4(y, t, r0, n_out, a0, a1, a2, a3, add):
+    """Sum each of 4 row accumulators over the warp, then over the block's NW warps (split K); thread i < R
+    writes (or adds to) row r0 + i if it exists."""
     for o in (16, 8, 4, 2, 1):
         a0 += cuda.shfl_xor_sync(0xFFFFFFFF, a0, o)
         a1 += cuda.shfl_xor_sync(0xFFFFFFFF, a1, o)
@@ -123,197 +395,11 @@ def _store4(y, t, r0, n_out, a0, a1, a2, a3):
         acc = float32(0.0)
         for w in range(NW):
             acc += part[w, i]
-        y[t, r0 + i] = acc
+        _put(y, t, r0 + i, acc, add)
 
 
-def _w45(q, h, r, b, has_h):
-    """Row r's 32-block b of the q4 / q5 family as 8 words of 4 codes each (elements 4i.. and 16+4i..)."""
-    w0, w1, w2, w3 = q[r, 4 * b], q[r, 4 * b + 1], q[r, 4 * b + 2], q[r, 4 * b + 3]
-    l0, l1, l2, l3 = w0 & M4, w1 & M4, w2 & M4, w3 & M4
-    h0, h1, h2, h3 = (w0 >> 4) & M4, (w1 >> 4) & M4, (w2 >> 4) & M4, (w3 >> 4) & M4
-    if has_h:
-        hb = h[r, b]
-        l0 |= _spread4(hb)
-        l1 |= _spread4(hb >> 4)
-        l2 |= _spread4(hb >> 8)
-        l3 |= _spread4(hb >> 12)
-        h0 |= _spread4(hb >> 16)
-        h1 |= _spread4(hb >> 20)
-        h2 |= _spread4(hb >> 24)
-        h3 |= _spread4(hb >> 28)
-    return l0, l1, l2, l3, h0, h1, h2, h3
-
-
-def _w8(q, r, b):
-    """Row r's 32-block b of the q8 family: 8 words of 4 int8 weights."""
-    o = 8 * b
-    return q[r, o], q[r, o + 1], q[r, o + 2], q[r, o + 3], q[r, o + 4], q[r, o + 5], q[r, o + 6], q[r, o + 7]
-
-
-def _xw(xq, t, b):
-    o = 8 * b
-    return xq[t, o], xq[t, o + 1], xq[t, o + 2], xq[t, o + 3], xq[t, o + 4], xq[t, o + 5], xq[t, o + 6], xq[t, o + 7]
-
-
-def _dot(w, x):
-    """The int8 dot products of a 32-block (w, x: 8 words each): its two halves' sums."""
-    sa = dp4a(w[0], x[0], 0)
-    sa = dp4a(w[1], x[1], sa)
-    sa = dp4a(w[2], x[2], sa)
-    sa = dp4a(w[3], x[3], sa)
-    sc = dp4a(w[4], x[4], 0)
-    sc = dp4a(w[5], x[5], sc)
-    sc = dp4a(w[6], x[6], sc)
-    sc = dp4a(w[7], x[7], sc)
-    return sa, sc
-
-
-def _tok45(c, xq, xd, xs, t, b, wa, wb, wc, wd, dv, mv, off):
-    """Token t's share of the block's 32-block b for 4 rows: c[j] + xd * (d_j * (sum q*xq - off * sum xq) + m_j * sum xq)."""
-    x = _xw(xq, t, b)
-    xdb = xd[t, b]
-    sb = xs[t, 2 * b] + xs[t, 2 * b + 1]
-    fb = float32(sb)
-    sa, sc = _dot(wa, x)
-    v0 = c[0] + xdb * (dv[0] * float32(sa + sc - off * sb) + mv[0] * fb)
-    sa, sc = _dot(wb, x)
-    v1 = c[1] + xdb * (dv[1] * float32(sa + sc - off * sb) + mv[1] * fb)
-    sa, sc = _dot(wc, x)
-    v2 = c[2] + xdb * (dv[2] * float32(sa + sc - off * sb) + mv[2] * fb)
-    sa, sc = _dot(wd, x)
-    v3 = c[3] + xdb * (dv[3] * float32(sa + sc - off * sb) + mv[3] * fb)
-    return v0, v1, v2, v3
-
-
-def _v8(d, m, r, b, sa, sc, s0, s1, g16, has_m):
-    """A q8-family row's 32-block value from its two half sums (xq's scale left out)."""
-    if g16:
-        v = float32(d[r, 2 * b]) * float32(sa) + float32(d[r, 2 * b + 1]) * float32(sc)
-        if has_m:
-            v += float32(m[r, 2 * b]) * float32(s0) + float32(m[r, 2 * b + 1]) * float32(s1)
-    else:
-        v = float32(d[r, b]) * float32(sa + sc)
-        if has_m:
-            v += float32(m[r, b]) * float32(s0 + s1)
-    return v
-
-
-def _tok8(c, xq, xd, xs, t, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m):
-    """Token t's share of 32-block b for 4 rows of the q8 family."""
-    x = _xw(xq, t, b)
-    xdb = xd[t, b]
-    s0, s1 = xs[t, 2 * b], xs[t, 2 * b + 1]
-    sa, sc = _dot(wa, x)
-    v0 = c[0] + xdb * _v8(d, m, ra, b, sa, sc, s0, s1, g16, has_m)
-    sa, sc = _dot(wb, x)
-    v1 = c[1] + xdb * _v8(d, m, rb, b, sa, sc, s0, s1, g16, has_m)
-    sa, sc = _dot(wc, x)
-    v2 = c[2] + xdb * _v8(d, m, rc, b, sa, sc, s0, s1, g16, has_m)
-    sa, sc = _dot(wd, x)
-    v3 = c[3] + xdb * _v8(d, m, rd, b, sa, sc, s0, s1, g16, has_m)
-    return v0, v1, v2, v3
-
-
-def _store_t(y, t, k, r0, c):
-    """Sum token t's 4 row accumulators c over the warp, then over the NW warps (split K, fixed order) through
-    slot k of shared memory; thread i < R writes row r0 + i if it exists."""
-    a0, a1, a2, a3 = c
-    for o in (16, 8, 4, 2, 1):
-        a0 += cuda.shfl_xor_sync(0xFFFFFFFF, a0, o)
-        a1 += cuda.shfl_xor_sync(0xFFFFFFFF, a1, o)
-        a2 += cuda.shfl_xor_sync(0xFFFFFFFF, a2, o)
-        a3 += cuda.shfl_xor_sync(0xFFFFFFFF, a3, o)
-    part = cuda.shared.array((TT, NW, R), float32)
-    warp = cuda.threadIdx.x >> 5
-    if (cuda.threadIdx.x & 31) == 0:
-        part[k, warp, 0] = a0
-        part[k, warp, 1] = a1
-        part[k, warp, 2] = a2
-        part[k, warp, 3] = a3
-    cuda.syncthreads()
-    i = cuda.threadIdx.x
-    if i < R and r0 + i < y.shape[1]:
-        acc = float32(0.0)
-        for w in range(NW):
-            acc += part[k, w, i]
-        y[t, r0 + i] = acc
-
-
-def _tile(n):
-    """This block's first row and first token, and its number of tokens. Grid: ceil(n_out / R) * ceil(n / TT)
-    blocks, the token tiles of one row group adjacent (they read the same weights: the later ones find them in L2)."""
-    ntile = (n + TT - 1) // TT
-    t0 = (cuda.blockIdx.x % ntile) * TT
-    return (cuda.blockIdx.x // ntile) * R, t0, min(TT, n - t0)
-
-
-def gemv_q45(q, h, d, m, xq, xd, xs, y, off, has_h, has_m):
-    """y[t, r] = sum_k W[r, k] * x[t, k], W in the q4 / q5 family, x from quantize_x (xq read as int32 words).
-
-    Per 32-block: xd * d * (sum q*xq - off * sum xq) (+ xd * m * sum xq). A block owns R = 4 rows and up to
-    TT = 4 tokens (_tile); lane l of each of its NW warps takes the 32-blocks w*32 + l, + 32*NW, ... (the warps
-    split K), unpacks the 4 rows' words once and feeds them to its tokens' dot products (accumulators in
-    registers). Every (row, token) value is computed by the same instructions in the same order whatever n is, so a
-    token's result does not depend on the other rows of its batch (batched decode = decode alone).
-    """
-    n, n_out = y.shape
-    nblk = d.shape[1]
-    r0, t0, nt = _tile(n)
-    ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
-    z = float32(0.0)
-    c0 = c1 = c2 = c3 = (z, z, z, z)
-    for b in range(cuda.threadIdx.x, nblk, 32 * NW):
-        wa, wb, wc, wd = _w45(q, h, ra, b, has_h), _w45(q, h, rb, b, has_h), _w45(q, h, rc, b, has_h), \
-            _w45(q, h, rd, b, has_h)
-        dv = (float32(d[ra, b]), float32(d[rb, b]), float32(d[rc, b]), float32(d[rd, b]))
-        mv = (z, z, z, z)
-        if has_m:
-            mv = (float32(m[ra, b]), float32(m[rb, b]), float32(m[rc, b]), float32(m[rd, b]))
-        c0 = _tok45(c0, xq, xd, xs, t0, b, wa, wb, wc, wd, dv, mv, off)
-        if nt > 1:
-            c1 = _tok45(c1, xq, xd, xs, t0 + 1, b, wa, wb, wc, wd, dv, mv, off)
-        if nt > 2:
-            c2 = _tok45(c2, xq, xd, xs, t0 + 2, b, wa, wb, wc, wd, dv, mv, off)
-        if nt > 3:
-            c3 = _tok45(c3, xq, xd, xs, t0 + 3, b, wa, wb, wc, wd, dv, mv, off)
-    _store_t(y, t0, 0, r0, c0)
-    if nt > 1:
-        _store_t(y, t0 + 1, 1, r0, c1)
-    if nt > 2:
-        _store_t(y, t0 + 2, 2, r0, c2)
-    if nt > 3:
-        _store_t(y, t0 + 3, 3, r0, c3)
-
-
-def gemv_q8(q, d, m, xq, xd, xs, y, g16, has_m):
-    """y[t, r] = sum_k W[r, k] * x[t, k], W in the q8 family (int8 weights read as int32 words, groups of 32 or 16);
-    blocks of R rows x TT tokens as gemv_q45."""
-    n, n_out = y.shape
-    nblk = xd.shape[1]
-    r0, t0, nt = _tile(n)
-    ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
-    z = float32(0.0)
-    c0 = c1 = c2 = c3 = (z, z, z, z)
-    for b in range(cuda.threadIdx.x, nblk, 32 * NW):
-        wa, wb, wc, wd = _w8(q, ra, b), _w8(q, rb, b), _w8(q, rc, b), _w8(q, rd, b)
-        c0 = _tok8(c0, xq, xd, xs, t0, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-        if nt > 1:
-            c1 = _tok8(c1, xq, xd, xs, t0 + 1, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-        if nt > 2:
-            c2 = _tok8(c2, xq, xd, xs, t0 + 2, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-        if nt > 3:
-            c3 = _tok8(c3, xq, xd, xs, t0 + 3, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-    _store_t(y, t0, 0, r0, c0)
-    if nt > 1:
-        _store_t(y, t0 + 1, 1, r0, c1)
-    if nt > 2:
-        _store_t(y, t0 + 2, 2, r0, c2)
-    if nt > 3:
-        _store_t(y, t0 + 3, 3, r0, c3)
-
-
-def gemv_float(w, x, y):
-    """y[t, r] = sum_k w[r, k] * x[t, k] for float16 / float32 weights, float32 x."""
+def gemv_float(w, x, y, add):
+    """y[t, r] (+)= sum_k w[r, k] * x[t, k] for float16 / float32 weights, float32 x."""
     n_out, n_in = w.shape
     t = cuda.blockIdx.y
     r0 = cuda.blockIdx.x * R
@@ -325,51 +411,7 @@ def gemv_float(w, x, y):
         a1 += float32(w[rb, k]) * xv
         a2 += float32(w[rc, k]) * xv
         a3 += float32(w[rd, k]) * xv
-    _store4(y, t, r0, n_out, a0, a1, a2, a3)
-
-
-def gemv_id_q45(q, h, d, m, ids, xdiv, xq, xd, xs, y, off, has_h, has_m):
-    """Expert GEMV (llama.cpp's mul_mat_id): y[p, r] = sum_k W_e[r, k] * x[p // xdiv, k], e = ids[p // K, p % K],
-    for each (token, slot) pair p = t * K + j, W the stacked experts (GExperts: expert e owns rows e * n_out ..).
-    The expert ids are read from device memory (a CUDA graph stays right as routing changes). Block (row group,
-    p) as gemv_q45 with one token per block."""
-    n_out = y.shape[1]
-    kk = ids.shape[1]
-    p = cuda.blockIdx.y
-    base = ids[p // kk, p % kk] * n_out
-    r0 = cuda.blockIdx.x * R
-    ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
-        base + min(r0 + 3, n_out - 1)
-    tx = p // xdiv
-    z = float32(0.0)
-    c0 = (z, z, z, z)
-    for b in range(cuda.threadIdx.x, d.shape[1], 32 * NW):
-        wa, wb, wc, wd = _w45(q, h, ra, b, has_h), _w45(q, h, rb, b, has_h), _w45(q, h, rc, b, has_h), \
-            _w45(q, h, rd, b, has_h)
-        dv = (float32(d[ra, b]), float32(d[rb, b]), float32(d[rc, b]), float32(d[rd, b]))
-        mv = (z, z, z, z)
-        if has_m:
-            mv = (float32(m[ra, b]), float32(m[rb, b]), float32(m[rc, b]), float32(m[rd, b]))
-        c0 = _tok45(c0, xq, xd, xs, tx, b, wa, wb, wc, wd, dv, mv, off)
-    _store_t(y, p, 0, r0, c0)
-
-
-def gemv_id_q8(q, d, m, ids, xdiv, xq, xd, xs, y, g16, has_m):
-    """gemv_id_q45 for the q8 family."""
-    n_out = y.shape[1]
-    kk = ids.shape[1]
-    p = cuda.blockIdx.y
-    base = ids[p // kk, p % kk] * n_out
-    r0 = cuda.blockIdx.x * R
-    ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
-        base + min(r0 + 3, n_out - 1)
-    tx = p // xdiv
-    z = float32(0.0)
-    c0 = (z, z, z, z)
-    for b in range(cuda.threadIdx.x, xd.shape[1], 32 * NW):
-        wa, wb, wc, wd = _w8(q, ra, b), _w8(q, rb, b), _w8(q, rc, b), _w8(q, rd, b)
-        c0 = _tok8(c0, xq, xd, xs, tx, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-    _store_t(y, p, 0, r0, c0)
+    _store4(y, t, r0, n_out, a0, a1, a2, a3, add)
 
 
 def gemv_id_float(w, ids, xdiv, x, y):
@@ -389,12 +431,66 @@ def gemv_id_float(w, ids, xdiv, x, y):
         a1 += float32(w[rb, k]) * xv
         a2 += float32(w[rc, k]) * xv
         a3 += float32(w[rd, k]) * xv
-    _store4(y, p, r0, n_out, a0, a1, a2, a3)
+    _store4(y, p, r0, n_out, a0, a1, a2, a3, False)
+
+
+def _h4(v0, v1, v2, v3):
+    """Four float32 values rounded to float16 and packed into one int64 (element 0 in the low bits)."""
+    return (int64(libdevice.float2half_rn(v0)) & 0xFFFF) | ((int64(libdevice.float2half_rn(v1)) & 0xFFFF) << 16) | \
+        ((int64(libdevice.float2half_rn(v2)) & 0xFFFF) << 32) | ((int64(libdevice.float2half_rn(v3)) & 0xFFFF) << 48)
+
+
+def dequant_h_q45(q, h, d, m, off, has_h, has_m, out):
+    """out = W as float16 (out read as int64: 4 halves per word) for the q4 / q5 family: the prefill's cuBLAS
+    input. A thread per uint32 word of q: its low nibbles are elements 4j..4j+3 of a 32-block and its high
+    nibbles 16+4j.., two 8-byte stores; a warp writes 512 consecutive bytes."""
+    e = cuda.grid(1)
+    nwords = q.shape[1]
+    r = e // nwords
+    if r >= q.shape[0]:
+        return
+    wi = e - r * nwords
+    b = wi >> 2
+    j = wi & 3
+    word = int64(q[r, wi])
+    hb = int64(h[r, b] >> (4 * j)) if has_h else int64(0)
+    dd = float32(d[r, b])
+    mm = float32(m[r, b]) if has_m else float32(0.0)
+    v = cuda.local.array(8, float32)
+    for k in range(4):
+        lo = (word >> (8 * k)) & 15
+        hi = (word >> (8 * k + 4)) & 15
+        if has_h:
+            lo |= ((hb >> k) & 1) << 4
+            hi |= ((hb >> (16 + k)) & 1) << 4
+        v[k] = dd * float32(lo - off) + mm
+        v[4 + k] = dd * float32(hi - off) + mm
+    out[r, 8 * b + j] = _h4(v[0], v[1], v[2], v[3])
+    out[r, 8 * b + 4 + j] = _h4(v[4], v[5], v[6], v[7])
+
+
+def dequant_h_q8(q, d, m, g, has_m, out):
+    """out = W as float16 (read as int64) for the q8 family (q read as int64: 8 elements per thread, one group)."""
+    e = cuda.grid(1)
+    nwords = q.shape[1]
+    r = e // nwords
+    if r >= q.shape[0]:
+        return
+    wi = e - r * nwords
+    gi = (8 * wi) // g
+    dd = float32(d[r, gi])
+    mm = float32(m[r, gi]) if has_m else float32(0.0)
+    word = q[r, wi]
+    v = cuda.local.array(8, float32)
+    for k in range(8):
+        v[k] = dd * float32(int8(word >> (8 * k))) + mm
+    out[r, 2 * wi] = _h4(v[0], v[1], v[2], v[3])
+    out[r, 2 * wi + 1] = _h4(v[4], v[5], v[6], v[7])
 
 
 def dequant_q45(q, h, d, m, off, has_h, has_m, rows, scale, out):
-    """out[i, :] = W[rows[i], :] * scale for the q4 / q5 family.  One block per output row; a thread per byte of
-    q (elements j and j + 16 of a 32-block), so a warp writes 64 consecutive outputs."""
+    """out[i, :] = W[rows[i], :] * scale as float32 for the q4 / q5 family (the embedding lookup).  One block per
+    output row; a thread per byte of q (elements j and j + 16 of a 32-block)."""
     i = cuda.blockIdx.x
     r = rows[i]
     for e in range(cuda.threadIdx.x, 4 * q.shape[1], cuda.blockDim.x):
@@ -414,7 +510,7 @@ def dequant_q45(q, h, d, m, off, has_h, has_m, rows, scale, out):
 
 
 def dequant_q8(q, d, m, g, has_m, rows, scale, out):
-    """out[i, :] = W[rows[i], :] * scale for the q8 family (q: int8 elements, groups of g)."""
+    """out[i, :] = W[rows[i], :] * scale as float32 for the q8 family (q: int8 elements, groups of g)."""
     i = cuda.blockIdx.x
     r = rows[i]
     for e in range(cuda.threadIdx.x, q.shape[1], cuda.blockDim.x):
@@ -436,40 +532,42 @@ def dequant_float(w, rows, scale, out):
 # Signatures: compiled eagerly (fast dispatch, nothing compiles during graph capture) and by the CI test
 # (tests/test_cuda_compile.py) with compile_ptx, which needs no GPU.
 _A = "[:, ::1]"
+_GEMV_SIGS = {
+    "gemv_q45": [f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, "
+                 f"float32{_A}, int32, boolean, boolean, boolean)"],
+    "gemv_q8": [f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, float32{_A}, "
+                "boolean, boolean, boolean)"],
+    "gemv_id_q45": [f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int64{_A}, "
+                    f"float32{_A}, int32{_A}, float32{_A}, int32, boolean, boolean)"],
+    "gemv_id_q8": [f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int64{_A}, float32{_A}, "
+                   f"int32{_A}, float32{_A}, boolean, boolean)"],
+}
+_gemvs = {nw: gemv_kernels(nw, TT) for nw in NWS}
 SIGS = {
     quantize_x: [f"void(float32{_A}, int8{_A}, float32{_A}, int32{_A})"],
-    gemv_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int32{_A}, float32{_A}, int32{_A}, "
-               f"float32{_A}, int32, boolean, boolean)"],
-    gemv_q8: [f"void(int32{_A}, float16{_A}, float16{_A}, int32{_A}, float32{_A}, int32{_A}, float32{_A}, "
-              "boolean, boolean)"],
-    gemv_float: [f"void({w}{_A}, float32{_A}, float32{_A})" for w in ("float16", "float32")],
-    gemv_id_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int32{_A}, float32{_A}, "
-                  f"int32{_A}, float32{_A}, int32, boolean, boolean)"],
-    gemv_id_q8: [f"void(int32{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int32{_A}, float32{_A}, int32{_A}, "
-                 f"float32{_A}, boolean, boolean)"],
+    **{_gemvs[nw][name]: sigs for nw in NWS for name, sigs in _GEMV_SIGS.items()
+       if nw == NW or not name.startswith("gemv_id")},
+    gemv_float: [f"void({w}{_A}, float32{_A}, float32{_A}, boolean)" for w in ("float16", "float32")],
     gemv_id_float: [f"void({w}{_A}, int64{_A}, int64, float32{_A}, float32{_A})" for w in ("float16", "float32")],
+    dequant_h_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int32, boolean, boolean, int64{_A})"],
+    dequant_h_q8: [f"void(int64{_A}, float16{_A}, float16{_A}, int32, boolean, int64{_A})"],
     dequant_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int32, boolean, boolean, int64[::1], "
-                  f"float32, {o}{_A})" for o in ("float16", "float32")],
-    dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, {o}{_A})"
-                 for o in ("float16", "float32")],
-    dequant_float: [f"void({w}{_A}, int64[::1], float32, {o}{_A})" for w in ("float16", "float32")
-                    for o in ("float16", "float32")],
+                  f"float32, float32{_A})"],
+    dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, float32{_A})"],
+    dequant_float: [f"void({w}{_A}, int64[::1], float32, float32{_A})" for w in ("float16", "float32")],
 }
-quant32 = cuda.jit(device=True, inline=True)(quant32)
-_spread4 = cuda.jit(device=True, inline=True)(_spread4)
-_w45 = cuda.jit(device=True, inline=True)(_w45)
-_w8 = cuda.jit(device=True, inline=True)(_w8)
-_xw = cuda.jit(device=True, inline=True)(_xw)
-_dot = cuda.jit(device=True, inline=True)(_dot)
-_tok45 = cuda.jit(device=True, inline=True)(_tok45)
-_v8 = cuda.jit(device=True, inline=True)(_v8)
-_tok8 = cuda.jit(device=True, inline=True)(_tok8)
-_store_t = cuda.jit(device=True, inline=True)(_store_t)
-_tile = cuda.jit(device=True, inline=True)(_tile)
-_store4 = cuda.jit(device=True, inline=True)(_store4)
+for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, _store4, _h4):
+    globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 # Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
 _EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
-K = {f.__name__: cuda.jit(sigs)(f) if _EAGER else cuda.jit(f) for f, sigs in SIGS.items()}
+
+
+def compile_kernels(sigs: dict) -> dict:
+    """{name: kernel} from {python function: signatures}: eager where a GPU is present."""
+    return {f.__name__: cuda.jit(s)(f) if _EAGER else cuda.jit(f) for f, s in sigs.items()}
+
+
+K = fast_kernels(compile_kernels(SIGS))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -551,6 +649,28 @@ class GMatrix:
         h = cp.ascontiguousarray(h).view(cp.uint32) if family == "q5" else dummy32
         return cls(qt, n_out, n_in, "q45", q, d, m, h, 0, 32, has_m, family == "q5")
 
+    def _per_row(self):
+        """The arrays with one row per matrix row (the (1, 1) dummies of absent fields left out)."""
+        return [f for f in ("q", "d", "m", "h") if getattr(self, f) is not None and
+                getattr(self, f).shape[0] == self.n_out and (f == "q" or getattr(self, "has_" + f, True))]
+
+    def rows(self, start: int, stop: int) -> "GMatrix":
+        """Rows start:stop as a GMatrix of views (no copy)."""
+        sub = {f: getattr(self, f)[start:stop] for f in self._per_row()}
+        return replace(self, n_out=stop - start, **sub)
+
+    @classmethod
+    def stack(cls, parts: list["GMatrix"]) -> "GMatrix | None":
+        """One matrix of the parts' rows in order (q, k, v -> qkv; gate, up -> gate_up), so that one GEMV serves
+        them all; None if their layouts differ (e.g. a Q6_K attn_v among Q4_K q and k)."""
+        import cupy as cp
+        first = parts[0]
+        same = ("qtype", "n_in", "family", "off", "g", "has_m", "has_h")
+        if any(getattr(p, a) != getattr(first, a) for p in parts for a in same):
+            return None
+        cat = {f: cp.concatenate([getattr(p, f) for p in parts]) for f in first._per_row()}
+        return replace(first, n_out=sum(p.n_out for p in parts), **cat)
+
 
 
 @dataclass
@@ -570,6 +690,9 @@ class GExperts:
     def family(self) -> str:
         return self.w.family
 
+    def expert(self, e: int) -> GMatrix:
+        return self.w.rows(e * self.n_out, (e + 1) * self.n_out)
+
     @classmethod
     def from_tensor(cls, t: Tensor) -> "GExperts":
         if len(t.shape) != 3:
@@ -584,7 +707,7 @@ class GExperts:
 # ---------------------------------------------------------------------------------------------------------------
 
 def quantize(x, stream):
-    """x (n, k) float32 -> (xq int32 words (n, k/4), xd (n, k/32), xs (n, k/16))."""
+    """x (n, k) float32 -> (xq int8 (n, k), xd (n, k/32), xs (n, k/16)), the int8 form the GEMVs read."""
     import cupy as cp
     n, k = x.shape
     xq = cp.empty((n, k), cp.int8)
@@ -592,34 +715,58 @@ def quantize(x, stream):
     xs = cp.empty((n, k // 16), cp.int32)
     warps = n * (k // 32)
     K["quantize_x"][math.ceil(warps / 8), 256, stream](x, xq, xd, xs)
-    return xq.view(cp.int32), xd, xs
+    return xq, xd, xs
 
 
-def gmatmul(w: GMatrix, x, stream, xquant=None):
-    """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32."""
+def gmatmul(w: GMatrix, x, stream, xquant=None, out=None):
+    """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32; with out, out += x @ W.T instead (returns out).
+
+    xquant: x's int8 form (quantize) when the op that produced x already wrote it."""
     import cupy as cp
     n = x.shape[0]
+    add = out is not None
     if n <= GEMV_MAX_N:
-        y = cp.empty((n, w.n_out), cp.float32)
-        grid = (math.ceil(w.n_out / R), n)
+        y = out if add else cp.empty((n, w.n_out), cp.float32)
         if w.family == "float":
-            K["gemv_float"][grid, 32 * NW, stream](w.q, x, y)
+            K["gemv_float"][(math.ceil(w.n_out / R), n), 32 * NW, stream](w.q, x, y, add)
             return y
         xq, xd, xs = xquant if xquant is not None else quantize(x, stream)
-        grid = math.ceil(w.n_out / R) * math.ceil(n / TT)  # row groups x token tiles (_tile)
+        xq = xq.view(cp.int64)
+        grid = math.ceil(w.n_out / R) * math.ceil(n / TT)  # row groups x token tiles (tile)
+        nw = gemv_warps(w.n_in)
         if w.family == "q45":
-            K["gemv_q45"][grid, 32 * NW, stream](w.q, w.h, w.d, w.m, xq, xd, xs, y, w.off, w.has_h, w.has_m)
+            K[f"gemv_q45_w{nw}"][grid, 32 * nw, stream](w.q.view(cp.int64), w.h, w.d, w.m, xq, xd, xs, y, w.off,
+                                                        w.has_h, w.has_m, add)
         else:
-            K["gemv_q8"][grid, 32 * NW, stream](w.q.view(cp.int32), w.d, w.m, xq, xd, xs, y, w.g == 16, w.has_m)
+            K[f"gemv_q8_w{nw}"][grid, 32 * nw, stream](w.q.view(cp.int64), w.d, w.m, xq, xd, xs, y, w.g == 16,
+                                                       w.has_m, add)
         return y
-    wf = dequant(w, cp.arange(w.n_out, dtype=cp.int64), 1.0, cp.float16, stream)
-    return cp.matmul(x.astype(cp.float16), wf.T).astype(cp.float32)
+    y = cp.matmul(x.astype(cp.float16), dequant_f16(w, stream).T)  # cuBLAS, fp32 accumulation
+    if add:
+        out += y
+        return out
+    return y.astype(cp.float32)
 
 
-def dequant(w: GMatrix, rows, scale: float, dtype, stream):
-    """Rows `rows` (int64 CuPy) of W, times scale, as a (len(rows), n_in) array of dtype."""
+def dequant_f16(w: GMatrix, stream):
+    """The whole of W as a float16 (n_out, n_in) array (F16 weights as they are)."""
     import cupy as cp
-    out = cp.empty((rows.shape[0], w.n_in), dtype)
+    if w.family == "float":
+        return w.q if w.q.dtype == cp.float16 else w.q.astype(cp.float16)
+    out = cp.empty((w.n_out, w.n_in // 4), cp.int64)  # 4 halves per int64
+    if w.family == "q45":
+        grid = math.ceil(w.q.size / DQ_THREADS)  # a thread per uint32 word
+        K["dequant_h_q45"][grid, DQ_THREADS, stream](w.q, w.h, w.d, w.m, w.off, w.has_h, w.has_m, out)
+    else:
+        q = w.q.view(cp.int64)
+        K["dequant_h_q8"][math.ceil(q.size / DQ_THREADS), DQ_THREADS, stream](q, w.d, w.m, w.g, w.has_m, out)
+    return out.view(cp.float16)
+
+
+def dequant(w: GMatrix, rows, scale: float, stream):
+    """Rows `rows` (int64 CuPy) of W, times scale, as a float32 (len(rows), n_in) array (embedding lookups)."""
+    import cupy as cp
+    out = cp.empty((rows.shape[0], w.n_in), cp.float32)
     grid = (rows.shape[0],)
     if w.family == "q45":
         K["dequant_q45"][grid, DQ_THREADS, stream](w.q, w.h, w.d, w.m, w.off, w.has_h, w.has_m, rows, scale, out)
@@ -649,18 +796,18 @@ def gmatmul_id(ex: GExperts, x, ids, stream, xquant=None):
             K["gemv_id_float"][grid, 32 * NW, stream](w.q, ids, xdiv, x2, y)
             return y.reshape(n, kk, n_out)
         xq, xd, xs = xquant if xquant is not None else quantize(x2, stream)
+        xq = xq.view(cp.int64)
         if w.family == "q45":
-            K["gemv_id_q45"][grid, 32 * NW, stream](w.q, w.h, w.d, w.m, ids, xdiv, xq, xd, xs, y, w.off, w.has_h,
-                                                    w.has_m)
+            K[f"gemv_id_q45_w{NW}"][grid, 32 * NW, stream](w.q.view(cp.int64), w.h, w.d, w.m, ids, xdiv, xq, xd, xs, y,
+                                                    w.off, w.has_h, w.has_m)
         else:
-            K["gemv_id_q8"][grid, 32 * NW, stream](w.q.view(cp.int32), w.d, w.m, ids, xdiv, xq, xd, xs, y, w.g == 16,
-                                                   w.has_m)
+            K[f"gemv_id_q8_w{NW}"][grid, 32 * NW, stream](w.q.view(cp.int64), w.d, w.m, ids, xdiv, xq, xd, xs, y,
+                                                   w.g == 16, w.has_m)
         return y.reshape(n, kk, n_out)
     cp.cuda.get_current_stream().synchronize()
     flat = cp.asnumpy(ids).reshape(-1)
     for e in np.unique(flat):
         sel = np.nonzero(flat == e)[0]  # flat (t, j) pairs routed to expert e
         xs = x2[cp.asarray(sel // xdiv)].astype(cp.float16)
-        wf = dequant(w, cp.arange(int(e) * n_out, (int(e) + 1) * n_out, dtype=cp.int64), 1.0, cp.float16, stream)
-        y[cp.asarray(sel)] = cp.matmul(xs, wf.T).astype(cp.float32)
+        y[cp.asarray(sel)] = cp.matmul(xs, dequant_f16(ex.expert(int(e)), stream).T).astype(cp.float32)
     return y.reshape(n, kk, n_out)

@@ -10,13 +10,17 @@ graph of a decode step stays right as they change between replays.
 import math
 import os
 
-from numba import cuda, float32, float64, int64
+from numba import cuda, float32, float64, int32, int64
 
+from minirs.kernels.cuda_launch import fast_kernels
 from minirs.kernels.cuda_matmul import quant32
 
 ATT_WARPS = 8  # most warps per block in attention (decode uses 8, prefill 4: see CudaBackend.attention)
-ATT_CHUNK = 32  # keys per block in split (flash-decoding) attention
+ATT_CHUNK = 32  # fewest keys per block in split (flash-decoding) attention
+ATT_SPLITS = 32  # most blocks per (token, head) in split attention (attn_reduce takes one chunk per lane)
 RMS_MAXE = 8  # elements per thread in rmsnorm: rows up to 8 * 1024
+NORM_WARPS = 8  # warps per block of rmsnorm_q: a block normalises 2 * 32 * NORM_WARPS elements of a row
+NORM_LOADS = 16  # loads in flight per thread in rmsnorm_q's sum of squares
 ATT_MAXE = 8  # head_dim / 32 at most: head_dim <= 256
 ATT_DMAX = 256
 ARGMAX_THREADS = 1024
@@ -39,10 +43,18 @@ def _load_row(x, i, v):
     if (tid & 31) == 0:
         part[tid >> 5] = ss
     cuda.syncthreads()
-    total = float32(0.0)
-    for k in range(cuda.blockDim.x >> 5):
-        total += part[k]
+    total = part[tid & 31] if (tid & 31) < (cuda.blockDim.x >> 5) else float32(0.0)
+    for o in (16, 8, 4, 2, 1):  # the warps' partial sums, summed by every warp (a fixed order)
+        total += cuda.shfl_xor_sync(0xFFFFFFFF, total, o)
     return total
+
+
+def _load_w(w, wv):
+    """wv[u] = w[tid + u * blockDim] (0 past the row): the weights, loaded alongside x (before the block's sum
+    of squares, which would otherwise stand between the two rounds of loads)."""
+    for u in range(RMS_MAXE):
+        j = cuda.threadIdx.x + u * cuda.blockDim.x
+        wv[u] = w[j] if j < w.shape[0] else float32(0.0)
 
 
 def rmsnorm(x, w, eps, out):
@@ -51,28 +63,49 @@ def rmsnorm(x, w, eps, out):
     i = cuda.blockIdx.x
     d = x.shape[1]
     v = cuda.local.array(RMS_MAXE, float32)
+    wv = cuda.local.array(RMS_MAXE, float32)
+    _load_w(w, wv)
     r = float32(1.0) / math.sqrt(_load_row(x, i, v) / float32(d) + eps)
     for u in range(RMS_MAXE):
         j = cuda.threadIdx.x + u * cuda.blockDim.x
         if j < d:
-            out[i, j] = v[u] * r * w[j]
+            out[i, j] = v[u] * r * wv[u]
 
 
 def rmsnorm_q(x, w, eps, out, xq, xd, xs):
     """rmsnorm, and out also quantized to int8 per 32-block for the GEMVs (cuda_matmul.quantize_x's format), so
-    the q/k/v (or gate/up) GEMVs that read it need no quantize kernel of their own.  d % 32 == 0 and blockDim a
-    multiple of 32: the 32 lanes of a warp hold one 32-block per u."""
+    the q/k/v (or gate/up) GEMVs that read it need no quantize kernel of their own.  d % 32 == 0.
+
+    Decode has a handful of rows, so a row is spread over blocks (i, s) of NORM_WARPS warps (one SM per row was
+    issue-bound): every block sums the squares of the whole row (in the same order, so all blocks agree), then
+    normalises and quantizes its slice, 32-blocks 2 * (NORM_WARPS * s + warp) and the one after."""
     i = cuda.blockIdx.x
     d = x.shape[1]
-    v = cuda.local.array(RMS_MAXE, float32)
-    r = float32(1.0) / math.sqrt(_load_row(x, i, v) / float32(d) + eps)
-    for u in range(RMS_MAXE):
-        j0 = (cuda.threadIdx.x & ~31) + u * cuda.blockDim.x  # the warp's 32-block
-        if j0 < d:
-            j = j0 + (cuda.threadIdx.x & 31)
-            y = v[u] * r * w[j]
-            out[i, j] = y
-            quant32(y, i, j0 >> 5, xq, xd, xs)
+    nb = d >> 5
+    lane = cuda.threadIdx.x & 31
+    b0 = 2 * (NORM_WARPS * cuda.blockIdx.y + (cuda.threadIdx.x >> 5))
+    j0 = 32 * b0 + lane
+    x0 = x[i, j0] if b0 < nb else float32(0.0)  # this warp's two 32-blocks, loaded before the long sum
+    w0 = w[j0] if b0 < nb else float32(0.0)
+    x1 = x[i, j0 + 32] if b0 + 1 < nb else float32(0.0)
+    w1 = w[j0 + 32] if b0 + 1 < nb else float32(0.0)
+    ss = float32(0.0)
+    vals = cuda.local.array(NORM_LOADS, float32)
+    for base in range(0, d, NORM_LOADS * cuda.blockDim.x):  # rounds of NORM_LOADS loads in flight per thread
+        for u in range(NORM_LOADS):
+            j = base + cuda.threadIdx.x + u * cuda.blockDim.x
+            vals[u] = x[i, j] if j < d else float32(0.0)
+        for u in range(NORM_LOADS):
+            ss += vals[u] * vals[u]
+    r = float32(1.0) / math.sqrt(_block_sum(ss) / float32(d) + eps)
+    if b0 < nb:
+        y = x0 * r * w0
+        out[i, j0] = y
+        quant32(y, i, b0, xq, xd, xs)
+    if b0 + 1 < nb:
+        y = x1 * r * w1
+        out[i, j0 + 32] = y
+        quant32(y, i, b0 + 1, xq, xd, xs)
 
 
 def rope_(x, pos, inv_freq, neox):
@@ -89,8 +122,7 @@ def rope_(x, pos, inv_freq, neox):
     th = e // half
     head = th % h
     t = th // h
-    ang = float64(pos[t]) * inv_freq[i]
-    c, s = float32(math.cos(ang)), float32(math.sin(ang))
+    c, s = _cos_sin(pos[t], inv_freq[i])
     i0, i1 = (i, i + half) if neox else (2 * i, 2 * i + 1)
     a, b = x[t, head, i0], x[t, head, i1]
     x[t, head, i0] = a * c - b * s
@@ -114,7 +146,8 @@ def gated_act(gate, up, gelu, out):
 
 
 def gated_act_q(gate, up, gelu, out, xq, xd, xs):
-    """gated_act, and out quantized per 32-block for the down-projection GEMV.  f % 32 == 0; a warp per 32-block."""
+    """gated_act, and out quantized per 32-block for the down-projection GEMV.  f % 32 == 0; a warp per 32-block.
+    gate and up may be column views of one fused (n, 2f) gate_up output."""
     n, f = gate.shape
     nb = f >> 5
     gw = cuda.grid(1) >> 5
@@ -147,26 +180,25 @@ def kv_write(k_cache, v_cache, slots, pos, k, v):
 def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm, pl, out):
     """Causal GQA over ring-buffer caches (ref.attention states the math).  q: (n, h, d) float32; caches f16.
 
-    Block (t*h + head, s) takes the keys lo + s*chunk .. of token t's range [lo, pos[t]] (flash-decoding: a
-    decode step spreads a long context over many blocks). Warp w of its nw <= ATT_WARPS warps takes keys
-    w, w + nw, ... of the chunk with an online softmax, lanes split the head dims (d / 32 each, in registers), and
-    the warps are merged at the end (head_dim < 32 or not a multiple of 32: the lanes past d idle). out: (n, h, S, d), S = gridDim.y. With S == 1 out is the attention output;
-    otherwise out holds each chunk's unnormalised sum, pm its max score and pl its sum of exp(score - max), and
-    attn_reduce combines them.
+    Block (head, s, t) takes span = max(chunk, ceil(range / S)) keys lo + s*span .. of token t's range
+    [lo, pos[t]] (flash-decoding: a decode step spreads a long context over S = gridDim.y blocks). Warp w of its
+    nw <= ATT_WARPS warps takes keys 4w..4w+3, then 4(w + nw).., ... of the chunk (four keys' loads in flight at
+    once) with an online softmax, lanes split the head dims (d / 32 each, in registers), and the warps are merged
+    at the end (head_dim < 32 or not a multiple of 32: the lanes past d idle). out: (n, h, S, d). With S == 1 out
+    is the attention output; otherwise out holds each chunk's unnormalised sum, pm its max score and pl its sum
+    of exp(score - max), and attn_reduce combines them.
     """
-    n, h, d = q.shape
-    h_kv, L = k_cache.shape[1], k_cache.shape[2]
-    job = cuda.blockIdx.x
-    sp = cuda.blockIdx.y
+    d = q.shape[2]
+    h, h_kv, L = int32(q.shape[1]), int32(k_cache.shape[1]), int32(k_cache.shape[2])  # 32-bit index math
+    head, sp, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z
     split = cuda.gridDim.y > 1
-    t = job // h
-    head = job % h
     kv = head // (h // h_kv)
     s = slots[t]
-    p = pos[t]
-    lo = max(0, p - window + 1) if window > 0 else 0
-    start = lo + sp * chunk
-    stop = min(p + 1, start + chunk)
+    p = int32(pos[t])
+    lo = max(int32(0), p - int32(window) + 1) if window > 0 else int32(0)
+    span = max(int32(chunk), (p + 1 - lo + cuda.gridDim.y - 1) // cuda.gridDim.y)  # keys per block, >= chunk
+    start = lo + sp * span
+    stop = min(p + 1, start + span)
     if start >= stop:  # nothing of this token's range in this chunk (the grid covers the longest range)
         for c in range(cuda.threadIdx.x, d, cuda.blockDim.x):
             out[t, head, sp, c] = 0.0
@@ -185,23 +217,41 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
             o[i] = 0.0
     mx = float32(-math.inf)
     lsum = float32(0.0)
-    for j in range(start + warp, stop, nw):
-        r = j % L
-        sc = float32(0.0)
+    for j in range(start + 4 * warp, stop, 4 * nw):  # 4 keys at a time: their loads are all in flight together
+        r0 = j % L
+        r1 = (j + 1) % L if j + 1 < stop else r0  # keys past the range read a valid row and get weight 0
+        r2 = (j + 2) % L if j + 2 < stop else r0
+        r3 = (j + 3) % L if j + 3 < stop else r0
+        s0 = s1 = s2 = s3 = float32(0.0)
         for i in range(ATT_MAXE):
-            if lane + 32 * i < d:
-                sc += qv[i] * float32(k_cache[s, kv, r, lane + 32 * i])
+            c = lane + 32 * i
+            if c < d:
+                s0 += qv[i] * float32(k_cache[s, kv, r0, c])
+                s1 += qv[i] * float32(k_cache[s, kv, r1, c])
+                s2 += qv[i] * float32(k_cache[s, kv, r2, c])
+                s3 += qv[i] * float32(k_cache[s, kv, r3, c])
         for off in (16, 8, 4, 2, 1):
-            sc += cuda.shfl_xor_sync(0xFFFFFFFF, sc, off)
+            s0 += cuda.shfl_xor_sync(0xFFFFFFFF, s0, off)
+            s1 += cuda.shfl_xor_sync(0xFFFFFFFF, s1, off)
+            s2 += cuda.shfl_xor_sync(0xFFFFFFFF, s2, off)
+            s3 += cuda.shfl_xor_sync(0xFFFFFFFF, s3, off)
         if softcap > 0:
-            sc = softcap * math.tanh(sc / softcap)
-        mnew = max(mx, sc)
+            s0 = softcap * math.tanh(s0 / softcap)
+            s1 = softcap * math.tanh(s1 / softcap)
+            s2 = softcap * math.tanh(s2 / softcap)
+            s3 = softcap * math.tanh(s3 / softcap)
+        s1 = s1 if j + 1 < stop else float32(-math.inf)
+        s2 = s2 if j + 2 < stop else float32(-math.inf)
+        s3 = s3 if j + 3 < stop else float32(-math.inf)
+        mnew = max(max(mx, s0), max(max(s1, s2), s3))
         corr = math.exp(mx - mnew)
-        pe = math.exp(sc - mnew)
-        lsum = lsum * corr + pe
+        p0, p1, p2, p3 = math.exp(s0 - mnew), math.exp(s1 - mnew), math.exp(s2 - mnew), math.exp(s3 - mnew)
+        lsum = lsum * corr + ((p0 + p1) + (p2 + p3))
         for i in range(ATT_MAXE):
-            if lane + 32 * i < d:
-                o[i] = o[i] * corr + pe * float32(v_cache[s, kv, r, lane + 32 * i])
+            c = lane + 32 * i
+            if c < d:
+                o[i] = o[i] * corr + ((p0 * float32(v_cache[s, kv, r0, c]) + p1 * float32(v_cache[s, kv, r1, c]))
+                                      + (p2 * float32(v_cache[s, kv, r2, c]) + p3 * float32(v_cache[s, kv, r3, c])))
         mx = mnew
     sm_m = cuda.shared.array(ATT_WARPS, float32)
     sm_l = cuda.shared.array(ATT_WARPS, float32)
@@ -232,26 +282,41 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
 
 
 def attn_reduce(pm, pl, po, out, quant, xq, xd, xs):
-    """out[t, head] = sum_s exp(pm_s - M) po_s / sum_s exp(pm_s - M) pl_s over the chunks s of split attention
-    (M = max_s pm_s); with quant, out is also quantized per 32-block for the output-projection GEMV (row t of
-    xq is out[t] flattened over heads; d % 32 == 0).  A block of d threads per (token, head)."""
+    """out[t, head] = sum_s exp(pm_s - M) po_s / sum_s exp(pm_s - M) pl_s over the S <= ATT_SPLITS chunks s of
+    split attention (M = max_s pm_s); with quant, out is also quantized per 32-block for the output-projection
+    GEMV (row t of xq is out[t] flattened over heads; d % 32 == 0).  Block (head, t) of 32 * ceil(d / 32)
+    threads: the first warp turns the chunks' maxima into weights (one chunk per lane) in shared memory, then
+    thread c sums po[.., c] over the chunks (independent loads, no shuffles in the loop)."""
     n, h, S, d = po.shape
-    job = cuda.blockIdx.x
-    t = job // h
-    head = job % h
+    head, t = cuda.blockIdx.x, cuda.blockIdx.y
     c = cuda.threadIdx.x
-    big = float32(-math.inf)
-    for s in range(S):
-        big = max(big, pm[t, head, s])
-    total = float32(0.0)
-    acc = float32(0.0)
-    for s in range(S):
-        if pl[t, head, s] > 0:
-            e = math.exp(pm[t, head, s] - big)
-            total += pl[t, head, s] * e
-            acc += po[t, head, s, c] * e
-    v = acc / total
-    out[t, head, c] = v
+    wts = cuda.shared.array(ATT_SPLITS, float32)
+    tot = cuda.shared.array(1, float32)
+    if c < 32:
+        m = pm[t, head, c] if c < S else float32(-math.inf)
+        big = m
+        for o in (16, 8, 4, 2, 1):
+            big = max(big, cuda.shfl_xor_sync(0xFFFFFFFF, big, o))
+        e = float32(0.0)
+        if c < S and pl[t, head, c] > 0:
+            e = math.exp(m - big)
+        total = pl[t, head, c] * e if c < S else float32(0.0)
+        for o in (16, 8, 4, 2, 1):
+            total += cuda.shfl_xor_sync(0xFFFFFFFF, total, o)
+        wts[c] = e  # 0 past S
+        if c == 0:
+            tot[0] = total
+    cuda.syncthreads()
+    v = float32(0.0)
+    if c < d:
+        part = cuda.local.array(ATT_SPLITS, float32)
+        for k in range(ATT_SPLITS):  # a constant trip count: unrolled, every load issued before the sum uses it
+            part[k] = po[t, head, k, c] if k < S else float32(0.0)
+        acc = float32(0.0)
+        for k in range(ATT_SPLITS):
+            acc += part[k] * wts[k]
+        v = acc / tot[0]
+        out[t, head, c] = v
     if quant:
         quant32(v, t, head * (d >> 5) + (c >> 5), xq, xd, xs)
 
@@ -293,9 +358,10 @@ def _block_sum(s):
     if (cuda.threadIdx.x & 31) == 0:
         part[cuda.threadIdx.x >> 5] = s
     cuda.syncthreads()
-    total = float32(0.0)
-    for k in range(cuda.blockDim.x >> 5):
-        total += part[k]
+    lane = cuda.threadIdx.x & 31
+    total = part[lane] if lane < (cuda.blockDim.x >> 5) else float32(0.0)
+    for o in (16, 8, 4, 2, 1):
+        total += cuda.shfl_xor_sync(0xFFFFFFFF, total, o)
     return total
 
 
@@ -405,14 +471,140 @@ def moe_sum(y, weights, out):
     out[t, c] = acc
 
 
+PREP_WARPS = 4  # warps per block in attn_inputs (a warp per (token, head))
+
+
+TWO_PI = 2 * math.pi
+
+
+def _cos_sin(p, f):
+    """cos and sin of the RoPE angle p * f as float32: the product and its reduction modulo 2 pi in float64
+    (positions reach 10^5), the trigonometry in float32 on the reduced angle (float64 sin/cos of large angles
+    are slow software routines)."""
+    ang = float64(p) * f
+    ang -= TWO_PI * math.floor(ang / TWO_PI)
+    a = float32(ang)
+    return math.cos(a), math.sin(a)
+
+
+def attn_inputs(q2, k2, v2, qb, kb, vb, has_bias, qn, kn, has_norm, eps, pos, inv_freq, neox, kc, vc, slots, qo):
+    """Everything between the q/k/v projections and attention, in one pass: add the biases, RMS-normalise each
+    q and k head (qk_norm), rotate q and k (RoPE), write q to qo (n, h, d) and k, v to the caches (float16) at row
+    pos[t] % L of slot slots[t].  q2 (n, h*d), k2 and v2 (n, hkv*d) may be column views of one fused qkv output.
+
+    A warp per (token, head) for the h query heads then the hkv key/value heads; the head goes through the warp's
+    row of shared memory, since RoPE pairs elements that other lanes hold.  The twin is CpuBackend.attn_inputs
+    (the separate ops of kernels/ref.py).
+    """
+    n, h, d = qo.shape
+    hkv = kc.shape[1]
+    gw = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) >> 5
+    lane = cuda.threadIdx.x & 31
+    t = gw // (h + hkv)
+    if t >= n:
+        return
+    hd = gw - t * (h + hkv)
+    is_q = hd < h
+    kvh = hd - h
+    row = cuda.shared.array((PREP_WARPS, ATT_DMAX), float32)
+    w = cuda.threadIdx.x >> 5
+    vals = cuda.local.array(ATT_MAXE, float32)
+    vv = cuda.local.array(ATT_MAXE, float32)
+    for i in range(ATT_MAXE):  # every load of this lane first (a constant trip count: unrolled)
+        c = lane + 32 * i
+        if c < d:
+            if is_q:
+                vals[i] = q2[t, hd * d + c] + (qb[hd * d + c] if has_bias else float32(0.0))
+                vv[i] = float32(0.0)
+            else:
+                vals[i] = k2[t, kvh * d + c] + (kb[kvh * d + c] if has_bias else float32(0.0))
+                vv[i] = v2[t, kvh * d + c] + (vb[kvh * d + c] if has_bias else float32(0.0))
+    ss = float32(0.0)
+    for i in range(ATT_MAXE):
+        c = lane + 32 * i
+        if c < d:
+            row[w, c] = vals[i]
+            ss += vals[i] * vals[i]
+    if has_norm:
+        for o in (16, 8, 4, 2, 1):
+            ss += cuda.shfl_xor_sync(0xFFFFFFFF, ss, o)
+        r = float32(1.0) / math.sqrt(ss / float32(d) + eps)
+        for c in range(lane, d, 32):
+            row[w, c] = row[w, c] * r * (qn[c] if is_q else kn[c])
+    cuda.syncwarp()
+    p = pos[t]
+    half = inv_freq.shape[0]
+    for i in range(lane, half, 32):
+        cs, sn = _cos_sin(p, inv_freq[i])
+        i0, i1 = (i, i + half) if neox else (2 * i, 2 * i + 1)
+        a, b = row[w, i0], row[w, i1]
+        row[w, i0] = a * cs - b * sn
+        row[w, i1] = a * sn + b * cs
+    cuda.syncwarp()
+    if is_q:
+        for c in range(lane, d, 32):
+            qo[t, hd, c] = row[w, c]
+    else:
+        sl = slots[t]
+        rr = p % kc.shape[2]
+        for i in range(ATT_MAXE):
+            c = lane + 32 * i
+            if c < d:
+                kc[sl, kvh, rr, c] = row[w, c]
+                vc[sl, kvh, rr, c] = vv[i]
+
+
+def _block_max(s):
+    """Max of s over the whole block (as _block_sum)."""
+    for o in (16, 8, 4, 2, 1):
+        s = max(s, cuda.shfl_xor_sync(0xFFFFFFFF, s, o))
+    part = cuda.shared.array(32, float32)
+    cuda.syncthreads()
+    if (cuda.threadIdx.x & 31) == 0:
+        part[cuda.threadIdx.x >> 5] = s
+    cuda.syncthreads()
+    lane = cuda.threadIdx.x & 31
+    m = part[lane] if lane < (cuda.blockDim.x >> 5) else float32(-math.inf)
+    for o in (16, 8, 4, 2, 1):
+        m = max(m, cuda.shfl_xor_sync(0xFFFFFFFF, m, o))
+    return m
+
+
+def softmax_masked_(s, qpos, q0, nq, k0, window, scale, softcap):
+    """Prefill attention's softmax, in place: row r of s (R, m) holds the raw scores q.k of the token at position
+    qpos[q0 + r % nq] against the keys at positions k0 .. k0 + m - 1; it becomes softmax(softcap(scale * s)) over
+    the keys the token sees (position <= its own, and within the window), 0 elsewhere.  One block per row."""
+    r = cuda.blockIdx.x
+    m = s.shape[1]
+    p = qpos[q0 + r % nq]
+    lo = max(k0, p - window + 1) if window > 0 else k0
+    mx = float32(-math.inf)
+    for j in range(cuda.threadIdx.x, m, cuda.blockDim.x):
+        v = s[r, j] * scale
+        if softcap > 0:
+            v = softcap * math.tanh(v / softcap)
+        if lo <= k0 + j <= p:
+            mx = max(mx, v)
+        s[r, j] = v
+    mx = _block_max(mx)
+    tot = float32(0.0)
+    for j in range(cuda.threadIdx.x, m, cuda.blockDim.x):
+        e = math.exp(s[r, j] - mx) if lo <= k0 + j <= p else float32(0.0)
+        s[r, j] = e
+        tot += e
+    inv = float32(1.0) / _block_sum(tot)
+    for j in range(cuda.threadIdx.x, m, cuda.blockDim.x):
+        s[r, j] *= inv
+
+
 _A2, _A3, _A4 = "[:, ::1]", "[:, :, ::1]", "[:, :, :, ::1]"
 _Q = f"int8{_A2}, float32{_A2}, int32{_A2}"  # xq, xd, xs of cuda_matmul.quantize_x
 SIGS = {
     rmsnorm: [f"void(float32{_A2}, float32[::1], float32, float32{_A2})"],
     rmsnorm_q: [f"void(float32{_A2}, float32[::1], float32, float32{_A2}, {_Q})"],
     rope_: [f"void(float32{_A3}, int64[::1], float64[::1], boolean)"],
-    gated_act: [f"void(float32{_A2}, float32{_A2}, boolean, float32{_A2})"],
-    gated_act_q: [f"void(float32{_A2}, float32{_A2}, boolean, float32{_A2}, {_Q})"],
+    gated_act: [f"void(float32[:, :], float32[:, :], boolean, float32{_A2})"],
+    gated_act_q: [f"void(float32[:, :], float32[:, :], boolean, float32{_A2}, {_Q})"],
     kv_write: [f"void(float16{_A4}, float16{_A4}, int64[::1], int64[::1], float32{_A3}, float32{_A3})"],
     attention: [f"void(float32{_A3}, float16{_A4}, float16{_A4}, int64[::1], int64[::1], int64, float32, float32, "
                 f"int64, float32{_A3}, float32{_A3}, float32{_A4})"],
@@ -424,11 +616,18 @@ SIGS = {
     act: [f"void(float32{_A2}, boolean, float32{_A2})"],
     topk_softmax: [f"void(float32{_A2}, int64{_A2}, float32{_A2})"],
     moe_sum: [f"void(float32{_A3}, float32{_A2}, float32{_A2})"],
+    attn_inputs: [f"void(float32[:, :], float32[:, :], float32[:, :], float32[::1], float32[::1], float32[::1], "
+                  f"boolean, float32[::1], float32[::1], boolean, float32, int64[::1], float64[::1], boolean, "
+                  f"float16{_A4}, float16{_A4}, int64[::1], float32{_A3})"],
+    softmax_masked_: [f"void(float32{_A2}, int64[::1], int64, int64, int64, int64, float32, float32)"],
 }
 _load_row = cuda.jit(device=True, inline=True)(_load_row)
+_load_w = cuda.jit(device=True, inline=True)(_load_w)
 _act = cuda.jit(device=True, inline=True)(_act)
 _block_sum = cuda.jit(device=True, inline=True)(_block_sum)
 _ln_row = cuda.jit(device=True, inline=True)(_ln_row)
+_block_max = cuda.jit(device=True, inline=True)(_block_max)
+_cos_sin = cuda.jit(device=True, inline=True)(_cos_sin)
 # Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
 _EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
-K = {f.__name__: cuda.jit(sigs)(f) if _EAGER else cuda.jit(f) for f, sigs in SIGS.items()}
+K = fast_kernels({f.__name__: cuda.jit(sigs)(f) if _EAGER else cuda.jit(f) for f, sigs in SIGS.items()})

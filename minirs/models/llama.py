@@ -54,6 +54,12 @@ class LayerWeights:
     ffn_gate_exps: object = None  # (n_experts, ffn_dim, dim)
     ffn_up_exps: object = None  # (n_experts, ffn_dim, dim)
     ffn_down_exps: object = None  # (n_experts, dim, ffn_dim)
+    # not file tensors: the backend's stacked matrices (stack_matrices), one GEMV for several projections
+    attn_qkv: object = None  # rows of attn_q, attn_k, attn_v
+    ffn_gate_up: object = None  # rows of ffn_gate, ffn_up
+
+
+FILE_FIELDS = [f.name for f in fields(LayerWeights) if f.name not in ("attn_qkv", "ffn_gate_up")]
 
 
 def required_fields(cfg: ModelConfig) -> list[str]:
@@ -110,6 +116,22 @@ def split_fused(tensors: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tenso
     return out
 
 
+def stack_projections(lw: LayerWeights, backend) -> None:
+    """Where the backend can (the CUDA one, for matrices of one layout), q/k/v become one attn_qkv matrix and
+    gate/up one ffn_gate_up matrix: one GEMV reads them all. The separate matrices are dropped."""
+    stack = getattr(backend, "stack_matrices", None)
+    if stack is None:
+        return
+    if lw.attn_q is not None and lw.attn_k is not None and lw.attn_v is not None:
+        lw.attn_qkv = stack([lw.attn_q, lw.attn_k, lw.attn_v])
+        if lw.attn_qkv is not None:
+            lw.attn_q = lw.attn_k = lw.attn_v = None
+    if lw.ffn_gate is not None and lw.ffn_up is not None and lw.ffn_up_bias is None:
+        lw.ffn_gate_up = stack([lw.ffn_gate, lw.ffn_up])
+        if lw.ffn_gate_up is not None:
+            lw.ffn_gate = lw.ffn_up = None
+
+
 class Transformer:
     def __init__(self, config: ModelConfig, backend, token_embd, output_norm, output, layers: list[LayerWeights],
                  output_norm_bias=None, output_bias=None):
@@ -138,14 +160,15 @@ class Transformer:
         steps = range(cfg.n_layers) if progress is None else progress(range(cfg.n_layers))
         for i in steps:
             lw = LayerWeights()
-            for f in fields(LayerWeights):
-                name = tensor_name(i, f.name)
+            for f in FILE_FIELDS:
+                name = tensor_name(i, f)
                 if name not in tensors:
-                    if f.name in required:
+                    if f in required:
                         raise ModelError(f"{mf.path}: tensor {name!r} is missing ({cfg.arch} model)")
                     continue
-                kind = "experts" if f.name.endswith("_exps") else "matrix"
-                setattr(lw, f.name, load(name, "vector" if f.name.endswith(("norm", "_bias")) else kind))
+                kind = "experts" if f.endswith("_exps") else "matrix"
+                setattr(lw, f, load(name, "vector" if f.endswith(("norm", "_bias")) else kind))
+            stack_projections(lw, backend)
             layers.append(lw)
         top_level = ("token_embd.weight", "output_norm.weight") + (("output_norm.bias",) if cfg.norm == "layer" else ())
         for name in top_level:
@@ -175,31 +198,47 @@ class Transformer:
             self.backend.add_bias_(y, b)
         return y
 
-    def attention(self, i: int, lw: LayerWeights, h, slots, pos, cache):
+    def add_projection_(self, x, w, a, b=None, post_norm=None) -> None:
+        """x += post_norm(a W.T + b): an output projection into the residual stream x (inside the matmul when
+        nothing comes between)."""
+        be = self.backend
+        if b is None and post_norm is None:
+            be.matmul_add_(w, a, x)
+            return
+        y = self.linear(w, a, b)
+        be.add_(x, be.rmsnorm(y, post_norm, self.config.norm_eps) if post_norm is not None else y)
+
+    def attention(self, i: int, lw: LayerWeights, h, slots, pos, cache, x) -> None:
+        """x += attention block of layer i over h = norm(x)."""
         cfg, be = self.config, self.backend
         n = h.shape[0]
-        q = self.linear(lw.attn_q, h, lw.attn_q_bias).reshape(n, cfg.n_heads, cfg.head_dim)
-        k = self.linear(lw.attn_k, h, lw.attn_k_bias).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-        v = self.linear(lw.attn_v, h, lw.attn_v_bias).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-        if cfg.qk_norm:
-            q = be.rmsnorm(q, lw.attn_q_norm, cfg.norm_eps)
-            k = be.rmsnorm(k, lw.attn_k_norm, cfg.norm_eps)
-        be.rope_(q, pos, self.inv_freq[i], cfg.rope_neox)
-        be.rope_(k, pos, self.inv_freq[i], cfg.rope_neox)
+        if lw.attn_qkv is not None:
+            qkv = be.matmul(lw.attn_qkv, h)
+            q, k, v = qkv[:, :cfg.q_dim], qkv[:, cfg.q_dim:cfg.q_dim + cfg.kv_dim], qkv[:, cfg.q_dim + cfg.kv_dim:]
+        else:
+            q, k, v = be.matmul(lw.attn_q, h), be.matmul(lw.attn_k, h), be.matmul(lw.attn_v, h)
+        biases = (lw.attn_q_bias, lw.attn_k_bias, lw.attn_v_bias) if lw.attn_q_bias is not None else (None,) * 3
+        norms = (lw.attn_q_norm, lw.attn_k_norm) if cfg.qk_norm else None
         kc, vc = cache.layer(i)
-        be.kv_write(kc, vc, slots, pos, k, v)
+        q = be.attn_inputs(q, k, v, biases, norms, cfg.norm_eps, pos, self.inv_freq[i], cfg.rope_neox, kc, vc, slots)
         o = be.attention(q, kc, vc, slots, pos, cfg.window(i), cfg.softmax_scale, cfg.attn_softcap)
-        o = self.linear(lw.attn_output, o.reshape(n, cfg.q_dim), lw.attn_output_bias)
-        return be.rmsnorm(o, lw.post_attention_norm, cfg.norm_eps) if cfg.post_norms else o
+        self.add_projection_(x, lw.attn_output, o.reshape(n, cfg.q_dim), lw.attn_output_bias,
+                             lw.post_attention_norm if cfg.post_norms else None)
 
-    def feed_forward(self, lw: LayerWeights, h):
+    def feed_forward(self, lw: LayerWeights, h, x) -> None:
+        """x += feed-forward block over h."""
         cfg, be = self.config, self.backend
         if cfg.n_experts:
-            return self.moe(lw, h)
-        up = self.linear(lw.ffn_up, h, lw.ffn_up_bias)
-        a = be.gated_act(be.matmul(lw.ffn_gate, h), up, cfg.activation) if cfg.gated_ffn else be.act(up, cfg.activation)
-        f = self.linear(lw.ffn_down, a, lw.ffn_down_bias)
-        return be.rmsnorm(f, lw.post_ffw_norm, cfg.norm_eps) if cfg.post_norms else f
+            be.add_(x, self.moe(lw, h))
+            return
+        if lw.ffn_gate_up is not None:
+            gu = be.matmul(lw.ffn_gate_up, h)
+            a = be.gated_act(gu[:, :cfg.ffn_dim], gu[:, cfg.ffn_dim:], cfg.activation)
+        elif cfg.gated_ffn:
+            a = be.gated_act(be.matmul(lw.ffn_gate, h), self.linear(lw.ffn_up, h, lw.ffn_up_bias), cfg.activation)
+        else:
+            a = be.act(self.linear(lw.ffn_up, h, lw.ffn_up_bias), cfg.activation)
+        self.add_projection_(x, lw.ffn_down, a, lw.ffn_down_bias, lw.post_ffw_norm if cfg.post_norms else None)
 
     def moe(self, lw: LayerWeights, h):
         """Sparse MoE: f[t] = sum over t's top-k experts e of softmax weight * down_e(act(gate_e h) * up_e h)."""
@@ -220,14 +259,10 @@ class Transformer:
         x = be.embed(self.token_embd, tokens, cfg.embed_scale)  # (n, dim)
         for i, lw in enumerate(self.layers):
             h = self.norm(x, lw.attn_norm, lw.attn_norm_bias)
-            o = self.attention(i, lw, h, slots, pos, cache)
-            if cfg.parallel_block:  # x += attn(h) + ffn(h), both from the same norm(x)
-                f = self.feed_forward(lw, h)
-                be.add_(x, o)
-                be.add_(x, f)
-                continue
-            be.add_(x, o)
-            be.add_(x, self.feed_forward(lw, self.norm(x, lw.ffn_norm, lw.ffn_norm_bias)))
+            self.attention(i, lw, h, slots, pos, cache, x)
+            if not cfg.parallel_block:  # parallel (phi2): x += attn(h) + ffn(h), both from the same norm(x)
+                h = self.norm(x, lw.ffn_norm, lw.ffn_norm_bias)
+            self.feed_forward(lw, h, x)
         if logit_rows is not None:
             x = be.take_rows(x, logit_rows)
         logits = self.linear(self.output, self.norm(x, self.output_norm, self.output_norm_bias), self.output_bias)
