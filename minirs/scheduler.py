@@ -38,7 +38,7 @@ import numpy as np
 
 from minirs.errors import MinirsError, RequestError
 from minirs.kv_cache import KVCache
-from minirs.sampling import SamplingParams, sample_token
+from minirs.sampling import Sampled, SamplingParams, sample_token
 from minirs.sampling.stop import StopText
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as CUDA graphs (32 = cuda_matmul.GEMV_MAX_N)
@@ -135,6 +135,14 @@ class Job:
     @property
     def decode_s(self) -> float:
         return max(self.t_end - self.t_prompt_done, 0.0)
+
+
+def _plain_greedy(p: GenParams) -> bool:
+    """Whether the next token is just the argmax of the raw logits: greedy, one sequence, no logit bias,
+    penalties or logprobs."""
+    sp = p.sampling
+    return (sp.greedy and p.n == 1 and not sp.logit_bias and sp.repetition_penalty == 1.0 and
+            not sp.frequency_penalty and not sp.presence_penalty and not p.logprobs and not p.top_logprobs)
 
 
 def _host(x) -> np.ndarray:
@@ -333,11 +341,14 @@ class Engine:
             pos += ps
             want += [(s, base + r) for s, r in wants]
             fills += fill
+        argmax = False
         if graph:
             pad = next(b for b in GRAPH_BUCKETS if b >= len(tokens)) - len(tokens)
+            argmax = all(_plain_greedy(s.job.params) for s, _ in want)  # then only token ids come back
             logits = self.model.backend.decode_step(
                 self.model, self.cache, np.asarray(tokens + [0] * pad, np.int64),
-                np.asarray(slots + [self.spare_slot] * pad, np.int64), np.asarray(pos + [0] * pad, np.int64))
+                np.asarray(slots + [self.spare_slot] * pad, np.int64), np.asarray(pos + [0] * pad, np.int64),
+                greedy=argmax)
         else:
             logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
                                         np.asarray(pos, np.int64), self.cache,
@@ -353,7 +364,7 @@ class Engine:
                 self._fork(job)
             try:
                 for q in (job.seqs if first else [s]):
-                    self._accept(q, logits[k])
+                    self._accept(q, logits[k], int(logits[k]) if argmax else None)
             except Exception as e:  # noqa: BLE001 - a bad sampling step ends this job only
                 job.error = e if isinstance(e, MinirsError) else MinirsError(f"sampling failed: {e!r}")
                 job.cancel()
@@ -369,15 +380,19 @@ class Engine:
                 self.cache.v[i][s.slot] = self.cache.v[i][lead.slot]
             s.n_cached = lead.n_cached
 
-    def _accept(self, s: Sequence, logits: np.ndarray) -> None:
-        """Sample the next token of s from its logits; emit its text; decide whether s has finished."""
+    def _accept(self, s: Sequence, logits: np.ndarray, token: int | None = None) -> None:
+        """Sample the next token of s from its logits (or take `token`, the GPU's argmax for a plain greedy
+        sequence); emit its text; decide whether s has finished."""
         if s.done:
             return
         p = s.job.params
-        coin = 0.0 if p.sampling.greedy else float(s.rng.random())
-        # the logprob costs a log-softmax over the vocabulary: only where it is shown or ranks best_of sequences
-        want_lp = bool(p.logprobs or p.top_logprobs or len(s.job.seqs) > 1)
-        smp = sample_token(logits, p.sampling, s.ids, coin, p.top_logprobs, want_logprob=want_lp)
+        if token is not None:
+            smp = Sampled(token, 0.0, [])
+        else:
+            coin = 0.0 if p.sampling.greedy else float(s.rng.random())
+            # the logprob costs a log-softmax over the vocabulary: only where it is shown or ranks best_of sequences
+            want_lp = bool(p.logprobs or p.top_logprobs or len(s.job.seqs) > 1)
+            smp = sample_token(logits, p.sampling, s.ids, coin, p.top_logprobs, want_logprob=want_lp)
         tok = smp.token
         if tok in p.stop_ids:
             self._end(s, "stop", "")

@@ -22,10 +22,13 @@ class GraphCpu(CpuBackend):
     def __init__(self):
         super().__init__()
         self.sizes = []
+        self.greedy = []
 
     def decode_step(self, model, cache, tokens, slots, pos, greedy=False):
         self.sizes.append(len(tokens))
-        return model.forward(tokens, slots, pos, cache)
+        self.greedy.append(greedy)
+        logits = model.forward(tokens, slots, pos, cache)
+        return np.argmax(logits, axis=-1) if greedy else logits  # greedy: ids only, as the GPU returns them
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,28 @@ def test_graph_buckets_alone_equals_batched(path):
     assert [s.logprobs for s in batched] == [s.logprobs for s in alone]
     assert set(be.sizes) <= set(GRAPH_BUCKETS) and max(be.sizes) >= 8  # rows padded to the bucket sizes
     assert sorted(eng.free_slots) == list(range(16))
+
+
+def test_plain_greedy_takes_ids_from_the_step(path):
+    """Greedy requests without logprobs, penalties or bias get their tokens from the step's argmax (only ids
+    come back from the GPU); the tokens equal the full-logits path's, alone and batched; a request that asks for
+    logprobs in the same batch makes the step return logits."""
+    be = GraphCpu()
+    model = load_model(path, backend=be)
+    rng = np.random.default_rng(1)
+    ps = [list(rng.integers(0, 256, int(rng.integers(3, 30)))) for _ in range(6)]
+
+    def run(prompts, **kw):
+        eng = Engine(model, StubTokenizer(), max_seqs=8, max_chunk=8, row_invariant=True)
+        jobs = [eng.submit(Job(p, GenParams(max_tokens=8, **kw), StubTokenizer())) for p in prompts]
+        out = [j.wait(TIMEOUT).seqs[0].generated for j in jobs]
+        eng.shutdown()
+        return out
+    be.greedy.clear()
+    fast = run(ps)
+    assert be.greedy and all(be.greedy)
+    be.greedy.clear()
+    full = run(ps, logprobs=True)
+    assert not any(be.greedy)
+    assert fast == full
+    assert [run([p])[0] for p in ps[:2]] == fast[:2]
