@@ -33,6 +33,23 @@ class GenStats:
         return (self.new_tokens - 1) / self.decode_s if self.decode_s and self.new_tokens > 1 else 0.0
 
 
+def reusable_prefix(config, cached: list[int], ids: list[int], max_chunk: int) -> int:
+    """How many leading ids a KV cache slot holding `cached` (the ids at positions 0..) can serve instead of
+    recomputing them; at least one id is always left to run (its logits are needed).
+
+    Sliding-window rings keep only the last window + max_chunk positions, so rewinding further back than
+    max_chunk would read overwritten rows: then nothing is reused.
+    """
+    n = 0
+    limit = min(len(ids) - 1, len(cached))
+    while n < limit and ids[n] == cached[n]:
+        n += 1
+    has_local = any(config.is_local(i) for i in range(config.n_layers))
+    if has_local and len(cached) - n > max_chunk:
+        return 0
+    return n
+
+
 class Generator:
     """Generates from one sequence at a time with a model and its own one-slot KV cache."""
 
@@ -45,19 +62,8 @@ class Generator:
         self.stats = GenStats()
 
     def reusable_prefix(self, ids: list[int]) -> int:
-        """How many leading ids can be taken from the cache instead of recomputed (at least one is left to run).
-
-        Sliding-window rings keep only the last window + max_chunk positions, so rewinding further back than
-        max_chunk would read overwritten rows: then nothing is reused.
-        """
-        n = 0
-        limit = min(len(ids) - 1, len(self.cached))
-        while n < limit and ids[n] == self.cached[n]:
-            n += 1
-        has_local = any(self.model.config.is_local(i) for i in range(self.model.config.n_layers))
-        if has_local and len(self.cached) - n > self.max_chunk:
-            return 0
-        return n
+        """How many leading ids can be taken from the cache instead of recomputed (reusable_prefix)."""
+        return reusable_prefix(self.model.config, self.cached, ids, self.max_chunk)
 
     def prefill(self, ids: list[int], start: int = 0) -> np.ndarray:
         """Feed ids at positions start.. in chunks; return the logits after the last one."""

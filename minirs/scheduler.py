@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minirs.errors import MinirsError, RequestError
+from minirs.generate import reusable_prefix
 from minirs.kv_cache import KVCache
 from minirs.sampling import Sampled, SamplingParams, sample_token
 from minirs.sampling.stop import StopText
@@ -102,6 +103,7 @@ class Job:
         self.error: BaseException | None = None
         self.t_submit = time.perf_counter()
         self.t_start = self.t_prompt_done = self.t_end = 0.0
+        self.cached_tokens = 0  # leading prompt tokens served by a KV slot's earlier contents (prefix reuse)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -154,7 +156,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, max_seqs: int = 16, ctx_len: int = 4096, max_chunk: int = 256,
                  row_invariant: bool | None = None, prefill_budget: int | None = None,
-                 graphs: bool | None = None):
+                 graphs: bool | None = None, prefix_reuse: bool = True):
         if max_seqs < 1:
             raise RequestError(f"invalid max_seqs: {max_seqs!r}")
         self.model, self.tokenizer = model, tokenizer
@@ -168,6 +170,10 @@ class Engine:
         self.spare_slot = max_seqs  # graphs: the dummy rows' KV slot, never handed to a sequence
         self.cache = KVCache(model.config, model.backend, max_seqs + self.graphs, self.ctx_len, max_chunk)
         self.free_slots = list(range(max_seqs - 1, -1, -1))
+        # prefix reuse: what each free slot's KV cache still holds, so a new prompt starting with it skips it
+        self.prefix_reuse = prefix_reuse
+        self.slot_ids: list[list[int]] = [[] for _ in range(max_seqs)]  # ids at positions 0.. in the slot
+        self.slot_exact = [0] * max_seqs  # of those, how many came from whole, aligned prefill chunks
         self.inbox: queue.Queue = queue.Queue()
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
@@ -243,10 +249,34 @@ class Engine:
             if len(self.free_slots) < job.params.n:
                 return
             self.waiting.popleft()
-            for s in job.seqs:
-                s.slot = self.free_slots.pop()
+            self._take_slots(job)
             job.t_start = time.perf_counter()
             self.active.append(job)
+
+    def _reuse(self, slot: int, ids: list[int]) -> int:
+        """How many leading prompt ids the free slot's cache can serve. With row_invariant, only whole chunks
+        that the earlier sequence prefilled exactly as this prompt's own chunks would run (same ids, same
+        max_chunk-aligned boundaries), so the rows are bit-identical to recomputing them."""
+        n = reusable_prefix(self.model.config, self.slot_ids[slot], ids, self.max_chunk)
+        if self.row_invariant:
+            n = min(n, self.slot_exact[slot]) // self.max_chunk * self.max_chunk
+        return n
+
+    def _take_slots(self, job: Job) -> None:
+        """Give the job's sequences free slots: the leader the one whose cache holds the longest prefix of the
+        prompt (prefix reuse), the others any."""
+        lead = job.seqs[0]
+        best, reuse = len(self.free_slots) - 1, 0  # by default the slot pop() would give
+        if self.prefix_reuse:
+            for i, slot in enumerate(self.free_slots):
+                n = self._reuse(slot, job.prompt_ids)
+                if n > reuse:
+                    best, reuse = i, n
+        lead.slot = self.free_slots.pop(best)
+        lead.n_cached = reuse
+        job.cached_tokens = reuse
+        for s in job.seqs[1:]:
+            s.slot = self.free_slots.pop()
 
     def _reap(self) -> None:
         for job in list(self.active):
@@ -260,6 +290,9 @@ class Engine:
         self.active.remove(job)
         for s in job.seqs:
             if s.slot >= 0:
+                self.slot_ids[s.slot] = s.ids[:s.n_cached]
+                # whole prefill chunks: the prompt's full max_chunk-aligned chunks, fed from 0 or after reuse
+                self.slot_exact[s.slot] = min(s.n_cached, len(job.prompt_ids)) // self.max_chunk * self.max_chunk
                 self.free_slots.append(s.slot)
                 s.slot = -1
         self._finish_job(job)

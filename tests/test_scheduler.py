@@ -145,3 +145,57 @@ def test_a_failing_job_does_not_stop_the_loop(tiny):
     with pytest.raises(Exception, match="sampling failed"):
         bad.wait(TIMEOUT)
     assert len(good.wait(TIMEOUT).seqs[0].generated) == 30
+
+
+class _CountRows:
+    """Wraps a model's forward to count the token rows it runs."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, 0
+        self._forward = model.forward
+
+    def __enter__(self):
+        def counted(tokens, *a, **k):
+            self.rows += len(tokens)
+            return self._forward(tokens, *a, **k)
+        self.model.forward = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward  # back to the class's method
+
+
+def test_prefix_reuse_skips_cached_tokens_and_changes_nothing(tiny):
+    """A follow-up prompt that starts with an earlier request's prompt and answer (a chat's next turn) runs only
+    its new tokens, and gives exactly the tokens and logprobs of a fresh engine; prefix_reuse=False reruns it."""
+    p1 = prompts(1, seed=5)[0]
+    eng = Engine(tiny, StubTokenizer(), max_seqs=2, max_chunk=8)
+    first = run(eng, p1, logprobs=True).seqs[0]
+    p2 = p1 + first.generated[:-1] + [7, 8, 9]  # history (the last answer token was never fed) + a new turn
+    with _CountRows(tiny) as c:
+        second = run(eng, p2, logprobs=True)
+    assert second.cached_tokens == len(p1) + len(first.generated) - 1
+    assert c.rows == len(p2) - second.cached_tokens + 11  # the new prompt tokens, then 11 decode rows
+    fresh_eng = Engine(tiny, StubTokenizer(), max_seqs=2, max_chunk=8, prefix_reuse=False)
+    with _CountRows(tiny) as c:
+        fresh = run(fresh_eng, p2, logprobs=True)
+    assert fresh.cached_tokens == 0 and c.rows == len(p2) + 11
+    assert second.seqs[0].generated == fresh.seqs[0].generated
+    assert second.seqs[0].logprobs == fresh.seqs[0].logprobs
+    eng.shutdown()
+    fresh_eng.shutdown()
+
+
+def test_prefix_reuse_row_invariant_takes_whole_chunks_only(tiny):
+    """With row_invariant (the GPU's exact mode) only whole max_chunk-aligned chunks that the earlier request
+    prefilled are reused: rows computed in a shorter chunk or as decode steps are recomputed."""
+    p1 = prompts(1, seed=6)[0] + prompts(1, seed=7)[0]
+    eng = Engine(tiny, StubTokenizer(), max_seqs=1, max_chunk=8, row_invariant=True)
+    first = run(eng, p1).seqs[0]
+    p2 = p1 + first.generated[:-1] + [3]
+    second = run(eng, p2)
+    assert second.cached_tokens == len(p1) // 8 * 8
+    assert second.seqs[0].generated == run(Engine(tiny, StubTokenizer(), max_seqs=1, max_chunk=8,
+                                                  row_invariant=True, prefix_reuse=False), p2).seqs[0].generated
+    unrelated = run(eng, [int(t) + 1 for t in p2])  # no common prefix: nothing reused
+    assert unrelated.cached_tokens == 0

@@ -57,8 +57,9 @@ class Runner:
                  device: str = "auto", seed: int | None = None, truncate_sequence: bool = False,
                  logfile: str | None = None, revision: str | None = None, token_source_value: str | None = None,
                  max_seq_len: int | None = None, prefill_chunk: int = 256, row_invariant: bool | None = None):
-        # no_kv_cache, prefix_cache_n, speculative_gamma, num_device_layers and the paged-attention knobs change
-        # only how mistral.rs computes, never what: they are accepted and ignored.
+        # no_kv_cache, speculative_gamma, num_device_layers and the paged-attention knobs change only how
+        # mistral.rs computes, never what: they are accepted and ignored. prefix_cache_n=0 turns prefix reuse off
+        # (a new request otherwise skips the leading tokens a free KV slot still holds, e.g. a chat's history).
         for name, value in (("which_draft", which_draft), ("anymoe_config", anymoe_config)):
             if value is not None:
                 raise MinirsError(f"Runner: {name}={value!r} is not supported by minirs")
@@ -75,7 +76,7 @@ class Runner:
         self.repeat_last_n = int(getattr(which, "repeat_last_n", 64) or 0)
         ctx = min(max_seq_len or 4096, self.model.config.context_length)
         self.engine = Engine(self.model, self.tokenizer, max_seqs=max_seqs, ctx_len=ctx, max_chunk=prefill_chunk,
-                             row_invariant=row_invariant)
+                             row_invariant=row_invariant, prefix_reuse=bool(prefix_cache_n))
         self.max_seqs = max_seqs
 
     # ----- public API ----------------------------------------------------------------------------------------------
