@@ -69,8 +69,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from minirs.generate import Generator
     from minirs.load import get_backend, load_model, open_model
+    from minirs.scheduler import Engine
     from minirs.sampling import SamplingParams
     from minirs.tokenizer import Tokenizer
 
@@ -93,19 +93,22 @@ def _run(args) -> int:
     else:
         tok = Tokenizer.from_gguf(mf, chat_template=args.chat_template)
     model = load_model(mf, backend=backend, progress=sys.stderr.isatty(), isq=args.isq)
-    gen = Generator(model, ctx_len=args.ctx_size)
+    # the API's engine with one sequence slot: a chat's next turn reuses the history its slot still holds
+    engine = Engine(model, tok, max_seqs=1, ctx_len=args.ctx_size)
     print(f"minirs: loaded {Path(mf.path).name} ({model.config.arch}, {backend.name}) in "
           f"{time.perf_counter() - t0:.2f} s",
           file=sys.stderr)
-
-    if args.prompt is not None:
-        if args.raw:
-            ids = tok.encode(args.prompt, add_special_tokens=True)
-        else:
-            ids = _chat_ids(tok, _messages(args.system, [("user", args.prompt)]))
-        _answer(gen, tok, ids, params, args.max_tokens)
-        return 0
-    return _chat(gen, tok, params, args)
+    try:
+        if args.prompt is not None:
+            if args.raw:
+                ids = tok.encode(args.prompt, add_special_tokens=True)
+            else:
+                ids = _chat_ids(tok, _messages(args.system, [("user", args.prompt)]))
+            _answer(engine, tok, ids, params, args.max_tokens)
+            return 0
+        return _chat(engine, tok, params, args)
+    finally:
+        engine.shutdown()
 
 
 def _messages(system, turns):
@@ -119,32 +122,37 @@ def _chat_ids(tok, messages) -> list[int]:
     return tok.encode(text, add_special_tokens=False, parse_special=True)
 
 
-def _answer(gen, tok, ids, params, max_tokens) -> str:
+def _answer(engine, tok, ids, params, max_tokens) -> str:
     """Stream one answer to stdout; return its text. Timings go to stderr."""
-    stream = tok.stream_decoder()
+    from minirs.scheduler import GenParams, Job
+
+    if not ids:
+        raise MinirsError("the prompt is empty (no tokens)")
+    job = engine.submit(Job(ids, GenParams(sampling=params, max_tokens=max_tokens, stop_ids=frozenset(tok.eos_ids)),
+                            tok, stream=True))
     parts = []
     try:
-        for t in gen.generate(ids, params, max_tokens, stop_ids=tok.eos_ids):
-            piece = stream.feed(t)
-            if piece:
-                parts.append(piece)
-                sys.stdout.write(piece)
+        for ev in job.stream_events():  # Ctrl-C closes the stream, which cancels the job
+            if ev.text:
+                parts.append(ev.text)
+                sys.stdout.write(ev.text)
                 sys.stdout.flush()
+        job.wait()
     finally:
-        rest = stream.flush()
-        if rest:
-            parts.append(rest)
-            sys.stdout.write(rest)
         sys.stdout.write("\n")
         sys.stdout.flush()
-    st = gen.stats
-    print(f"minirs: {st.prompt_tokens} prompt tokens in {st.prompt_s:.2f} s ({st.prompt_tps:.1f} tok/s, time to "
-          f"first token {st.prompt_s:.2f} s); {st.new_tokens} new tokens at {st.decode_tps:.1f} tok/s "
-          f"[{st.finish_reason}]", file=sys.stderr)
+    seq = job.seqs[0]
+    computed, new = len(ids) - job.cached_tokens, len(seq.generated)
+    tps = computed / job.prompt_s if job.prompt_s else 0.0
+    dtps = (new - 1) / job.decode_s if job.decode_s and new > 1 else 0.0
+    cached = f", {job.cached_tokens} reused from the cache" if job.cached_tokens else ""
+    print(f"minirs: {computed} prompt tokens in {job.prompt_s:.2f} s ({tps:.1f} tok/s, time to first token "
+          f"{job.prompt_s:.2f} s{cached}); {new} new tokens at {dtps:.1f} tok/s [{seq.finish_reason}]",
+          file=sys.stderr)
     return "".join(parts)
 
 
-def _chat(gen, tok, params, args) -> int:
+def _chat(engine, tok, params, args) -> int:
     print("minirs: chat started; /reset clears the history, /exit or Ctrl-D quits", file=sys.stderr)
     turns = []
     while True:
@@ -165,7 +173,7 @@ def _chat(gen, tok, params, args) -> int:
         turns.append(("user", line))
         ids = _chat_ids(tok, _messages(args.system, turns))
         try:
-            answer = _answer(gen, tok, ids, params, args.max_tokens)
+            answer = _answer(engine, tok, ids, params, args.max_tokens)
         except KeyboardInterrupt:
             print("\nminirs: answer interrupted", file=sys.stderr)
             turns.pop()

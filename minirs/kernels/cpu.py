@@ -1,7 +1,10 @@
 """The CPU backend: NumPy memory, Numba kernels. The model code calls only these methods.
 
 Weights stay quantized (views into the file's memory map, re-laid out where the matmul kernels want it);
-activations are float32. The CUDA backend offers the same methods over GPU memory.
+activations are float32. The CUDA backend offers the same methods over GPU memory. The Numba kernels release the
+GIL (nogil), so the engine thread computes while other Python threads (the CLI printing a stream, API callers)
+run; concurrent parallel kernels from several threads need a thread-safe Numba threading layer (omp or tbb,
+the default where available).
 """
 
 import numpy as np

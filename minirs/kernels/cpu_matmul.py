@@ -284,7 +284,7 @@ def _store(acc, y, r0):
             y[i, r0 + l] = acc[i, l]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _mm_q4(q, d, m, off, x, xs, y):
     # y[i, r] = sum_g d[r, g] * sum_j (nib[r, 32g + j] - off) * x[i, 32g + j] (+ m[r, g] * xs[i, g])
     n_tiles, _, L = q.shape
@@ -306,7 +306,7 @@ def _mm_q4(q, d, m, off, x, xs, y):
         _store(acc, y, t * L)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _mm_q8(q, d, m, x, xs, y):
     # y[i, r] = sum_g d[r, g] * sum_j q[r, gs*g + j] * x[i, gs*g + j] (+ m[r, g] * xs[i, g])
     n_tiles, n_in, L = q.shape
@@ -325,7 +325,7 @@ def _mm_q8(q, d, m, x, xs, y):
         _store(acc, y, t * L)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _mm_float(raw, kind, x, y):
     # y[i, r] = sum_k W[r, k] * x[i, k]; raw rows (n_out, n_in) of float32 (kind 0), or uint16 bits of f16 (kind 1)
     # or bf16 (kind 2), converted in groups of 32 inputs for L = 64 rows at a time (Numba has no float16); the
@@ -457,7 +457,7 @@ def _mv_tile(read, qt, dt, mt, xi, xsi, y, r0, fo, gs, has_m):
             y[0, r0 + c * Q + l] = a[16 * c + l]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _mv_q4(q, d, m, off, x, y):
     # _mm_q4 for one token (Q4_0: off 8 and no m; Q4_1, Q4_K: off 0 and m); the group sums of x are made here,
     # which saves a call
@@ -470,7 +470,7 @@ def _mv_q4(q, d, m, off, x, y):
             _mv_tile(_read_q4, q[t], d[t], m[t], x[0], xs[0], y, t * L, np.float32(0.0), 0, True)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _mv_q8(q, d, m, x, y):
     # _mm_q8 for one token
     L = q.shape[2]
@@ -502,7 +502,7 @@ def _f16_to_f32(b):
     return -r if b & np.uint32(0x8000) else r
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _deq_q4(q, d, m, off, tiles, out):
     # out[32g + j, k*L + l] = d[t, g, l] * (nib[t, g, j, l] - off) (+ m[t, g, l]),  t = tiles[k]
     L = q.shape[2]
@@ -521,7 +521,7 @@ def _deq_q4(q, d, m, off, tiles, out):
                     o[l] = v + mg[l] if has_m else v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _deq_q8(q, d, m, tiles, out):
     # out[gs*g + j, k*L + l] = d[t, g, l] * q[t, gs*g + j, l] (+ m[t, g, l]),  t = tiles[k]
     L = q.shape[2]
@@ -540,7 +540,7 @@ def _deq_q8(q, d, m, tiles, out):
                     o[l] = v + mg[l] if has_m else v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _group_sums(x, n_groups):
     # xs[i, g] = x[i, gs*g] + x[i, gs*g + 1] + ... summed left to right (a fixed order, unlike np.sum)
     n, n_in = x.shape

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def rmsnorm(x, w, eps, out):
     """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w   for each row i of x (n, d)."""
     n, d = x.shape
@@ -25,7 +25,7 @@ def rmsnorm(x, w, eps, out):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rope_(x, pos, inv_freq, neox):
     """Rotate, in place, the first 2*len(inv_freq) dims of each head of x (n, h, d) by pos[t] * inv_freq."""
     n, h, _ = x.shape
@@ -54,7 +54,7 @@ def _gated_row(gate, up, gelu, out, i):
         out[i, j] = a * up[i, j]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def gated_act(gate, up, gelu, out):
     """out = act(gate) * up, act = SiLU, or tanh-GELU when gelu is True.  gate, up, out: (n, f)."""
     for i in range(gate.shape[0]):
@@ -62,7 +62,7 @@ def gated_act(gate, up, gelu, out):
     return out
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, fastmath=True, parallel=True, nogil=True)
 def gated_act_rows(gate, up, gelu, out):
     """gated_act with the rows spread over the threads: for prefill-sized batches (the same per-row math)."""
     for i in prange(gate.shape[0]):
@@ -70,7 +70,7 @@ def gated_act_rows(gate, up, gelu, out):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def kv_write(k_cache, v_cache, slots, pos, k, v):
     """Store k, v (n, h_kv, d) of each token at row pos % L of its slot's ring buffer (n_slots, h_kv, L, d)."""
     L = k_cache.shape[2]
@@ -80,7 +80,7 @@ def kv_write(k_cache, v_cache, slots, pos, k, v):
         v_cache[slots[t], :, r, :] = v[t]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
     """Causal GQA over ring-buffer caches; see ref.attention for the math.  q, out: (n, h, d).
 
@@ -127,7 +127,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
     return out
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def layernorm(x, w, b, eps, out):
     """out[i] = (x[i] - mean(x[i])) / sqrt(var(x[i]) + eps) * w + b   for each row i of x (n, d)."""
     n, d = x.shape
@@ -145,7 +145,7 @@ def layernorm(x, w, b, eps, out):
     return out
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def act(x, gelu, out):
     """out = act(x), act = SiLU, or tanh-GELU when gelu is True.  x, out: (n, f)."""
     n, f = x.shape
@@ -160,7 +160,7 @@ def act(x, gelu, out):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def topk_softmax(logits, k, ids, weights):
     """ids[t] = the k largest logits[t] (largest first, lowest index on ties), weights[t] = their softmax."""
     n, e = logits.shape
