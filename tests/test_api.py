@@ -62,6 +62,10 @@ def test_stream_equals_whole_response(runner):
     assert chunks[-1].choices[0].finish_reason == whole.finish_reason
     assert all(ch.choices[0].finish_reason is None for ch in chunks[:-1])
     assert chunks[0].object == "chat.completion.chunk"
+    usage = chunks[-1].usage  # the last chunk carries the usage, as mistral.rs's stream does
+    assert usage is not None and all(ch.usage is None for ch in chunks[:-1])
+    assert usage.completion_tokens == len(chunks) - (whole.finish_reason == "stop")  # a stop token is not a chunk
+    assert usage.prompt_tokens > 0 and usage.total_time_sec > 0 and '"usage"' in chunks[-1].to_json()
 
 
 def test_closing_a_stream_cancels_it(runner):

@@ -269,10 +269,13 @@ class Runner:
     def _model_name(self, req) -> str:
         return req.model if req.model and req.model != "default" else self.model_name
 
-    def _usage(self, job: Job) -> Usage:
+    def _usage(self, job: Job, now: float | None = None) -> Usage:
+        """The job's token counts and timings; `now` stands in for its end time when it is about to end (the
+        last chunk of a stream is made before the engine marks the job finished)."""
         prompt = len(job.prompt_ids)
         compl = sum(len(s.generated) for s in job.seqs)
-        ps, ds = job.prompt_s, job.decode_s
+        ps = job.prompt_s
+        ds = job.decode_s if now is None else max(now - job.t_prompt_done, 0.0)
         total = ps + ds
         return Usage(completion_tokens=compl, prompt_tokens=prompt, total_tokens=prompt + compl,
                      avg_tok_per_sec=(prompt + compl) / total if total else 0.0,
@@ -292,11 +295,14 @@ class Runner:
     def _chat_chunks(self, job: Job, req, rid: str, timeout):
         created, model = int(time.time()), self._model_name(req)
         texts = [[] for _ in job.seqs]
+        ends = 0
         for ev in job.stream_events(timeout):
             texts[ev.index].append(ev.text)
             lp = self._logprob_entry(ev.logprob) if req.logprobs and ev.logprob else None
+            ends += ev.finish_reason is not None
+            usage = self._usage(job, time.perf_counter()) if ends == len(job.seqs) and ev.finish_reason else None
             yield ChatCompletionChunkResponse(rid, [ChunkChoice(ev.finish_reason, ev.index, Delta(ev.text), lp)],
-                                              created, model, FINGERPRINT)
+                                              created, model, FINGERPRINT, usage=usage)
         self._log("response", rid, {"stream": True, "choices": ["".join(t) for t in texts],
                                     "usage": asdict(self._usage(job))})
 
@@ -307,12 +313,15 @@ class Runner:
             for s in job.seqs:
                 yield CompletionChunkResponse(rid, [CompletionChunkChoice(None, s.index, prefix)], created, model,
                                               FINGERPRINT)
+        ends = 0
         for ev in job.stream_events(timeout):
             text = ev.text + (req.suffix or "" if ev.finish_reason else "")
             texts[ev.index].append(text)
             lp = self._logprob_entry(ev.logprob) if req.logprobs and ev.logprob else None
+            ends += ev.finish_reason is not None
+            usage = self._usage(job, time.perf_counter()) if ends == len(job.seqs) and ev.finish_reason else None
             yield CompletionChunkResponse(rid, [CompletionChunkChoice(ev.finish_reason, ev.index, text, lp)],
-                                          created, model, FINGERPRINT)
+                                          created, model, FINGERPRINT, usage=usage)
         self._log("response", rid, {"stream": True, "choices": ["".join(t) for t in texts],
                                     "usage": asdict(self._usage(job))})
 

@@ -215,6 +215,7 @@ class ChatCompletionChunkResponse(_Json):
     model: str
     system_fingerprint: str
     object: str = "chat.completion.chunk"
+    usage: Usage | None = None  # on the request's last chunk
 
 
 @dataclass
@@ -252,3 +253,4 @@ class CompletionChunkResponse(_Json):
     model: str
     system_fingerprint: str
     object: str = "text_completion"
+    usage: Usage | None = None  # on the request's last chunk
