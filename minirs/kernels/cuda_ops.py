@@ -111,7 +111,8 @@ def rmsnorm_q(x, w, eps, out, xq, xd, xs):
 def rope_(x, pos, inv_freq, neox):
     """Rotate, in place, the first 2*len(inv_freq) dims of each head of x (n, h, d) by pos[t] * inv_freq.
 
-    A thread per (token, head, pair); the angle and its cos/sin in float64 (positions reach 10^5).
+    A thread per (token, head, pair); the angle as _cos_sin computes it. (The model's forward uses attn_inputs,
+    which does this with the rest of the q/k preparation; this and kv_write remain as the separate ops.)
     """
     n, h, d = x.shape
     half = inv_freq.shape[0]
