@@ -638,6 +638,33 @@ def resolve_file(model_id: str, filename: str, revision: str = "main", token_sou
                            progress=progress)
 
 
+# the files of a Hugging Face model folder that minirs reads (weights, config, tokenizer, chat template)
+FOLDER_FILES = re.compile(r"(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|"
+                          r"special_tokens_map\.json|tokenizer\.model(\.v3)?|[^/]*\.safetensors|"
+                          r"[^/]*\.safetensors\.index\.json)")
+
+
+def resolve_folder(model_id: str, revision: str = "main", token_source: str = "cache",
+                   token_source_value: str | None = None, *, progress: bool = True,
+                   cache_dir: str | Path | None = None, endpoint: str | None = None) -> Path:
+    """A Hugging Face model folder by `Which.Plain`-style id: a local folder as is, or a hub repo whose
+    weights, config and tokenizer files (FOLDER_FILES, top level only) are downloaded once into one snapshot
+    folder of the cache, which is returned."""
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists() or not _REPO_RE.fullmatch(model_id):
+        raise InvalidReferenceError(f"{model_id!r} is neither a local model folder nor a hub repo id 'org/name'")
+    kw = dict(token_source=token_source, token_source_value=token_source_value, cache_dir=cache_dir,
+              endpoint=endpoint)
+    files = [f for f in list_repo_files(model_id, revision, **kw) if FOLDER_FILES.fullmatch(f)]
+    if not any(f.endswith(".safetensors") for f in files):
+        raise EntryNotFoundError(f"hub repo {model_id} (revision {revision}) has no .safetensors weights; for a "
+                                 "GGUF repo use Which.GGUF with quantized_filename")
+    paths = [hf_hub_download(model_id, f, revision=revision, progress=progress, **kw) for f in files]
+    return paths[0].parent  # every file of one commit sits in the same snapshot folder
+
+
 def resolve_model_ref(ref: str | Path, *, token_source: str = "cache", token_source_value: str | None = None,
                       progress: bool = True, cache_dir: str | Path | None = None,
                       endpoint: str | None = None) -> Path:

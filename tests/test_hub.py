@@ -595,3 +595,34 @@ def test_cache_root_and_endpoint_from_env(monkeypatch, tmp_path):
     assert hub.hub_cache_dir() == tmp_path / "cache"
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example/")
     assert hub.hub_endpoint() == "https://hf-mirror.example"
+
+
+def test_which_plain_with_a_hub_id_downloads_the_folder(fake, tmp_path):
+    """Which.Plain(model_id='org/name') as mistral.rs users write it: the weights, config and tokenizer files of
+    the repo (not its other files) are downloaded into one snapshot folder and the model runs from there."""
+    import json
+
+    import minirs
+    from minirs.tokenizer.bpe import bytes_to_unicode
+    arch = Path(__file__).resolve().parent / "golden" / "arch_llama"  # a tiny random llama in HF layout
+    byte_vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}  # byte-level BPE, no merges
+    tokenizer = {"model": {"type": "BPE", "vocab": byte_vocab, "merges": []}, "added_tokens": [],
+                 "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+                 "decoder": {"type": "ByteLevel"}}
+    files = {"config.json": (arch / "config.json").read_bytes(),
+             "generation_config.json": (arch / "generation_config.json").read_bytes(),
+             "model.safetensors": (arch / "model.safetensors").read_bytes(),
+             "tokenizer.json": json.dumps(tokenizer).encode(), "README.md": b"not needed", "logits.npz": b"no"}
+    fake.add_repo("org/tiny-hf", files, lfs={"model.safetensors"})
+    runner = minirs.Runner(minirs.Which.Plain(model_id="org/tiny-hf"), device="cpu")
+    try:
+        res = runner.send_completion_request(minirs.CompletionRequest(prompt="hi there", max_tokens=4,
+                                                                      temperature=0.0), 60)
+        assert res.usage.completion_tokens == 4
+    finally:
+        runner.engine.shutdown()
+    got = sorted(p.name for p in (storage(tmp_path, "org/tiny-hf") / "snapshots" / COMMIT).iterdir())
+    assert got == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    fake.add_repo("org/gguf-only", {"model.gguf": GGUF})
+    with pytest.raises(hub.EntryNotFoundError, match="no .safetensors weights.*Which.GGUF"):
+        hub.resolve_folder("org/gguf-only")

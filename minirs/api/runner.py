@@ -414,7 +414,11 @@ def load_which(which, device: str = "auto", token_source: str = "cache", token_s
                                   "folder with tokenizer.json, or tokenizer_json") from e
         return load_model(mf, device=device, isq=isq), tok, path.name
     if isinstance(which, Which.Plain):
-        folder = _tokenizer_folder(which.tokenizer_json, which.model_id) or Path(which.model_id)
-        model = load_model(which.model_id, device=device, isq=isq)
+        from minirs.hub import resolve_folder
+        path = Path(which.model_id)
+        if not path.is_file():  # a local folder, or a hub repo id: its files are downloaded into the cache
+            path = resolve_folder(which.model_id, revision or "main", token_source, token_source_value)
+        folder = _tokenizer_folder(which.tokenizer_json, None) or (path if path.is_dir() else path.parent)
+        model = load_model(path, device=device, isq=isq)
         return model, Tokenizer.from_files(folder, chat_template=template), Path(which.model_id).name
     raise RequestError(f"invalid which: {which!r} (expected Which.Plain, Which.GGUF or Which.GGML)")

@@ -40,8 +40,9 @@ def _need(obj, *names):
 class Which:
     """Which model to load: `Which.Plain(...)`, `Which.GGUF(...)` or `Which.GGML(...)`.
 
-    Model ids are local paths (a folder, or a file); `quantized_filename` names the file inside
-    `quantized_model_id` (an absolute path there works too).
+    Model ids are local paths (a folder, or a file) or Hugging Face hub repo ids ('org/name', downloaded once
+    into the HF cache: the GGUF file for GGUF/GGML, the safetensors folder for Plain); `quantized_filename`
+    names the file inside `quantized_model_id` (an absolute path there works too).
     """
 
     @dataclass
