@@ -84,14 +84,14 @@ def gemv_sweep():
     rng = np.random.default_rng(0)
     shapes = [("Q4_0", 14336, 4096), ("Q4_0", 4096, 14336), ("Q4_0", 6144, 4096), ("Q4_K", 14336, 4096),
               ("Q6_K", 4096, 14336)]
-    variants = [(1, 4, 1), (1, 4, 2), (2, 4, 1), (2, 4, 2), (4, 4, 1), (4, 4, 2)]
+    variants = [(1, 4), (2, 4), (4, 4), (1, 8), (2, 8), (4, 8)]
     kernels = {}
-    for nw, tt, un in variants:
-        ks = cm.gemv_kernels(nw, tt, un)
-        kernels[nw, tt, un] = {f: cuda.jit(cm._GEMV_SIGS[f])(ks[f]) for f in ("gemv_q45", "gemv_q8")}
-    log(f"GEMV sweep (us per call; variants nw x tt u unroll; the model: nw = cm.gemv_warps(n_in), tt = {cm.TT}, "
-        f"unroll {cm.UNROLL})")
-    log("| matrix | n | " + " | ".join(f"{nw}x{tt}u{un}" for nw, tt, un in variants) + " |")
+    for nw, tt in variants:
+        ks = cm.gemv_kernels(nw, tt)
+        kernels[nw, tt] = {f: cuda.jit(cm._GEMV_SIGS[f])(ks[f]) for f in ("gemv_q45", "gemv_q8")}
+    log(f"GEMV sweep (us per call; variants nw warps x tt tokens per block; the model: nw = cm.gemv_warps(n_in), "
+        f"tt = {cm.TT})")
+    log("| matrix | n | " + " | ".join(f"{nw}x{tt}" for nw, tt in variants) + " |")
     for qt, n_out, n_in in shapes:
         ws = _weights(qt, n_out, n_in, rng)
         for n in (1, 4, 8, 16, 32):
@@ -99,8 +99,8 @@ def gemv_sweep():
             xq = xq.view(cp.int64)
             y = cp.empty((n, n_out), cp.float32)
             cells = []
-            for nw, tt, un in variants:
-                fn = _sweep_call(kernels[nw, tt, un], ws, nw, tt, (xq, xd, xs), y, be.nbs)
+            for nw, tt in variants:
+                fn = _sweep_call(kernels[nw, tt], ws, nw, tt, (xq, xd, xs), y, be.nbs)
                 cells.append(graph_time(be.stream, fn))
             log(f"| {qt} {n_out}x{n_in} | {n} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
         ws = None

@@ -17,13 +17,14 @@ exactly its file size on the GPU:
 | float  | w                                     | float16 (F16) or float32 (F32, BF16 widened)                 | F16, BF16, F32      |
 
 Decode and small batches (n <= GEMV_MAX_N) run a GEMV: x is quantized to int8 per 32-block (scale + per-16 sums,
-as llama.cpp's q8_1), each lane takes one 32-block at a time, `__dp4a` does 4 int8 MACs, and each warp owns 4
-rows so each x word loaded serves 4 rows (GPU.md: 1.92 TB/s for Q4_0 on an H100); the NW warps of a block split
-K of its rows, so short matrices (k/v projections) still put thousands of warps in flight. A block also serves up
-to TT = 4 tokens from the same unpacked weight words (batched decode, n up to GEMV_MAX_N = 32), and each token's
-result is bit-identical whatever the batch. Larger n dequantize W to
-float16 and multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph,
-which is why decode needs its own kernels.
+as llama.cpp's q8_1), each lane takes one 32-block at a time (weights and x read with 8-byte loads), `__dp4a`
+does 4 int8 MACs, and each warp owns 4 rows so each x word loaded serves 4 rows; a block is one warp for rows
+shorter than 8192 and 4 warps splitting K for longer ones (gemv_warps: 14336 x 4096 Q4_0 in 19.9 us, 1.66 TB/s
+on an H100). A block also serves up to TT = 4 tokens from the same unpacked weight words (batched decode, n up
+to GEMV_MAX_N = 32), and each token's result is bit-identical whatever the batch. With `out`, the result is
+added into out (the residual stream) as it is written. Larger n dequantize W to float16 (dequant_f16) and
+multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph, which is why
+decode needs its own kernels.
 """
 
 import math
@@ -42,7 +43,6 @@ GEMV_MAX_N = 32  # n <= this: GEMV kernels (graph-capturable, so batched decode 
 R = 4  # rows per warp in the GEMVs
 TT = 4  # tokens per block in the quantized GEMVs: each weight word loaded and unpacked feeds TT tokens' dots
 NW = 4  # warps per block in the float and expert GEMVs: they split K of the block's R rows
-UNROLL = 1  # 32-blocks per lane per loop round in the quantized GEMVs (gemv_kernels)
 NWS = (1, 4)  # block shapes of the quantized GEMVs, chosen per matrix by gemv_warps
 
 
@@ -219,10 +219,9 @@ def _put(y, t, r, v, add):
         y[t, r] = v
 
 
-def gemv_kernels(nw: int, tt: int, unroll: int = UNROLL) -> dict:
-    """The quantized GEMV kernels for blocks of nw warps and up to tt tokens, each lane taking `unroll` (1 or 2)
-    32-blocks per loop round (gemv_warps and TT for the model; bench/gpu_check.py --sweep times other shapes).
-    Returns plain Python kernels, not yet compiled."""
+def gemv_kernels(nw: int, tt: int) -> dict:
+    """The quantized GEMV kernels for blocks of nw warps and up to tt tokens (gemv_warps and TT for the model;
+    bench/gpu_check.py --sweep times other shapes). Returns plain Python kernels, not yet compiled."""
     nacc = tt * R  # accumulators per thread: (token slot, row), flat so that they live in registers
 
     def tile(n):
@@ -275,23 +274,11 @@ def gemv_kernels(nw: int, tt: int, unroll: int = UNROLL) -> dict:
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
-        nblk = d.shape[1]
-        step = 32 * nw * unroll
-        for b in range(cuda.threadIdx.x, nblk, step):
-            # unroll == 2: the second 32-block's loads are issued before the first one's dot products
-            b2 = b + 32 * nw
-            two = unroll == 2 and b2 < nblk
+        for b in range(cuda.threadIdx.x, d.shape[1], 32 * nw):
             wa, wb, wc, wd, dv, mv = _blk45(q, h, d, m, ra, rb, rc, rd, b, has_h, has_m)
-            if unroll == 2:
-                bb = b2 if two else b
-                wa2, wb2, wc2, wd2, dv2, mv2 = _blk45(q, h, d, m, ra, rb, rc, rd, bb, has_h, has_m)
             for i in range(tt):
                 if i < nt:
                     _acc45(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, dv, mv, off)
-            if two:
-                for i in range(tt):
-                    if i < nt:
-                        _acc45(acc, i, xq, xd, xs, t0 + i, b2, wa2, wb2, wc2, wd2, dv2, mv2, off)
         for i in range(tt):
             if i < nt:
                 store(y, t0 + i, i, r0, acc, add)
@@ -304,21 +291,11 @@ def gemv_kernels(nw: int, tt: int, unroll: int = UNROLL) -> dict:
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
-        nblk = xd.shape[1]
-        for b in range(cuda.threadIdx.x, nblk, 32 * nw * unroll):
-            b2 = b + 32 * nw
-            two = unroll == 2 and b2 < nblk
+        for b in range(cuda.threadIdx.x, xd.shape[1], 32 * nw):
             wa, wb, wc, wd = _words8(q, ra, b), _words8(q, rb, b), _words8(q, rc, b), _words8(q, rd, b)
-            if unroll == 2:
-                bb = b2 if two else b
-                wa2, wb2, wc2, wd2 = _words8(q, ra, bb), _words8(q, rb, bb), _words8(q, rc, bb), _words8(q, rd, bb)
             for i in range(tt):
                 if i < nt:
                     _acc8(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-            if two:
-                for i in range(tt):
-                    if i < nt:
-                        _acc8(acc, i, xq, xd, xs, t0 + i, b2, wa2, wb2, wc2, wd2, d, m, ra, rb, rc, rd, g16, has_m)
         for i in range(tt):
             if i < nt:
                 store(y, t0 + i, i, r0, acc, add)
@@ -328,36 +305,18 @@ def gemv_kernels(nw: int, tt: int, unroll: int = UNROLL) -> dict:
         for each (token, slot) pair p = t * K + j, W the stacked experts (GExperts: expert e owns rows e * n_out ..).
         The expert ids are read from device memory (a CUDA graph stays right as routing changes). Block (row
         group, p) as gemv_q45 with one token per block."""
-        n_out = y.shape[1]
-        kk = ids.shape[1]
-        p = cuda.blockIdx.y
-        base = ids[p // kk, p % kk] * n_out
-        r0 = cuda.blockIdx.x * R
-        ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
-            base + min(r0 + 3, n_out - 1)
+        p, r0, ra, rb, rc, rd = _expert_rows(ids, y.shape[1])
         acc = cuda.local.array(R, float32)
         for j in range(R):
             acc[j] = float32(0.0)
-        z = float32(0.0)
         for b in range(cuda.threadIdx.x, d.shape[1], 32 * nw):
-            wa, wb, wc, wd = _w45(q, h, ra, b, has_h), _w45(q, h, rb, b, has_h), _w45(q, h, rc, b, has_h), \
-                _w45(q, h, rd, b, has_h)
-            dv = (float32(d[ra, b]), float32(d[rb, b]), float32(d[rc, b]), float32(d[rd, b]))
-            mv = (z, z, z, z)
-            if has_m:
-                mv = (float32(m[ra, b]), float32(m[rb, b]), float32(m[rc, b]), float32(m[rd, b]))
+            wa, wb, wc, wd, dv, mv = _blk45(q, h, d, m, ra, rb, rc, rd, b, has_h, has_m)
             _acc45(acc, 0, xq, xd, xs, p // xdiv, b, wa, wb, wc, wd, dv, mv, off)
         store(y, p, 0, r0, acc, False)
 
     def gemv_id_q8(q, d, m, ids, xdiv, xq, xd, xs, y, g16, has_m):
         """gemv_id_q45 for the q8 family."""
-        n_out = y.shape[1]
-        kk = ids.shape[1]
-        p = cuda.blockIdx.y
-        base = ids[p // kk, p % kk] * n_out
-        r0 = cuda.blockIdx.x * R
-        ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
-            base + min(r0 + 3, n_out - 1)
+        p, r0, ra, rb, rc, rd = _expert_rows(ids, y.shape[1])
         acc = cuda.local.array(R, float32)
         for j in range(R):
             acc[j] = float32(0.0)
@@ -414,15 +373,21 @@ def gemv_float(w, x, y, add):
     _store4(y, t, r0, n_out, a0, a1, a2, a3, add)
 
 
-def gemv_id_float(w, ids, xdiv, x, y):
-    """gemv_id_q45 for float16 / float32 experts and float32 x."""
-    n_out = y.shape[1]
+def _expert_rows(ids, n_out):
+    """An expert GEMV block's (token, slot) pair p = blockIdx.y, its first row r0 within the expert, and the
+    4 rows it reads in the stacked matrix (expert ids[p // K, p % K] owns rows e * n_out ..; clamped)."""
     kk = ids.shape[1]
     p = cuda.blockIdx.y
     base = ids[p // kk, p % kk] * n_out
     r0 = cuda.blockIdx.x * R
-    ra, rb, rc, rd = base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
+    return p, r0, base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
         base + min(r0 + 3, n_out - 1)
+
+
+def gemv_id_float(w, ids, xdiv, x, y):
+    """gemv_id_q45 for float16 / float32 experts and float32 x."""
+    n_out = y.shape[1]
+    p, r0, ra, rb, rc, rd = _expert_rows(ids, n_out)
     tx = p // xdiv
     a0 = a1 = a2 = a3 = float32(0.0)
     for k in range(cuda.threadIdx.x, w.shape[1], 32 * NW):
@@ -556,7 +521,7 @@ SIGS = {
     dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, float32{_A})"],
     dequant_float: [f"void({w}{_A}, int64[::1], float32, float32{_A})" for w in ("float16", "float32")],
 }
-for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, _store4, _h4):
+for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, _store4, _h4, _expert_rows):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 # Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
 _EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
