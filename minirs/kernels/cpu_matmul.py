@@ -202,7 +202,7 @@ _RELAYOUT = {
 #     acc[i, r] = fma(d[r, g], s, acc[i, r]);  then  acc[i, r] = fma(m[r, g], xs[i, g], acc[i, r])  if W has m
 #
 # with acc[i, r] = 0 before group 0, and xs[i, g] = x[i, gs*g] + ... + x[i, gs*g + gs-1] summed left to right.
-# Tokens are processed two per pass over w (each weight load feeds two FMAs), the odd one alone: both paths run
+# Tokens are processed four, then two per pass over w (each weight load feeds 4 or 2 FMAs), the odd one alone: all run
 # the same chain. The kernels are compiled *without* fastmath and every FMA is the explicit llvm.fma intrinsic,
 # so LLVM may vectorise over rows (independent lanes) but can neither reassociate nor contract anything: the
 # per-row order above is exactly what runs, for any n, any thread count and any vector width. No BLAS anywhere
@@ -240,6 +240,28 @@ def _chain2(w, xa, xb, k0, sa, sb):
 
 
 @njit(cache=True, inline="always")
+def _chain4(w, xa, xb, xc, xd, k0, sa, sb, sc, sd):
+    # _chain2 for four tokens: each weight load feeds four FMA chains, each chain exactly _chain1's
+    L = w.shape[1]
+    for l in range(L):
+        sa[l] = 0
+        sb[l] = 0
+        sc[l] = 0
+        sd[l] = 0
+    for j in range(0, w.shape[0], 4):
+        a0, a1, a2, a3 = xa[k0 + j], xa[k0 + j + 1], xa[k0 + j + 2], xa[k0 + j + 3]
+        b0, b1, b2, b3 = xb[k0 + j], xb[k0 + j + 1], xb[k0 + j + 2], xb[k0 + j + 3]
+        c0, c1, c2, c3 = xc[k0 + j], xc[k0 + j + 1], xc[k0 + j + 2], xc[k0 + j + 3]
+        d0, d1, d2, d3 = xd[k0 + j], xd[k0 + j + 1], xd[k0 + j + 2], xd[k0 + j + 3]
+        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        for l in range(L):
+            sa[l] = _fma(w3[l], a3, _fma(w2[l], a2, _fma(w1[l], a1, _fma(w0[l], a0, sa[l]))))
+            sb[l] = _fma(w3[l], b3, _fma(w2[l], b2, _fma(w1[l], b1, _fma(w0[l], b0, sb[l]))))
+            sc[l] = _fma(w3[l], c3, _fma(w2[l], c2, _fma(w1[l], c1, _fma(w0[l], c0, sc[l]))))
+            sd[l] = _fma(w3[l], d3, _fma(w2[l], d2, _fma(w1[l], d1, _fma(w0[l], d0, sd[l]))))
+
+
+@njit(cache=True, inline="always")
 def _chain1(w, xa, k0, sa):
     # _chain2 for a single token: the same FMA chain, so a row's bits do not depend on it being paired or not
     L = w.shape[1]
@@ -267,7 +289,12 @@ def _scale(acc, s, dg, mg, xs_i, g):
 def _group(w, x, k0, dg, mg, xs, g, acc, s):
     # acc[i] += group g's contribution for every token i (w: the group's decoded integers, (gs, L))
     n = x.shape[0]
-    for i in range(0, n - 1, 2):
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        _chain4(w, x[i], x[i + 1], x[i + 2], x[i + 3], k0, s[0], s[1], s[2], s[3])
+        for u in range(4):
+            _scale(acc[i + u], s[u], dg, mg, xs[i + u], g)
+    for i in range(n4, n - 1, 2):
         _chain2(w, x[i], x[i + 1], k0, s[0], s[1])
         _scale(acc[i], s[0], dg, mg, xs[i], g)
         _scale(acc[i + 1], s[1], dg, mg, xs[i + 1], g)
@@ -292,7 +319,7 @@ def _mm_q4(q, d, m, off, x, xs, y):
     no_m = np.zeros(0, np.float32)
     for t in prange(n_tiles):
         w = np.empty((32, L), np.float32)
-        s = np.empty((2, L), np.float32)
+        s = np.empty((4, L), np.float32)
         acc = np.zeros((x.shape[0], L), np.float32)
         for g in range(d.shape[1]):
             for j in range(16):  # byte j of the group: lo nibble = element j, hi nibble = element j + 16
@@ -314,7 +341,7 @@ def _mm_q8(q, d, m, x, xs, y):
     no_m = np.zeros(0, np.float32)
     for t in prange(n_tiles):
         w = np.empty((gs, L), np.float32)
-        s = np.empty((2, L), np.float32)
+        s = np.empty((4, L), np.float32)
         acc = np.zeros((x.shape[0], L), np.float32)
         for g in range(d.shape[1]):
             for j in range(gs):
@@ -339,7 +366,7 @@ def _mm_float(raw, kind, x, y):
     for t in prange(-(-n_out // L)):
         w = np.zeros((32, L), np.float32)
         wb = w.view(np.uint32)
-        s = np.empty((2, L), np.float32)
+        s = np.empty((4, L), np.float32)
         acc = np.zeros((x.shape[0], L), np.float32)
         for g in range(x.shape[1] // 32):
             for l in range(min(L, n_out - t * L)):
