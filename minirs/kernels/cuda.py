@@ -54,6 +54,7 @@ class CudaBackend:
         self._idx = {}  # id(host index array) -> (host array, device copy), so one forward uploads each once
         self._graphs = {}  # (id(model), id(cache), n, greedy) -> DecodeGraph
         self._xquant = None  # (array, ptr, size, (xq, xd, xs)): the int8 form of the last fused-op output
+        self._dummy = cp.zeros(1, cp.float32)  # stands for absent optional vectors (biases, norms) in kernels
 
     def use_in_thread(self) -> None:
         """Make this backend's stream CuPy's current one in the calling thread (CuPy's current stream is per
@@ -190,7 +191,7 @@ class CudaBackend:
         h = q.shape[1] // d
         if d > cuda_ops.ATT_DMAX:
             raise ModelError(f"CUDA attention handles head_dim up to {cuda_ops.ATT_DMAX}, got {d}")
-        dummy = self._dummy()
+        dummy = self._dummy
         has_bias = biases[0] is not None
         qb, kb, vb = biases if has_bias else (dummy, dummy, dummy)
         has_norm = norms is not None
@@ -201,11 +202,6 @@ class CudaBackend:
             q, k, v, qb, kb, vb, has_bias, qn, kn, has_norm, np.float32(eps), self._ix(pos), inv_freq, bool(neox),
             kc, vc, self._ix(slots), qo)
         return qo
-
-    def _dummy(self):
-        if getattr(self, "_dummy1", None) is None:
-            self._dummy1 = cp.zeros(1, cp.float32)
-        return self._dummy1
 
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap):
         n, h, d = q.shape
