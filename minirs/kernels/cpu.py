@@ -28,6 +28,11 @@ class CpuBackend:
         from minirs.formats.quants import dequantize
         return np.ascontiguousarray(dequantize(t), dtype=np.float32)
 
+    def stack_matrices(self, parts: list) -> None:
+        """No stacked projections on the CPU: measured slower (the fused outputs come back as strided column
+        views; BENCHMARKS.md), so q/k/v and gate/up stay separate matrices."""
+        return None
+
     def array(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a)
 

@@ -259,6 +259,12 @@ def gemv_kernels(nw: int, tt: int) -> dict:
         if i < R and r0 + i < y.shape[1]:
             _put(y, t, r0 + i, v, add)
 
+    def store_all(y, t0, nt, r0, acc, add):
+        """store for each of the block's nt tokens."""
+        for i in range(tt):
+            if i < nt:
+                store(y, t0 + i, i, r0, acc, add)
+
     def gemv_q45(q, h, d, m, xq, xd, xs, y, off, has_h, has_m, add):
         """y[t, r] (+)= sum_k W[r, k] * x[t, k], W in the q4 / q5 family, x from quantize_x (xq read as int64).
 
@@ -270,7 +276,7 @@ def gemv_kernels(nw: int, tt: int) -> dict:
         """
         n, n_out = y.shape
         r0, t0, nt = tile(n)
-        ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
+        ra, rb, rc, rd = _rows4(0, r0, n_out)
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
@@ -279,15 +285,13 @@ def gemv_kernels(nw: int, tt: int) -> dict:
             for i in range(tt):
                 if i < nt:
                     _acc45(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, dv, mv, off)
-        for i in range(tt):
-            if i < nt:
-                store(y, t0 + i, i, r0, acc, add)
+        store_all(y, t0, nt, r0, acc, add)
 
     def gemv_q8(q, d, m, xq, xd, xs, y, g16, has_m, add):
         """gemv_q45 for the q8 family (int8 weights read as int64, groups of 32 or 16)."""
         n, n_out = y.shape
         r0, t0, nt = tile(n)
-        ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
+        ra, rb, rc, rd = _rows4(0, r0, n_out)
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
@@ -296,9 +300,7 @@ def gemv_kernels(nw: int, tt: int) -> dict:
             for i in range(tt):
                 if i < nt:
                     _acc8(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-        for i in range(tt):
-            if i < nt:
-                store(y, t0 + i, i, r0, acc, add)
+        store_all(y, t0, nt, r0, acc, add)
 
     def gemv_id_q45(q, h, d, m, ids, xdiv, xq, xd, xs, y, off, has_h, has_m):
         """Expert GEMV (llama.cpp's mul_mat_id): y[p, r] = sum_k W_e[r, k] * x[p // xdiv, k], e = ids[p // K, p % K],
@@ -327,6 +329,7 @@ def gemv_kernels(nw: int, tt: int) -> dict:
 
     tile = cuda.jit(device=True, inline=True)(tile)
     store = cuda.jit(device=True, inline=True)(store)
+    store_all = cuda.jit(device=True, inline=True)(store_all)
     kernels = {"gemv_q45": gemv_q45, "gemv_q8": gemv_q8, "gemv_id_q45": gemv_id_q45, "gemv_id_q8": gemv_id_q8}
     for name, f in kernels.items():
         f.__name__ = f"{name}_w{nw}"  # one compiled kernel per block shape
@@ -362,7 +365,7 @@ def gemv_float(w, x, y, add):
     n_out, n_in = w.shape
     t = cuda.blockIdx.y
     r0 = cuda.blockIdx.x * R
-    ra, rb, rc, rd = min(r0, n_out - 1), min(r0 + 1, n_out - 1), min(r0 + 2, n_out - 1), min(r0 + 3, n_out - 1)
+    ra, rb, rc, rd = _rows4(0, r0, n_out)
     a0 = a1 = a2 = a3 = float32(0.0)
     for k in range(cuda.threadIdx.x, n_in, 32 * NW):
         xv = x[t, k]
@@ -373,6 +376,13 @@ def gemv_float(w, x, y, add):
     _store4(y, t, r0, n_out, a0, a1, a2, a3, add)
 
 
+def _rows4(base, r0, n_out):
+    """The 4 rows base + r0 .. base + r0 + 3 of a block, clamped to the matrix's last row (the clamped ones are
+    computed and not stored)."""
+    return base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
+        base + min(r0 + 3, n_out - 1)
+
+
 def _expert_rows(ids, n_out):
     """An expert GEMV block's (token, slot) pair p = blockIdx.y, its first row r0 within the expert, and the
     4 rows it reads in the stacked matrix (expert ids[p // K, p % K] owns rows e * n_out ..; clamped)."""
@@ -380,8 +390,8 @@ def _expert_rows(ids, n_out):
     p = cuda.blockIdx.y
     base = ids[p // kk, p % kk] * n_out
     r0 = cuda.blockIdx.x * R
-    return p, r0, base + min(r0, n_out - 1), base + min(r0 + 1, n_out - 1), base + min(r0 + 2, n_out - 1), \
-        base + min(r0 + 3, n_out - 1)
+    ra, rb, rc, rd = _rows4(base, r0, n_out)
+    return p, r0, ra, rb, rc, rd
 
 
 def gemv_id_float(w, ids, xdiv, x, y):
@@ -521,7 +531,8 @@ SIGS = {
     dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, float32{_A})"],
     dequant_float: [f"void({w}{_A}, int64[::1], float32, float32{_A})" for w in ("float16", "float32")],
 }
-for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, _store4, _h4, _expert_rows):
+for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, _store4, _h4, _rows4,
+           _expert_rows):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 # Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
 _EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()

@@ -117,11 +117,10 @@ def split_fused(tensors: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tenso
 
 
 def stack_projections(lw: LayerWeights, backend) -> None:
-    """Where the backend can (the CUDA one, for matrices of one layout), q/k/v become one attn_qkv matrix and
-    gate/up one ffn_gate_up matrix: one GEMV reads them all. The separate matrices are dropped."""
-    stack = getattr(backend, "stack_matrices", None)
-    if stack is None:
-        return
+    """Where the backend stacks them (the CUDA one, for matrices of one layout; backend.stack_matrices returns
+    None otherwise), q/k/v become one attn_qkv matrix and gate/up one ffn_gate_up matrix: one GEMV reads them
+    all. The separate matrices are dropped."""
+    stack = backend.stack_matrices
     if lw.attn_q is not None and lw.attn_k is not None and lw.attn_v is not None:
         lw.attn_qkv = stack([lw.attn_q, lw.attn_k, lw.attn_v])
         if lw.attn_qkv is not None:
