@@ -75,55 +75,64 @@ def _weights(qt, n_out, n_in, rng, copies=3):
 
 def gemv_sweep():
     """The quantized GEMV for several block shapes (nw warps x tt tokens per block, cuda_matmul.gemv_kernels) on
-    7B shapes and batch sizes; the model uses cuda_matmul.NW x TT. Weight copies rotate past the L2 cache."""
+    the shapes of the presets' matrices; the model uses nw = cuda_matmul.gemv_warps(n_out, n_in) and tt = 1 for
+    one token, TT for more. Weight copies rotate past the L2 cache."""
     import cupy as cp
-    from numba import cuda
     from minirs.kernels import cuda_matmul as cm
     from minirs.kernels.cuda import CudaBackend
     be = CudaBackend()
     rng = np.random.default_rng(0)
-    shapes = [("Q4_0", 14336, 4096), ("Q4_0", 4096, 14336), ("Q4_0", 6144, 4096), ("Q4_K", 14336, 4096),
-              ("Q6_K", 4096, 14336)]
-    variants = [(1, 4), (2, 4), (4, 4), (1, 8), (2, 8), (4, 8)]
-    kernels = {}
-    for nw, tt in variants:
-        ks = cm.gemv_kernels(nw, tt)
-        kernels[nw, tt] = {f: cuda.jit(cm._GEMV_SIGS[f])(ks[f]) for f in ("gemv_q45", "gemv_q8")}
-    log(f"GEMV sweep (us per call; variants nw warps x tt tokens per block; the model: nw = cm.gemv_warps(n_in), "
-        f"tt = {cm.TT})")
-    log("| matrix | n | " + " | ".join(f"{nw}x{tt}" for nw, tt in variants) + " |")
-    for qt, n_out, n_in in shapes:
-        ws = _weights(qt, n_out, n_in, rng)
-        for n in (1, 4, 8, 16, 32):
+    shapes = [("Q4_0", 6144, 4096), ("Q4_0", 4096, 4096), ("Q4_0", 28672, 4096), ("Q4_0", 4096, 14336),
+              ("Q4_K", 28672, 4096), ("Q6_K", 32000, 4096), ("Q4_1", 960, 576), ("Q4_1", 576, 576),
+              ("Q4_1", 3072, 576), ("Q4_1", 576, 1536), ("Q4_1", 49152, 576)]
+    variants = {1: [(1, 1), (2, 1), (4, 1), (8, 1)], 4: [(1, 4), (2, 4)], 16: [(1, 4), (2, 4), (4, 4)],
+                32: [(1, 4), (2, 4)]}
+    only = os.environ.get("SWEEP_N")  # e.g. SWEEP_N=4,16: those batch sizes only
+    if only:
+        variants = {n: v for n, v in variants.items() if str(n) in only.split(",")}
+    for n, vs in variants.items():
+        log(f"GEMV sweep, n = {n} (us per call; nw warps x tt tokens per block; the model's choice marked *)")
+        log("| matrix | " + " | ".join(f"{nw}x{tt}" for nw, tt in vs) + " |")
+        for qt, n_out, n_in in shapes:
+            ws = _weights(qt, n_out, n_in, rng)
             xq, xd, xs = cm.quantize(cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32)), be.nbs)
-            xq = xq.view(cp.int64)
             y = cp.empty((n, n_out), cp.float32)
             cells = []
-            for nw, tt in variants:
-                fn = _sweep_call(kernels[nw, tt], ws, nw, tt, (xq, xd, xs), y, be.nbs)
-                cells.append(graph_time(be.stream, fn))
-            log(f"| {qt} {n_out}x{n_in} | {n} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-        ws = None
+            for nw, tt in vs:
+                t = graph_time(be.stream, _sweep_call(ws, nw, tt, (xq.view(cp.int64), xd, xs), y, be.nbs))
+                mark = "*" if nw == cm.gemv_warps(n_out, n_in) else ""
+                cells.append(f"{t:.1f}{mark}")
+            log(f"| {qt} {n_out}x{n_in} | " + " | ".join(cells) + " |")
+            ws = None
 
 
-def _sweep_call(kernels, ws, nw, tt, xquant, y, stream):
+_SWEEP_KERNELS = {}
+
+
+def _sweep_call(ws, nw, tt, xquant, y, stream):
     """A call of one GEMV variant that takes the next of the weight copies each time."""
     import math
     import cupy as cp
-    from minirs.kernels.cuda_matmul import R
+    from numba import cuda
+    from minirs.kernels import cuda_matmul as cm
     it = iter(range(10**9))
     xq, xd, xs = xquant
     n, n_out = y.shape
-    grid, threads = math.ceil(n_out / R) * math.ceil(n / tt), 32 * nw
+    grid, threads = math.ceil(n_out / cm.R) * math.ceil(n / tt), 32 * nw
+    w0 = ws[0]
+    key = cm.gemv_name(f"gemv_{w0.family}", w0, nw, tt)
+    if key not in _SWEEP_KERNELS:
+        flags = dict(has_h=w0.has_h, has_m=w0.has_m) if w0.family == "q45" else dict(g16=w0.g == 16, has_m=w0.has_m)
+        fn = cm.gemv_kernels(nw, tt, **flags)[f"gemv_{w0.family}"]
+        _SWEEP_KERNELS[key] = cuda.jit(cm._GEMV_SIGS[f"gemv_{w0.family}"])(fn)
+    kernel = _SWEEP_KERNELS[key]
 
     def call():
         w = ws[next(it) % len(ws)]
         if w.family == "q45":
-            kernels["gemv_q45"][grid, threads, stream](w.q.view(cp.int64), w.h, w.d, w.m, xq, xd, xs, y, w.off,
-                                                       w.has_h, w.has_m, False)
+            kernel[grid, threads, stream](w.q.view(cp.int64), w.h, w.d, w.m, xq, xd, xs, y, w.off, False)
         else:
-            kernels["gemv_q8"][grid, threads, stream](w.q.view(cp.int64), w.d, w.m, xq, xd, xs, y, w.g == 16,
-                                                      w.has_m, False)
+            kernel[grid, threads, stream](w.q.view(cp.int64), w.d, w.m, xq, xd, xs, y, False)
     return call
 
 

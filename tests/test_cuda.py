@@ -47,7 +47,8 @@ def test_matmul_and_embed_match_twin(be, qtype):
     assert rel(cp.asnumpy(be.embed(w, ids, 1.5)), W[ids] * 1.5) < 1e-3
 
 
-@pytest.mark.parametrize("qtype,n_in", [("Q4_0", 512), ("Q4_K", 8192), ("Q6_K", 512), ("Q5_1", 8192), ("F16", 512)])
+@pytest.mark.parametrize("qtype,n_in", [("Q4_0", 512), ("Q4_K", 8192), ("Q6_K", 512), ("Q5_1", 8192), ("F16", 512),
+                                         ("Q4_1", 2048), ("Q5_0", 4096), ("Q8_0", 8192)])
 def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in):
     """Batch invariance (batched decode = decode alone): each row of a batched GEMV is bit-identical to that row
     computed alone, for every batch size up to GEMV_MAX_N and both block shapes (short and long rows)."""

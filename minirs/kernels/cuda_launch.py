@@ -99,7 +99,31 @@ class FastKernel:
         launch(stream, cfg, kernel._codelibrary.get_cufunc().kernel, *params)
 
 
-def fast_kernels(kernels: dict) -> dict:
-    """{name: FastKernel} for {name: dispatcher} compiled with explicit signatures (others are returned as they
-    are: lazily compiled kernels, e.g. under the simulator)."""
-    return {name: FastKernel(k) if getattr(k, "overloads", None) else k for name, k in kernels.items()}
+class LazyKernel:
+    """A kernel compiled for its signatures at its first launch, then launched as a FastKernel. Kernels come in
+    many variants (block shapes, weight flavours) of which a model uses a few; compiling only those keeps start-up
+    short. The decode graph captures a step only after running it once eagerly, so nothing compiles in a capture."""
+
+    def __init__(self, fn, sigs):
+        self.fn, self.sigs, self.fast = fn, sigs, None
+
+    @property
+    def compiled(self) -> FastKernel:
+        if self.fast is None:
+            from numba import cuda
+            self.fast = FastKernel(cuda.jit(self.sigs)(self.fn))
+        return self.fast
+
+    def __getitem__(self, config):
+        return self.compiled[config]
+
+
+def kernels(sigs: dict) -> dict:
+    """{name: kernel} for {python function: signatures}: on a GPU, LazyKernels; under the simulator (or with no
+    GPU) Numba's lazily typed kernels, compiled for whatever arguments come."""
+    import os
+
+    from numba import cuda
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available():
+        return {f.__name__: LazyKernel(f, s) for f, s in sigs.items()}
+    return {f.__name__: cuda.jit(f) for f in sigs}

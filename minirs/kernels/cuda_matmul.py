@@ -17,12 +17,14 @@ exactly its file size on the GPU:
 | float  | w                                     | float16 (F16) or float32 (F32, BF16 widened)                 | F16, BF16, F32      |
 
 Decode and small batches (n <= GEMV_MAX_N) run a GEMV: x is quantized to int8 per 32-block (scale + per-16 sums,
-as llama.cpp's q8_1), each lane takes one 32-block at a time (weights and x read with 8-byte loads), `__dp4a`
-does 4 int8 MACs, and each warp owns 4 rows so each x word loaded serves 4 rows; a block is one warp for rows
-shorter than 8192 and 4 warps splitting K for longer ones (gemv_warps: 14336 x 4096 Q4_0 in 19.9 us, 1.66 TB/s
-on an H100). A block also serves up to TT = 4 tokens from the same unpacked weight words (batched decode, n up
-to GEMV_MAX_N = 32), and each token's result is bit-identical whatever the batch. With `out`, the result is
-added into out (the residual stream) as it is written. Larger n dequantize W to float16 (dequant_f16) and
+as llama.cpp's q8_1), each lane takes one 32-block at a time (weights and x read with 8-byte loads), dp4a (PTX,
+emitted inline) does 4 int8 MACs, and each warp owns 4 rows so each x word loaded serves 4 rows; a block's 1, 2
+or 4 warps split K (gemv_warps, by the matrix's shape). A block serves one token (n = 1) or up to TT = 4 tokens
+from the same unpacked weight words (batched decode), and each token's result is bit-identical whatever the batch.
+The weight flavour (q5 fifth bits, group offsets, q8 groups of 16) is compiled in, not tested at run time: a
+GEMV's registers bound its occupancy (one Q4_0 token: 72 registers, 28 warps per SM; 14336 x 4096 in 18.9 us
+under Nsight, 25.9 us with the old 168-register kernel). With `out`, the result is added into out (the residual
+stream) as it is written. Larger n dequantize W to float16 (dequant_f16) and
 multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph, which is why
 decode needs its own kernels.
 """
@@ -32,39 +34,62 @@ import os
 from dataclasses import dataclass, replace
 
 import numpy as np
-from numba import cuda, float32, int8, int32, int64
+from llvmlite import ir
+from numba import cuda, float32, int8, int32, int64, types
 from numba.cuda import libdevice
 
+try:
+    from numba.cuda.extending import intrinsic
+except ImportError:  # older numba-cuda
+    from numba.core.extending import intrinsic
+
 from minirs.errors import ModelError
-from minirs.kernels.cuda_launch import fast_kernels
+from minirs.kernels.cuda_launch import kernels
 from minirs.formats.model_file import Tensor
 
 GEMV_MAX_N = 32  # n <= this: GEMV kernels (graph-capturable, so batched decode too); larger n: dequantize + cuBLAS
 R = 4  # rows per warp in the GEMVs
 TT = 4  # tokens per block in the quantized GEMVs: each weight word loaded and unpacked feeds TT tokens' dots
 NW = 4  # warps per block in the float and expert GEMVs: they split K of the block's R rows
-NWS = (1, 4)  # block shapes of the quantized GEMVs, chosen per matrix by gemv_warps
+NWS = (1, 2, 4)  # warps per block of the quantized GEMVs, chosen per matrix by gemv_warps
 
 
-def gemv_warps(n_in: int) -> int:
-    """Warps per block for a quantized GEMV over rows of n_in (timed on an H100, bench/gpu_check.py --sweep):
-    one warp per 4 rows for short rows (each lane then takes several 32-blocks, no cross-warp sum); long rows
-    (the FFN down-projection) split K over 4 warps. It depends on the matrix only, never on the batch: the
-    split-K sum order is part of a row's result, and a row must not change with the rows batched with it."""
-    return 1 if n_in < 8192 else 4
+def gemv_warps(n_out: int, n_in: int) -> int:
+    """Warps per block (each block owns R rows, its warps split K) for a quantized GEMV of an (n_out, n_in) matrix.
+
+    A small matrix in one warp per row group leaves the GPU short of loads in flight (4096 x 4096 Q4_0: 1,024
+    warps, 7.4 us), so the warps double until there are ~2,048 of them (5.1 us), as long as every lane of the block
+    still has two 32-blocks of a row to read. Timed on an H100 (bench/gpu_check.py --sweep): 6144 x 4096 10.1 ->
+    7.1 us, 4096 x 14336 21.7 -> 19.2 us, 28672 x 4096 stays at one warp (28.9 us, 2.3 TB/s). It depends on the
+    matrix only, never on the batch: the split-K sum order is part of a row's result, and a row must not change
+    with the rows batched with it."""
+    nw = 1
+    while nw < NWS[-1] and (n_out // R) * nw < 2048 and 64 * nw <= n_in // 32:
+        nw *= 2
+    return nw
+
+
 DQ_THREADS = 256
 
-_DP4A_CU = os.path.join(os.path.dirname(__file__), "cuda_dp4a.cu")
-if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator links no CUDA C: a plain-Python twin
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: a plain-Python twin
     def dp4a(a, b, c):
         for i in range(4):
             x, y = ((a >> (8 * i)) & 255), ((b >> (8 * i)) & 255)
             c += (x - 256 if x > 127 else x) * (y - 256 if y > 127 else y)
         return c
 else:
-    dp4a = cuda.declare_device("dp4a", "int32(int32, int32, int32)", link=_DP4A_CU)
+    @intrinsic
+    def dp4a(typingctx, a, b, c):
+        """c + sum_i a.byte[i] * b.byte[i] over the 4 signed bytes of the low 32 bits of a and b (PTX dp4a.s32.s32:
+        4 int8 MACs in one instruction). Numba has no intrinsic of its own: this emits the PTX inline."""
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            vals = [context.cast(builder, v, t, types.int32) for v, t in zip(args, sig.args)]
+            return builder.asm(ir.FunctionType(i32, [i32, i32, i32]), "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r",
+                               vals, side_effect=False)
+        return types.int32(a, b, c), codegen
 
-M8 = 0x0F0F0F0F0F0F0F0F  # the low nibble of each byte of an int64
+M4 = int32(0x0F0F0F0F)  # the low nibble of each byte of an int32 word
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,18 +139,17 @@ def _spread4(hb):
 
 
 def _w45(q, h, r, b, has_h):
-    """Row r's 32-block b of the q4 / q5 family as 8 words of 4 codes each (elements 4i.. and 16+4i..).
+    """Row r's 32-block b of the q4 / q5 family as 8 int32 words of 4 codes each (elements 4i.. and 16+4i..).
 
-    q is read as int64 (two 8-byte loads per 32-block); each word is the low 32 bits of an int64 (dp4a takes the
-    low 32 bits), so splitting needs no masking."""
+    q is read as int64 (two 8-byte loads per 32-block), each split into two int32 words at once (32-bit
+    registers: the GEMVs' occupancy is bound by registers)."""
     a = q[r, 2 * b]
     c = q[r, 2 * b + 1]
-    la, lc = a & M8, c & M8
-    ha, hc = (a >> 4) & M8, (c >> 4) & M8
-    l0, l1, l2, l3 = la, la >> 32, lc, lc >> 32
-    h0, h1, h2, h3 = ha, ha >> 32, hc, hc >> 32
+    a0, a1, c0, c1 = int32(a), int32(a >> 32), int32(c), int32(c >> 32)
+    l0, l1, l2, l3 = a0 & M4, a1 & M4, c0 & M4, c1 & M4
+    h0, h1, h2, h3 = (a0 >> 4) & M4, (a1 >> 4) & M4, (c0 >> 4) & M4, (c1 >> 4) & M4
     if has_h:
-        hb = h[r, b]
+        hb = int32(h[r, b])
         l0 |= _spread4(hb)
         l1 |= _spread4(hb >> 4)
         l2 |= _spread4(hb >> 8)
@@ -138,10 +162,11 @@ def _w45(q, h, r, b, has_h):
 
 
 def _words8(a, r, b):
-    """32 int8 values (row r, 32-block b of an int8 array read as int64) as 8 words of 4: four 8-byte loads."""
+    """32 int8 values (row r, 32-block b of an int8 array read as int64) as 8 int32 words of 4: four 8-byte loads."""
     o = 4 * b
     w0, w1, w2, w3 = a[r, o], a[r, o + 1], a[r, o + 2], a[r, o + 3]
-    return w0, w0 >> 32, w1, w1 >> 32, w2, w2 >> 32, w3, w3 >> 32
+    return int32(w0), int32(w0 >> 32), int32(w1), int32(w1 >> 32), int32(w2), int32(w2 >> 32), int32(w3), \
+        int32(w3 >> 32)
 
 
 def _blk45(q, h, d, m, ra, rb, rc, rd, b, has_h, has_m):
@@ -219,9 +244,21 @@ def _put(y, t, r, v, add):
         y[t, r] = v
 
 
-def gemv_kernels(nw: int, tt: int) -> dict:
+Q45_FLAVOURS = ((False, False), (False, True), (True, False), (True, True))  # (has_h, has_m): Q4_0; Q4_1, Q4_K; ..
+Q8_FLAVOURS = ((False, False), (True, False), (True, True))  # (g16, has_m): Q8_0; Q6_K, Q3_K; Q2_K
+
+
+def gemv_name(kind: str, w: "GMatrix", nw: int = NW, tt: int = 1) -> str:
+    """The compiled kernel of `kind` (gemv_q45, gemv_id_q8, ..) for w's flavour, nw warps and tt tokens per block."""
+    flav = f"h{int(w.has_h)}m{int(w.has_m)}" if w.family == "q45" else f"g{16 if w.g == 16 else 32}m{int(w.has_m)}"
+    return f"{kind}_w{nw}_{flav}" if kind.startswith("gemv_id") else f"{kind}_w{nw}_t{tt}_{flav}"
+
+
+def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16: bool = False) -> dict:
     """The quantized GEMV kernels for blocks of nw warps and up to tt tokens (gemv_warps and TT for the model;
-    bench/gpu_check.py --sweep times other shapes). Returns plain Python kernels, not yet compiled."""
+    bench/gpu_check.py --sweep times other shapes), for one weight flavour: has_h (q5: fifth bits), has_m (group
+    offsets), g16 (q8 groups of 16). The flags are compile-time constants, so a Q4_0 GEMV carries no registers
+    for the paths it never takes (72 instead of 128 per thread: occupancy). Returns plain Python kernels."""
     nacc = tt * R  # accumulators per thread: (token slot, row), flat so that they live in registers
 
     def tile(n):
@@ -265,7 +302,7 @@ def gemv_kernels(nw: int, tt: int) -> dict:
             if i < nt:
                 store(y, t0 + i, i, r0, acc, add)
 
-    def gemv_q45(q, h, d, m, xq, xd, xs, y, off, has_h, has_m, add):
+    def gemv_q45(q, h, d, m, xq, xd, xs, y, off, add):
         """y[t, r] (+)= sum_k W[r, k] * x[t, k], W in the q4 / q5 family, x from quantize_x (xq read as int64).
 
         Per 32-block: xd * d * (sum q*xq - off * sum xq) (+ xd * m * sum xq). A block owns R = 4 rows and up to
@@ -287,7 +324,7 @@ def gemv_kernels(nw: int, tt: int) -> dict:
                     _acc45(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, dv, mv, off)
         store_all(y, t0, nt, r0, acc, add)
 
-    def gemv_q8(q, d, m, xq, xd, xs, y, g16, has_m, add):
+    def gemv_q8(q, d, m, xq, xd, xs, y, add):
         """gemv_q45 for the q8 family (int8 weights read as int64, groups of 32 or 16)."""
         n, n_out = y.shape
         r0, t0, nt = tile(n)
@@ -302,7 +339,7 @@ def gemv_kernels(nw: int, tt: int) -> dict:
                     _acc8(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
         store_all(y, t0, nt, r0, acc, add)
 
-    def gemv_id_q45(q, h, d, m, ids, xdiv, xq, xd, xs, y, off, has_h, has_m):
+    def gemv_id_q45(q, h, d, m, ids, xdiv, xq, xd, xs, y, off):
         """Expert GEMV (llama.cpp's mul_mat_id): y[p, r] = sum_k W_e[r, k] * x[p // xdiv, k], e = ids[p // K, p % K],
         for each (token, slot) pair p = t * K + j, W the stacked experts (GExperts: expert e owns rows e * n_out ..).
         The expert ids are read from device memory (a CUDA graph stays right as routing changes). Block (row
@@ -316,7 +353,7 @@ def gemv_kernels(nw: int, tt: int) -> dict:
             _acc45(acc, 0, xq, xd, xs, p // xdiv, b, wa, wb, wc, wd, dv, mv, off)
         store(y, p, 0, r0, acc, False)
 
-    def gemv_id_q8(q, d, m, ids, xdiv, xq, xd, xs, y, g16, has_m):
+    def gemv_id_q8(q, d, m, ids, xdiv, xq, xd, xs, y):
         """gemv_id_q45 for the q8 family."""
         p, r0, ra, rb, rc, rd = _expert_rows(ids, y.shape[1])
         acc = cuda.local.array(R, float32)
@@ -331,8 +368,9 @@ def gemv_kernels(nw: int, tt: int) -> dict:
     store = cuda.jit(device=True, inline=True)(store)
     store_all = cuda.jit(device=True, inline=True)(store_all)
     kernels = {"gemv_q45": gemv_q45, "gemv_q8": gemv_q8, "gemv_id_q45": gemv_id_q45, "gemv_id_q8": gemv_id_q8}
-    for name, f in kernels.items():
-        f.__name__ = f"{name}_w{nw}"  # one compiled kernel per block shape
+    for name, f in kernels.items():  # one compiled kernel per block shape and flavour
+        flav = f"h{int(has_h)}m{int(has_m)}" if "q45" in name else f"g{16 if g16 else 32}m{int(has_m)}"
+        f.__name__ = f"{name}_w{nw}_{flav}" if name.startswith("gemv_id") else f"{name}_w{nw}_t{tt}_{flav}"
     return kernels
 
 
@@ -508,20 +546,34 @@ def dequant_float(w, rows, scale, out):
 # (tests/test_cuda_compile.py) with compile_ptx, which needs no GPU.
 _A = "[:, ::1]"
 _GEMV_SIGS = {
-    "gemv_q45": [f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, "
-                 f"float32{_A}, int32, boolean, boolean, boolean)"],
-    "gemv_q8": [f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, float32{_A}, "
-                "boolean, boolean, boolean)"],
-    "gemv_id_q45": [f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int64{_A}, "
-                    f"float32{_A}, int32{_A}, float32{_A}, int32, boolean, boolean)"],
-    "gemv_id_q8": [f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int64{_A}, float32{_A}, "
-                   f"int32{_A}, float32{_A}, boolean, boolean)"],
+    "gemv_q45": f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, "
+                f"float32{_A}, int32, boolean)",
+    "gemv_q8": f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, float32{_A}, boolean)",
+    "gemv_id_q45": f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int64{_A}, "
+                   f"float32{_A}, int32{_A}, float32{_A}, int32)",
+    "gemv_id_q8": f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int64{_A}, float32{_A}, "
+                  f"int32{_A}, float32{_A})",
 }
-_gemvs = {nw: gemv_kernels(nw, TT) for nw in NWS}
+
+
+def _gemv_sigs() -> dict:
+    """{kernel: [signature]} for every GEMV the model may launch: each block shape, token tile and flavour."""
+    out = {}
+    for fam, flavours in (("q45", Q45_FLAVOURS), ("q8", Q8_FLAVOURS)):
+        for a, b in flavours:
+            flags = dict(has_h=a, has_m=b) if fam == "q45" else dict(g16=a, has_m=b)
+            for nw in NWS:
+                for tt in (1, TT):
+                    ks = gemv_kernels(nw, tt, **flags)
+                    out[ks[f"gemv_{fam}"]] = [_GEMV_SIGS[f"gemv_{fam}"]]
+                    if (nw, tt) == (NW, 1):  # the expert GEMVs: one token per block, NW warps
+                        out[ks[f"gemv_id_{fam}"]] = [_GEMV_SIGS[f"gemv_id_{fam}"]]
+    return out
+
+
 SIGS = {
     quantize_x: [f"void(float32{_A}, int8{_A}, float32{_A}, int32{_A})"],
-    **{_gemvs[nw][name]: sigs for nw in NWS for name, sigs in _GEMV_SIGS.items()
-       if nw == NW or not name.startswith("gemv_id")},
+    **_gemv_sigs(),
     gemv_float: [f"void({w}{_A}, float32{_A}, float32{_A}, boolean)" for w in ("float16", "float32")],
     gemv_id_float: [f"void({w}{_A}, int64{_A}, int64, float32{_A}, float32{_A})" for w in ("float16", "float32")],
     dequant_h_q45: [f"void(uint32{_A}, uint32{_A}, float16{_A}, float16{_A}, int32, boolean, boolean, int64{_A})"],
@@ -534,16 +586,7 @@ SIGS = {
 for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, _store4, _h4, _rows4,
            _expert_rows):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
-# Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
-_EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
-
-
-def compile_kernels(sigs: dict) -> dict:
-    """{name: kernel} from {python function: signatures}: eager where a GPU is present."""
-    return {f.__name__: cuda.jit(s)(f) if _EAGER else cuda.jit(f) for f, s in sigs.items()}
-
-
-K = fast_kernels(compile_kernels(SIGS))
+K = kernels(SIGS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -708,14 +751,14 @@ def gmatmul(w: GMatrix, x, stream, xquant=None, out=None):
             return y
         xq, xd, xs = xquant if xquant is not None else quantize(x, stream)
         xq = xq.view(cp.int64)
-        grid = math.ceil(w.n_out / R) * math.ceil(n / TT)  # row groups x token tiles (tile)
-        nw = gemv_warps(w.n_in)
+        tt = 1 if n == 1 else TT  # one token: a kernel with TT - 1 fewer token slots (fewer registers)
+        grid = math.ceil(w.n_out / R) * math.ceil(n / tt)  # row groups x token tiles (tile)
+        nw = gemv_warps(w.n_out, w.n_in)
+        kernel = K[gemv_name(f"gemv_{w.family}", w, nw, tt)][grid, 32 * nw, stream]
         if w.family == "q45":
-            K[f"gemv_q45_w{nw}"][grid, 32 * nw, stream](w.q.view(cp.int64), w.h, w.d, w.m, xq, xd, xs, y, w.off,
-                                                        w.has_h, w.has_m, add)
+            kernel(w.q.view(cp.int64), w.h, w.d, w.m, xq, xd, xs, y, w.off, add)
         else:
-            K[f"gemv_q8_w{nw}"][grid, 32 * nw, stream](w.q.view(cp.int64), w.d, w.m, xq, xd, xs, y, w.g == 16,
-                                                       w.has_m, add)
+            kernel(w.q.view(cp.int64), w.d, w.m, xq, xd, xs, y, add)
         return y
     y = cp.matmul(x.astype(cp.float16), dequant_f16(w, stream).T)  # cuBLAS, fp32 accumulation
     if add:
@@ -773,12 +816,11 @@ def gmatmul_id(ex: GExperts, x, ids, stream, xquant=None):
             return y.reshape(n, kk, n_out)
         xq, xd, xs = xquant if xquant is not None else quantize(x2, stream)
         xq = xq.view(cp.int64)
+        kernel = K[gemv_name(f"gemv_id_{w.family}", w)][grid, 32 * NW, stream]
         if w.family == "q45":
-            K[f"gemv_id_q45_w{NW}"][grid, 32 * NW, stream](w.q.view(cp.int64), w.h, w.d, w.m, ids, xdiv, xq, xd, xs, y,
-                                                    w.off, w.has_h, w.has_m)
+            kernel(w.q.view(cp.int64), w.h, w.d, w.m, ids, xdiv, xq, xd, xs, y, w.off)
         else:
-            K[f"gemv_id_q8_w{NW}"][grid, 32 * NW, stream](w.q.view(cp.int64), w.d, w.m, ids, xdiv, xq, xd, xs, y,
-                                                   w.g == 16, w.has_m)
+            kernel(w.q.view(cp.int64), w.d, w.m, ids, xdiv, xq, xd, xs, y)
         return y.reshape(n, kk, n_out)
     cp.cuda.get_current_stream().synchronize()
     flat = cp.asnumpy(ids).reshape(-1)

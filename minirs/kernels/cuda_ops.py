@@ -8,11 +8,10 @@ graph of a decode step stays right as they change between replays.
 """
 
 import math
-import os
 
 from numba import cuda, float32, float64, int32, int64
 
-from minirs.kernels.cuda_launch import fast_kernels
+from minirs.kernels.cuda_launch import kernels
 from minirs.kernels.cuda_matmul import quant32
 
 ATT_WARPS = 8  # most warps per block in attention (decode uses 8, prefill 4: see CudaBackend.attention)
@@ -630,5 +629,4 @@ _ln_row = cuda.jit(device=True, inline=True)(_ln_row)
 _block_max = cuda.jit(device=True, inline=True)(_block_max)
 _cos_sin = cuda.jit(device=True, inline=True)(_cos_sin)
 # Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
-_EAGER = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available()
-K = fast_kernels({f.__name__: cuda.jit(sigs)(f) if _EAGER else cuda.jit(f) for f, sigs in SIGS.items()})
+K = kernels(SIGS)
