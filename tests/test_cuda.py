@@ -216,6 +216,31 @@ def test_attn_inputs_match_cpu(be, bias, norm, neox, rot):
     assert rel(kcd.get(), kc) < 1e-3 and rel(vcd.get(), vc) < 1e-3
 
 
+@pytest.mark.parametrize("qtype,rot,n", [("Q4_0", 64, 1), ("Q4_K", 32, 3), ("Q6_K", 64, 16), ("Q5_1", 64, 32)])
+def test_fused_qkv_projection(be, qtype, rot, n):
+    """The q/k/v GEMV whose epilogue rotates q and k and writes the caches (decode, llama family) against the
+    plain GEMV followed by attn_inputs: the same sums, rotated by the same formula (partial rotary too)."""
+    import cupy as cp
+    from minirs.formats.model_file import Tensor
+    from minirs.models.synthetic import random_tensor_bytes
+    rng = np.random.default_rng()
+    h, hkv, d, L, n_in = 8, 2, 64, 50, 512
+    rows = (h + 2 * hkv) * d
+    w = be.matrix(Tensor("w", qtype, (rows, n_in), random_tensor_bytes(qtype, (rows, n_in), rng).reshape(-1)))
+    x = cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32))
+    inv = cp.asarray(1.0 / 10000.0 ** (np.arange(0, rot, 2) / rot))
+    slots, pos = rng.permutation(n + 1)[:n], rng.integers(0, 200, n)
+    caches = [cp.zeros((n + 1, hkv, L, d), cp.float16) for _ in range(4)]
+    args = (h * d, hkv * d, (None,) * 3, None, 1e-6, pos, inv, False)
+    fused = be.qkv_attn_inputs(w, x, *args, caches[0], caches[1], slots)
+    qkv = be.matmul(w, x)
+    ref = be.attn_inputs(qkv[:, :h * d], qkv[:, h * d:(h + hkv) * d], qkv[:, (h + hkv) * d:], (None,) * 3, None,
+                         1e-6, pos, inv, False, caches[2], caches[3], slots)
+    assert rel(fused.get(), ref.get()) < 1e-6
+    assert rel(caches[0].get(), caches[2].get()) < 1e-3 and np.array_equal(caches[1].get(), caches[3].get())
+    assert float(cp.abs(caches[0]).sum()) > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["smollm2-135m", "gemma3-270m"])
 def test_model_on_gpu_matches_cpu(be, preset, tmp_path):

@@ -203,6 +203,22 @@ class CudaBackend:
             kc, vc, self._ix(slots), qo)
         return qo
 
+    def qkv_attn_inputs(self, w: GMatrix, h, q_dim: int, kv_dim: int, biases, norms, eps, pos, inv_freq, neox,
+                        kc, vc, slots):
+        """The stacked q/k/v projection of h (stack_matrices) followed by attn_inputs; returns q as (n, heads, d).
+        Decode batches of the llama family (RoPE on adjacent pairs, no biases, no q/k norms) run it as one GEMV
+        whose epilogue rotates q and k and writes k and v to the caches (cuda_matmul.gmatmul_qkv_rope)."""
+        n, d = h.shape[0], kc.shape[3]
+        if n <= cuda_matmul.GEMV_MAX_N and w.family != "float" and not neox and biases[0] is None and norms is None:
+            x = cp.ascontiguousarray(h, dtype=cp.float32)
+            qo = cuda_matmul.gmatmul_qkv_rope(w, x, self.nbs, self._quant_of(x), self._ix(pos), self._ix(slots),
+                                              inv_freq, kc, vc)
+            self._xquant = None
+            return qo.reshape(n, q_dim // d, d)
+        qkv = self.matmul(w, h)
+        q, k, v = qkv[:, :q_dim], qkv[:, q_dim:q_dim + kv_dim], qkv[:, q_dim + kv_dim:]
+        return self.attn_inputs(q, k, v, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots)
+
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap):
         n, h, d = q.shape
         if d > 32 * cuda_ops.ATT_MAXE:

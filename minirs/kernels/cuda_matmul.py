@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from llvmlite import ir
-from numba import cuda, float32, int8, int32, int64, types
+from numba import cuda, float32, float64, int8, int32, int64, types
 from numba.cuda import libdevice
 
 try:
@@ -244,6 +244,44 @@ def _put(y, t, r, v, add):
         y[t, r] = v
 
 
+TWO_PI = 2 * math.pi
+
+
+def rope_cos_sin(p, f):
+    """cos and sin of the RoPE angle p * f as float32: the product and its reduction modulo 2 pi in float64
+    (positions reach 10^5), the trigonometry in float32 on the reduced angle (float64 sin/cos of large angles
+    are slow software routines)."""
+    ang = float64(p) * f
+    ang -= TWO_PI * math.floor(ang / TWO_PI)
+    a = float32(ang)
+    return math.cos(a), math.sin(a)
+
+
+def attn_put(qo, t, r, v, vp, ep):
+    """The fused q/k/v projection's epilogue for row r of token t (v; vp: its RoPE partner row r ^ 1): q rows
+    (r < h * d = qo.shape[1]) are rotated and written to qo, k rows rotated and written to the key cache, v rows
+    to the value cache, at row pos[t] % L of slot slots[t] (as cuda_ops.attn_inputs does for adjacent-pair RoPE
+    without biases or q/k norms). ep = (pos, slots, inv_freq, k cache, v cache, nk = hkv * d)."""
+    pos, slots, inv_freq, kc, vc, nk = ep
+    nq = qo.shape[1]
+    d = kc.shape[3]
+    p = pos[t]
+    if r < nq + nk:  # q or k: rotate the pair (2i, 2i + 1), i < len(inv_freq)
+        c = (r if r < nq else r - nq) % d
+        if c < 2 * inv_freq.shape[0]:
+            cs, sn = rope_cos_sin(p, inv_freq[c >> 1])
+            if (c & 1) == 0:
+                v = v * cs - vp * sn
+            else:
+                v = vp * sn + v * cs
+    if r < nq:
+        qo[t, r] = v
+    elif r < nq + nk:
+        kc[slots[t], (r - nq) // d, p % kc.shape[2], (r - nq) % d] = v
+    else:
+        vc[slots[t], (r - nq - nk) // d, p % vc.shape[2], (r - nq - nk) % d] = v
+
+
 Q45_FLAVOURS = ((False, False), (False, True), (True, False), (True, True))  # (has_h, has_m): Q4_0; Q4_1, Q4_K; ..
 Q8_FLAVOURS = ((False, False), (True, False), (True, True))  # (g16, has_m): Q8_0; Q6_K, Q3_K; Q2_K
 
@@ -269,9 +307,9 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         t0 = (cuda.blockIdx.x % ntile) * tt
         return (cuda.blockIdx.x // ntile) * R, t0, min(tt, n - t0)
 
-    def store(y, t, k, r0, acc, add):
+    def row_sums(acc, k):
         """Sum token slot k's 4 row accumulators over the warp, then over the block's nw warps (split K, fixed
-        order); thread i < R writes (or adds to) y[t, r0 + i] if that row exists."""
+        order). Thread i < R gets its row's sum v and that of its RoPE partner row i ^ 1 (summed alike)."""
         a0, a1, a2, a3 = acc[R * k], acc[R * k + 1], acc[R * k + 2], acc[R * k + 3]
         for o in (16, 8, 4, 2, 1):
             a0 += cuda.shfl_xor_sync(0xFFFFFFFF, a0, o)
@@ -281,6 +319,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         i = cuda.threadIdx.x
         if nw == 1:  # every lane holds the 4 sums
             v = a0 if i == 0 else (a1 if i == 1 else (a2 if i == 2 else a3))
+            vp = a1 if i == 0 else (a0 if i == 1 else (a3 if i == 2 else a2))
         else:
             part = cuda.shared.array((tt, nw, R), float32)
             if (i & 31) == 0:
@@ -289,20 +328,34 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
                 part[k, i >> 5, 2] = a2
                 part[k, i >> 5, 3] = a3
             cuda.syncthreads()
-            v = float32(0.0)
+            v = vp = float32(0.0)
             if i < R:
                 for w in range(nw):
                     v += part[k, w, i]
+                for w in range(nw):
+                    vp += part[k, w, i ^ 1]
+        return v, vp
+
+    def store(y, t, k, r0, acc, add):
+        """Thread i < R writes (or adds to) y[t, r0 + i], token slot k's sum for that row, if the row exists."""
+        v, vp = row_sums(acc, k)
+        i = cuda.threadIdx.x
         if i < R and r0 + i < y.shape[1]:
             _put(y, t, r0 + i, v, add)
 
-    def store_all(y, t0, nt, r0, acc, add):
-        """store for each of the block's nt tokens."""
-        for i in range(tt):
-            if i < nt:
-                store(y, t0 + i, i, r0, acc, add)
+    def store_all(y, t0, nt, r0, acc, add, ep):
+        """store for each of the block's nt tokens, or with ep[5] = nk > 0 the attention epilogue (attn_put)."""
+        for k in range(tt):
+            if k < nt:
+                if ep[5] > 0:
+                    v, vp = row_sums(acc, k)
+                    i = cuda.threadIdx.x
+                    if i < R and r0 + i < y.shape[1] + 2 * ep[5]:
+                        attn_put(y, t0 + k, r0 + i, v, vp, ep)
+                else:
+                    store(y, t0 + k, k, r0, acc, add)
 
-    def gemv_q45(q, h, d, m, xq, xd, xs, y, off, add):
+    def gemv_q45(q, h, d, m, xq, xd, xs, y, off, add, pos, slots, inv_freq, kc, vc, nk):
         """y[t, r] (+)= sum_k W[r, k] * x[t, k], W in the q4 / q5 family, x from quantize_x (xq read as int64).
 
         Per 32-block: xd * d * (sum q*xq - off * sum xq) (+ xd * m * sum xq). A block owns R = 4 rows and up to
@@ -310,8 +363,11 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         split K), unpacks the 4 rows' words once and feeds them to its tokens' dot products (accumulators in
         registers). Every (row, token) value is computed by the same instructions in the same order whatever n
         is, so a token's result does not depend on the other rows of its batch (batched decode = decode alone).
+        With nk > 0 this is the fused q/k/v projection (attn_put): y is q (n, h * d), W has h * d + 2 * nk rows.
         """
-        n, n_out = y.shape
+        n = y.shape[0]
+        n_out = y.shape[1] + 2 * nk
+        ep = (pos, slots, inv_freq, kc, vc, nk)
         r0, t0, nt = tile(n)
         ra, rb, rc, rd = _rows4(0, r0, n_out)
         acc = cuda.local.array(nacc, float32)
@@ -322,11 +378,13 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
             for i in range(tt):
                 if i < nt:
                     _acc45(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, dv, mv, off)
-        store_all(y, t0, nt, r0, acc, add)
+        store_all(y, t0, nt, r0, acc, add, ep)
 
-    def gemv_q8(q, d, m, xq, xd, xs, y, add):
+    def gemv_q8(q, d, m, xq, xd, xs, y, add, pos, slots, inv_freq, kc, vc, nk):
         """gemv_q45 for the q8 family (int8 weights read as int64, groups of 32 or 16)."""
-        n, n_out = y.shape
+        n = y.shape[0]
+        n_out = y.shape[1] + 2 * nk
+        ep = (pos, slots, inv_freq, kc, vc, nk)
         r0, t0, nt = tile(n)
         ra, rb, rc, rd = _rows4(0, r0, n_out)
         acc = cuda.local.array(nacc, float32)
@@ -337,7 +395,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
             for i in range(tt):
                 if i < nt:
                     _acc8(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-        store_all(y, t0, nt, r0, acc, add)
+        store_all(y, t0, nt, r0, acc, add, ep)
 
     def gemv_id_q45(q, h, d, m, ids, xdiv, xq, xd, xs, y, off):
         """Expert GEMV (llama.cpp's mul_mat_id): y[p, r] = sum_k W_e[r, k] * x[p // xdiv, k], e = ids[p // K, p % K],
@@ -365,6 +423,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         store(y, p, 0, r0, acc, False)
 
     tile = cuda.jit(device=True, inline=True)(tile)
+    row_sums = cuda.jit(device=True, inline=True)(row_sums)
     store = cuda.jit(device=True, inline=True)(store)
     store_all = cuda.jit(device=True, inline=True)(store_all)
     kernels = {"gemv_q45": gemv_q45, "gemv_q8": gemv_q8, "gemv_id_q45": gemv_id_q45, "gemv_id_q8": gemv_id_q8}
@@ -545,10 +604,12 @@ def dequant_float(w, rows, scale, out):
 # Signatures: compiled eagerly (fast dispatch, nothing compiles during graph capture) and by the CI test
 # (tests/test_cuda_compile.py) with compile_ptx, which needs no GPU.
 _A = "[:, ::1]"
+_EP = "int64[::1], int64[::1], float64[::1], float16[:, :, :, ::1], float16[:, :, :, ::1], int32"  # attn_put's
 _GEMV_SIGS = {
     "gemv_q45": f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, "
-                f"float32{_A}, int32, boolean)",
-    "gemv_q8": f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, float32{_A}, boolean)",
+                f"float32{_A}, int32, boolean, {_EP})",
+    "gemv_q8": f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, float32{_A}, boolean, "
+               f"{_EP})",
     "gemv_id_q45": f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int64{_A}, "
                    f"float32{_A}, int32{_A}, float32{_A}, int32)",
     "gemv_id_q8": f"void(int64{_A}, float16{_A}, float16{_A}, int64{_A}, int64, int64{_A}, float32{_A}, "
@@ -583,8 +644,8 @@ SIGS = {
     dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, float32{_A})"],
     dequant_float: [f"void({w}{_A}, int64[::1], float32, float32{_A})" for w in ("float16", "float32")],
 }
-for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, _store4, _h4, _rows4,
-           _expert_rows):
+for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, rope_cos_sin, attn_put,
+           _store4, _h4, _rows4, _expert_rows):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 K = kernels(SIGS)
 
@@ -737,6 +798,17 @@ def quantize(x, stream):
     return xq, xd, xs
 
 
+_NO_EP = []  # the epilogue arguments of a plain GEMV: (1,)-sized dummies, made once
+
+
+def _no_ep():
+    import cupy as cp
+    if not _NO_EP:
+        i, f, h = cp.zeros(1, cp.int64), cp.zeros(1, cp.float64), cp.zeros((1, 1, 1, 1), cp.float16)
+        _NO_EP.append((i, i, f, h, h, 0))
+    return _NO_EP[0]
+
+
 def gmatmul(w: GMatrix, x, stream, xquant=None, out=None):
     """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32; with out, out += x @ W.T instead (returns out).
 
@@ -749,22 +821,43 @@ def gmatmul(w: GMatrix, x, stream, xquant=None, out=None):
         if w.family == "float":
             K["gemv_float"][(math.ceil(w.n_out / R), n), 32 * NW, stream](w.q, x, y, add)
             return y
-        xq, xd, xs = xquant if xquant is not None else quantize(x, stream)
-        xq = xq.view(cp.int64)
-        tt = 1 if n == 1 else TT  # one token: a kernel with TT - 1 fewer token slots (fewer registers)
-        grid = math.ceil(w.n_out / R) * math.ceil(n / tt)  # row groups x token tiles (tile)
-        nw = gemv_warps(w.n_out, w.n_in)
-        kernel = K[gemv_name(f"gemv_{w.family}", w, nw, tt)][grid, 32 * nw, stream]
-        if w.family == "q45":
-            kernel(w.q.view(cp.int64), w.h, w.d, w.m, xq, xd, xs, y, w.off, add)
-        else:
-            kernel(w.q.view(cp.int64), w.d, w.m, xq, xd, xs, y, add)
+        _gemv(w, xquant if xquant is not None else quantize(x, stream), y, stream, add, _no_ep())
         return y
     y = cp.matmul(x.astype(cp.float16), dequant_f16(w, stream).T)  # cuBLAS, fp32 accumulation
     if add:
         out += y
         return out
     return y.astype(cp.float32)
+
+
+def _gemv(w: GMatrix, xquant, y, stream, add: bool, ep) -> None:
+    """The quantized GEMV kernel for w's flavour and shape: y (n, rows) (+)= x @ W.T, or with ep the fused
+    attention epilogue (gmatmul_qkv_rope)."""
+    import cupy as cp
+    xq, xd, xs = xquant
+    n = y.shape[0]
+    tt = 1 if n == 1 else TT  # one token: a kernel with TT - 1 fewer token slots (fewer registers)
+    grid = math.ceil(w.n_out / R) * math.ceil(n / tt)  # row groups x token tiles (tile)
+    nw = gemv_warps(w.n_out, w.n_in)
+    kernel = K[gemv_name(f"gemv_{w.family}", w, nw, tt)][grid, 32 * nw, stream]
+    if w.family == "q45":
+        kernel(w.q.view(cp.int64), w.h, w.d, w.m, xq.view(cp.int64), xd, xs, y, w.off, add, *ep)
+    else:
+        kernel(w.q.view(cp.int64), w.d, w.m, xq.view(cp.int64), xd, xs, y, add, *ep)
+
+
+def gmatmul_qkv_rope(w: GMatrix, x, stream, xquant, pos, slots, inv_freq, kc, vc):
+    """The fused q/k/v projection for decode (n <= GEMV_MAX_N, w quantized, its rows q (h * d) then k and v
+    (hkv * d each)): returns q (n, h * d) rotated, and writes k (rotated) and v into the caches at row pos % L of
+    each token's slot. RoPE on adjacent pairs (2i, 2i + 1) only, no biases, no q/k norms: the llama family
+    (cuda_ops.attn_inputs covers the rest). One kernel instead of the GEMV and attn_inputs."""
+    import cupy as cp
+    n = x.shape[0]
+    nk = kc.shape[1] * kc.shape[3]
+    qo = cp.empty((n, w.n_out - 2 * nk), cp.float32)
+    _gemv(w, xquant if xquant is not None else quantize(x, stream), qo, stream, False,
+          (pos, slots, inv_freq, kc, vc, nk))
+    return qo
 
 
 def dequant_f16(w: GMatrix, stream):

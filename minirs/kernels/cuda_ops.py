@@ -9,10 +9,10 @@ graph of a decode step stays right as they change between replays.
 
 import math
 
-from numba import cuda, float32, float64, int32, int64
+from numba import cuda, float32, int32, int64
 
 from minirs.kernels.cuda_launch import kernels
-from minirs.kernels.cuda_matmul import quant32
+from minirs.kernels.cuda_matmul import quant32, rope_cos_sin
 
 ATT_WARPS = 8  # most warps per block in attention (decode uses 8, prefill 4: see CudaBackend.attention)
 ATT_CHUNK = 32  # fewest keys per block in split (flash-decoding) attention
@@ -110,8 +110,9 @@ def rmsnorm_q(x, w, eps, out, xq, xd, xs):
 def rope_(x, pos, inv_freq, neox):
     """Rotate, in place, the first 2*len(inv_freq) dims of each head of x (n, h, d) by pos[t] * inv_freq.
 
-    A thread per (token, head, pair); the angle as _cos_sin computes it. (The model's forward uses attn_inputs,
-    which does this with the rest of the q/k preparation; this and kv_write remain as the separate ops.)
+    A thread per (token, head, pair); the angle as cuda_matmul.rope_cos_sin computes it. (The model's forward
+    uses attn_inputs, which does this with the rest of the q/k preparation; this and kv_write remain as the
+    separate ops.)
     """
     n, h, d = x.shape
     half = inv_freq.shape[0]
@@ -122,7 +123,7 @@ def rope_(x, pos, inv_freq, neox):
     th = e // half
     head = th % h
     t = th // h
-    c, s = _cos_sin(pos[t], inv_freq[i])
+    c, s = rope_cos_sin(pos[t], inv_freq[i])
     i0, i1 = (i, i + half) if neox else (2 * i, 2 * i + 1)
     a, b = x[t, head, i0], x[t, head, i1]
     x[t, head, i0] = a * c - b * s
@@ -474,19 +475,6 @@ def moe_sum(y, weights, out):
 PREP_WARPS = 4  # warps per block in attn_inputs (a warp per (token, head))
 
 
-TWO_PI = 2 * math.pi
-
-
-def _cos_sin(p, f):
-    """cos and sin of the RoPE angle p * f as float32: the product and its reduction modulo 2 pi in float64
-    (positions reach 10^5), the trigonometry in float32 on the reduced angle (float64 sin/cos of large angles
-    are slow software routines)."""
-    ang = float64(p) * f
-    ang -= TWO_PI * math.floor(ang / TWO_PI)
-    a = float32(ang)
-    return math.cos(a), math.sin(a)
-
-
 def attn_inputs(q2, k2, v2, qb, kb, vb, has_bias, qn, kn, has_norm, eps, pos, inv_freq, neox, kc, vc, slots, qo):
     """Everything between the q/k/v projections and attention, in one pass: add the biases, RMS-normalise each
     q and k head (qk_norm), rotate q and k (RoPE), write q to qo (n, h, d) and k, v to the caches (float16) at row
@@ -535,7 +523,7 @@ def attn_inputs(q2, k2, v2, qb, kb, vb, has_bias, qn, kn, has_norm, eps, pos, in
     p = pos[t]
     half = inv_freq.shape[0]
     for i in range(lane, half, 32):
-        cs, sn = _cos_sin(p, inv_freq[i])
+        cs, sn = rope_cos_sin(p, inv_freq[i])
         i0, i1 = (i, i + half) if neox else (2 * i, 2 * i + 1)
         a, b = row[w, i0], row[w, i1]
         row[w, i0] = a * cs - b * sn
@@ -627,6 +615,5 @@ _act = cuda.jit(device=True, inline=True)(_act)
 _block_sum = cuda.jit(device=True, inline=True)(_block_sum)
 _ln_row = cuda.jit(device=True, inline=True)(_ln_row)
 _block_max = cuda.jit(device=True, inline=True)(_block_max)
-_cos_sin = cuda.jit(device=True, inline=True)(_cos_sin)
 # Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
 K = kernels(SIGS)

@@ -211,15 +211,15 @@ class Transformer:
         """x += attention block of layer i over h = norm(x)."""
         cfg, be = self.config, self.backend
         n = h.shape[0]
-        if lw.attn_qkv is not None:
-            qkv = be.matmul(lw.attn_qkv, h)
-            q, k, v = qkv[:, :cfg.q_dim], qkv[:, cfg.q_dim:cfg.q_dim + cfg.kv_dim], qkv[:, cfg.q_dim + cfg.kv_dim:]
-        else:
-            q, k, v = be.matmul(lw.attn_q, h), be.matmul(lw.attn_k, h), be.matmul(lw.attn_v, h)
         biases = (lw.attn_q_bias, lw.attn_k_bias, lw.attn_v_bias) if lw.attn_q_bias is not None else (None,) * 3
         norms = (lw.attn_q_norm, lw.attn_k_norm) if cfg.qk_norm else None
         kc, vc = cache.layer(i)
-        q = be.attn_inputs(q, k, v, biases, norms, cfg.norm_eps, pos, self.inv_freq[i], cfg.rope_neox, kc, vc, slots)
+        rope = (cfg.norm_eps, pos, self.inv_freq[i], cfg.rope_neox, kc, vc, slots)
+        if lw.attn_qkv is not None:  # stacked (backend.stack_matrices): projection and attn_inputs in one call
+            q = be.qkv_attn_inputs(lw.attn_qkv, h, cfg.q_dim, cfg.kv_dim, biases, norms, *rope)
+        else:
+            q, k, v = be.matmul(lw.attn_q, h), be.matmul(lw.attn_k, h), be.matmul(lw.attn_v, h)
+            q = be.attn_inputs(q, k, v, biases, norms, *rope)
         o = be.attention(q, kc, vc, slots, pos, cfg.window(i), cfg.softmax_scale, cfg.attn_softcap)
         self.add_projection_(x, lw.attn_output, o.reshape(n, cfg.q_dim), lw.attn_output_bias,
                              lw.post_attention_norm if cfg.post_norms else None)
