@@ -173,6 +173,13 @@ def micro_timings():
     timed("attn_inputs 32/8x128 (rope + cache write)",
           lambda: be.attn_inputs(qkv[:, :4096], qkv[:, 4096:5120], qkv[:, 5120:], (None,) * 3, None, 1e-5, ps, inv,
                                  True, kc, kc, sl), 6144 * 8)
+    wq = _weights("Q4_0", 6144, 4096, rng)
+    xq1 = cp.asarray(rng.standard_normal((1, 4096)).astype(np.float32))
+    it = iter(range(10**9))
+    timed("qkv GEMV 6144x4096 Q4_0 + rope/cache epilogue",
+          lambda: be.qkv_attn_inputs(wq[next(it) % 3], xq1, 4096, 1024, (None,) * 3, None, 1e-5, ps, inv, False, kc,
+                                     kc, sl), wq[0].nbytes)
+    wq = None
     for L, ctx in ((648, 128), (648, 640), (4100, 128), (4100, 4096)):
         kc = cp.asarray(rng.standard_normal((1, 8, L, 128)).astype(np.float16))
         q = cp.asarray(rng.standard_normal((1, 32, 128)).astype(np.float32))
