@@ -55,6 +55,7 @@ class CudaBackend:
         self._graphs = {}  # (id(model), id(cache), n, greedy) -> DecodeGraph
         self._xquant = None  # (array, ptr, size, (xq, xd, xs)): the int8 form of the last fused-op output
         self._dummy = cp.zeros(1, cp.float32)  # stands for absent optional vectors (biases, norms) in kernels
+        self._counts = {}  # (n, h) -> split attention's block counters (_count)
 
     def use_in_thread(self) -> None:
         """Make this backend's stream CuPy's current one in the calling thread (CuPy's current stream is per
@@ -236,20 +237,31 @@ class CudaBackend:
             out = cp.empty((n, h, 1, d), cp.float32)
             dummy = cp.empty((1, 1, 1), cp.float32)
             warps = cuda_ops.ATT_WARPS if n * h < 1024 else 4
-            K["attention"][(h, 1, n), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, out)
+            K["attention"][(h, 1, n), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, out, self._count(1, 1),
+                                                             dummy, False, *self._new_quant(1, 32))
             return out.reshape(n, h, d)
-        # decode (flash-decoding): blocks over chunks of the context, then a reduce that also quantizes for Wo
+        # decode (flash-decoding): blocks over chunks of the context; the last block of each (token, head) combines
+        # the chunks and writes the output's int8 form for Wo too
         pm = cp.empty((n, h, splits), cp.float32)
         pl = cp.empty((n, h, splits), cp.float32)
         po = cp.empty((n, h, splits, d), cp.float32)
-        K["attention"][(h, splits, n), 32 * cuda_ops.ATT_WARPS, self.nbs](*args, cuda_ops.ATT_CHUNK, pm, pl, po)
         out = cp.empty((n, h, d), cp.float32)
         quant = d % 32 == 0  # the int8 form goes per head (tiny test models have head_dim 8 or 16)
         xq = self._new_quant(n, h * d) if quant else self._new_quant(1, 32)
-        K["attn_reduce"][(h, n), 32 * -(-d // 32), self.nbs](pm, pl, po, out, quant, *xq)
+        K["attention"][(h, splits, n), 32 * max(cuda_ops.ATT_WARPS, -(-d // 32)), self.nbs](
+            *args, cuda_ops.ATT_CHUNK, pm, pl, po, self._count(n, h), out, quant, *xq)
         if quant:
             self._stash(out, xq)
         return out
+
+    def _count(self, n: int, h: int):
+        """The (n, h) int32 counters of split attention's finished blocks: zero between launches (the last block
+        of each (token, head) resets its own), so one buffer per shape serves every layer and every replay."""
+        c = self._counts.get((n, h))
+        if c is None:  # from the default pool, not a decode graph's own (the buffer outlives any one graph)
+            with cp.cuda.using_allocator(cp.get_default_memory_pool().malloc):
+                c = self._counts[n, h] = cp.zeros((n, h), cp.int32)
+        return c
 
     def _attention_gemm(self, q, kc, vc, slots, pos, window, scale, softcap):
         """Prefill attention through cuBLAS (fp32): per sequence slot, scores = Q K^T for all its query rows

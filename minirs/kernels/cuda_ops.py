@@ -8,15 +8,45 @@ graph of a decode step stays right as they change between replays.
 """
 
 import math
+import os
 
-from numba import cuda, float32, int32, int64
+from llvmlite import ir
+from numba import cuda, float32, int32, int64, types
+from numba.cuda import cgutils
+
+try:
+    from numba.cuda.extending import intrinsic
+except ImportError:  # older numba-cuda
+    from numba.core.extending import intrinsic
 
 from minirs.kernels.cuda_launch import kernels
 from minirs.kernels.cuda_matmul import quant32, rope_cos_sin
 
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    def ld_volatile(ary, idx):
+        return ary[idx]
+else:
+    @intrinsic
+    def ld_volatile(typingctx, ary, idx):
+        """ary[idx] (float32) read with ld.volatile: from L2, never from a stale L1 line. For data that other
+        blocks of the running kernel wrote and published with a threadfence (CUDA's last-block pattern)."""
+        if not isinstance(ary, types.Array) or ary.dtype != types.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            aryty, idxty = sig.args
+            arr = context.make_array(aryty)(context, builder, args[0])
+            ix = [context.cast(builder, v, t, types.intp)
+                  for v, t in zip(cgutils.unpack_tuple(builder, args[1], aryty.ndim), idxty)]
+            ptr = cgutils.get_item_pointer(context, builder, aryty, arr, ix, wraparound=False)
+            addr = builder.ptrtoint(ptr, ir.IntType(64))
+            return builder.asm(ir.FunctionType(ir.FloatType(), [ir.IntType(64)]), "ld.volatile.f32 $0, [$1];",
+                               "=f,l", [addr], side_effect=True)
+        return types.float32(ary, idx), codegen
+
 ATT_WARPS = 8  # most warps per block in attention (decode uses 8, prefill 4: see CudaBackend.attention)
 ATT_CHUNK = 32  # fewest keys per block in split (flash-decoding) attention
-ATT_SPLITS = 32  # most blocks per (token, head) in split attention (attn_reduce takes one chunk per lane)
+ATT_SPLITS = 32  # most blocks per (token, head) in split attention (attn_combine takes one chunk per lane)
 RMS_MAXE = 8  # elements per thread in rmsnorm: rows up to 8 * 1024
 NORM_WARPS = 8  # warps per block of rmsnorm_q: a block normalises 2 * 32 * NORM_WARPS elements of a row
 NORM_LOADS = 16  # loads in flight per thread in rmsnorm_q's sum of squares
@@ -178,7 +208,8 @@ def kv_write(k_cache, v_cache, slots, pos, k, v):
     v_cache[slots[t], head, r, c] = v[t, head, c]
 
 
-def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm, pl, out):
+def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm, pl, out, count, fin, quant, xq, xd,
+              xs):
     """Causal GQA over ring-buffer caches (ref.attention states the math).  q: (n, h, d) float32; caches f16.
 
     Block (head, s, t) takes span = max(chunk, ceil(range / S)) keys lo + s*span .. of token t's range
@@ -187,7 +218,8 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
     once) with an online softmax, lanes split the head dims (d / 32 each, in registers), and the warps are merged
     at the end (head_dim < 32 or not a multiple of 32: the lanes past d idle). out: (n, h, S, d). With S == 1 out
     is the attention output; otherwise out holds each chunk's unnormalised sum, pm its max score and pl its sum
-    of exp(score - max), and attn_reduce combines them.
+    of exp(score - max), and the last of the S blocks of a (token, head) to finish combines them into fin (n, h, d)
+    (attn_finish: count[t, head] counts the finished blocks).
     """
     d = q.shape[2]
     h, h_kv, L = int32(q.shape[1]), int32(k_cache.shape[1]), int32(k_cache.shape[2])  # 32-bit index math
@@ -206,6 +238,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
         if cuda.threadIdx.x == 0:
             pm[t, head, sp] = -math.inf
             pl[t, head, sp] = 0.0
+        attn_finish(pm, pl, out, count, fin, quant, xq, xd, xs, t, head)
         return
     warp = cuda.threadIdx.x >> 5
     lane = cuda.threadIdx.x & 31
@@ -280,28 +313,46 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
     if split and cuda.threadIdx.x == 0:
         pm[t, head, sp] = big
         pl[t, head, sp] = total
+    if split:
+        attn_finish(pm, pl, out, count, fin, quant, xq, xd, xs, t, head)
 
 
-def attn_reduce(pm, pl, po, out, quant, xq, xd, xs):
+def attn_finish(pm, pl, po, count, fin, quant, xq, xd, xs, t, head):
+    """A split-attention block's last step: publish its partial results (threadfence), count itself done for
+    (t, head), and if it is the last of the S blocks, reset the count and combine all S (attn_combine)."""
+    cuda.threadfence()
+    cuda.syncthreads()
+    last = cuda.shared.array(1, int32)
+    if cuda.threadIdx.x == 0:
+        last[0] = int32(cuda.atomic.add(count, (t, head), 1) == po.shape[2] - 1)
+    cuda.syncthreads()
+    if last[0] == 1:
+        if cuda.threadIdx.x == 0:
+            count[t, head] = 0
+        attn_combine(pm, pl, po, fin, quant, xq, xd, xs, t, head)
+
+
+def attn_combine(pm, pl, po, out, quant, xq, xd, xs, t, head):
     """out[t, head] = sum_s exp(pm_s - M) po_s / sum_s exp(pm_s - M) pl_s over the S <= ATT_SPLITS chunks s of
     split attention (M = max_s pm_s); with quant, out is also quantized per 32-block for the output-projection
-    GEMV (row t of xq is out[t] flattened over heads; d % 32 == 0).  Block (head, t) of 32 * ceil(d / 32)
+    GEMV (row t of xq is out[t] flattened over heads; d % 32 == 0). Run by a whole block of >= max(d, 32)
     threads: the first warp turns the chunks' maxima into weights (one chunk per lane) in shared memory, then
-    thread c sums po[.., c] over the chunks (independent loads, no shuffles in the loop)."""
+    thread c sums po[.., c] over the chunks (independent loads, no shuffles in the loop). The partials were
+    written by other blocks of this kernel: read with ld_volatile."""
     n, h, S, d = po.shape
-    head, t = cuda.blockIdx.x, cuda.blockIdx.y
     c = cuda.threadIdx.x
     wts = cuda.shared.array(ATT_SPLITS, float32)
     tot = cuda.shared.array(1, float32)
     if c < 32:
-        m = pm[t, head, c] if c < S else float32(-math.inf)
+        m = ld_volatile(pm, (t, head, c)) if c < S else float32(-math.inf)
         big = m
         for o in (16, 8, 4, 2, 1):
             big = max(big, cuda.shfl_xor_sync(0xFFFFFFFF, big, o))
+        lc = ld_volatile(pl, (t, head, c)) if c < S else float32(0.0)
         e = float32(0.0)
-        if c < S and pl[t, head, c] > 0:
+        if c < S and lc > 0:
             e = math.exp(m - big)
-        total = pl[t, head, c] * e if c < S else float32(0.0)
+        total = lc * e
         for o in (16, 8, 4, 2, 1):
             total += cuda.shfl_xor_sync(0xFFFFFFFF, total, o)
         wts[c] = e  # 0 past S
@@ -312,13 +363,13 @@ def attn_reduce(pm, pl, po, out, quant, xq, xd, xs):
     if c < d:
         part = cuda.local.array(ATT_SPLITS, float32)
         for k in range(ATT_SPLITS):  # a constant trip count: unrolled, every load issued before the sum uses it
-            part[k] = po[t, head, k, c] if k < S else float32(0.0)
+            part[k] = ld_volatile(po, (t, head, k, c)) if k < S else float32(0.0)
         acc = float32(0.0)
         for k in range(ATT_SPLITS):
             acc += part[k] * wts[k]
         v = acc / tot[0]
         out[t, head, c] = v
-    if quant:
+    if quant and c < d:  # whole warps: d % 32 == 0 when quant
         quant32(v, t, head * (d >> 5) + (c >> 5), xq, xd, xs)
 
 
@@ -595,8 +646,7 @@ SIGS = {
     gated_act_q: [f"void(float32[:, :], float32[:, :], boolean, float32{_A2}, {_Q})"],
     kv_write: [f"void(float16{_A4}, float16{_A4}, int64[::1], int64[::1], float32{_A3}, float32{_A3})"],
     attention: [f"void(float32{_A3}, float16{_A4}, float16{_A4}, int64[::1], int64[::1], int64, float32, float32, "
-                f"int64, float32{_A3}, float32{_A3}, float32{_A4})"],
-    attn_reduce: [f"void(float32{_A3}, float32{_A3}, float32{_A4}, float32{_A3}, boolean, {_Q})"],
+                f"int64, float32{_A3}, float32{_A3}, float32{_A4}, int32{_A2}, float32{_A3}, boolean, {_Q})"],
     argmax_rows: [f"void(float32{_A2}, int64[::1])"],
     layernorm: [f"void(float32{_A2}, float32[::1], float32[::1], float32, float32{_A2})"],
     layernorm_q: [f"void(float32{_A2}, float32[::1], float32[::1], float32, float32{_A2}, {_Q})"],
@@ -615,5 +665,6 @@ _act = cuda.jit(device=True, inline=True)(_act)
 _block_sum = cuda.jit(device=True, inline=True)(_block_sum)
 _ln_row = cuda.jit(device=True, inline=True)(_ln_row)
 _block_max = cuda.jit(device=True, inline=True)(_block_max)
-# Eager where a GPU is present; lazy otherwise (the simulator, or importing for compile_ptx with no GPU).
-K = kernels(SIGS)
+attn_finish = cuda.jit(device=True, inline=True)(attn_finish)
+attn_combine = cuda.jit(device=True, inline=True)(attn_combine)
+K = kernels(SIGS)  # compiled at first launch on a GPU (cuda_launch.kernels)
