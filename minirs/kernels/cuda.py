@@ -56,6 +56,7 @@ class CudaBackend:
         self._xquant = None  # (array, ptr, size, (xq, xd, xs)): the int8 form of the last fused-op output
         self._dummy = cp.zeros(1, cp.float32)  # stands for absent optional vectors (biases, norms) in kernels
         self._counts = {}  # (n, h) -> split attention's block counters (_count)
+        self._no_quant = self._new_quant(1, 32)  # stands for the int8 output of kernels told not to write one
 
     def use_in_thread(self) -> None:
         """Make this backend's stream CuPy's current one in the calling thread (CuPy's current stream is per
@@ -238,7 +239,7 @@ class CudaBackend:
             dummy = cp.empty((1, 1, 1), cp.float32)
             warps = cuda_ops.ATT_WARPS if n * h < 1024 else 4
             K["attention"][(h, 1, n), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, out, self._count(1, 1),
-                                                             dummy, False, *self._new_quant(1, 32))
+                                                             dummy, False, *self._no_quant)
             return out.reshape(n, h, d)
         # decode (flash-decoding): blocks over chunks of the context; the last block of each (token, head) combines
         # the chunks and writes the output's int8 form for Wo too
@@ -247,7 +248,7 @@ class CudaBackend:
         po = cp.empty((n, h, splits, d), cp.float32)
         out = cp.empty((n, h, d), cp.float32)
         quant = d % 32 == 0  # the int8 form goes per head (tiny test models have head_dim 8 or 16)
-        xq = self._new_quant(n, h * d) if quant else self._new_quant(1, 32)
+        xq = self._new_quant(n, h * d) if quant else self._no_quant
         K["attention"][(h, splits, n), 32 * max(cuda_ops.ATT_WARPS, -(-d // 32)), self.nbs](
             *args, cuda_ops.ATT_CHUNK, pm, pl, po, self._count(n, h), out, quant, *xq)
         if quant:

@@ -307,6 +307,15 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         t0 = (cuda.blockIdx.x % ntile) * tt
         return (cuda.blockIdx.x // ntile) * R, t0, min(tt, n - t0)
 
+    def block_rows(y, nk):
+        """This block's first row, first token and token count (tile), and its 4 rows (clamped) of a matrix of
+        y.shape[1] + 2 * nk rows (nk > 0: the fused q/k/v projection, where y holds q alone)."""
+        n = y.shape[0]
+        n_out = y.shape[1] + 2 * nk
+        r0, t0, nt = tile(n)
+        ra, rb, rc, rd = _rows4(0, r0, n_out)
+        return r0, t0, nt, ra, rb, rc, rd
+
     def row_sums(acc, k):
         """Sum token slot k's 4 row accumulators over the warp, then over the block's nw warps (split K, fixed
         order). Thread i < R gets its row's sum v and that of its RoPE partner row i ^ 1 (summed alike)."""
@@ -365,11 +374,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         is, so a token's result does not depend on the other rows of its batch (batched decode = decode alone).
         With nk > 0 this is the fused q/k/v projection (attn_put): y is q (n, h * d), W has h * d + 2 * nk rows.
         """
-        n = y.shape[0]
-        n_out = y.shape[1] + 2 * nk
-        ep = (pos, slots, inv_freq, kc, vc, nk)
-        r0, t0, nt = tile(n)
-        ra, rb, rc, rd = _rows4(0, r0, n_out)
+        r0, t0, nt, ra, rb, rc, rd = block_rows(y, nk)
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
@@ -378,15 +383,11 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
             for i in range(tt):
                 if i < nt:
                     _acc45(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, dv, mv, off)
-        store_all(y, t0, nt, r0, acc, add, ep)
+        store_all(y, t0, nt, r0, acc, add, (pos, slots, inv_freq, kc, vc, nk))
 
     def gemv_q8(q, d, m, xq, xd, xs, y, add, pos, slots, inv_freq, kc, vc, nk):
         """gemv_q45 for the q8 family (int8 weights read as int64, groups of 32 or 16)."""
-        n = y.shape[0]
-        n_out = y.shape[1] + 2 * nk
-        ep = (pos, slots, inv_freq, kc, vc, nk)
-        r0, t0, nt = tile(n)
-        ra, rb, rc, rd = _rows4(0, r0, n_out)
+        r0, t0, nt, ra, rb, rc, rd = block_rows(y, nk)
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
@@ -395,7 +396,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
             for i in range(tt):
                 if i < nt:
                     _acc8(acc, i, xq, xd, xs, t0 + i, b, wa, wb, wc, wd, d, m, ra, rb, rc, rd, g16, has_m)
-        store_all(y, t0, nt, r0, acc, add, ep)
+        store_all(y, t0, nt, r0, acc, add, (pos, slots, inv_freq, kc, vc, nk))
 
     def gemv_id_q45(q, h, d, m, ids, xdiv, xq, xd, xs, y, off):
         """Expert GEMV (llama.cpp's mul_mat_id): y[p, r] = sum_k W_e[r, k] * x[p // xdiv, k], e = ids[p // K, p % K],
@@ -423,6 +424,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         store(y, p, 0, r0, acc, False)
 
     tile = cuda.jit(device=True, inline=True)(tile)
+    block_rows = cuda.jit(device=True, inline=True)(block_rows)
     row_sums = cuda.jit(device=True, inline=True)(row_sums)
     store = cuda.jit(device=True, inline=True)(store)
     store_all = cuda.jit(device=True, inline=True)(store_all)
@@ -512,16 +514,20 @@ def _h4(v0, v1, v2, v3):
         ((int64(libdevice.float2half_rn(v2)) & 0xFFFF) << 32) | ((int64(libdevice.float2half_rn(v3)) & 0xFFFF) << 48)
 
 
+def _thread_word(q):
+    """The (row, word) of q that this thread of a one-thread-per-word grid owns (row past the end: no word)."""
+    e = cuda.grid(1)
+    r = e // q.shape[1]
+    return r, e - r * q.shape[1]
+
+
 def dequant_h_q45(q, h, d, m, off, has_h, has_m, out):
     """out = W as float16 (out read as int64: 4 halves per word) for the q4 / q5 family: the prefill's cuBLAS
     input. A thread per uint32 word of q: its low nibbles are elements 4j..4j+3 of a 32-block and its high
     nibbles 16+4j.., two 8-byte stores; a warp writes 512 consecutive bytes."""
-    e = cuda.grid(1)
-    nwords = q.shape[1]
-    r = e // nwords
+    r, wi = _thread_word(q)
     if r >= q.shape[0]:
         return
-    wi = e - r * nwords
     b = wi >> 2
     j = wi & 3
     word = int64(q[r, wi])
@@ -543,12 +549,9 @@ def dequant_h_q45(q, h, d, m, off, has_h, has_m, out):
 
 def dequant_h_q8(q, d, m, g, has_m, out):
     """out = W as float16 (read as int64) for the q8 family (q read as int64: 8 elements per thread, one group)."""
-    e = cuda.grid(1)
-    nwords = q.shape[1]
-    r = e // nwords
+    r, wi = _thread_word(q)
     if r >= q.shape[0]:
         return
-    wi = e - r * nwords
     gi = (8 * wi) // g
     dd = float32(d[r, gi])
     mm = float32(m[r, gi]) if has_m else float32(0.0)
@@ -645,7 +648,7 @@ SIGS = {
     dequant_float: [f"void({w}{_A}, int64[::1], float32, float32{_A})" for w in ("float16", "float32")],
 }
 for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, rope_cos_sin, attn_put,
-           _store4, _h4, _rows4, _expert_rows):
+           _store4, _h4, _thread_word, _rows4, _expert_rows):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 K = kernels(SIGS)
 
