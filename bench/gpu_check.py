@@ -7,6 +7,7 @@ Correctness of every kernel and model is checked by the tests (`pytest tests/tes
 """
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ OUT = Path(os.environ.get("OUT", "gpu_out"))
 OUT.mkdir(parents=True, exist_ok=True)
 LOG = open(OUT / "gpu_check.log", "w")
 SUMMARY = []
+ATT_CHUNKS = [int(c) for c in os.environ.get("ATT_CHUNKS", "0").split(",")]  # decode attention: fewest keys per block
+ATT_WARPS = [int(c) for c in os.environ.get("ATT_WARPS", "0").split(",")]  # and warps per block (0: the default)
 
 
 def log(*a):
@@ -180,12 +183,18 @@ def micro_timings():
           lambda: be.qkv_attn_inputs(wq[next(it) % 3], xq1, 4096, 1024, (None,) * 3, None, 1e-5, ps, inv, False, kc,
                                      kc, sl), wq[0].nbytes)
     wq = None
-    for L, ctx in ((648, 128), (648, 640), (4100, 128), (4100, 4096)):
-        kc = cp.asarray(rng.standard_normal((1, 8, L, 128)).astype(np.float16))
-        q = cp.asarray(rng.standard_normal((1, 32, 128)).astype(np.float32))
+    chunk, warps = be.att_chunk, be.att_warps
+    for (h, hkv, d), L, ctx in [((32, 8, 128), 648, 128), ((32, 8, 128), 648, 640), ((32, 8, 128), 4100, 128),
+                                ((32, 8, 128), 4100, 1024), ((32, 8, 128), 4100, 4096), ((9, 3, 64), 648, 128),
+                                ((9, 3, 64), 648, 640)]:
+        kc = cp.asarray(rng.standard_normal((1, hkv, L, d)).astype(np.float16))
+        q = cp.asarray(rng.standard_normal((1, h, d)).astype(np.float32))
         sl, ps = cp.zeros(1, cp.int64), cp.full(1, ctx - 1, cp.int64)
-        timed(f"attention decode 32/8x128 L={L} ctx {ctx}", lambda: be.attention(q, kc, kc, sl, ps, 0, 0.088, 0.0),
-              ctx * 8 * 128 * 4)
+        for c, w in itertools.product(ATT_CHUNKS, ATT_WARPS):
+            be.att_chunk, be.att_warps = c or chunk, w or warps
+            timed(f"attention decode {h}/{hkv}x{d} L={L} ctx {ctx} chunk {be.att_chunk} warps {be.att_warps}",
+                  lambda: be.attention(q, kc, kc, sl, ps, 0, 0.088, 0.0), ctx * hkv * d * 4)
+    be.att_chunk, be.att_warps = chunk, warps
     # prefill pieces, 7B shapes, 512 tokens (outside graphs: cuBLAS cannot be captured; events around 5 runs)
     from minirs.kernels.cuda_matmul import dequant_f16
 

@@ -132,10 +132,16 @@ def test_kv_write_and_attention_match_twin(be, h, hkv, d, L, window, softcap):
     for t in first:
         kc[slots[t], :, pos[t] % L], vc[slots[t], :, pos[t] % L] = k[t], v[t]
     assert np.array_equal(cp.asnumpy(kcd), kc)
-    o = cp.asnumpy(be.attention(cp.asarray(q), kcd, vcd, slots, pos, window, 1 / np.sqrt(d), softcap))
-    assert rel(o, ref.attention(q, kc, vc, slots, pos, window, 1 / np.sqrt(d), softcap)) < 1e-4
-    if (min(L, window) if window else L) > 32:  # split: the reduce also wrote the int8 form of o for the output projection
-        _assert_int8_form(be._xquant[3], o.reshape(6, -1))
+    want = ref.attention(q, kc, vc, slots, pos, window, 1 / np.sqrt(d), softcap)
+    chunk = be.att_chunk
+    try:
+        for be.att_chunk in (8, 32, 256):  # split over many blocks, a few, or one block per (token, head)
+            o = cp.asnumpy(be.attention(cp.asarray(q), kcd, vcd, slots, pos, window, 1 / np.sqrt(d), softcap))
+            assert rel(o, want) < 1e-4, be.att_chunk
+            if (min(L, window) if window else L) > be.att_chunk:  # decode: also the int8 form of o for Wo
+                _assert_int8_form(be._xquant[3], o.reshape(6, -1))
+    finally:
+        be.att_chunk = chunk
     for n in (12, 40):  # 12 tokens: the attention kernel; 40: cuBLAS per slot (the kernel where the ring wrapped)
         qp = rng.standard_normal((n, h, d)).astype(np.float32)
         sp, pp = np.resize(slots, n), np.resize(pos, n)

@@ -56,6 +56,8 @@ class CudaBackend:
         self._xquant = None  # (array, ptr, size, (xq, xd, xs)): the int8 form of the last fused-op output
         self._dummy = cp.zeros(1, cp.float32)  # stands for absent optional vectors (biases, norms) in kernels
         self._counts = {}  # (n, h) -> split attention's block counters (_count)
+        self.att_chunk = cuda_ops.ATT_CHUNK  # fewest keys per block of decode attention (bench/gpu_check.py sweeps it)
+        self.att_warps = cuda_ops.ATT_DECODE_WARPS  # warps per block of decode attention (<= ATT_WARPS)
         self._no_quant = self._new_quant(1, 32)  # stands for the int8 output of kernels told not to write one
 
     def use_in_thread(self) -> None:
@@ -223,8 +225,8 @@ class CudaBackend:
 
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap):
         n, h, d = q.shape
-        if d > 32 * cuda_ops.ATT_MAXE:
-            raise ModelError(f"CUDA attention handles head_dim up to {32 * cuda_ops.ATT_MAXE}, got {d}")
+        if d > cuda_ops.ATT_DMAX or d % 2:
+            raise ModelError(f"CUDA attention handles even head_dim up to {cuda_ops.ATT_DMAX}, got {d}")
         q = cp.ascontiguousarray(q)
         if n > cuda_matmul.GEMV_MAX_N and not isinstance(slots, cp.ndarray) and not isinstance(pos, cp.ndarray):
             out = self._attention_gemm(q, kc, vc, slots, pos, window, scale, softcap)
@@ -232,15 +234,15 @@ class CudaBackend:
                 return out
         sl, ps = self._ix(slots), self._ix(pos)
         keys = min(kc.shape[2], window) if window > 0 else kc.shape[2]  # the most keys one token can see
-        splits = min(-(-keys // cuda_ops.ATT_CHUNK), cuda_ops.ATT_SPLITS)  # each block sizes its chunk at run time
+        splits = min(-(-keys // self.att_chunk), cuda_ops.ATT_SPLITS)  # each block sizes its chunk at run time
         args = (q, kc, vc, sl, ps, int(window), np.float32(scale), np.float32(softcap))
         if n > cuda_matmul.GEMV_MAX_N or splits == 1:  # prefill: a block per (token, head) over all its keys
-            out = cp.empty((n, h, 1, d), cp.float32)
+            out = cp.empty((n, h, d), cp.float32)
             dummy = cp.empty((1, 1, 1), cp.float32)
-            warps = cuda_ops.ATT_WARPS if n * h < 1024 else 4
-            K["attention"][(h, 1, n), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, out, self._count(1, 1),
-                                                             dummy, False, *self._no_quant)
-            return out.reshape(n, h, d)
+            warps = 8 if n * h < 1024 else 4
+            K["attention"][(h, 1, n), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, dummy.reshape(1, 1, 1, 1),
+                                                             self._count(1, 1), out, False, *self._no_quant)
+            return out
         # decode (flash-decoding): blocks over chunks of the context; the last block of each (token, head) combines
         # the chunks and writes the output's int8 form for Wo too
         pm = cp.empty((n, h, splits), cp.float32)
@@ -249,8 +251,8 @@ class CudaBackend:
         out = cp.empty((n, h, d), cp.float32)
         quant = d % 32 == 0  # the int8 form goes per head (tiny test models have head_dim 8 or 16)
         xq = self._new_quant(n, h * d) if quant else self._no_quant
-        K["attention"][(h, splits, n), 32 * max(cuda_ops.ATT_WARPS, -(-d // 32)), self.nbs](
-            *args, cuda_ops.ATT_CHUNK, pm, pl, po, self._count(n, h), out, quant, *xq)
+        K["attention"][(h, splits, n), 32 * max(self.att_warps, -(-d // 32)), self.nbs](
+            *args, self.att_chunk, pm, pl, po, self._count(n, h), out, quant, *xq)
         if quant:
             self._stash(out, xq)
         return out

@@ -25,6 +25,9 @@ from minirs.kernels.cuda_matmul import quant32, rope_cos_sin
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     def ld_volatile(ary, idx):
         return ary[idx]
+
+    def ld_half2(ary, idx):
+        return float32(ary[idx]), float32(ary[idx[:-1] + (idx[-1] + 1,)])
 else:
     @intrinsic
     def ld_volatile(typingctx, ary, idx):
@@ -44,14 +47,35 @@ else:
                                "=f,l", [addr], side_effect=True)
         return types.float32(ary, idx), codegen
 
-ATT_WARPS = 8  # most warps per block in attention (decode uses 8, prefill 4: see CudaBackend.attention)
+    @intrinsic
+    def ld_half2(typingctx, ary, idx):
+        """(ary[idx], ary[idx + 1 along the last axis]) of a float16 array, widened to float32, in one 4-byte
+        load (idx's last index even, the last axis contiguous: the pair is 4-byte aligned)."""
+        if not isinstance(ary, types.Array) or ary.dtype != types.float16:
+            return None
+
+        def codegen(context, builder, sig, args):
+            aryty, idxty = sig.args
+            arr = context.make_array(aryty)(context, builder, args[0])
+            ix = [context.cast(builder, v, t, types.intp)
+                  for v, t in zip(cgutils.unpack_tuple(builder, args[1], aryty.ndim), idxty)]
+            ptr = cgutils.get_item_pointer(context, builder, aryty, arr, ix, wraparound=False)
+            pair = builder.load(builder.bitcast(ptr, ir.VectorType(ir.HalfType(), 2).as_pointer()), align=4)
+            f = [builder.fpext(builder.extract_element(pair, ir.Constant(ir.IntType(32), i)), ir.FloatType())
+                 for i in (0, 1)]
+            return context.make_tuple(builder, sig.return_type, f)
+        return types.UniTuple(types.float32, 2)(ary, idx), codegen
+
+ATT_WARPS = 16  # most warps per block in attention (CudaBackend.attention picks: decode att_warps, prefill 4-8)
 ATT_CHUNK = 32  # fewest keys per block in split (flash-decoding) attention
+ATT_DECODE_WARPS = 4  # warps per block of decode attention (bench/gpu_check.py: 4 beat 8 and 16 at ctx 128-4096)
 ATT_SPLITS = 32  # most blocks per (token, head) in split attention (attn_combine takes one chunk per lane)
 RMS_MAXE = 8  # elements per thread in rmsnorm: rows up to 8 * 1024
 NORM_WARPS = 8  # warps per block of rmsnorm_q: a block normalises 2 * 32 * NORM_WARPS elements of a row
 NORM_LOADS = 16  # loads in flight per thread in rmsnorm_q's sum of squares
-ATT_MAXE = 8  # head_dim / 32 at most: head_dim <= 256
-ATT_DMAX = 256
+ATT_MAXE = 8  # head_dim / 32 at most (attn_inputs: a warp per head, d / 32 elements per lane)
+ATT_DMAX = 256  # the largest head_dim
+ATT_MAXP = ATT_DMAX // 64  # pairs of head dims per lane
 ARGMAX_THREADS = 1024
 
 
@@ -213,42 +237,43 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
     """Causal GQA over ring-buffer caches (ref.attention states the math).  q: (n, h, d) float32; caches f16.
 
     Block (head, s, t) takes span = max(chunk, ceil(range / S)) keys lo + s*span .. of token t's range
-    [lo, pos[t]] (flash-decoding: a decode step spreads a long context over S = gridDim.y blocks). Warp w of its
-    nw <= ATT_WARPS warps takes keys 4w..4w+3, then 4(w + nw).., ... of the chunk (four keys' loads in flight at
-    once) with an online softmax, lanes split the head dims (d / 32 each, in registers), and the warps are merged
-    at the end (head_dim < 32 or not a multiple of 32: the lanes past d idle). out: (n, h, S, d). With S == 1 out
-    is the attention output; otherwise out holds each chunk's unnormalised sum, pm its max score and pl its sum
-    of exp(score - max), and the last of the S blocks of a (token, head) to finish combines them into fin (n, h, d)
-    (attn_finish: count[t, head] counts the finished blocks).
+    [lo, pos[t]] (flash-decoding: a decode step spreads a long context over up to S = gridDim.y blocks; a short
+    one takes fewer, and the blocks past it return at once). Warp w of its nw <= ATT_WARPS warps takes keys
+    4w..4w+3, then 4(w + nw).., ... of the chunk (four keys' loads in flight at once) with an online softmax;
+    lane l holds head dims 2(l + 32i) and the one after (one 4-byte load per pair, in registers; lanes past d
+    idle), and the warps are merged at the end. When one block holds the whole range it writes the attention
+    output to fin (n, h, d) itself (and, with quant, its int8 form for the output projection's GEMV). Otherwise
+    each of the `used` blocks writes its chunk's unnormalised sum to out (n, h, S, d), its max score to pm and
+    its sum of exp(score - max) to pl, and the last of them to finish combines the chunks into fin (attn_finish:
+    count[t, head] counts the finished blocks).
     """
     d = q.shape[2]
     h, h_kv, L = int32(q.shape[1]), int32(k_cache.shape[1]), int32(k_cache.shape[2])  # 32-bit index math
     head, sp, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z
-    split = cuda.gridDim.y > 1
     kv = head // (h // h_kv)
     s = slots[t]
     p = int32(pos[t])
     lo = max(int32(0), p - int32(window) + 1) if window > 0 else int32(0)
     span = max(int32(chunk), (p + 1 - lo + cuda.gridDim.y - 1) // cuda.gridDim.y)  # keys per block, >= chunk
+    used = (p + 1 - lo + span - 1) // span  # blocks that get keys: every block of a (t, head) computes the same
+    if sp >= used:
+        return
     start = lo + sp * span
     stop = min(p + 1, start + span)
-    if start >= stop:  # nothing of this token's range in this chunk (the grid covers the longest range)
-        for c in range(cuda.threadIdx.x, d, cuda.blockDim.x):
-            out[t, head, sp, c] = 0.0
-        if cuda.threadIdx.x == 0:
-            pm[t, head, sp] = -math.inf
-            pl[t, head, sp] = 0.0
-        attn_finish(pm, pl, out, count, fin, quant, xq, xd, xs, t, head)
-        return
     warp = cuda.threadIdx.x >> 5
     lane = cuda.threadIdx.x & 31
     nw = cuda.blockDim.x >> 5
-    qv = cuda.local.array(ATT_MAXE, float32)
-    o = cuda.local.array(ATT_MAXE, float32)
-    for i in range(ATT_MAXE):
-        if lane + 32 * i < d:
-            qv[i] = q[t, head, lane + 32 * i] * scale
-            o[i] = 0.0
+    qa = cuda.local.array(ATT_MAXP, float32)  # lane's dims 2 * (lane + 32 i) (qa, oa) and the one after (qb, ob)
+    qb = cuda.local.array(ATT_MAXP, float32)
+    oa = cuda.local.array(ATT_MAXP, float32)
+    ob = cuda.local.array(ATT_MAXP, float32)
+    for i in range(ATT_MAXP):
+        c = 2 * (lane + 32 * i)
+        if c < d:
+            qa[i] = q[t, head, c] * scale
+            qb[i] = q[t, head, c + 1] * scale
+            oa[i] = 0.0
+            ob[i] = 0.0
     mx = float32(-math.inf)
     lsum = float32(0.0)
     for j in range(start + 4 * warp, stop, 4 * nw):  # 4 keys at a time: their loads are all in flight together
@@ -257,13 +282,17 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
         r2 = (j + 2) % L if j + 2 < stop else r0
         r3 = (j + 3) % L if j + 3 < stop else r0
         s0 = s1 = s2 = s3 = float32(0.0)
-        for i in range(ATT_MAXE):
-            c = lane + 32 * i
-            if c < d:
-                s0 += qv[i] * float32(k_cache[s, kv, r0, c])
-                s1 += qv[i] * float32(k_cache[s, kv, r1, c])
-                s2 += qv[i] * float32(k_cache[s, kv, r2, c])
-                s3 += qv[i] * float32(k_cache[s, kv, r3, c])
+        for i in range(ATT_MAXP):
+            c = 2 * (lane + 32 * i)
+            if c < d:  # a pair of halves per load
+                k0, k1 = ld_half2(k_cache, (s, kv, r0, c))
+                s0 += qa[i] * k0 + qb[i] * k1
+                k0, k1 = ld_half2(k_cache, (s, kv, r1, c))
+                s1 += qa[i] * k0 + qb[i] * k1
+                k0, k1 = ld_half2(k_cache, (s, kv, r2, c))
+                s2 += qa[i] * k0 + qb[i] * k1
+                k0, k1 = ld_half2(k_cache, (s, kv, r3, c))
+                s3 += qa[i] * k0 + qb[i] * k1
         for off in (16, 8, 4, 2, 1):
             s0 += cuda.shfl_xor_sync(0xFFFFFFFF, s0, off)
             s1 += cuda.shfl_xor_sync(0xFFFFFFFF, s1, off)
@@ -281,11 +310,15 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
         corr = math.exp(mx - mnew)
         p0, p1, p2, p3 = math.exp(s0 - mnew), math.exp(s1 - mnew), math.exp(s2 - mnew), math.exp(s3 - mnew)
         lsum = lsum * corr + ((p0 + p1) + (p2 + p3))
-        for i in range(ATT_MAXE):
-            c = lane + 32 * i
+        for i in range(ATT_MAXP):
+            c = 2 * (lane + 32 * i)
             if c < d:
-                o[i] = o[i] * corr + ((p0 * float32(v_cache[s, kv, r0, c]) + p1 * float32(v_cache[s, kv, r1, c]))
-                                      + (p2 * float32(v_cache[s, kv, r2, c]) + p3 * float32(v_cache[s, kv, r3, c])))
+                v0a, v0b = ld_half2(v_cache, (s, kv, r0, c))
+                v1a, v1b = ld_half2(v_cache, (s, kv, r1, c))
+                v2a, v2b = ld_half2(v_cache, (s, kv, r2, c))
+                v3a, v3b = ld_half2(v_cache, (s, kv, r3, c))
+                oa[i] = oa[i] * corr + ((p0 * v0a + p1 * v1a) + (p2 * v2a + p3 * v3a))
+                ob[i] = ob[i] * corr + ((p0 * v0b + p1 * v1b) + (p2 * v2b + p3 * v3b))
         mx = mnew
     sm_m = cuda.shared.array(ATT_WARPS, float32)
     sm_l = cuda.shared.array(ATT_WARPS, float32)
@@ -293,9 +326,11 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
     if lane == 0:
         sm_m[warp] = mx
         sm_l[warp] = lsum
-    for i in range(ATT_MAXE):
-        if lane + 32 * i < d:
-            sm_o[warp, lane + 32 * i] = o[i]
+    for i in range(ATT_MAXP):
+        c = 2 * (lane + 32 * i)
+        if c < d:
+            sm_o[warp, c] = oa[i]
+            sm_o[warp, c + 1] = ob[i]
     cuda.syncthreads()
     big = sm_m[0]
     for w in range(1, nw):
@@ -304,42 +339,47 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
     for w in range(nw):
         if sm_l[w] > 0:  # a warp that got no key has max -inf
             total += sm_l[w] * math.exp(sm_m[w] - big)
-    for c in range(cuda.threadIdx.x, d, cuda.blockDim.x):
+    for c in range(cuda.threadIdx.x, d, cuda.blockDim.x):  # (one pass when quant: blockDim >= d, d % 32 == 0)
         acc = float32(0.0)
         for w in range(nw):
             if sm_l[w] > 0:
                 acc += sm_o[w, c] * math.exp(sm_m[w] - big)
-        out[t, head, sp, c] = acc if split else acc / total
-    if split and cuda.threadIdx.x == 0:
-        pm[t, head, sp] = big
-        pl[t, head, sp] = total
-    if split:
-        attn_finish(pm, pl, out, count, fin, quant, xq, xd, xs, t, head)
+        if used == 1:
+            fin[t, head, c] = acc / total
+            if quant:
+                quant32(acc / total, t, head * (d >> 5) + (c >> 5), xq, xd, xs)
+        else:
+            out[t, head, sp, c] = acc
+    if used > 1:
+        if cuda.threadIdx.x == 0:
+            pm[t, head, sp] = big
+            pl[t, head, sp] = total
+        attn_finish(pm, pl, out, count, fin, quant, xq, xd, xs, t, head, used)
 
 
-def attn_finish(pm, pl, po, count, fin, quant, xq, xd, xs, t, head):
+def attn_finish(pm, pl, po, count, fin, quant, xq, xd, xs, t, head, used):
     """A split-attention block's last step: publish its partial results (threadfence), count itself done for
-    (t, head), and if it is the last of the S blocks, reset the count and combine all S (attn_combine)."""
+    (t, head), and if it is the last of the `used` blocks, reset the count and combine them (attn_combine)."""
     cuda.threadfence()
     cuda.syncthreads()
     last = cuda.shared.array(1, int32)
     if cuda.threadIdx.x == 0:
-        last[0] = int32(cuda.atomic.add(count, (t, head), 1) == po.shape[2] - 1)
+        last[0] = int32(cuda.atomic.add(count, (t, head), 1) == used - 1)
     cuda.syncthreads()
     if last[0] == 1:
         if cuda.threadIdx.x == 0:
             count[t, head] = 0
-        attn_combine(pm, pl, po, fin, quant, xq, xd, xs, t, head)
+        attn_combine(pm, pl, po, fin, quant, xq, xd, xs, t, head, used)
 
 
-def attn_combine(pm, pl, po, out, quant, xq, xd, xs, t, head):
-    """out[t, head] = sum_s exp(pm_s - M) po_s / sum_s exp(pm_s - M) pl_s over the S <= ATT_SPLITS chunks s of
+def attn_combine(pm, pl, po, out, quant, xq, xd, xs, t, head, S):
+    """out[t, head] = sum_s exp(pm_s - M) po_s / sum_s exp(pm_s - M) pl_s over the first S <= ATT_SPLITS chunks s of
     split attention (M = max_s pm_s); with quant, out is also quantized per 32-block for the output-projection
     GEMV (row t of xq is out[t] flattened over heads; d % 32 == 0). Run by a whole block of >= max(d, 32)
     threads: the first warp turns the chunks' maxima into weights (one chunk per lane) in shared memory, then
     thread c sums po[.., c] over the chunks (independent loads, no shuffles in the loop). The partials were
     written by other blocks of this kernel: read with ld_volatile."""
-    n, h, S, d = po.shape
+    d = po.shape[3]
     c = cuda.threadIdx.x
     wts = cuda.shared.array(ATT_SPLITS, float32)
     tot = cuda.shared.array(1, float32)
