@@ -29,6 +29,14 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     def ld_half2(ary, idx):
         return float32(ary[idx]), float32(ary[idx[:-1] + (idx[-1] + 1,)])
 else:
+    def _item_ptr(context, builder, sig, args):
+        """The LLVM pointer to ary[idx] for an intrinsic called as f(ary, idx)."""
+        aryty, idxty = sig.args
+        arr = context.make_array(aryty)(context, builder, args[0])
+        ix = [context.cast(builder, v, t, types.intp)
+              for v, t in zip(cgutils.unpack_tuple(builder, args[1], aryty.ndim), idxty)]
+        return cgutils.get_item_pointer(context, builder, aryty, arr, ix, wraparound=False)
+
     @intrinsic
     def ld_volatile(typingctx, ary, idx):
         """ary[idx] (float32) read with ld.volatile: from L2, never from a stale L1 line. For data that other
@@ -37,12 +45,7 @@ else:
             return None
 
         def codegen(context, builder, sig, args):
-            aryty, idxty = sig.args
-            arr = context.make_array(aryty)(context, builder, args[0])
-            ix = [context.cast(builder, v, t, types.intp)
-                  for v, t in zip(cgutils.unpack_tuple(builder, args[1], aryty.ndim), idxty)]
-            ptr = cgutils.get_item_pointer(context, builder, aryty, arr, ix, wraparound=False)
-            addr = builder.ptrtoint(ptr, ir.IntType(64))
+            addr = builder.ptrtoint(_item_ptr(context, builder, sig, args), ir.IntType(64))
             return builder.asm(ir.FunctionType(ir.FloatType(), [ir.IntType(64)]), "ld.volatile.f32 $0, [$1];",
                                "=f,l", [addr], side_effect=True)
         return types.float32(ary, idx), codegen
@@ -55,11 +58,7 @@ else:
             return None
 
         def codegen(context, builder, sig, args):
-            aryty, idxty = sig.args
-            arr = context.make_array(aryty)(context, builder, args[0])
-            ix = [context.cast(builder, v, t, types.intp)
-                  for v, t in zip(cgutils.unpack_tuple(builder, args[1], aryty.ndim), idxty)]
-            ptr = cgutils.get_item_pointer(context, builder, aryty, arr, ix, wraparound=False)
+            ptr = _item_ptr(context, builder, sig, args)
             pair = builder.load(builder.bitcast(ptr, ir.VectorType(ir.HalfType(), 2).as_pointer()), align=4)
             f = [builder.fpext(builder.extract_element(pair, ir.Constant(ir.IntType(32), i)), ir.FloatType())
                  for i in (0, 1)]
