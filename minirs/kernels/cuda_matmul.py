@@ -30,22 +30,16 @@ decode needs its own kernels.
 """
 
 import math
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
-from llvmlite import ir
-from numba import cuda, float32, float64, int8, int32, int64, types
+from numba import cuda, float32, float64, int8, int32, int64
 from numba.cuda import libdevice
 
-try:
-    from numba.cuda.extending import intrinsic
-except ImportError:  # older numba-cuda
-    from numba.core.extending import intrinsic
-
 from minirs.errors import ModelError
-from minirs.kernels.cuda_launch import kernels
 from minirs.formats.model_file import Tensor
+from minirs.kernels.cuda_intrinsics import dp4a
+from minirs.kernels.cuda_launch import kernels
 
 GEMV_MAX_N = 32  # n <= this: GEMV kernels (graph-capturable, so batched decode too); larger n: dequantize + cuBLAS
 R = 4  # rows per warp in the GEMVs
@@ -70,24 +64,6 @@ def gemv_warps(n_out: int, n_in: int) -> int:
 
 
 DQ_THREADS = 256
-
-if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: a plain-Python twin
-    def dp4a(a, b, c):
-        for i in range(4):
-            x, y = ((a >> (8 * i)) & 255), ((b >> (8 * i)) & 255)
-            c += (x - 256 if x > 127 else x) * (y - 256 if y > 127 else y)
-        return c
-else:
-    @intrinsic
-    def dp4a(typingctx, a, b, c):
-        """c + sum_i a.byte[i] * b.byte[i] over the 4 signed bytes of the low 32 bits of a and b (PTX dp4a.s32.s32:
-        4 int8 MACs in one instruction). Numba has no intrinsic of its own: this emits the PTX inline."""
-        def codegen(context, builder, sig, args):
-            i32 = ir.IntType(32)
-            vals = [context.cast(builder, v, t, types.int32) for v, t in zip(args, sig.args)]
-            return builder.asm(ir.FunctionType(i32, [i32, i32, i32]), "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r",
-                               vals, side_effect=False)
-        return types.int32(a, b, c), codegen
 
 M4 = int32(0x0F0F0F0F)  # the low nibble of each byte of an int32 word
 

@@ -8,62 +8,12 @@ graph of a decode step stays right as they change between replays.
 """
 
 import math
-import os
 
-from llvmlite import ir
-from numba import cuda, float32, int32, int64, types
-from numba.cuda import cgutils
+from numba import cuda, float32, int32, int64
 
-try:
-    from numba.cuda.extending import intrinsic
-except ImportError:  # older numba-cuda
-    from numba.core.extending import intrinsic
-
+from minirs.kernels.cuda_intrinsics import ld_half2, ld_volatile
 from minirs.kernels.cuda_launch import kernels
 from minirs.kernels.cuda_matmul import quant32, rope_cos_sin
-
-if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-    def ld_volatile(ary, idx):
-        return ary[idx]
-
-    def ld_half2(ary, idx):
-        return float32(ary[idx]), float32(ary[idx[:-1] + (idx[-1] + 1,)])
-else:
-    def _item_ptr(context, builder, sig, args):
-        """The LLVM pointer to ary[idx] for an intrinsic called as f(ary, idx)."""
-        aryty, idxty = sig.args
-        arr = context.make_array(aryty)(context, builder, args[0])
-        ix = [context.cast(builder, v, t, types.intp)
-              for v, t in zip(cgutils.unpack_tuple(builder, args[1], aryty.ndim), idxty)]
-        return cgutils.get_item_pointer(context, builder, aryty, arr, ix, wraparound=False)
-
-    @intrinsic
-    def ld_volatile(typingctx, ary, idx):
-        """ary[idx] (float32) read with ld.volatile: from L2, never from a stale L1 line. For data that other
-        blocks of the running kernel wrote and published with a threadfence (CUDA's last-block pattern)."""
-        if not isinstance(ary, types.Array) or ary.dtype != types.float32:
-            return None
-
-        def codegen(context, builder, sig, args):
-            addr = builder.ptrtoint(_item_ptr(context, builder, sig, args), ir.IntType(64))
-            return builder.asm(ir.FunctionType(ir.FloatType(), [ir.IntType(64)]), "ld.volatile.f32 $0, [$1];",
-                               "=f,l", [addr], side_effect=True)
-        return types.float32(ary, idx), codegen
-
-    @intrinsic
-    def ld_half2(typingctx, ary, idx):
-        """(ary[idx], ary[idx + 1 along the last axis]) of a float16 array, widened to float32, in one 4-byte
-        load (idx's last index even, the last axis contiguous: the pair is 4-byte aligned)."""
-        if not isinstance(ary, types.Array) or ary.dtype != types.float16:
-            return None
-
-        def codegen(context, builder, sig, args):
-            ptr = _item_ptr(context, builder, sig, args)
-            pair = builder.load(builder.bitcast(ptr, ir.VectorType(ir.HalfType(), 2).as_pointer()), align=4)
-            f = [builder.fpext(builder.extract_element(pair, ir.Constant(ir.IntType(32), i)), ir.FloatType())
-                 for i in (0, 1)]
-            return context.make_tuple(builder, sig.return_type, f)
-        return types.UniTuple(types.float32, 2)(ary, idx), codegen
 
 ATT_WARPS = 16  # most warps per block in attention (CudaBackend.attention picks: decode att_warps, prefill 4-8)
 ATT_CHUNK = 32  # fewest keys per block in split (flash-decoding) attention
