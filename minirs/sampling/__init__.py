@@ -111,6 +111,13 @@ def draw(probs: np.ndarray, coin: float) -> int:
     return int(min(np.searchsorted(cdf, coin * cdf[-1], side="right"), len(probs) - 1))
 
 
+def sample_plain(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float, coin: float) -> int:
+    """The draw of sample_token for raw logits (vocab,) with temperature > 0 and no bias or penalties: what the GPU's
+    sampler (kernels/cuda_sample.py) computes, and its fallback."""
+    z = np.asarray(logits, np.float64) / float(temperature)
+    return draw(filter_probs(softmax(z), int(top_k), float(top_p), float(min_p)), float(coin))
+
+
 def top_logprobs(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
     if n <= 0:
         return []
