@@ -147,6 +147,14 @@ def _plain_greedy(p: GenParams) -> bool:
             not sp.frequency_penalty and not sp.presence_penalty and not p.logprobs and not p.top_logprobs)
 
 
+def _plain_sampled(p: GenParams) -> bool:
+    """Whether the next token is drawn from the raw logits by temperature, top-k, top-p and min-p alone (what the
+    backend's sample_rows draws on the GPU): one sequence, no logit bias, penalties or logprobs."""
+    sp = p.sampling
+    return (not sp.greedy and p.n == 1 and not sp.logit_bias and sp.repetition_penalty == 1.0 and
+            not sp.frequency_penalty and not sp.presence_penalty and not p.logprobs and not p.top_logprobs)
+
+
 def _host(x) -> np.ndarray:
     return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
@@ -378,10 +386,15 @@ class Engine:
         if graph:
             pad = next(b for b in GRAPH_BUCKETS if b >= len(tokens)) - len(tokens)
             argmax = all(_plain_greedy(s.job.params) for s, _ in want)  # then only token ids come back
+            sample = None
+            if not argmax and hasattr(self.model.backend, "sample_rows") and \
+                    all(_plain_greedy(s.job.params) or _plain_sampled(s.job.params) for s, _ in want):
+                sample = self._gpu_sample(want, len(tokens) + pad)  # ids drawn on the GPU
             logits = self.model.backend.decode_step(
                 self.model, self.cache, np.asarray(tokens + [0] * pad, np.int64),
                 np.asarray(slots + [self.spare_slot] * pad, np.int64), np.asarray(pos + [0] * pad, np.int64),
-                greedy=argmax)
+                greedy=argmax, sample=sample)
+            argmax = argmax or sample is not None
         else:
             logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
                                         np.asarray(pos, np.int64), self.cache,
@@ -404,6 +417,18 @@ class Engine:
             if all(q.done for q in job.seqs) and job in self.active:
                 self._release(job)
 
+    def _gpu_sample(self, want, n: int) -> tuple:
+        """Per-row (temperature, top_k, top_p, min_p, coin) of a decode batch for the backend's sample_rows: the
+        coin drawn from each sequence's generator as _accept would; greedy rows (and padding) take top_k = 1."""
+        temp, top_k = np.ones(n), np.ones(n, np.int64)
+        top_p, min_p, coin = np.ones(n), np.zeros(n), np.zeros(n)
+        for s, row in want:
+            sp = s.job.params.sampling
+            if not sp.greedy and not s.done:
+                temp[row], top_k[row], top_p[row], min_p[row] = sp.temperature, sp.top_k, sp.top_p, sp.min_p
+                coin[row] = s.rng.random()
+        return temp, top_k, top_p, min_p, coin
+
     def _fork(self, job: Job) -> None:
         """Copy the leader's prefilled KV slot to the job's other sequences."""
         lead = job.seqs[0]
@@ -414,8 +439,8 @@ class Engine:
             s.n_cached = lead.n_cached
 
     def _accept(self, s: Sequence, logits: np.ndarray, token: int | None = None) -> None:
-        """Sample the next token of s from its logits (or take `token`, the GPU's argmax for a plain greedy
-        sequence); emit its text; decide whether s has finished."""
+        """Sample the next token of s from its logits (or take `token`, the GPU's argmax or draw for a plain
+        greedy or sampled sequence); emit its text; decide whether s has finished."""
         if s.done:
             return
         p = s.job.params

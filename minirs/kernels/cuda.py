@@ -10,8 +10,8 @@ live in device buffers; the first call for a batch size runs it eagerly and capt
 scheduler pads its decode batches to a few sizes, scheduler.GRAPH_BUCKETS, so a handful of graphs serve all), later
 calls copy the new ids/slots/positions in and replay it (~1.4 us per kernel instead of ~30-50 us per Python
 launch, GPU.md). Intermediates of a captured step come from the graph's own memory pool, so no other code can
-be handed that memory while the graph still writes it. Greedy decoding also takes the argmax on the GPU, so
-only token ids come back.
+be handed that memory while the graph still writes it. Greedy decoding also takes the argmax on the GPU, and
+sampled decoding draws on the GPU (cuda_sample), so only token ids come back.
 
 This module (and cuda_*.py) are the only places that import CuPy and numba.cuda.
 """
@@ -27,7 +27,7 @@ from numba import cuda  # noqa: E402
 
 from minirs.errors import ModelError  # noqa: E402
 from minirs.formats import Tensor  # noqa: E402
-from minirs.kernels import cuda_matmul, cuda_ops  # noqa: E402
+from minirs.kernels import cuda_matmul, cuda_ops, cuda_sample  # noqa: E402
 from minirs.kernels.cuda_matmul import GExperts, GMatrix  # noqa: E402
 
 for _cfg in ("numba.cuda.core.config", "numba.core.config"):  # the env var is read when the config loads,
@@ -53,7 +53,7 @@ class CudaBackend:
         self.stream.use()  # CuPy ops of this thread go to our stream
         self.nbs = cuda.external_stream(self.stream.ptr)
         self._idx = {}  # id(host index array) -> (host array, device copy), so one forward uploads each once
-        self._graphs = {}  # (id(model), id(cache), n, greedy) -> DecodeGraph
+        self._graphs = {}  # (id(model), id(cache), n, greedy, sampled) -> DecodeGraph
         self._xquant = None  # (array, ptr, size, (xq, xd, xs)): the int8 form of the last fused-op output
         self._dummy = cp.zeros(1, cp.float32)  # stands for absent optional vectors (biases, norms) in kernels
         self._counts = {}  # (n, h) -> split attention's block counters (_count)
@@ -370,32 +370,60 @@ class CudaBackend:
         return out
 
     # --- the captured decode step ---
-    def decode_step(self, model, cache, tokens, slots, pos, greedy: bool = False) -> np.ndarray:
-        """One decode forward of len(tokens) rows from a CUDA graph: host logits (n, vocab), or ids (n,) if greedy."""
-        key = (id(model), id(cache), len(tokens), greedy)
+    def decode_step(self, model, cache, tokens, slots, pos, greedy: bool = False, sample=None) -> np.ndarray:
+        """One decode forward of len(tokens) rows from a CUDA graph: host logits (n, vocab), or ids (n,) if greedy,
+        or ids (n,) drawn on the GPU with sample = (temperature, top_k, top_p, min_p, coin), one value of each per
+        row (sample_rows; rows the GPU leaves undecided are drawn on the host from their logits)."""
+        prm = None if sample is None else cuda_sample.pack(*sample)
+        greedy = greedy and prm is None
+        key = (id(model), id(cache), len(tokens), greedy, prm is not None)
         g = self._graphs.get(key)
         if g is None or g.model is not model or g.cache is not cache:
-            g = self._graphs[key] = DecodeGraph(self, model, cache, len(tokens), greedy)
-            return g.first(tokens, slots, pos)
-        return g.replay(tokens, slots, pos)
+            g = self._graphs[key] = DecodeGraph(self, model, cache, len(tokens), greedy, prm is not None)
+            out = g.first(tokens, slots, pos, prm)
+        else:
+            out = g.replay(tokens, slots, pos, prm)
+        return out if prm is None else cuda_sample.finish_on_host(*out, prm)
+
+    def sample_rows(self, logits, temperature, top_k, top_p, min_p, coin) -> np.ndarray:
+        """Host token ids (n,), row i drawn from logits[i] (n, vocab) as minirs.sampling.sample_plain draws it, with
+        temperature[i] > 0, top_k[i], top_p[i], min_p[i] and coin[i]: on the GPU (cuda_sample), the rows it cannot
+        decide on the host."""
+        prm = cuda_sample.pack(temperature, top_k, top_p, min_p, coin)
+        logits = cp.ascontiguousarray(logits, dtype=cp.float32)
+        ids = cp.asnumpy(self.sample_ids(logits, cp.asarray(prm)), stream=self.stream)
+        return cuda_sample.finish_on_host(ids, cp.asnumpy(logits[cp.asarray(ids < 0)], stream=self.stream), prm)
+
+    def sample_ids(self, logits, prm):
+        """Device ids (n,) int64 drawn from logits (n, vocab) float32 with device parameters prm (n, 5)
+        (cuda_sample.pack), -1 in the rows the host must draw."""
+        return cuda_sample.sample_ids(logits, prm, self.nbs)
 
 
 class DecodeGraph:
-    """A decode step of a fixed batch size captured in a CUDA graph, its inputs and output in fixed buffers."""
+    """A decode step of a fixed batch size captured in a CUDA graph, its inputs and output in fixed buffers. Its
+    result: logits (n, vocab), or ids (n,) if greedy, or if sampled (ids (n,), the logits of the rows with id -1)."""
 
-    def __init__(self, backend: CudaBackend, model, cache, n: int, greedy: bool):
-        self.be, self.model, self.cache, self.n, self.greedy = backend, model, cache, n, greedy
+    def __init__(self, backend: CudaBackend, model, cache, n: int, greedy: bool, sampled: bool = False):
+        self.be, self.model, self.cache, self.n = backend, model, cache, n
+        self.greedy, self.sampled = greedy, sampled
         self.inputs = cp.zeros((3, n), cp.int64)  # the graph reads ids, slots and positions from these rows
         self.tok, self.slots, self.pos = self.inputs
+        self.prm = cp.zeros((n, 5), cp.float64)  # and the sampling parameters (cuda_sample.pack)
         self.staged = cupyx.empty_pinned((3, n), np.int64)  # page-locked host copies: one async copy each way
+        self.staged_prm = cupyx.empty_pinned((n, 5), np.float64)
         self.result = None
         self.pool = cp.cuda.MemoryPool()  # intermediates of the graph live here and nowhere else
         self.graph = None
         self.out = None
+        self.logits = None  # a sampled step's logits, for the rows the GPU leaves to the host
 
-    def _load(self, tokens, slots, pos):
+    def _load(self, tokens, slots, pos, prm):
         self.staged[0], self.staged[1], self.staged[2] = tokens, slots, pos
         self.inputs.set(self.staged, stream=self.be.stream)
+        if self.sampled:
+            self.staged_prm[...] = prm
+            self.prm.set(self.staged_prm, stream=self.be.stream)
 
     def _fetch(self, out) -> np.ndarray:
         """out copied to the host (through a page-locked buffer) once the stream is done."""
@@ -407,16 +435,29 @@ class DecodeGraph:
 
     def _forward(self):
         logits = self.model.forward(self.tok, self.slots, self.pos, self.cache)
+        if self.sampled:
+            self.logits = logits
+            return self.be.sample_ids(logits, self.prm)
         return self.be.argmax(logits) if self.greedy else logits
 
-    def first(self, tokens, slots, pos) -> np.ndarray:
+    def _result(self, out):
+        res = self._fetch(out)
+        if not self.sampled:
+            return res
+        undecided = res < 0
+        if not undecided.any():
+            return res, np.empty((0, self.logits.shape[1]), np.float32)
+        return res, cp.asnumpy(self.logits[cp.asarray(undecided)], stream=self.be.stream)
+
+    def first(self, tokens, slots, pos, prm=None):
         """Run the step eagerly (compiles, fills the pool, gives this step's result), then capture it."""
-        self._load(tokens, slots, pos)
+        self._load(tokens, slots, pos, prm)
         s = self.be.stream
         with cp.cuda.using_allocator(self.pool.malloc):
             out = self._forward()
-            result = self._fetch(out)
+            result = self._result(out)
             del out
+            self.logits = None
             # the replay recomputes the same step: it writes the same K/V rows, so capturing now is harmless
             s.begin_capture()
             try:
@@ -427,7 +468,7 @@ class DecodeGraph:
             self.graph.upload(s)
         return result
 
-    def replay(self, tokens, slots, pos) -> np.ndarray:
-        self._load(tokens, slots, pos)
+    def replay(self, tokens, slots, pos, prm=None):
+        self._load(tokens, slots, pos, prm)
         self.graph.launch(self.be.stream)
-        return self._fetch(self.out)
+        return self._result(self.out)
