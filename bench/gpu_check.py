@@ -4,6 +4,7 @@ batched, and bench_batch's throughput table). Prints a short summary last; logs 
 Correctness of every kernel and model is checked by the tests (`pytest tests/test_cuda*.py`), not here.
 
     PYTHONUNBUFFERED=1 python bench/gpu_check.py [--bench-presets a,b] [--no-batch] [--no-micro] [--sweep] [--profile]
+    python bench/gpu_check.py --bench-presets "" --no-batch --no-micro --sample   # the sampling timings alone
 """
 
 import argparse
@@ -227,6 +228,27 @@ def micro_timings():
            lambda: be.attention(q, kc, kc, cp.asarray(sl), cp.asarray(ps), 0, 0.088, 0.0))
 
 
+def sample_timings():
+    """GPU sampling (cuda_sample's two kernels), replayed from a graph: vocabularies of SmolLM2 and Gemma-3, 1 and
+    16 rows, top-k 40 + top-p 0.9, top-p 0.9 alone, no filter (temperature 0.8, logits ~ N(0, 3^2)); how many rows
+    the GPU decided (the rest go to the host)."""
+    import cupy as cp
+
+    from minirs.kernels import cuda_sample
+    from minirs.kernels.cuda import CudaBackend
+
+    be = CudaBackend()
+    rng = np.random.default_rng(0)
+    for V, n, k, p in itertools.product((49152, 262144), (1, 16), (40, 0), (0.9, 1.0)):
+        if k and p == 1.0:
+            continue
+        x = cp.asarray(rng.standard_normal((n, V)).astype(np.float32) * 3)
+        prm = cp.asarray(cuda_sample.pack(np.full(n, 0.8), np.full(n, k), np.full(n, p), np.zeros(n), rng.random(n)))
+        us = graph_time(be.stream, lambda x=x, prm=prm: be.sample_ids(x, prm))
+        decided = int((be.sample_ids(x, prm) >= 0).sum())
+        log(f"time sample V={V} n={n} top_k {k} top_p {p}: {us:8.1f} us  ({decided} of {n} rows decided)")
+
+
 def prefill_profile(folder: Path, preset: str):
     """Where a pp512 forward spends its time: whole forward, and by op (host timer after a sync per op)."""
     import time as _t
@@ -331,6 +353,7 @@ def main():
     ap.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"))
     ap.add_argument("--no-batch", action="store_true", help="skip the batched-engine checks and batch bench")
     ap.add_argument("--no-micro", action="store_true", help="skip the kernel micro timings")
+    ap.add_argument("--sample", action="store_true", help="time GPU sampling (also part of the micro timings)")
     ap.add_argument("--sweep", action="store_true", help="time GEMV block shapes (warps x tokens per block)")
     ap.add_argument("--profile", action="store_true", help="profile a pp512 forward by op for each preset")
     args = ap.parse_args()
@@ -354,6 +377,7 @@ def main():
         for r in rows:
             log(f"# {r['preset']}: load {r['load_s']:.1f} s, graph step alone {r.get('step_ms_graph_only', 0):.2f} ms")
     for flag, name, fn in [(not args.no_micro, "micro timings", micro_timings),
+                           (args.sample or not args.no_micro, "sampling timings", sample_timings),
                            (args.sweep, "GEMV sweep", gemv_sweep),
                            (args.profile, "prefill profile", lambda: [prefill_profile(args.dir, p) for p in args.bench_presets.split(",")])]:
         if flag:

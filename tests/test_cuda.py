@@ -353,3 +353,24 @@ def test_attention_small_head_dim(be, d):
         slots, pos = np.zeros(n, np.int64), rng.integers(0, L, n)
         o = be.attention(cp.asarray(q), cp.asarray(kc), cp.asarray(vc), slots, pos, 0, 1 / np.sqrt(d), 0.0)
         assert rel(o.get(), ref.attention(q, kc, vc, slots, pos, 0, 1 / np.sqrt(d), 0.0)) < 1e-4, n
+
+
+def test_decode_step_samples_on_the_device(be, tmp_path):
+    """decode_step(sample=...) draws each row on the GPU (cuda_sample) exactly as the host sampler draws from the
+    same step's logits: temperature, top-k, top-p, min-p and the coin, row by row (49152-token vocabulary); rows
+    the GPU leaves undecided (top_k > C) are drawn on the host."""
+    from minirs.kv_cache import KVCache
+    from minirs.load import load_model
+    from minirs.models.synthetic import write_random_gguf
+    from minirs.sampling import sample_plain
+    model = load_model(write_random_gguf(tmp_path / "s.gguf", "smollm2-135m"), backend=be)
+    cache = KVCache(model.config, be, 6, 64, 8)
+    rng = np.random.default_rng(5)
+    toks, slots, pos = rng.integers(0, model.config.vocab_size, 6), np.arange(6), np.zeros(6, np.int64)
+    logits = be.decode_step(model, cache, toks, slots, pos)
+    params = (np.array([0.7, 1.0, 1.3, 0.9, 1.0, 0.8]), np.array([0, 40, 0, 5, 1, 500]),
+              np.array([1.0, 1.0, 0.9, 0.5, 1.0, 0.9]), np.array([0.0, 0.0, 0.0, 0.05, 0.0, 0.0]), rng.random(6))
+    want = [sample_plain(logits[i], *(p[i] for p in params)) for i in range(6)]
+    for _ in range(2):  # the first call captures the graph, the second replays it
+        assert list(be.decode_step(model, cache, toks, slots, pos, sample=params)) == want
+    assert list(be.sample_rows(cp.asarray(logits), *params)) == want
