@@ -359,6 +359,7 @@ def test_decode_step_samples_on_the_device(be, tmp_path):
     """decode_step(sample=...) draws each row on the GPU (cuda_sample) exactly as the host sampler draws from the
     same step's logits: temperature, top-k, top-p, min-p and the coin, row by row (49152-token vocabulary); rows
     the GPU leaves undecided (top_k > C) are drawn on the host."""
+    import cupy as cp
     from minirs.kv_cache import KVCache
     from minirs.load import load_model
     from minirs.models.synthetic import write_random_gguf
