@@ -79,7 +79,7 @@ def _weights(qt, n_out, n_in, rng, copies=3):
 
 def gemv_sweep():
     """The quantized GEMV for several block shapes (nw warps x tt tokens per block, cuda_matmul.gemv_kernels) on
-    the shapes of the presets' matrices; the model uses nw = cuda_matmul.gemv_warps(n_out, n_in) and tt = 1 for
+    the shapes of the presets' matrices; the model uses nw = cuda_matmul.gemv_warps(w) and tt = 1 for
     one token, TT for more. Weight copies rotate past the L2 cache."""
     import cupy as cp
     from minirs.kernels import cuda_matmul as cm
@@ -87,9 +87,10 @@ def gemv_sweep():
     be = CudaBackend()
     rng = np.random.default_rng(0)
     shapes = [("Q4_0", 6144, 4096), ("Q4_0", 4096, 4096), ("Q4_0", 28672, 4096), ("Q4_0", 4096, 14336),
-              ("Q4_K", 28672, 4096), ("Q6_K", 32000, 4096), ("Q4_1", 960, 576), ("Q4_1", 576, 576),
+              ("Q4_K", 28672, 4096), ("Q4_K", 4096, 14336), ("Q6_K", 32000, 4096), ("Q4_1", 960, 576),
+              ("Q4_1", 576, 576),
               ("Q4_1", 3072, 576), ("Q4_1", 576, 1536), ("Q4_1", 49152, 576)]
-    variants = {1: [(1, 1), (2, 1), (4, 1), (8, 1)], 4: [(1, 4), (2, 4)], 16: [(1, 4), (2, 4), (4, 4)],
+    variants = {1: [(1, 1), (2, 1), (3, 1), (4, 1), (6, 1), (8, 1)], 4: [(1, 4), (2, 4)], 16: [(1, 4), (2, 4), (4, 4)],
                 32: [(1, 4), (2, 4)]}
     only = os.environ.get("SWEEP_N")  # e.g. SWEEP_N=4,16: those batch sizes only
     if only:
@@ -104,7 +105,7 @@ def gemv_sweep():
             cells = []
             for nw, tt in vs:
                 t = graph_time(be.stream, _sweep_call(ws, nw, tt, (xq.view(cp.int64), xd, xs), y, be.nbs))
-                mark = "*" if nw == cm.gemv_warps(n_out, n_in) else ""
+                mark = "*" if nw == cm.gemv_warps(ws[0]) else ""
                 cells.append(f"{t:.1f}{mark}")
             log(f"| {qt} {n_out}x{n_in} | " + " | ".join(cells) + " |")
             ws = None
@@ -131,12 +132,14 @@ def _sweep_call(ws, nw, tt, xquant, y, stream):
         _SWEEP_KERNELS[key] = cuda.jit(cm._GEMV_SIGS[f"gemv_{w0.family}"])(fn)
     kernel = _SWEEP_KERNELS[key]
 
+    ep = cm._no_ep()  # no attention epilogue
+
     def call():
         w = ws[next(it) % len(ws)]
         if w.family == "q45":
-            kernel[grid, threads, stream](w.q.view(cp.int64), w.h, w.d, w.m, xq, xd, xs, y, w.off, False)
+            kernel[grid, threads, stream](w.q.view(cp.int64), w.h, w.d, w.m, xq, xd, xs, y, w.off, False, *ep)
         else:
-            kernel[grid, threads, stream](w.q.view(cp.int64), w.d, w.m, xq, xd, xs, y, False)
+            kernel[grid, threads, stream](w.q.view(cp.int64), w.d, w.m, xq, xd, xs, y, False, *ep)
     return call
 
 

@@ -18,8 +18,8 @@ exactly its file size on the GPU:
 
 Decode and small batches (n <= GEMV_MAX_N) run a GEMV: x is quantized to int8 per 32-block (scale + per-16 sums,
 as llama.cpp's q8_1), each lane takes one 32-block at a time (weights and x read with 8-byte loads), dp4a (PTX,
-emitted inline) does 4 int8 MACs, and each warp owns 4 rows so each x word loaded serves 4 rows; a block's 1, 2
-or 4 warps split K (gemv_warps, by the matrix's shape). A block serves one token (n = 1) or up to TT = 4 tokens
+emitted inline) does 4 int8 MACs, and each warp owns 4 rows so each x word loaded serves 4 rows; a block's 1
+to 4 warps split K (gemv_warps, by the matrix's shape). A block serves one token (n = 1) or up to TT = 4 tokens
 from the same unpacked weight words (batched decode), and each token's result is bit-identical whatever the batch.
 The weight flavour (q5 fifth bits, group offsets, q8 groups of 16) is compiled in, not tested at run time: a
 GEMV's registers bound its occupancy (one Q4_0 token: 72 registers, 28 warps per SM; 14336 x 4096 in 18.9 us
@@ -45,22 +45,41 @@ GEMV_MAX_N = 32  # n <= this: GEMV kernels (graph-capturable, so batched decode 
 R = 4  # rows per warp in the GEMVs
 TT = 4  # tokens per block in the quantized GEMVs: each weight word loaded and unpacked feeds TT tokens' dots
 NW = 4  # warps per block in the float and expert GEMVs: they split K of the block's R rows
-NWS = (1, 2, 4)  # warps per block of the quantized GEMVs, chosen per matrix by gemv_warps
+NWS = (1, 2, 3, 4)  # warps per block of the quantized GEMVs, chosen per matrix by gemv_warps
 
 
-def gemv_warps(n_out: int, n_in: int) -> int:
-    """Warps per block (each block owns R rows, its warps split K) for a quantized GEMV of an (n_out, n_in) matrix.
+def gemv_warps(w: "GMatrix") -> int:
+    """Warps per block (each block owns R rows, its warps split K) for the quantized GEMV of w.
 
     A small matrix in one warp per row group leaves the GPU short of loads in flight (4096 x 4096 Q4_0: 1,024
-    warps, 7.4 us), so the warps double until there are ~2,048 of them (5.1 us), as long as every lane of the block
-    still has two 32-blocks of a row to read. Timed on an H100 (bench/gpu_check.py --sweep): 6144 x 4096 10.1 ->
-    7.1 us, 4096 x 14336 21.7 -> 19.2 us, 28672 x 4096 stays at one warp (28.9 us, 2.3 TB/s). It depends on the
-    matrix only, never on the batch: the split-K sum order is part of a row's result, and a row must not change
-    with the rows batched with it."""
+    warps, 7.4 us), so the warps double until there are ~2,048 of them (5.1 us), then grow one at a time while the
+    whole grid still fits in one wave of resident warps (wave: the kernel's registers decide how many an SM holds),
+    as long as every lane of the block has two 32-blocks of a row to read. Timed on an H100 (bench/gpu_check.py
+    --sweep, one token, us): 6144 x 4096 Q4_0 10.1 -> 7.2 (2 warps), 4096 x 14336 Q4_0 30.7 -> 19.3 (2) -> 16.9 (3:
+    3,072 warps of 72 registers, one wave of 3,696), Q4_K 18.5 -> 15.7 (2; 3 would take two waves of its 96-register
+    warps: 17.7), 28672 x 4096 stays at one warp (29.0 us). It depends on the matrix (and the GPU) only, never on
+    the batch: the split-K sum order is part of a row's result, and a row must not change with the rows batched
+    with it."""
+    groups, nb = -(-w.n_out // R), w.n_in // 32
     nw = 1
-    while nw < NWS[-1] and (n_out // R) * nw < 2048 and 64 * nw <= n_in // 32:
+    while nw < 4 and groups * nw < 2048 and 64 * nw <= nb:
         nw *= 2
+    while nw < NWS[-1] and 64 * (nw + 1) <= nb and \
+            groups * (nw + 1) <= _wave(gemv_name(f"gemv_{w.family}", w, nw + 1), nw + 1):
+        nw += 1
     return nw
+
+
+_WAVES = {}
+
+
+def _wave(kernel: str, nw: int) -> int:
+    """How many warps of a compiled GEMV kernel (blocks of nw warps) the GPU holds at once: its occupancy (CUDA's
+    blocks per SM for its registers and shared memory) x SMs x nw."""
+    if kernel not in _WAVES:
+        compiled = next(iter(K[kernel].compiled.dispatcher.overloads.values()))
+        _WAVES[kernel] = compiled.max_cooperative_grid_blocks(32 * nw) * nw
+    return _WAVES[kernel]
 
 
 DQ_THREADS = 256
@@ -817,7 +836,7 @@ def _gemv(w: GMatrix, xquant, y, stream, add: bool, ep) -> None:
     n = y.shape[0]
     tt = 1 if n == 1 else TT  # one token: a kernel with TT - 1 fewer token slots (fewer registers)
     grid = math.ceil(w.n_out / R) * math.ceil(n / tt)  # row groups x token tiles (tile)
-    nw = gemv_warps(w.n_out, w.n_in)
+    nw = gemv_warps(w)
     kernel = K[gemv_name(f"gemv_{w.family}", w, nw, tt)][grid, 32 * nw, stream]
     if w.family == "q45":
         kernel(w.q.view(cp.int64), w.h, w.d, w.m, xq.view(cp.int64), xd, xs, y, w.off, add, *ep)
