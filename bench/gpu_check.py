@@ -189,8 +189,9 @@ def micro_timings():
     wq = None
     chunk, warps = be.att_chunk, be.att_warps
     for (h, hkv, d), L, ctx in [((32, 8, 128), 648, 128), ((32, 8, 128), 648, 640), ((32, 8, 128), 4100, 128),
-                                ((32, 8, 128), 4100, 1024), ((32, 8, 128), 4100, 4096), ((9, 3, 64), 648, 128),
-                                ((9, 3, 64), 648, 640)]:
+                                ((32, 8, 128), 4100, 1024), ((32, 8, 128), 4100, 4096), ((9, 3, 64), 648, 32),
+                                ((9, 3, 64), 648, 64), ((9, 3, 64), 648, 128), ((9, 3, 64), 648, 640),
+                                ((4, 1, 256), 648, 64), ((4, 1, 256), 648, 128)]:
         kc = cp.asarray(rng.standard_normal((1, hkv, L, d)).astype(np.float16))
         q = cp.asarray(rng.standard_normal((1, h, d)).astype(np.float32))
         sl, ps = cp.zeros(1, cp.int64), cp.full(1, ctx - 1, cp.int64)
