@@ -83,8 +83,13 @@ def test_elementwise_ops_match_twins(be):
         assert rel(cp.asnumpy(be.gated_act(cp.asarray(a), cp.asarray(b), act)), ref.gated_act(a, b, act)) < 1e-5
         gu = cp.asarray(np.concatenate([a, b], axis=1))  # a fused gate_up output: gate and up are column views
         assert rel(cp.asnumpy(be.gated_act(gu[:, :1000], gu[:, 1000:], act)), ref.gated_act(a, b, act)) < 1e-5
-    logits = rng.standard_normal((3, 50000)).astype(np.float32)
-    assert np.array_equal(cp.asnumpy(be.argmax(cp.asarray(logits))), logits.argmax(-1))
+    for V in (7, 2048, 50000, 262144):  # one slice, exactly one, many; ties in and across slices; -inf rows
+        logits = rng.standard_normal((5, V)).astype(np.float32)
+        logits[1] = np.round(logits[1])  # many equal maxima
+        logits[2, ::3] = logits[2].max() + 1  # equal maxima in every slice
+        logits[3] = -np.inf
+        logits[4, V // 2:] = np.inf
+        assert np.array_equal(cp.asnumpy(be.argmax(cp.asarray(logits))), logits.argmax(-1)), V
 
 
 def _assert_int8_form(quant, x):

@@ -365,8 +365,11 @@ class CudaBackend:
 
     def argmax(self, logits):
         """Greedy token ids (n,) int64 on the GPU."""
-        out = cp.empty(logits.shape[0], cp.int64)
-        K["argmax_rows"][logits.shape[0], cuda_ops.ARGMAX_THREADS, self.nbs](logits, out)
+        n, V = logits.shape
+        S = -(-V // cuda_ops.ARGMAX_SPAN)  # slices, each a block: the row is read by many SMs at once
+        pv, pi, out = cp.empty((n, S), cp.float32), cp.empty((n, S), cp.int64), cp.empty(n, cp.int64)
+        K["argmax_part"][(n, S), cuda_ops.ARGMAX_THREADS, self.nbs](logits, pv, pi)
+        K["argmax_pick"][n, 256, self.nbs](pv, pi, out)
         return out
 
     # --- the captured decode step ---

@@ -25,7 +25,9 @@ NORM_LOADS = 16  # loads in flight per thread in rmsnorm_q's sum of squares
 ATT_MAXE = 8  # head_dim / 32 at most (attn_inputs: a warp per head, d / 32 elements per lane)
 ATT_DMAX = 256  # the largest head_dim
 ATT_MAXP = ATT_DMAX // 64  # pairs of head dims per lane
-ARGMAX_THREADS = 1024
+ARGMAX_THREADS = 256  # threads of argmax_part, each ARGMAX_LOADS logits of its slice
+ARGMAX_LOADS = 8
+ARGMAX_SPAN = ARGMAX_THREADS * ARGMAX_LOADS  # logits per argmax_part block
 
 
 def _load_row(x, i, v):
@@ -362,16 +364,9 @@ def attn_combine(pm, pl, po, out, quant, xq, xd, xs, t, head, S):
         quant32(v, t, head * (d >> 5) + (c >> 5), xq, xd, xs)
 
 
-def argmax_rows(x, out):
-    """out[i] = argmax_j x[i, j], the first index on ties (as np.argmax).  One block per row."""
-    i = cuda.blockIdx.x
+def _block_argmax(best, bi):
+    """The block's largest best and, among equal ones, the lowest bi (each thread's candidate), for thread 0."""
     tid = cuda.threadIdx.x
-    best = float32(-math.inf)
-    bi = x.shape[1]
-    for j in range(tid, x.shape[1], cuda.blockDim.x):
-        v = x[i, j]
-        if v > best:
-            best, bi = v, j
     for o in (16, 8, 4, 2, 1):
         ov = cuda.shfl_xor_sync(0xFFFFFFFF, best, o)
         oi = cuda.shfl_xor_sync(0xFFFFFFFF, bi, o)
@@ -387,6 +382,41 @@ def argmax_rows(x, out):
         for w in range(1, cuda.blockDim.x >> 5):
             if sv[w] > best or (sv[w] == best and si[w] < bi):
                 best, bi = sv[w], si[w]
+    return best, bi
+
+
+def argmax_part(x, pv, pi):
+    """Slice s = blockIdx.y of row i of x (ARGMAX_SPAN logits): its largest value pv[i, s] and the first index
+    pi[i, s] holding it. ARGMAX_LOADS loads in flight per thread, in index order (the first of equals stays)."""
+    i, s = cuda.blockIdx.x, cuda.blockIdx.y
+    tid = cuda.threadIdx.x
+    V = x.shape[1]
+    base = s * ARGMAX_SPAN + tid
+    vals = cuda.local.array(ARGMAX_LOADS, float32)
+    for u in range(ARGMAX_LOADS):
+        vals[u] = x[i, min(base + u * ARGMAX_THREADS, V - 1)]
+    best = float32(-math.inf)
+    bi = int64(s * ARGMAX_SPAN)  # a slice of -inf only: its first index (np.argmax's answer for it)
+    for u in range(ARGMAX_LOADS):
+        j = base + u * ARGMAX_THREADS
+        if j < V and vals[u] > best:
+            best, bi = vals[u], int64(j)
+    best, bi = _block_argmax(best, bi)
+    if tid == 0:
+        pv[i, s] = best
+        pi[i, s] = bi
+
+
+def argmax_pick(pv, pi, out):
+    """out[i] = argmax over row i's slices (argmax_part): the first index on ties, as np.argmax."""
+    i = cuda.blockIdx.x
+    best = float32(-math.inf)
+    bi = int64(1 << 62)
+    for s in range(cuda.threadIdx.x, pv.shape[1], cuda.blockDim.x):
+        if pv[i, s] > best or (pv[i, s] == best and pi[i, s] < bi):
+            best, bi = pv[i, s], pi[i, s]
+    best, bi = _block_argmax(best, bi)
+    if cuda.threadIdx.x == 0:
         out[i] = bi
 
 
@@ -636,7 +666,8 @@ SIGS = {
     kv_write: [f"void(float16{_A4}, float16{_A4}, int64[::1], int64[::1], float32{_A3}, float32{_A3})"],
     attention: [f"void(float32{_A3}, float16{_A4}, float16{_A4}, int64[::1], int64[::1], int64, float32, float32, "
                 f"int64, float32{_A3}, float32{_A3}, float32{_A4}, int32{_A2}, float32{_A3}, boolean, {_Q})"],
-    argmax_rows: [f"void(float32{_A2}, int64[::1])"],
+    argmax_part: [f"void(float32{_A2}, float32{_A2}, int64{_A2})"],
+    argmax_pick: [f"void(float32{_A2}, int64{_A2}, int64[::1])"],
     layernorm: [f"void(float32{_A2}, float32[::1], float32[::1], float32, float32{_A2})"],
     layernorm_q: [f"void(float32{_A2}, float32[::1], float32[::1], float32, float32{_A2}, {_Q})"],
     add_bias_: [f"void(float32{_A2}, float32[::1])"],
@@ -652,6 +683,7 @@ _load_row = cuda.jit(device=True, inline=True)(_load_row)
 _load_w = cuda.jit(device=True, inline=True)(_load_w)
 _act = cuda.jit(device=True, inline=True)(_act)
 _block_sum = cuda.jit(device=True, inline=True)(_block_sum)
+_block_argmax = cuda.jit(device=True, inline=True)(_block_argmax)
 _ln_row = cuda.jit(device=True, inline=True)(_ln_row)
 _block_max = cuda.jit(device=True, inline=True)(_block_max)
 attn_finish = cuda.jit(device=True, inline=True)(attn_finish)
