@@ -33,6 +33,9 @@ class CpuBackend:
         views; BENCHMARKS.md), so q/k/v and gate/up stay separate matrices."""
         return None
 
+    def prefetch(self, mats: list) -> None:
+        """A hint for the GPU's L2 cache (CudaBackend.prefetch): nothing to do on the CPU."""
+
     def array(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a)
 

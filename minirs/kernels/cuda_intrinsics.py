@@ -1,6 +1,6 @@
 """Inline-PTX intrinsics that Numba CUDA lacks: dp4a (4 int8 MACs), ld_volatile (a float32 load from L2, for the
-last-block pattern) and ld_half2 (two float16 in one 4-byte load). Under the CUDA simulator they are plain-Python
-twins."""
+last-block pattern), ld_half2 (two float16 in one 4-byte load) and prefetch_l2 (a bulk prefetch into L2). Under
+the CUDA simulator they are plain-Python twins."""
 
 import os
 
@@ -25,6 +25,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: 
 
     def ld_half2(ary, idx):
         return float32(ary[idx]), float32(ary[idx[:-1] + (idx[-1] + 1,)])
+
+    def prefetch_l2(addr, nbytes):
+        pass
 else:
     @intrinsic
     def dp4a(typingctx, a, b, c):
@@ -73,3 +76,16 @@ else:
             return context.make_tuple(builder, sig.return_type, f)
         return types.UniTuple(types.float32, 2)(ary, idx), codegen
 
+
+    @intrinsic
+    def prefetch_l2(typingctx, addr, nbytes):
+        """Start fetching nbytes (a multiple of 16) of device memory from addr (16-byte aligned) into the L2 cache:
+        one cp.async.bulk.prefetch.L2 (sm_90). A hint that nothing waits for."""
+        def codegen(context, builder, sig, args):
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            a = context.cast(builder, args[0], sig.args[0], types.int64)
+            n = context.cast(builder, args[1], sig.args[1], types.int32)
+            builder.asm(ir.FunctionType(ir.VoidType(), [i64, i32]), "cp.async.bulk.prefetch.L2.global [$0], $1;",
+                        "l,r", [a, n], side_effect=True)
+            return context.get_dummy_value()
+        return types.void(addr, nbytes), codegen

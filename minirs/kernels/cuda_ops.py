@@ -11,7 +11,7 @@ import math
 
 from numba import cuda, float32, int32, int64
 
-from minirs.kernels.cuda_intrinsics import ld_half2, ld_volatile
+from minirs.kernels.cuda_intrinsics import ld_half2, ld_volatile, prefetch_l2
 from minirs.kernels.cuda_launch import kernels
 from minirs.kernels.cuda_matmul import quant32, rope_cos_sin
 
@@ -364,6 +364,14 @@ def attn_combine(pm, pl, po, out, quant, xq, xd, xs, t, head, S):
         quant32(v, t, head * (d >> 5) + (c >> 5), xq, xd, xs)
 
 
+def prefetch(spans):
+    """Start fetching each span (address, bytes) of spans (k, 2) int64 into the L2 cache (16-byte aligned, multiples
+    of 16 bytes): a thread per span, each a bulk prefetch that nothing waits for."""
+    i = cuda.grid(1)
+    if i < spans.shape[0]:
+        prefetch_l2(spans[i, 0], int32(spans[i, 1]))
+
+
 def _block_argmax(best, bi):
     """The block's largest best and, among equal ones, the lowest bi (each thread's candidate), for thread 0."""
     tid = cuda.threadIdx.x
@@ -668,6 +676,7 @@ SIGS = {
                 f"int64, float32{_A3}, float32{_A3}, float32{_A4}, int32{_A2}, float32{_A3}, boolean, {_Q})"],
     argmax_part: [f"void(float32{_A2}, float32{_A2}, int64{_A2})"],
     argmax_pick: [f"void(float32{_A2}, int64{_A2}, int64[::1])"],
+    prefetch: [f"void(int64{_A2})"],
     layernorm: [f"void(float32{_A2}, float32[::1], float32[::1], float32, float32{_A2})"],
     layernorm_q: [f"void(float32{_A2}, float32[::1], float32[::1], float32, float32{_A2}, {_Q})"],
     add_bias_: [f"void(float32{_A2}, float32[::1])"],

@@ -142,6 +142,10 @@ class Transformer:
         self.output_bias = output_bias  # (vocab,)
         self.layers = layers
         self.inv_freq = [backend.array(config.inv_freq(i)) for i in range(config.n_layers)]
+        # the matrices read after each layer's attention, in order (the next layer's q/k/v, or the output, last)
+        nxt = [[m.attn_qkv, m.attn_q, m.attn_k, m.attn_v] for m in layers[1:]] + [[output]]
+        self.after_attention = [[m for m in [lw.attn_output, lw.ffn_gate_up, lw.ffn_gate, lw.ffn_up, lw.ffn_down] + n
+                                 if m is not None] for lw, n in zip(layers, nxt)]
 
     @classmethod
     def from_model_file(cls, mf: ModelFile, backend, progress=None) -> "Transformer":
@@ -220,6 +224,7 @@ class Transformer:
         else:
             q, k, v = be.matmul(lw.attn_q, h), be.matmul(lw.attn_k, h), be.matmul(lw.attn_v, h)
             q = be.attn_inputs(q, k, v, biases, norms, *rope)
+        be.prefetch(self.after_attention[i])  # attention leaves device memory idle: warm the L2 for what follows
         o = be.attention(q, kc, vc, slots, pos, cfg.window(i), cfg.softmax_scale, cfg.attn_softcap)
         self.add_projection_(x, lw.attn_output, o.reshape(n, cfg.q_dim), lw.attn_output_bias,
                              lw.post_attention_norm if cfg.post_norms else None)
