@@ -139,20 +139,18 @@ class Job:
         return max(self.t_end - self.t_prompt_done, 0.0)
 
 
+def _raw_draw(p: GenParams) -> bool:
+    """Whether the next token depends on the raw logits alone: one sequence, no logit bias, penalties or logprobs.
+    Then the GPU can pick it (its argmax when greedy, else its sampler: temperature, top-k, top-p, min-p) and only
+    token ids come back."""
+    sp = p.sampling
+    return (p.n == 1 and not sp.logit_bias and sp.repetition_penalty == 1.0 and not sp.frequency_penalty and
+            not sp.presence_penalty and not p.logprobs and not p.top_logprobs)
+
+
 def _plain_greedy(p: GenParams) -> bool:
-    """Whether the next token is just the argmax of the raw logits: greedy, one sequence, no logit bias,
-    penalties or logprobs."""
-    sp = p.sampling
-    return (sp.greedy and p.n == 1 and not sp.logit_bias and sp.repetition_penalty == 1.0 and
-            not sp.frequency_penalty and not sp.presence_penalty and not p.logprobs and not p.top_logprobs)
-
-
-def _plain_sampled(p: GenParams) -> bool:
-    """Whether the next token is drawn from the raw logits by temperature, top-k, top-p and min-p alone (what the
-    backend's sample_rows draws on the GPU): one sequence, no logit bias, penalties or logprobs."""
-    sp = p.sampling
-    return (not sp.greedy and p.n == 1 and not sp.logit_bias and sp.repetition_penalty == 1.0 and
-            not sp.frequency_penalty and not sp.presence_penalty and not p.logprobs and not p.top_logprobs)
+    """Whether the next token is just the argmax of the raw logits."""
+    return p.sampling.greedy and _raw_draw(p)
 
 
 def _host(x) -> np.ndarray:
@@ -387,8 +385,8 @@ class Engine:
             pad = next(b for b in GRAPH_BUCKETS if b >= len(tokens)) - len(tokens)
             argmax = all(_plain_greedy(s.job.params) for s, _ in want)  # then only token ids come back
             sample = None
-            if not argmax and hasattr(self.model.backend, "sample_rows") and \
-                    all(_plain_greedy(s.job.params) or _plain_sampled(s.job.params) for s, _ in want):
+            if not argmax and hasattr(self.model.backend, "sample_rows") and all(_raw_draw(s.job.params)
+                                                                                  for s, _ in want):
                 sample = self._gpu_sample(want, len(tokens) + pad)  # ids drawn on the GPU
             logits = self.model.backend.decode_step(
                 self.model, self.cache, np.asarray(tokens + [0] * pad, np.int64),

@@ -384,7 +384,7 @@ class CudaBackend:
     def prefetch(self, mats: list) -> None:
         """Start fetching the weights of mats into the L2 cache, for the kernels that come later, if they fit in
         prefetch_bytes (half the L2; larger models read their weights at full bandwidth anyway: 7B Q4_0 gained
-        nothing from prefetching part of them, SmolLM2's step went 1.098 -> 1.068 ms). It runs on a side stream,
+        nothing from prefetching part of them; SmolLM2's step went 1.082 -> 1.063 ms). It runs on a side stream,
         beside the main stream's kernels (the model calls it before attention, which leaves device memory idle),
         and nothing waits for it until the next prefetch or the end of a captured step."""
         key = tuple(id(m) for m in mats)
