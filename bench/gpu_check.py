@@ -13,9 +13,8 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -71,7 +70,7 @@ def graph_time(stream, fn, reps=20) -> float:
 
 def _weights(qt, n_out, n_in, rng, copies=3):
     from minirs.formats.model_file import Tensor
-    from minirs.kernels.cuda_matmul import GMatrix
+    from minirs.kernels.cuda_weights import GMatrix
     from minirs.models.synthetic import random_tensor_bytes
     return [GMatrix.from_tensor(Tensor("w", qt, (n_out, n_in), random_tensor_bytes(qt, (n_out, n_in), rng)
                                        .reshape(-1))) for _ in range(copies)]

@@ -1,7 +1,7 @@
 """The CUDA backend: CuPy memory, Numba CUDA kernels, and the decode step captured in a CUDA graph.
 
 The model code (models/llama.py) calls the same methods as on the CPU (kernels/cpu.py). Weights go to the GPU
-still quantized (cuda_matmul.GMatrix); activations are float32, the KV cache float16. Every kernel runs on the
+still quantized (cuda_weights.GMatrix); activations are float32, the KV cache float16. Every kernel runs on the
 backend's one non-default stream: Numba kernels through `numba.cuda.external_stream`, CuPy ops with that
 stream made current, so a whole forward can be captured.
 
@@ -28,7 +28,7 @@ from numba import cuda  # noqa: E402
 from minirs.errors import ModelError  # noqa: E402
 from minirs.formats import Tensor  # noqa: E402
 from minirs.kernels import cuda_matmul, cuda_ops, cuda_sample  # noqa: E402
-from minirs.kernels.cuda_matmul import GExperts, GMatrix  # noqa: E402
+from minirs.kernels.cuda_weights import GExperts, GMatrix  # noqa: E402
 
 for _cfg in ("numba.cuda.core.config", "numba.core.config"):  # the env var is read when the config loads,
     try:  # which may have happened before this module
