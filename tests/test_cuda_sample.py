@@ -9,9 +9,31 @@ import sys
 import pytest
 
 SCRIPT = r"""
+import os
 import sys
+import threading
 sys.setswitchinterval(1e-6)  # the simulator's threads meet at every barrier: switch often
 import numpy as np
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # The simulator makes a shared array at its first use in a launch (keyed by source line) without a lock: two
+    # threads of a launch's first block can each make their own and miss each other's writes. That gave a rare
+    # wrong token, always in row 0 (the first block), never reproduced on the GPU. Make them under a lock.
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+    _lock, _array = threading.Lock(), kernelapi.FakeCUDAShared.array
+
+    def _locked_array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:
+            return _array(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with _lock:
+            if key not in self._allocations:
+                dt = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
+                self._allocations[key] = np.empty(shape, dt)
+            return self._allocations[key]
+    kernelapi.FakeCUDAShared.array = _locked_array
 from minirs.kernels import cuda_sample as cs
 from minirs.sampling import sample_plain
 
