@@ -441,12 +441,21 @@ class CudaBackend:
         prm = cuda_sample.pack(temperature, top_k, top_p, min_p, coin)
         logits = cp.ascontiguousarray(logits, dtype=cp.float32)
         ids = cp.asnumpy(self.sample_ids(logits, cp.asarray(prm)), stream=self.stream)
-        return cuda_sample.finish_on_host(ids, cp.asnumpy(logits[cp.asarray(ids < 0)], stream=self.stream), prm)
+        return cuda_sample.finish_on_host(ids, _undecided_rows(logits, ids, self.stream), prm)
 
     def sample_ids(self, logits, prm):
         """Device ids (n,) int64 drawn from logits (n, vocab) float32 with device parameters prm (n, 5)
         (cuda_sample.pack), -1 in the rows the host must draw."""
         return cuda_sample.sample_ids(logits, prm, self.nbs)
+
+
+def _undecided_rows(logits, ids: np.ndarray, stream) -> np.ndarray:
+    """The rows of device logits whose sampled id is -1 (the host draws them), on the host; no device work when
+    the GPU decided every row."""
+    undecided = ids < 0
+    if not undecided.any():
+        return np.empty((0, logits.shape[1]), np.float32)
+    return cp.asnumpy(logits[cp.asarray(undecided)], stream=stream)
 
 
 def _copy_async(dst, src, stream) -> None:
@@ -505,10 +514,7 @@ class DecodeGraph:
         res = self._fetch(out)
         if not self.sampled:
             return res
-        undecided = res < 0
-        if not undecided.any():
-            return res, np.empty((0, self.logits.shape[1]), np.float32)
-        return res, cp.asnumpy(self.logits[cp.asarray(undecided)], stream=self.be.stream)
+        return res, _undecided_rows(self.logits, res, self.be.stream)
 
     def first(self, tokens, slots, pos, prm=None):
         """Run the step eagerly (compiles, fills the pool, gives this step's result), then capture it."""
