@@ -1,9 +1,12 @@
-"""Inline-PTX intrinsics that Numba CUDA lacks: dp4a (4 int8 MACs), ld_volatile (a float32 load from L2, for the
-last-block pattern), ld_half2 (two float16 in one 4-byte load) and prefetch_l2 (a bulk prefetch into L2). Under
-the CUDA simulator they are plain-Python twins."""
+"""Inline-PTX intrinsics that Numba CUDA lacks: dp4a (4 int8 MACs), mma_s8 (an int8 tensor-core tile product),
+cp_async (a global -> shared copy that needs no registers, with cp_async_commit / cp_async_wait0 / _wait1),
+ld_volatile (a float32 load from L2, for the last-block pattern), ld_half2 (two float16 in one 4-byte load) and
+prefetch_l2 (a bulk prefetch into L2). Under the CUDA simulator they are plain-Python twins (mma_s8, a warp-wide
+instruction, has none: it raises)."""
 
 import os
 
+import numpy as np
 from llvmlite import ir
 from numba import float32, types
 from numba.cuda import cgutils
@@ -28,6 +31,25 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: 
 
     def prefetch_l2(addr, nbytes):
         pass
+
+    def mma_s8(a0, a1, a2, a3, b0, b1):
+        raise NotImplementedError("the tensor-core mma is warp-wide: the simulator runs lanes one by one")
+
+    def cp_async(dst, di, src, si, nbytes):
+        d = dst.reshape(-1).view(np.uint8)
+        s = src.reshape(-1).view(np.uint8)
+        do = int(np.ravel_multi_index(di, dst.shape)) * dst.itemsize
+        so = int(np.ravel_multi_index(si, src.shape)) * src.itemsize
+        d[do:do + nbytes] = s[so:so + nbytes]
+
+    def cp_async_commit():
+        pass
+
+    def cp_async_wait0():
+        pass
+
+    def cp_async_wait1():
+        pass
 else:
     @intrinsic
     def dp4a(typingctx, a, b, c):
@@ -40,13 +62,16 @@ else:
                                vals, side_effect=False)
         return types.int32(a, b, c), codegen
 
+    def _ptr(context, builder, aryty, idxty, ary, idx):
+        """The LLVM pointer to ary[idx] (idx a tuple of integers)."""
+        arr = context.make_array(aryty)(context, builder, ary)
+        ix = [context.cast(builder, v, t, types.intp)
+              for v, t in zip(cgutils.unpack_tuple(builder, idx, aryty.ndim), idxty)]
+        return cgutils.get_item_pointer(context, builder, aryty, arr, ix, wraparound=False)
+
     def _item_ptr(context, builder, sig, args):
         """The LLVM pointer to ary[idx] for an intrinsic called as f(ary, idx)."""
-        aryty, idxty = sig.args
-        arr = context.make_array(aryty)(context, builder, args[0])
-        ix = [context.cast(builder, v, t, types.intp)
-              for v, t in zip(cgutils.unpack_tuple(builder, args[1], aryty.ndim), idxty)]
-        return cgutils.get_item_pointer(context, builder, aryty, arr, ix, wraparound=False)
+        return _ptr(context, builder, *sig.args, *args)
 
     @intrinsic
     def ld_volatile(typingctx, ary, idx):
@@ -89,3 +114,59 @@ else:
                         "l,r", [a, n], side_effect=True)
             return context.get_dummy_value()
         return types.void(addr, nbytes), codegen
+
+
+    @intrinsic
+    def mma_s8(typingctx, a0, a1, a2, a3, b0, b1):
+        """This lane's four int32 sums (d0..d3) of the warp-wide A (16 x 32 int8) @ B (32 x 8 int8) on the tensor
+        cores: PTX mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32, every lane of the warp together. Lane
+        4g + c holds (PTX ISA, "Matrix Fragments for mma.m16n8k32"): a0 = A[g, 4c..4c+3], a1 = A[g+8, 4c..],
+        a2 = A[g, 16+4c..], a3 = A[g+8, 16+4c..]; b0 = B[4c..4c+3, g], b1 = B[16+4c.., g]; and gets
+        d0, d1 = D[g, 2c], D[g, 2c+1], d2, d3 = D[g+8, 2c], D[g+8, 2c+1]. Integer sums: exact."""
+        ret = types.UniTuple(types.int32, 4)
+
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            vals = [context.cast(builder, v, t, types.int32) for v, t in zip(args, sig.args)]
+            vals += [ir.Constant(i32, 0)] * 4
+            fnty = ir.FunctionType(ir.LiteralStructType([i32] * 4), [i32] * 10)
+            res = builder.asm(fnty, "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {$0,$1,$2,$3}, {$4,$5,$6,$7}, "
+                              "{$8,$9}, {$10,$11,$12,$13};", "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r", vals, side_effect=True)
+            return context.make_tuple(builder, ret, [builder.extract_value(res, i) for i in range(4)])
+        return ret(a0, a1, a2, a3, b0, b1), codegen
+
+
+    @intrinsic
+    def cp_async(typingctx, dst, di, src, si, nbytes):
+        """Copy nbytes (a literal 4, 8 or 16) from src[si] (global memory) to dst[di] (a shared array), both
+        nbytes-aligned, without passing through registers (PTX cp.async, sm_80+; 16 bytes bypass L1). The copy
+        lands later: cp_async_commit closes a group of copies, cp_async_wait0 / _wait1 wait until at most 0 / 1
+        of this thread's groups are in flight, and a barrier then shows the data to the other threads."""
+        if not isinstance(nbytes, types.IntegerLiteral) or nbytes.literal_value not in (4, 8, 16):
+            return None
+        n = nbytes.literal_value
+        cache = "cg" if n == 16 else "ca"
+
+        def codegen(context, builder, sig, args):
+            i64 = ir.IntType(64)
+            d = builder.ptrtoint(_ptr(context, builder, *sig.args[:2], *args[:2]), i64)
+            s = builder.ptrtoint(_ptr(context, builder, *sig.args[2:4], *args[2:4]), i64)
+            builder.asm(ir.FunctionType(ir.VoidType(), [i64, i64]),
+                        "{ .reg .u64 a; .reg .u32 b; .reg .u64 g; cvta.to.shared.u64 a, $0; cvt.u32.u64 b, a; "
+                        f"cvta.to.global.u64 g, $1; cp.async.{cache}.shared.global [b], [g], {n}; }}",
+                        "l,l", [d, s], side_effect=True)
+            return context.get_dummy_value()
+        return types.void(dst, di, src, si, nbytes), codegen
+
+    def _asm_void(text):
+        @intrinsic
+        def f(typingctx):
+            def codegen(context, builder, sig, args):
+                builder.asm(ir.FunctionType(ir.VoidType(), []), text, "~{memory}", [], side_effect=True)
+                return context.get_dummy_value()
+            return types.void(), codegen
+        return f
+
+    cp_async_commit = _asm_void("cp.async.commit_group;")
+    cp_async_wait0 = _asm_void("cp.async.wait_group 0;")
+    cp_async_wait1 = _asm_void("cp.async.wait_group 1;")
