@@ -113,6 +113,38 @@ def gemv_sweep():
 _SWEEP_KERNELS = {}
 
 
+MMA_SHAPES = [("Q4_0", 6144, 4096), ("Q4_0", 4096, 4096), ("Q4_0", 28672, 4096), ("Q4_0", 4096, 14336),
+              ("Q6_K", 32000, 4096), ("Q4_K", 28672, 4096), ("Q4_1", 960, 576), ("Q4_1", 3072, 576),
+              ("Q4_1", 576, 1536), ("Q8_0", 49152, 576)]
+
+
+def mma_timings():
+    """Replayed us of the dp4a and the tensor-core GEMV (cuda_mma) for 7B and SmolLM2 shapes and n tokens
+    (MMA_N, default 1,2,4,8,16,32)."""
+    import cupy as cp
+
+    from minirs.kernels import cuda_matmul as cm
+    from minirs.kernels.cuda import CudaBackend
+    from minirs.kernels.cuda_mma import mma_splits
+    be = CudaBackend()
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    rng = np.random.default_rng(0)
+    ns = [int(v) for v in os.environ.get("MMA_N", "1,2,4,8,16,32").split(",")]
+    log(f"# GEMV us, dp4a / tensor cores (K splits), n = {ns}")
+    for qt, n_out, n_in in MMA_SHAPES:
+        ws = _weights(qt, n_out, n_in, rng)
+        row = []
+        for n in ns:
+            x = cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32))
+            xq = cm.quantize(x, be.nbs)
+            y = cp.empty((n, n_out), cp.float32)
+            it = itertools.count()
+            t = [graph_time(be.stream, lambda: cm._gemv(ws[next(it) % 3], xq, y, be.nbs, False, cm._no_ep(), m))
+                 for m in (0, 1)]
+            row.append(f"{n}: {t[0]:.1f}/{t[1]:.1f}")
+        log(f"{qt} {n_out}x{n_in} (S{mma_splits(n_out, n_in, ws[0].family, sms)}): " + ", ".join(row))
+
+
 def _sweep_call(ws, nw, tt, xquant, y, stream):
     """A call of one GEMV variant that takes the next of the weight copies each time."""
     import math
@@ -358,6 +390,7 @@ def main():
     ap.add_argument("--no-micro", action="store_true", help="skip the kernel micro timings")
     ap.add_argument("--sample", action="store_true", help="time GPU sampling (also part of the micro timings)")
     ap.add_argument("--sweep", action="store_true", help="time GEMV block shapes (warps x tokens per block)")
+    ap.add_argument("--mma", action="store_true", help="time the tensor-core GEMVs against dp4a")
     ap.add_argument("--profile", action="store_true", help="profile a pp512 forward by op for each preset")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -382,6 +415,7 @@ def main():
     for flag, name, fn in [(not args.no_micro, "micro timings", micro_timings),
                            (args.sample or not args.no_micro, "sampling timings", sample_timings),
                            (args.sweep, "GEMV sweep", gemv_sweep),
+                           (args.mma, "tensor-core GEMV", mma_timings),
                            (args.profile, "prefill profile", lambda: [prefill_profile(args.dir, p) for p in args.bench_presets.split(",")])]:
         if flag:
             try:

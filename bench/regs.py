@@ -33,8 +33,8 @@ def regs(fn, sig) -> str:
 
 
 def main(subs):
-    from minirs.kernels import cuda_matmul, cuda_ops, cuda_sample
-    for mod in (cuda_matmul, cuda_ops, cuda_sample):
+    from minirs.kernels import cuda_matmul, cuda_mma, cuda_ops, cuda_sample
+    for mod in (cuda_matmul, cuda_mma, cuda_ops, cuda_sample):
         for fn, sigs in mod.SIGS.items():
             if subs and not any(s in fn.__name__ for s in subs):
                 continue

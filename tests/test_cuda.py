@@ -47,11 +47,22 @@ def test_matmul_and_embed_match_twin(be, qtype):
     assert rel(cp.asnumpy(be.embed(w, ids, 1.5)), W[ids] * 1.5) < 1e-3
 
 
+@pytest.fixture
+def mma_min_n(be, request):
+    """be.mma_min_n set to the test's parameter (0: dp4a GEMVs for every n, 1: tensor cores for every n)."""
+    old = be.mma_min_n
+    be.mma_min_n = request.param
+    yield request.param
+    be.mma_min_n = old
+
+
+@pytest.mark.parametrize("mma_min_n", [0, 1], indirect=True)
 @pytest.mark.parametrize("qtype,n_in", [("Q4_0", 512), ("Q4_K", 8192), ("Q6_K", 512), ("Q5_1", 8192), ("F16", 512),
                                          ("Q4_1", 2048), ("Q5_0", 4096), ("Q8_0", 8192)])
-def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in):
+def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in, mma_min_n):
     """Batch invariance (batched decode = decode alone): each row of a batched GEMV is bit-identical to that row
-    computed alone, for every batch size up to GEMV_MAX_N and both block shapes (short and long rows)."""
+    computed alone, for every batch size up to GEMV_MAX_N and both block shapes (short and long rows), with the
+    dp4a GEMVs and with the tensor-core ones."""
     import cupy as cp
     from minirs.formats.model_file import Tensor
     from minirs.kernels.cuda_matmul import GEMV_MAX_N
@@ -62,6 +73,36 @@ def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in):
     alone = np.concatenate([be.matmul(w, cp.asarray(x[i:i + 1])).get() for i in range(GEMV_MAX_N)])
     for n in (2, 5, 16, GEMV_MAX_N):
         assert np.array_equal(be.matmul(w, cp.asarray(x[:n])).get(), alone[:n]), n
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_tensor_core_gemv_matches_dp4a_and_twin(be, qtype):
+    """The tensor-core GEMV (cuda_mma) against the float twin and against the dp4a GEMV on the same int8 x: the
+    same integer block sums and scalings, summed in another order (so within float32 rounding of each other).
+    Shapes: rows not a multiple of 16, K not a multiple of a chunk (576 = 18 32-blocks; k-quants 768), long K
+    (split over blocks); n: one token, partial and full groups of 8, up to GEMV_MAX_N; the accumulating form too."""
+    import cupy as cp
+    from minirs.formats.model_file import Tensor
+    from minirs.formats.quants import dequantize
+    from minirs.kernels import cuda_matmul as cm
+    from minirs.models.synthetic import random_tensor_bytes
+    rng = np.random.default_rng()
+    short = 576 if qtype[-1] != "K" else 768  # k-quants: whole 256-blocks
+    for n_out, n_in in ((100, short), (72, 14336 if qtype in ("Q4_0", "Q6_K") else 4096)):
+        t = Tensor("w", qtype, (n_out, n_in), random_tensor_bytes(qtype, (n_out, n_in), rng).reshape(-1))
+        W = dequantize(t).reshape(n_out, n_in).astype(np.float64)
+        w = be.matrix(t)
+        for n in (1, 2, 7, 8, 16, 23, 32):
+            x = cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32))
+            xq = cm.quantize(x, be.nbs)
+            tc = cm.gmatmul(w, x, be.nbs, xq, mma_min_n=1).get()
+            dp = cm.gmatmul(w, x, be.nbs, xq).get()
+            assert rel(tc, dp) < 1e-5, (n_out, n_in, n)
+            assert rel(tc, x.get() @ W.T) < 2e-2, (n_out, n_in, n)
+            base = rng.standard_normal((n, n_out)).astype(np.float32)
+            out = cp.asarray(base)
+            cm.gmatmul(w, x, be.nbs, xq, out=out, mma_min_n=1)
+            assert rel(out.get(), base + tc) < 1e-6, (n_out, n_in, n)
 
 
 def test_elementwise_ops_match_twins(be):
@@ -227,8 +268,9 @@ def test_attn_inputs_match_cpu(be, bias, norm, neox, rot):
     assert rel(kcd.get(), kc) < 1e-3 and rel(vcd.get(), vc) < 1e-3
 
 
+@pytest.mark.parametrize("mma_min_n", [0, 1], indirect=True)
 @pytest.mark.parametrize("qtype,rot,n", [("Q4_0", 64, 1), ("Q4_K", 32, 3), ("Q6_K", 64, 16), ("Q5_1", 64, 32)])
-def test_fused_qkv_projection(be, qtype, rot, n):
+def test_fused_qkv_projection(be, qtype, rot, n, mma_min_n):
     """The q/k/v GEMV whose epilogue rotates q and k and writes the caches (decode, llama family) against the
     plain GEMV followed by attn_inputs: the same sums, rotated by the same formula (partial rotary too)."""
     import cupy as cp

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.skipif(not _nvvm_ok(), reason="numba.cuda.compile_ptx n
 
 
 def _all_kernels():
-    from minirs.kernels import cuda_matmul, cuda_ops, cuda_sample
-    for mod in (cuda_ops, cuda_matmul, cuda_sample):
+    from minirs.kernels import cuda_matmul, cuda_mma, cuda_ops, cuda_sample
+    for mod in (cuda_ops, cuda_matmul, cuda_mma, cuda_sample):
         for fn, sigs in mod.SIGS.items():
             for sig in sigs:
                 yield pytest.param(fn, sig, id=f"{fn.__name__}:{sig[5:40]}")
@@ -45,6 +45,6 @@ def test_kernel_compiles_for_sm90(fn, sig):
 
 def test_every_kernel_has_a_signature():
     """A kernel added to K without a CI signature would escape this test."""
-    from minirs.kernels import cuda_matmul, cuda_ops, cuda_sample
-    for mod in (cuda_ops, cuda_matmul, cuda_sample):
+    from minirs.kernels import cuda_matmul, cuda_mma, cuda_ops, cuda_sample
+    for mod in (cuda_ops, cuda_matmul, cuda_mma, cuda_sample):
         assert set(mod.K) == {f.__name__ for f in mod.SIGS}

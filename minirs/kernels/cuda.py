@@ -38,6 +38,7 @@ for _cfg in ("numba.cuda.core.config", "numba.core.config"):  # the env var is r
 
 K = cuda_ops.K
 PREFETCH_SPAN = 16384  # bytes per bulk prefetch (a thread each)
+MMA_MIN_N = 2  # quantized GEMVs of this many tokens or more run on the tensor cores (unless batch_invariant)
 PREFETCH_THREADS = 32
 
 
@@ -61,6 +62,7 @@ class CudaBackend:
         self._counts = {}  # (n, h) -> split attention's block counters (_count)
         self.att_chunk = cuda_ops.ATT_CHUNK  # fewest keys per block of decode attention (bench/gpu_check.py sweeps it)
         self.att_warps = cuda_ops.ATT_DECODE_WARPS  # warps per block of decode attention (<= ATT_WARPS)
+        self.mma_min_n = MMA_MIN_N  # GEMVs of at least this many tokens run on the tensor cores; 0: none (exact)
         self._no_quant = self._new_quant(1, 32)  # stands for the int8 output of kernels told not to write one
         l2 = cp.cuda.Device(device).attributes.get("L2CacheSize", 0)
         self.prefetch_bytes = int(os.environ.get("MINIRS_PREFETCH_BYTES", l2 // 2))  # per prefetch call (0: off)
@@ -85,6 +87,12 @@ class CudaBackend:
 
     def _new_quant(self, n: int, k: int):
         return cp.empty((n, k), cp.int8), cp.empty((n, k // 32), cp.float32), cp.empty((n, k // 16), cp.int32)
+
+    def batch_invariant(self, exact: bool) -> None:
+        """exact: every quantized GEMV on dp4a, whose rows are bit-identical whatever the batch (the scheduler's
+        row_invariant mode); else batches of MMA_MIN_N or more tokens on the tensor cores (cuda_mma: 2x faster at
+        16 tokens, and a row's last bits differ from the same row computed alone on dp4a)."""
+        self.mma_min_n = 0 if exact else MMA_MIN_N
 
     def _fuse_quant(self, n: int, k: int) -> bool:
         return n <= cuda_matmul.GEMV_MAX_N and k % 32 == 0
@@ -130,14 +138,14 @@ class CudaBackend:
         """y = x @ W.T   x: (n, n_in) -> (n, n_out) float32"""
         x = cp.ascontiguousarray(x, dtype=cp.float32)
         q = self._quant_of(x) if w.family != "float" else None
-        return cuda_matmul.gmatmul(w, x, self.nbs, q)
+        return cuda_matmul.gmatmul(w, x, self.nbs, q, mma_min_n=self.mma_min_n)
 
     def matmul_add_(self, w: GMatrix, x, out) -> None:
         """out += x @ W.T (an output projection into the residual stream: the GEMVs add as they write)."""
         x = cp.ascontiguousarray(x, dtype=cp.float32)
         q = self._quant_of(x) if w.family != "float" else None
         self._xquant = None
-        cuda_matmul.gmatmul(w, x, self.nbs, q, out=out)
+        cuda_matmul.gmatmul(w, x, self.nbs, q, out=out, mma_min_n=self.mma_min_n)
 
     def embed(self, w: GMatrix, ids, scale: float = 1.0):
         """x[i] = W[ids[i]] * scale"""
@@ -225,7 +233,7 @@ class CudaBackend:
         if n <= cuda_matmul.GEMV_MAX_N and w.family != "float" and not neox and biases[0] is None and norms is None:
             x = cp.ascontiguousarray(h, dtype=cp.float32)
             qo = cuda_matmul.gmatmul_qkv_rope(w, x, self.nbs, self._quant_of(x), self._ix(pos), self._ix(slots),
-                                              inv_freq, kc, vc)
+                                              inv_freq, kc, vc, self.mma_min_n)
             self._xquant = None
             return qo.reshape(n, q_dim // d, d)
         qkv = self.matmul(w, h)
@@ -425,7 +433,7 @@ class CudaBackend:
         row (sample_rows; rows the GPU leaves undecided are drawn on the host from their logits)."""
         prm = None if sample is None else cuda_sample.pack(*sample)
         greedy = greedy and prm is None
-        key = (id(model), id(cache), len(tokens), greedy, prm is not None)
+        key = (id(model), id(cache), len(tokens), greedy, prm is not None, self.mma_min_n)
         g = self._graphs.get(key)
         if g is None or g.model is not model or g.cache is not cache:
             g = self._graphs[key] = DecodeGraph(self, model, cache, len(tokens), greedy, prm is not None)

@@ -24,7 +24,9 @@ from the same unpacked weight words (batched decode), and each token's result is
 The weight flavour (q5 fifth bits, group offsets, q8 groups of 16) is compiled in, not tested at run time: a
 GEMV's registers bound its occupancy (one Q4_0 token: 72 registers, 28 warps per SM; 14336 x 4096 in 18.9 us
 under Nsight, 25.9 us with the old 168-register kernel). With `out`, the result is added into out (the residual
-stream) as it is written. Larger n dequantize W to float16 (dequant_f16) and
+stream) as it is written. With mma_min_n (CudaBackend: batches of 2 or more tokens unless the engine asks for
+row-invariant results) the batched GEMVs run on the int8 tensor cores instead (cuda_mma). Larger n dequantize W
+to float16 (dequant_f16) and
 multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph, which is why
 decode needs its own kernels.
 """
@@ -673,10 +675,11 @@ def _no_ep():
     return _NO_EP[0]
 
 
-def gmatmul(w: GMatrix, x, stream, xquant=None, out=None):
+def gmatmul(w: GMatrix, x, stream, xquant=None, out=None, mma_min_n: int = 0):
     """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32; with out, out += x @ W.T instead (returns out).
 
-    xquant: x's int8 form (quantize) when the op that produced x already wrote it."""
+    xquant: x's int8 form (quantize) when the op that produced x already wrote it. mma_min_n > 0: quantized GEMVs
+    of at least that many tokens run on the tensor cores (cuda_mma), the others on dp4a."""
     import cupy as cp
     n = x.shape[0]
     add = out is not None
@@ -685,7 +688,7 @@ def gmatmul(w: GMatrix, x, stream, xquant=None, out=None):
         if w.family == "float":
             K["gemv_float"][(math.ceil(w.n_out / R), n), 32 * NW, stream](w.q, x, y, add)
             return y
-        _gemv(w, xquant if xquant is not None else quantize(x, stream), y, stream, add, _no_ep())
+        _gemv(w, xquant if xquant is not None else quantize(x, stream), y, stream, add, _no_ep(), mma_min_n)
         return y
     y = cp.matmul(x.astype(cp.float16), dequant_f16(w, stream).T)  # cuBLAS, fp32 accumulation
     if add:
@@ -694,12 +697,17 @@ def gmatmul(w: GMatrix, x, stream, xquant=None, out=None):
     return y.astype(cp.float32)
 
 
-def _gemv(w: GMatrix, xquant, y, stream, add: bool, ep) -> None:
+def _gemv(w: GMatrix, xquant, y, stream, add: bool, ep, mma_min_n: int = 0) -> None:
     """The quantized GEMV kernel for w's flavour and shape: y (n, rows) (+)= x @ W.T, or with ep the fused
-    attention epilogue (gmatmul_qkv_rope)."""
+    attention epilogue (gmatmul_qkv_rope); on the tensor cores when 0 < mma_min_n <= n and a kernel fits
+    (cuda_mma.gemv_mma)."""
     import cupy as cp
     xq, xd, xs = xquant
     n = y.shape[0]
+    if 0 < mma_min_n <= n:
+        from minirs.kernels.cuda_mma import gemv_mma
+        if gemv_mma(w, xquant, y, stream, add, ep):
+            return
     tt = 1 if n == 1 else TT  # one token: a kernel with TT - 1 fewer token slots (fewer registers)
     grid = math.ceil(w.n_out / R) * math.ceil(n / tt)  # row groups x token tiles (tile)
     nw = gemv_warps(w)
@@ -710,7 +718,7 @@ def _gemv(w: GMatrix, xquant, y, stream, add: bool, ep) -> None:
         kernel(w.q.view(cp.int64), w.d, w.m, xq.view(cp.int64), xd, xs, y, add, *ep)
 
 
-def gmatmul_qkv_rope(w: GMatrix, x, stream, xquant, pos, slots, inv_freq, kc, vc):
+def gmatmul_qkv_rope(w: GMatrix, x, stream, xquant, pos, slots, inv_freq, kc, vc, mma_min_n: int = 0):
     """The fused q/k/v projection for decode (n <= GEMV_MAX_N, w quantized, its rows q (h * d) then k and v
     (hkv * d each)): returns q (n, h * d) rotated, and writes k (rotated) and v into the caches at row pos % L of
     each token's slot. RoPE on adjacent pairs (2i, 2i + 1) only, no biases, no q/k norms: the llama family
@@ -720,7 +728,7 @@ def gmatmul_qkv_rope(w: GMatrix, x, stream, xquant, pos, slots, inv_freq, kc, vc
     nk = kc.shape[1] * kc.shape[3]
     qo = cp.empty((n, w.n_out - 2 * nk), cp.float32)
     _gemv(w, xquant if xquant is not None else quantize(x, stream), qo, stream, False,
-          (pos, slots, inv_freq, kc, vc, nk))
+          (pos, slots, inv_freq, kc, vc, nk), mma_min_n)
     return qo
 
 
