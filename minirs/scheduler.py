@@ -18,6 +18,10 @@ the same tokens and logprobs alone and batched with 15 others. `row_invariant=Tr
 matmuls round with the batch (cuBLAS in CUDA prefill): then each prefill chunk runs in its own forward, with chunk
 boundaries fixed by the sequence alone.
 
+On CUDA, row_invariant also keeps every GEMV on the dp4a kernels (backend.batch_invariant): without it, batches
+of 2 or more tokens run on the tensor cores (cuda_mma), about twice as fast at 16 tokens, and a row's last bits
+then differ from the same row decoded alone.
+
 CUDA graphs. On a backend with `decode_step` (CUDA), the decode rows of a step go through one captured CUDA
 graph: the batch is padded to the next size of GRAPH_BUCKETS with dummy rows (token 0 at position 0 in a spare
 KV slot that no sequence owns), so six graphs serve every batch size and a step costs one graph launch instead of
@@ -328,6 +332,8 @@ class Engine:
 
     def _step(self) -> None:
         """Gather this step's rows, run them, sample from the logits they produce."""
+        if hasattr(self.model.backend, "batch_invariant"):  # per step: engines may share a backend
+            self.model.backend.batch_invariant(self.row_invariant)
         chunks = []  # (seq, start, end): prompt ids [start, end) of a prefilling leader
         budget = self.prefill_budget
         decode = []
