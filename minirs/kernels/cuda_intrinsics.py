@@ -1,8 +1,8 @@
 """Inline-PTX intrinsics that Numba CUDA lacks: dp4a (4 int8 MACs), mma_s8 (an int8 tensor-core tile product),
 cp_async (a global -> shared copy that needs no registers, with cp_async_commit / cp_async_wait0 / _wait1),
 ld_volatile (a float32 load from L2, for the last-block pattern), ld_half2 (two float16 in one 4-byte load) and
-prefetch_l2 (a bulk prefetch into L2). Under the CUDA simulator they are plain-Python twins (mma_s8, a warp-wide
-instruction, has none: it raises)."""
+prefetch_l2 (a bulk prefetch into L2). Under the CUDA simulator they are plain-Python twins, except mma_s8, a
+warp-wide instruction, which raises there."""
 
 import os
 
@@ -33,7 +33,8 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: 
         pass
 
     def mma_s8(a0, a1, a2, a3, b0, b1):
-        raise NotImplementedError("the tensor-core mma is warp-wide: the simulator runs lanes one by one")
+        raise RuntimeError("mma_s8 is a warp-wide tensor-core instruction: the CUDA simulator, which runs lanes "
+                           "one by one and has no warp shuffles, cannot run it (cuda_mma's kernels need a GPU)")
 
     def cp_async(dst, di, src, si, nbytes):
         d = dst.reshape(-1).view(np.uint8)
