@@ -341,7 +341,7 @@ SIGS = {mma_kernel(mg, q45, f1, hm): [SIG] for mg in MMA_GROUPS
         if _layout(mg, q45, f1, hm)["bytes"] <= SMEM_MAX}
 K = kernels(SIGS)
 
-_SCRATCH = {}  # (rows, splits) -> (scratch, count): the split-K partial sums and the row groups' counters
+_SCRATCH = {}  # (stream, rows, splits) -> (scratch, count): the split-K partial sums and the row groups' counters
 _SMS = []
 
 
@@ -364,7 +364,7 @@ def gemv_mma(w, xquant, y, stream, add: bool, ep) -> bool:
     if not _SMS:
         _SMS.append(cp.cuda.Device().attributes["MultiProcessorCount"])
     S = mma_splits(w.n_out, w.n_in, w.family, _SMS[0])
-    key = (w.n_out, S)
+    key = (id(stream), w.n_out, S)  # one set per stream: kernels of one stream never overlap
     if key not in _SCRATCH:
         _SCRATCH[key] = (cp.empty((S, 8 * MMA_GROUPS[-1], w.n_out), cp.float32),
                          cp.zeros(-(-w.n_out // BR), cp.int32))
