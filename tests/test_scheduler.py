@@ -199,3 +199,19 @@ def test_prefix_reuse_row_invariant_takes_whole_chunks_only(tiny):
                                                   row_invariant=True, prefix_reuse=False), p2).seqs[0].generated
     unrelated = run(eng, [int(t) + 1 for t in p2])  # no common prefix: nothing reused
     assert unrelated.cached_tokens == 0
+
+
+def test_engine_tells_the_backend_its_row_invariance(tiny):
+    """A backend with batch_invariant (CUDA: dp4a GEMVs for every n, or tensor cores for batches) is told the
+    engine's mode before each step, so two engines of different modes can share one backend."""
+    seen = []
+    tiny.backend.batch_invariant = seen.append
+    try:
+        for exact in (True, False):
+            eng = Engine(tiny, StubTokenizer(), max_seqs=2, row_invariant=exact)
+            run(eng, prompts(1)[0], max_tokens=3)
+            eng.shutdown()
+            assert seen and set(seen) == {exact}, exact
+            seen.clear()
+    finally:
+        del tiny.backend.batch_invariant

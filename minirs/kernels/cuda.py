@@ -38,8 +38,8 @@ for _cfg in ("numba.cuda.core.config", "numba.core.config"):  # the env var is r
 
 K = cuda_ops.K
 PREFETCH_SPAN = 16384  # bytes per bulk prefetch (a thread each)
-MMA_MIN_N = 2  # quantized GEMVs of this many tokens or more run on the tensor cores (unless batch_invariant)
 PREFETCH_THREADS = 32
+MMA_MIN_N = 2  # quantized GEMVs of this many tokens or more run on the tensor cores (unless batch_invariant)
 
 
 def _blocks(n: int, threads: int) -> int:

@@ -74,7 +74,7 @@ def mma_splits(n_out: int, n_in: int, family: str, sms: int) -> int:
 
 def _layout(mg: int, q45: bool, f1: bool, has_m: bool) -> dict:
     """Shared-memory pitches and sizes (per stage) of a kernel variant."""
-    U = 8 if q45 else 4
+    U = chunk_blocks("q45" if q45 else "q8")
     spc = 2 * U if (not q45 and f1) else U  # scales per row per chunk
     lay = dict(U=U, WPB=4 if q45 else 8, SPC=spc, SP=spc + 2, XP=8 * U + 4, HP=U + 2, NTOK=8 * mg)
     lay["bytes"] = 2 * (4 * BR * WP + 4 * lay["NTOK"] * (lay["XP"] + 3 * U) + 2 * BR * lay["SP"] * (1 + has_m)
@@ -370,18 +370,6 @@ def gemv_mma(w, xquant, y, stream, add: bool, ep) -> bool:
                          cp.zeros(-(-w.n_out // BR), cp.int32))
     scratch, count = _SCRATCH[key]
     xq, xd, xs = xquant
-    h = w.h if w.family == "q45" else _no_h()
-    K[name][(-(-w.n_out // BR), S), NT, stream](w.q.view(cp.int64), h, w.d, w.m, xq.view(cp.int64), xd, xs, y,
+    K[name][(-(-w.n_out // BR), S), NT, stream](w.q.view(cp.int64), w.h, w.d, w.m, xq.view(cp.int64), xd, xs, y,
                                                  w.off, add, scratch, count, *ep)
     return True
-
-
-_NO_H = []
-
-
-def _no_h():
-    """A (1, 1) uint32 dummy for the q8 kernels' unused fifth-bit argument, made once."""
-    import cupy as cp
-    if not _NO_H:
-        _NO_H.append(cp.zeros((1, 1), cp.uint32))
-    return _NO_H[0]

@@ -24,7 +24,7 @@ class GMatrix:
     q: object  # q45: (n_out, n_in/8) uint32; q8: (n_out, n_in) int8; float: (n_out, n_in) float16/float32
     d: object = None  # (n_out, n_in/g) float16 group scales
     m: object = None  # (n_out, n_in/g) float16 group offsets, or a (1, 1) dummy
-    h: object = None  # (n_out, n_in/32) uint32 fifth bits (q5), or a (1, 1) dummy
+    h: object = None  # (n_out, n_in/32) uint32 fifth bits (q5), or a (1, 1) dummy (q4, q8)
     off: int = 0
     g: int = 32
     has_m: bool = False
@@ -60,7 +60,7 @@ class GMatrix:
             d = cp.ascontiguousarray(blk[:, :, 0:2]).view(cp.float16).reshape(n_out, nb)
             if qt == "Q8_0":
                 q = cp.ascontiguousarray(blk[:, :, 2:]).view(cp.int8).reshape(n_out, n_in)
-                return cls(qt, n_out, n_in, "q8", q, d, dummy16, None, 0, 32)
+                return cls(qt, n_out, n_in, "q8", q, d, dummy16, dummy32, 0, 32)
             has_m = qt in ("Q4_1", "Q5_1")
             p = 4 if has_m else 2
             m = cp.ascontiguousarray(blk[:, :, 2:4]).view(cp.float16).reshape(n_out, nb) if has_m else dummy16
@@ -82,7 +82,7 @@ class GMatrix:
         d = d.astype(cp.float16)
         m = m.astype(cp.float16) if has_m else dummy16
         if family == "q8":
-            return cls(qt, n_out, n_in, "q8", cp.ascontiguousarray(q).view(cp.int8), d, m, None, 0,
+            return cls(qt, n_out, n_in, "q8", cp.ascontiguousarray(q).view(cp.int8), d, m, dummy32, 0,
                        n_in // d.shape[1], has_m)
         q = cp.ascontiguousarray(q).view(cp.uint32)
         h = cp.ascontiguousarray(h).view(cp.uint32) if family == "q5" else dummy32
