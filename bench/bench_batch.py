@@ -41,6 +41,42 @@ def run_batch(runner, n: int, max_tokens: int) -> float:
     return sum(u.completion_tokens for u in results) / (time.perf_counter() - t0)
 
 
+def time_split(runner, n: int, max_tokens: int) -> str:
+    """Where the wall time of n concurrent requests goes: eager forwards (prefill chunks; on the CPU every
+    step), CUDA-graph decode steps (each synchronized: GPU time plus launch), and the rest (the engine's host
+    work: scheduling, sampling bookkeeping, threads)."""
+    model = runner.engine.model
+    be = model.backend
+    spent = {"prefill": [0.0, 0], "decode": [0.0, 0]}
+
+    def timed(kind, fn):
+        def call(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            if hasattr(be, "stream"):
+                be.stream.synchronize()
+            spent[kind][0] += time.perf_counter() - t
+            spent[kind][1] += 1
+            return out
+        return call
+    forward, step = model.forward, getattr(be, "decode_step", None)
+    model.forward = timed("prefill", forward)
+    if step is not None:
+        be.decode_step = timed("decode", step)
+    try:
+        t0 = time.perf_counter()
+        rate = run_batch(runner, n, max_tokens)
+        wall = time.perf_counter() - t0
+    finally:
+        del model.forward
+        if step is not None:
+            del be.decode_step
+    rest = wall - spent["prefill"][0] - spent["decode"][0]
+    (ef, ne), (gs, ng) = spent["prefill"], spent["decode"]
+    return (f"{n} requests: {rate:.1f} tok/s, wall {wall * 1e3:.1f} ms = eager forwards {ef * 1e3:.1f} ms ({ne}) "
+            f"+ graph steps {gs * 1e3:.1f} ms ({ng}, {gs * 1e3 / max(1, ng):.2f} ms each) + host {rest * 1e3:.1f} ms")
+
+
 class _Ids:
     """A tokenizer stand-in for random-weight presets (they have none): ids decode to nothing."""
     eos_ids = ()
@@ -97,12 +133,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
     ap.add_argument("--modes", type=str, default="exact,fast", help="comma list of exact / fast")
     ap.add_argument("--threads", type=int, default=0, help="Numba threads (0: leave as is); the forward uses no BLAS")
+    ap.add_argument("--split", action="store_true", help="also print where the time of 1 and N requests goes")
     args = ap.parse_args()
     if args.threads:
         numba.set_num_threads(args.threads)
     from minirs import Runner, Which
     from minirs.fetch import smollm2_path
-    path = Path(args.gguf) if args.gguf else smollm2_path()
+    path = Path(args.gguf) if args.gguf else None if args.preset else smollm2_path()
     name = args.preset or path.name
     rows = []
     model = None
@@ -118,6 +155,9 @@ def main() -> None:
         single = statistics.median(run_batch(runner, 1, args.max_tokens) for _ in range(args.repeat))
         batch = statistics.median(run_batch(runner, args.concurrency, args.max_tokens) for _ in range(args.repeat))
         rows.append((mode, single, batch))
+        if args.split:
+            for k in (1, args.concurrency):
+                print(f"{mode}: {time_split(runner, k, args.max_tokens)}")
         runner.shutdown()
     dev = rows and runner.model.backend.name
     print(f"\n{name} on {dev}, {args.max_tokens} tokens per request, median of {args.repeat}\n")

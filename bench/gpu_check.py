@@ -139,10 +139,11 @@ def mma_timings():
             xq = cm.quantize(x, be.nbs)
             y = cp.empty((n, n_out), cp.float32)
             it = itertools.count()
-            t = [graph_time(be.stream, lambda: cm._gemv(ws[next(it) % 3], xq, y, be.nbs, False, cm._no_ep(), m))
+            t = [graph_time(be.stream, lambda: cm._gemv(ws[next(it) % 3], x, xq, y, be.nbs, False, cm._no_ep(), m))
                  for m in (0, 1)]
             row.append(f"{n}: {t[0]:.1f}/{t[1]:.1f}")
-        log(f"{qt} {n_out}x{n_in} (S{mma_splits(n_out, n_in, ws[0].family, sms)}): " + ", ".join(row))
+        log(f"{qt} {n_out}x{n_in} (S{mma_splits(n_out, n_in, sms)}): "
+            + ", ".join(row))
 
 
 def _sweep_call(ws, nw, tt, xquant, y, stream):
@@ -362,7 +363,7 @@ def batch_bench(folder: Path, preset: str, n: int = 16, max_tokens: int = 64):
     """bench/bench_batch.py's table (1 vs n concurrent requests, exact and fast modes) on a preset."""
     import statistics
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_batch import PresetRunner, run_batch
+    from bench_batch import PresetRunner, run_batch, time_split
     from minirs.load import load_model
     model = load_model(folder / f"{preset}.gguf", device="cuda")
     rows = []
@@ -373,6 +374,8 @@ def batch_bench(folder: Path, preset: str, n: int = 16, max_tokens: int = 64):
         single = statistics.median(run_batch(runner, 1, max_tokens) for _ in range(3))
         batch = statistics.median(run_batch(runner, n, max_tokens) for _ in range(3))
         rows.append((mode, single, batch))
+        for k in (1, n):
+            log(f"# {mode}: {time_split(runner, k, max_tokens)}")
         runner.shutdown()
     out = [f"\n{preset} on cuda (engine, greedy), {max_tokens} tokens per request, median of 3",
            f"| mode | 1 request (tok/s) | {n} concurrent (total tok/s) | speed-up |", "| --- | --- | --- | --- |"]

@@ -1,11 +1,12 @@
 """Where one decode step's GPU time goes, kernel by kernel, measured by Nsight Compute on the replayed CUDA graph.
 
     ncu --profile-from-start off --graph-profiling node --clock-control none --metrics gpu__time_duration.sum \
-        --csv --log-file step.csv python bench/profile_decode.py run --preset llama-7b-q4_0 [--ctx 128]
+        --csv --log-file step.csv python bench/profile_decode.py run --preset llama-7b-q4_0 [--ctx 128] [--batch 16]
     python bench/profile_decode.py summary step.csv
 
-`run` writes (or reuses) the random-weight preset GGUF in /tmp/minirs-models, fills the cache up to --ctx
-positions, captures the decode graph and profiles one replay; `summary` prints the time per kernel (summed over
+`run` writes (or reuses) the random-weight preset GGUF in /tmp/minirs-models, fills --batch cache slots up to
+--ctx positions, captures the decode graph of --batch rows (the backend's default kernels: tensor cores for 2 or
+more rows) and profiles one replay; `summary` prints the time per kernel (summed over
 the layers) and the step's total.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run(preset: str, ctx: int, folder: Path) -> None:
+def run(preset: str, ctx: int, folder: Path, batch: int = 1) -> None:
     import cupy as cp
 
     from minirs.kv_cache import KVCache
@@ -34,10 +35,11 @@ def run(preset: str, ctx: int, folder: Path) -> None:
         write_random_gguf(path, preset)
     model = load_model(path, device="cuda")
     be = model.backend
-    cache = KVCache(model.config, be, 1, 648, 512)
+    cache = KVCache(model.config, be, batch, 648, 512)
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, ctx)
-    model.forward(ids, np.zeros(ctx, np.int64), np.arange(ctx), cache, logit_rows=[ctx - 1])
-    args = (np.array([1]), np.zeros(1, np.int64), np.array([ctx]))
+    for s in range(batch):
+        model.forward(ids, np.full(ctx, s, np.int64), np.arange(ctx), cache, logit_rows=[ctx - 1])
+    args = (np.ones(batch, np.int64), np.arange(batch, dtype=np.int64), np.full(batch, ctx, np.int64))
     for _ in range(3):  # eager run, capture, replay
         be.decode_step(model, cache, *args, greedy=True)
     be.stream.synchronize()
@@ -80,12 +82,13 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--preset", default="llama-7b-q4_0")
     r.add_argument("--ctx", type=int, default=128)
+    r.add_argument("--batch", type=int, default=1, help="decode rows (one cache slot each)")
     r.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"))
     s = sub.add_parser("summary")
     s.add_argument("csv", type=Path)
     a = ap.parse_args()
     if a.cmd == "run":
-        run(a.preset, a.ctx, a.dir)
+        run(a.preset, a.ctx, a.dir, a.batch)
     else:
         summary(a.csv)
 

@@ -76,11 +76,14 @@ def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in, mma_min_n):
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
-def test_tensor_core_gemv_matches_dp4a_and_twin(be, qtype):
-    """The tensor-core GEMV (cuda_mma) against the float twin and against the dp4a GEMV on the same int8 x: the
-    same integer block sums and scalings, summed in another order (so within float32 rounding of each other).
-    Shapes: rows not a multiple of 16, K not a multiple of a chunk (576 = 18 32-blocks; k-quants 768), long K
-    (split over blocks); n: one token, partial and full groups of 8, up to GEMV_MAX_N; the accumulating form too."""
+def test_tensor_core_gemv_matches_twin(be, qtype):
+    """The tensor-core GEMV (cuda_mma: W dequantized to float16 in registers, x in float16) against the float
+    twin from the gguf dequantizer. For the legacy 32-block types each element of W is the float16 rounding of the
+    twin's, so with W and x both rounded to float16 the products match up to float32 summation order (1e-5);
+    the k-quants' block scales are rounded to float16 at load time, hence the looser bound against the exact twin
+    for all types. Shapes: rows not a multiple of 16, K not a multiple of a chunk (576 = 18 32-blocks; k-quants
+    768), long K (split over blocks); n: one token, partial and full groups of 8, up to GEMV_MAX_N; the
+    accumulating form too."""
     import cupy as cp
     from minirs.formats.model_file import Tensor
     from minirs.formats.quants import dequantize
@@ -90,18 +93,18 @@ def test_tensor_core_gemv_matches_dp4a_and_twin(be, qtype):
     short = 576 if qtype[-1] != "K" else 768  # k-quants: whole 256-blocks
     for n_out, n_in in ((100, short), (72, 14336 if qtype in ("Q4_0", "Q6_K") else 4096)):
         t = Tensor("w", qtype, (n_out, n_in), random_tensor_bytes(qtype, (n_out, n_in), rng).reshape(-1))
-        W = dequantize(t).reshape(n_out, n_in).astype(np.float64)
+        W = dequantize(t).reshape(n_out, n_in)
+        W16 = W.astype(np.float16).astype(np.float64)
         w = be.matrix(t)
         for n in (1, 2, 7, 8, 16, 23, 32):
             x = cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32))
-            xq = cm.quantize(x, be.nbs)
-            tc = cm.gmatmul(w, x, be.nbs, xq, mma_min_n=1).get()
-            dp = cm.gmatmul(w, x, be.nbs, xq).get()
-            assert rel(tc, dp) < 1e-5, (n_out, n_in, n)
-            assert rel(tc, x.get() @ W.T) < 2e-2, (n_out, n_in, n)
+            tc = cm.gmatmul(w, x, be.nbs, mma_min_n=1).get()
+            assert rel(tc, x.get() @ W.astype(np.float64).T) < 2e-3, (n_out, n_in, n)
+            if qtype[-1] != "K":
+                assert rel(tc, x.get().astype(np.float16).astype(np.float64) @ W16.T) < 1e-5, (n_out, n_in, n)
             base = rng.standard_normal((n, n_out)).astype(np.float32)
             out = cp.asarray(base)
-            cm.gmatmul(w, x, be.nbs, xq, out=out, mma_min_n=1)
+            cm.gmatmul(w, x, be.nbs, out=out, mma_min_n=1)
             assert rel(out.get(), base + tc) < 1e-6, (n_out, n_in, n)
 
 

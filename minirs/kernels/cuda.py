@@ -91,7 +91,8 @@ class CudaBackend:
     def batch_invariant(self, exact: bool) -> None:
         """exact: every quantized GEMV on dp4a, whose rows are bit-identical whatever the batch (the scheduler's
         row_invariant mode); else batches of MMA_MIN_N or more tokens on the tensor cores (cuda_mma: 2x faster at
-        16 tokens, and a row's last bits differ from the same row computed alone on dp4a)."""
+        16 tokens, and a row's last bits differ from the same row computed alone on dp4a), and a batch's decode
+        attention splits each context over fewer blocks (about ATT_GRID in all)."""
         self.mma_min_n = 0 if exact else MMA_MIN_N
 
     def _fuse_quant(self, n: int, k: int) -> bool:
@@ -252,6 +253,9 @@ class CudaBackend:
         sl, ps = self._ix(slots), self._ix(pos)
         keys = min(kc.shape[2], window) if window > 0 else kc.shape[2]  # the most keys one token can see
         splits = min(-(-keys // self.att_chunk), cuda_ops.ATT_SPLITS)  # each block sizes its chunk at run time
+        if self.mma_min_n and n > 1:  # rows need not be batch-invariant: fewer, fuller blocks for a batch (16
+            # tokens x 32 heads x 32 splits, mostly finding no keys in a short context, cost 38 us at 64 keys)
+            splits = max(1, min(splits, -(-cuda_ops.ATT_GRID // (n * h))))
         args = (q, kc, vc, sl, ps, int(window), np.float32(scale), np.float32(softcap))
         if n > cuda_matmul.GEMV_MAX_N or splits == 1:  # prefill: a block per (token, head) over all its keys
             out = cp.empty((n, h, d), cp.float32)

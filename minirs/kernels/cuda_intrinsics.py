@@ -1,8 +1,8 @@
-"""Inline-PTX intrinsics that Numba CUDA lacks: dp4a (4 int8 MACs), mma_s8 (an int8 tensor-core tile product),
-cp_async (a global -> shared copy that needs no registers, with cp_async_commit / cp_async_wait0 / _wait1),
-ld_volatile (a float32 load from L2, for the last-block pattern), ld_half2 (two float16 in one 4-byte load) and
-prefetch_l2 (a bulk prefetch into L2). Under the CUDA simulator they are plain-Python twins, except mma_s8, a
-warp-wide instruction, which raises there."""
+"""Inline-PTX intrinsics that Numba CUDA lacks: dp4a (4 int8 MACs), mma_f16 (a float16 tensor-core tile product),
+h2sub / h2fma (float16 pairs packed in a uint32), cp_async (a global -> shared copy that needs no registers, with
+cp_async_commit / cp_async_wait0 / _wait1), ld_volatile (a float32 load from L2, for the last-block pattern),
+ld_half2 (two float16 in one 4-byte load) and prefetch_l2 (a bulk prefetch into L2). Under the CUDA simulator they
+are plain-Python twins, except mma_f16, a warp-wide instruction, which raises there."""
 
 import os
 
@@ -32,9 +32,21 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: 
     def prefetch_l2(addr, nbytes):
         pass
 
-    def mma_s8(a0, a1, a2, a3, b0, b1):
-        raise RuntimeError("mma_s8 is a warp-wide tensor-core instruction: the CUDA simulator, which runs lanes "
+    def mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        raise RuntimeError("mma_f16 is a warp-wide tensor-core instruction: the CUDA simulator, which runs lanes "
                            "one by one and has no warp shuffles, cannot run it (cuda_mma's kernels need a GPU)")
+
+    def _pair(v):
+        return np.array([int(v) & 0xFFFFFFFF], np.uint32).view(np.float16)
+
+    def _packed(h):
+        return int(np.asarray(h, np.float16).view(np.uint32)[0])
+
+    def h2sub(a, b):
+        return _packed(_pair(a) - _pair(b))
+
+    def h2fma(a, b, c):  # one rounding, as fma.rn.f16x2
+        return _packed((_pair(a).astype(np.float64) * _pair(b) + _pair(c)).astype(np.float16))
 
     def cp_async(dst, di, src, si, nbytes):
         d = dst.reshape(-1).view(np.uint8)
@@ -118,24 +130,44 @@ else:
 
 
     @intrinsic
-    def mma_s8(typingctx, a0, a1, a2, a3, b0, b1):
-        """This lane's four int32 sums (d0..d3) of the warp-wide A (16 x 32 int8) @ B (32 x 8 int8) on the tensor
-        cores: PTX mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32, every lane of the warp together. Lane
-        4g + c holds (PTX ISA, "Matrix Fragments for mma.m16n8k32"): a0 = A[g, 4c..4c+3], a1 = A[g+8, 4c..],
-        a2 = A[g, 16+4c..], a3 = A[g+8, 16+4c..]; b0 = B[4c..4c+3, g], b1 = B[16+4c.., g]; and gets
-        d0, d1 = D[g, 2c], D[g, 2c+1], d2, d3 = D[g+8, 2c], D[g+8, 2c+1]. Integer sums: exact."""
-        ret = types.UniTuple(types.int32, 4)
+    def mma_f16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        """This lane's four float32 results (d0..d3) of the warp-wide D = A (16 x 16 float16) @ B (16 x 8 float16)
+        + C on the tensor cores: PTX mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, every lane of the warp
+        together; a* and b* are uint32 words of two float16 each (the lower k in the low half). Lane 4g + c holds
+        (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"): a0 = A[g, 2c..2c+1],
+        a1 = A[g+8, 2c..], a2 = A[g, 2c+8..2c+9], a3 = A[g+8, 2c+8..]; b0 = B[2c..2c+1, g], b1 = B[2c+8..2c+9, g];
+        c0, c1 = C[g, 2c], C[g, 2c+1], c2, c3 = C[g+8, 2c], C[g+8, 2c+1], and gets D at the places of C. Products
+        are exact and summed in float32."""
+        ret = types.UniTuple(types.float32, 4)
 
         def codegen(context, builder, sig, args):
-            i32 = ir.IntType(32)
-            vals = [context.cast(builder, v, t, types.int32) for v, t in zip(args, sig.args)]
-            vals += [ir.Constant(i32, 0)] * 4
-            fnty = ir.FunctionType(ir.LiteralStructType([i32] * 4), [i32] * 10)
-            res = builder.asm(fnty, "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {$0,$1,$2,$3}, {$4,$5,$6,$7}, "
-                              "{$8,$9}, {$10,$11,$12,$13};", "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r", vals, side_effect=True)
+            i32, f32 = ir.IntType(32), ir.FloatType()
+            vals = [context.cast(builder, v, t, types.uint32) for v, t in zip(args[:6], sig.args[:6])]
+            vals += [context.cast(builder, v, t, types.float32) for v, t in zip(args[6:], sig.args[6:])]
+            fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
+            res = builder.asm(fnty, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0,$1,$2,$3}, {$4,$5,$6,$7}, "
+                              "{$8,$9}, {$10,$11,$12,$13};", "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", vals, side_effect=True)
             return context.make_tuple(builder, ret, [builder.extract_value(res, i) for i in range(4)])
-        return ret(a0, a1, a2, a3, b0, b1), codegen
+        return ret(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3), codegen
 
+    def _u32_asm(text):
+        """The codegen of an intrinsic f(a, b, ...) -> uint32: one PTX instruction on uint32 registers."""
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            vals = [context.cast(builder, v, t, types.uint32) for v, t in zip(args, sig.args)]
+            return builder.asm(ir.FunctionType(i32, [i32] * len(vals)), text, ",".join(["=r"] + ["r"] * len(vals)),
+                               vals, side_effect=False)
+        return codegen
+
+    @intrinsic
+    def h2sub(typingctx, a, b):
+        """The float16 pairs of a minus those of b (uint32 words of two float16), rounded to nearest: sub.f16x2."""
+        return types.uint32(a, b), _u32_asm("sub.rn.f16x2 $0, $1, $2;")
+
+    @intrinsic
+    def h2fma(typingctx, a, b, c):
+        """a * b + c on float16 pairs packed in uint32 words, one rounding each: fma.rn.f16x2."""
+        return types.uint32(a, b, c), _u32_asm("fma.rn.f16x2 $0, $1, $2, $3;")
 
     @intrinsic
     def cp_async(typingctx, dst, di, src, si, nbytes):

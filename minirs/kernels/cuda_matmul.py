@@ -25,7 +25,7 @@ The weight flavour (q5 fifth bits, group offsets, q8 groups of 16) is compiled i
 GEMV's registers bound its occupancy (one Q4_0 token: 72 registers, 28 warps per SM; 14336 x 4096 in 18.9 us
 under Nsight, 25.9 us with the old 168-register kernel). With `out`, the result is added into out (the residual
 stream) as it is written. With mma_min_n (CudaBackend: batches of 2 or more tokens unless the engine asks for
-row-invariant results) the batched GEMVs run on the int8 tensor cores instead (cuda_mma). Larger n dequantize W
+row-invariant results) the batched GEMVs run on the float16 tensor cores instead (cuda_mma). Larger n dequantize W
 to float16 (dequant_f16) and
 multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph, which is why
 decode needs its own kernels.
@@ -688,7 +688,7 @@ def gmatmul(w: GMatrix, x, stream, xquant=None, out=None, mma_min_n: int = 0):
         if w.family == "float":
             K["gemv_float"][(math.ceil(w.n_out / R), n), 32 * NW, stream](w.q, x, y, add)
             return y
-        _gemv(w, xquant if xquant is not None else quantize(x, stream), y, stream, add, _no_ep(), mma_min_n)
+        _gemv(w, x, xquant, y, stream, add, _no_ep(), mma_min_n)
         return y
     y = cp.matmul(x.astype(cp.float16), dequant_f16(w, stream).T)  # cuBLAS, fp32 accumulation
     if add:
@@ -697,17 +697,18 @@ def gmatmul(w: GMatrix, x, stream, xquant=None, out=None, mma_min_n: int = 0):
     return y.astype(cp.float32)
 
 
-def _gemv(w: GMatrix, xquant, y, stream, add: bool, ep, mma_min_n: int = 0) -> None:
+def _gemv(w: GMatrix, x, xquant, y, stream, add: bool, ep, mma_min_n: int = 0) -> None:
     """The quantized GEMV kernel for w's flavour and shape: y (n, rows) (+)= x @ W.T, or with ep the fused
-    attention epilogue (gmatmul_qkv_rope); on the tensor cores when 0 < mma_min_n <= n and a kernel fits
-    (cuda_mma.gemv_mma)."""
+    attention epilogue (gmatmul_qkv_rope). On the tensor cores (cuda_mma.gemv_mma, x in float16) when
+    0 < mma_min_n <= n and the shape allows; else on dp4a with x's int8 form, xquant (quantize: made here if the
+    op that produced x did not write it)."""
     import cupy as cp
-    xq, xd, xs = xquant
     n = y.shape[0]
     if 0 < mma_min_n <= n:
         from minirs.kernels.cuda_mma import gemv_mma
-        if gemv_mma(w, xquant, y, stream, add, ep):
+        if gemv_mma(w, x, y, stream, add, ep):
             return
+    xq, xd, xs = xquant if xquant is not None else quantize(x, stream)
     tt = 1 if n == 1 else TT  # one token: a kernel with TT - 1 fewer token slots (fewer registers)
     grid = math.ceil(w.n_out / R) * math.ceil(n / tt)  # row groups x token tiles (tile)
     nw = gemv_warps(w)
@@ -727,8 +728,7 @@ def gmatmul_qkv_rope(w: GMatrix, x, stream, xquant, pos, slots, inv_freq, kc, vc
     n = x.shape[0]
     nk = kc.shape[1] * kc.shape[3]
     qo = cp.empty((n, w.n_out - 2 * nk), cp.float32)
-    _gemv(w, xquant if xquant is not None else quantize(x, stream), qo, stream, False,
-          (pos, slots, inv_freq, kc, vc, nk), mma_min_n)
+    _gemv(w, x, xquant, qo, stream, False, (pos, slots, inv_freq, kc, vc, nk), mma_min_n)
     return qo
 
 

@@ -1,85 +1,153 @@
-"""Batched decode GEMVs on the int8 tensor cores: y = x @ W.T for up to GEMV_MAX_N tokens, W quantized (q4 / q5
-and q8 families of cuda_matmul), x in its int8 form (cuda_matmul.quantize).
+"""Batched decode GEMVs on the float16 tensor cores: y = x @ W.T for 2 to GEMV_MAX_N tokens, W quantized (the q4 / q5
+and q8 families of cuda_matmul), x in float16 (half_x writes it once per GEMV).
 
-The dp4a GEMVs (cuda_matmul) do 4 multiply-adds per instruction and pay ~15 instructions per (row, 32-block,
-token), so 16 tokens cost ~5-15x one token. `mma.sync.aligned.m16n8k32` (cuda_intrinsics.mma_s8) multiplies a
-16 x 32 int8 tile of W by a 32 x 8 int8 tile of x into 16 x 8 exact int32 sums in one warp instruction: one
-32-block of 16 rows against 8 tokens. What is left per output is the block's scaling, the dp4a GEMV's formula:
+The dp4a GEMVs (cuda_matmul) pay ~15 instructions per (row, 32-block, token), so 16 tokens cost ~5-15x one token.
+`mma.sync.aligned.m16n8k16` (cuda_intrinsics.mma_f16) multiplies a 16 x 16 float16 tile of W by a 16 x 8 tile of
+x and adds it to 16 x 8 float32 sums in one warp instruction. Each lane dequantizes its share of W to float16 once,
+     w = d * (q - off) + m       (d, m: the block's scale and offset; off: 8 / 16 for Q4_0 / Q5_0, else 0)
+and the accumulators stay in the tensor cores' float32 across all of K: the work per 32-block of 16 rows is fixed
+(~30 instructions a lane) plus 2 mmas per 8 tokens. (An int8 form, mma.m16n8k32 on int8 x, needed a float
+scaling of every (row, token) sum per 32-block instead, ~4 instructions per slot, and was 1.5-2x slower at 16
+tokens: BENCHMARKS.md.)
 
-    y[t, r] += xd[t, b] * (d[r, b] * (sum_k q[r, k] * xq[t, k] - off * sum_k xq[t, k]) + m[r, b] * sum_k xq[t, k])
+Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), lane = 4g + c: the lane gives
+A's rows g and g + 8 at k = 2c, 2c + 1 and 2c + 8, 2c + 9, and B's token g at the same k, and gets D's rows g, g + 8
+for tokens 2c, 2c + 1. The order of k inside a 16-element step is free as long as W and x agree, so lane c takes
+elements 4c..4c+3 of each half of a 32-block: k = 2c, 2c + 1, 2c + 8, 2c + 9 <-> elements 4c, 4c + 2, 4c + 1, 4c + 3.
+- q4 / q5: word c of a block holds elements 4c..4c+3 (low nibbles) and 16+4c.. (high nibbles). Masking nibbles
+  0 and 2 (or 1 and 3, or 4 and 6, ...) into the mantissa of the float16 1024 (0x6400) gives 1024 + q for two
+  elements at once, exact; subtracting 1024 + off and one fma with (d, d) and (m, m) finish the pair.
+- q8: words c and 4 + c of a block, one per half (each with its own scale in the 16-groups of Q6_K / Q3_K /
+  Q2_K); bytes 0 and 2 (or 1 and 3) of the word, offset by 128 into unsigned, go into the mantissa of 1024.
+- x: half_x stores each 4 elements as (x0, x2, x1, x3), so a lane's B words for a half are one 8-byte load.
 
-(q8 with groups of 16: two mmas per 32-block, one per half, each with its own d and m.)
-
-Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k32"), lane = 4g + c: the lane gives A's rows g and g + 8 at
-k = 4c..4c+3 and 16+4c..16+4c+3, and B's token g at the same k, and gets D's rows g, g + 8 for tokens 2c, 2c + 1.
-The q4 layout keeps elements j and j + 16 of a block in one byte, so a lane's A words are word c of its two rows
-split by nibble; in the q8 layout they are words c and 4 + c; B's are words c and 4 + c of the token's block.
-
-Memory (a first form that loaded fragments straight from global memory, and a second that staged W through
-registers, were latency-bound: BENCHMARKS.md):
-- A block of MW = 4 warps owns 64 rows (16 per warp) and walks K in chunks of 128 bytes of each row (8 q4 or 4 q8
-  32-blocks). Each chunk of W, of x (every token's same 32-blocks, shared by the four warps) and of their scales
-  is copied to shared memory with cp.async (no registers held), in two stages: chunk k + 1 is in flight while
-  chunk k is multiplied. Rows are padded so a fragment read of 8 rows (or tokens) hits 32 distinct banks.
-- Small matrices split K over gridDim.y blocks (mma_splits): each writes its partial sums, and the last block of
-  a row group to finish (a threadfence and an atomic count, as cuda_ops' split attention) adds them in split
-  order and writes y. The order never depends on which block finishes last.
+Memory: a block of MW = 4 warps owns 64 rows (16 per warp) and walks K in chunks of U 32-blocks of each row (8
+q4 blocks for up to 16 tokens, else 4; 4 q8 blocks). Each chunk of W, of x (every token's same elements, shared by
+the four warps) and of the scales is copied to shared memory with cp.async (no registers held), in two stages:
+chunk k + 1 is in flight while chunk k is multiplied. Rows and tokens are padded so that a fragment read hits
+distinct banks. Small matrices split K over gridDim.y blocks (mma_splits): each writes its partial sums, and the
+last block of a row group to finish (a threadfence and an atomic count, as cuda_ops' split attention) adds them in
+split order and writes y. The order never depends on which block finishes last.
 
 A row's value depends only on its row of W and its token of x, never on n, on the other tokens or on the row's
-place in the block: integer sums are exact, and every (row, token) slot goes through the same float operations
-in the same order, written as explicit fmas (left to the compiler, the four slots of a lane were contracted
-differently: a Q5_1 row stacked into q/k/v differed by 1 ulp from the same row alone). So batched rows are
-bit-identical to the row computed alone by this kernel. They differ from the dp4a GEMV in the last bits (another
-summation order), which is why the scheduler's row_invariant mode keeps dp4a for every n
+place in the block: each (row, token) sum goes through the same mmas with the same operands in the same order.
+So batched rows are bit-identical to the row computed alone by this kernel. They differ from the dp4a GEMV (x in
+int8 there, float16 here), which is why the scheduler's row_invariant mode keeps dp4a for every n
 (CudaBackend.batch_invariant). Needs an even number of 32-blocks per row (the 4- and 8-byte copies of scales).
-
-Replayed on an H100 (bench/gpu_check.py --mma, us, dp4a -> tensor cores, 16 tokens): 7B Q4_0 q/k/v 6144x4096
-48.8 -> 29.7, 4096x4096 35.5 -> 19.4, gate/up 28672x4096 168.3 -> 76.4, down 4096x14336 97.0 -> 55.2, Q6_K output
-32000x4096 208.4 -> 87.3. One token stays on dp4a (7.2 vs 19.8 us for 6144x4096): this kernel is still bound by
-its instruction count (Nsight: ~0.6 instructions issued per cycle per scheduler), not by memory.
 """
 
-from numba import cuda, float32, int32, uint32
+from numba import cuda, float32, int32, uint16, uint32, uint64
 from numba.core.types import float16
-from numba.cuda.libdevice import fmaf as fma
 
 from minirs.kernels import cuda_matmul as cm
-from minirs.kernels.cuda_intrinsics import cp_async, cp_async_commit, cp_async_wait0, cp_async_wait1, ld_volatile, \
-    mma_s8
+from minirs.kernels.cuda_intrinsics import cp_async, cp_async_commit, cp_async_wait0, cp_async_wait1, h2fma, h2sub, \
+    ld_volatile, mma_f16
 from minirs.kernels.cuda_launch import kernels
 
 MW = 4  # warps per block
 BR = 16 * MW  # rows per block
 NT = 128  # threads per block
-WP = 36  # int32 pitch of a staged W row: 32 words + 4, so rows g = 0..7 start 4 banks apart
 MMA_GROUPS = (2, 4)  # token groups of 8 per kernel: n <= 16, n <= 32 (= cuda_matmul.GEMV_MAX_N)
 SMEM_MAX = 48 * 1024  # static shared memory per block
+HALF_X_THREADS = 256
+
+LO2 = uint32(0x000F000F)  # nibble 0 of each 16-bit half of a word
+BYTE2 = uint32(0x00FF00FF)  # byte 0 of each half
+F1024 = uint32(0x64006400)  # float16 1024 in both halves: OR-ing an integer v < 1024 into it gives 1024 + v
+SIGN8 = uint32(0x80808080)  # flips int8 b to the unsigned b + 128
+F1152 = uint32(0x64806480)  # 1024 + 128
+BIT4 = uint32(0x10)  # bit 4 of the low half (a q5 fifth bit)
+BIT20 = uint32(0x100000)  # bit 4 of the high half
 
 
-def chunk_blocks(family: str) -> int:
-    """32-blocks per chunk: 128 bytes of a row."""
-    return 8 if family == "q45" else 4
+def chunk_blocks(family: str, mg: int) -> int:
+    """32-blocks per staged chunk of a row: 128 bytes of q4 (64 for 32 tokens, whose x fills the shared memory),
+    128 of q8."""
+    return 8 if family == "q45" and mg <= MMA_GROUPS[0] else 4
 
 
-def mma_splits(n_out: int, n_in: int, family: str, sms: int) -> int:
-    """Blocks along K (gridDim.y): double while the grid has fewer than ~4 blocks per SM and each block keeps at
-    least two chunks (the pipeline's two stages)."""
+def mma_splits(n_out: int, n_in: int, sms: int) -> int:
+    """Blocks along K (gridDim.y), each taking a contiguous span of whole chunks (split_span): double while the
+    grid has fewer than ~4 blocks per SM and each block keeps at least two chunks of 8 32-blocks (the pipeline's
+    two stages). The same for every flavour and token count, so a row's sums never depend on them."""
     row_blocks = -(-n_out // BR)
-    chunks = -(-(n_in // 32) // chunk_blocks(family))
+    chunks = -(-(n_in // 32) // 8)
     s = 1
     while row_blocks * s < 4 * sms and chunks >= 4 * s:
         s *= 2
     return s
 
 
+def split_span(nb: int, S: int) -> int:
+    """32-blocks per K split: split s sums blocks [s * span, (s + 1) * span) of a row in order, span a multiple of
+    8 (so of every chunk size)."""
+    return (nb + 8 * S - 1) // (8 * S) * 8
+
+
 def _layout(mg: int, q45: bool, f1: bool, has_m: bool) -> dict:
-    """Shared-memory pitches and sizes (per stage) of a kernel variant."""
-    U = chunk_blocks("q45" if q45 else "q8")
+    """Shared-memory pitches and sizes (per stage) of a kernel variant: W rows (WP words), x tokens (XP uint64),
+    scales and offsets (SP halves per row), fifth bits (HP words per row)."""
+    U = chunk_blocks("q45" if q45 else "q8", mg)
+    ww = (4 if q45 else 8) * U  # words of a row's chunk
     spc = 2 * U if (not q45 and f1) else U  # scales per row per chunk
-    lay = dict(U=U, WPB=4 if q45 else 8, SPC=spc, SP=spc + 2, XP=8 * U + 4, HP=U + 2, NTOK=8 * mg)
-    lay["bytes"] = 2 * (4 * BR * WP + 4 * lay["NTOK"] * (lay["XP"] + 3 * U) + 2 * BR * lay["SP"] * (1 + has_m)
+    lay = dict(U=U, WW=ww, WP=ww + 4, SPC=spc, SP=spc + 2, XP=8 * U + 4, HP=U + 2, NTOK=8 * mg)
+    lay["bytes"] = 2 * (4 * BR * lay["WP"] + 8 * lay["NTOK"] * lay["XP"] + 2 * BR * lay["SP"] * (1 + has_m)
                         + (4 * BR * lay["HP"] if q45 and f1 else 0))
     return lay
+
+
+def _pair(v):
+    """A float16's bits (uint16) in both halves of a word."""
+    u = uint32(v)
+    return u | (u << uint32(16))
+
+
+def _deq(p, c, d2, m2):
+    """Two elements 1024 + v (float16 pairs, exact) -> d * (v - (c - 1024)) + m, each."""
+    return h2fma(h2sub(p, c), d2, m2)
+
+
+def _q4_pairs(w, hv, has_h):
+    """Word w of a q4 block (nibbles: elements 4c..4c+3 low, 16+4c.. high) and hv = the block's fifth bits >> 4c
+    -> 1024 + element pairs (4c, 4c+2), (4c+1, 4c+3), (16+4c, 16+4c+2), (16+4c+1, 16+4c+3)."""
+    p0 = (w & LO2) | F1024
+    p1 = ((w >> uint32(8)) & LO2) | F1024
+    p2 = ((w >> uint32(4)) & LO2) | F1024
+    p3 = ((w >> uint32(12)) & LO2) | F1024
+    if has_h:
+        p0 |= ((hv << uint32(4)) & BIT4) | ((hv << uint32(18)) & BIT20)
+        p1 |= ((hv << uint32(3)) & BIT4) | ((hv << uint32(17)) & BIT20)
+        p2 |= ((hv >> uint32(12)) & BIT4) | ((hv << uint32(2)) & BIT20)
+        p3 |= ((hv >> uint32(13)) & BIT4) | ((hv << uint32(1)) & BIT20)
+    return p0, p1, p2, p3
+
+
+def _q8_pairs(w):
+    """Word w of a q8 half block (int8 elements 4c..4c+3) -> 1152 + element pairs (4c, 4c+2), (4c+1, 4c+3)."""
+    u = w ^ SIGN8
+    return (u & BYTE2) | F1024, ((u >> uint32(8)) & BYTE2) | F1024
+
+
+def _h(v):
+    return float16(min(max(v, float32(-65504.0)), float32(65504.0)))
+
+
+def half_x(x, xh):
+    """xh = x (n, k) in float16, each 4 elements stored as (x0, x2, x1, x3) (the fragment order of gemv_mma's B),
+    clamped to the float16 range (+-65504). A thread per 4 elements."""
+    i = cuda.grid(1)
+    k4 = x.shape[1] // 4
+    if i >= x.shape[0] * k4:
+        return
+    t, j = i // k4, 4 * (i % k4)
+    xh[t, j] = _h(x[t, j])
+    xh[t, j + 1] = _h(x[t, j + 2])
+    xh[t, j + 2] = _h(x[t, j + 1])
+    xh[t, j + 3] = _h(x[t, j + 3])
+
+
+for _f in (_pair, _deq, _q4_pairs, _q8_pairs, _h, split_span):
+    globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 
 
 def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
@@ -89,127 +157,94 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
     has_h = q45 and f1
     g16 = (not q45) and f1
     lay = _layout(mg, q45, f1, has_m)
-    U, WPB, SPC, SP, XP, HP, NTOK = (lay[k] for k in ("U", "WPB", "SPC", "SP", "XP", "HP", "NTOK"))
+    U, WW, WP, SPC, SP, XP, HP, NTOK = (lay[k] for k in ("U", "WW", "WP", "SPC", "SP", "XP", "HP", "NTOK"))
     nacc = 4 * mg
-    n_ws, n_xs, n_xd, n_xss, n_d = BR * WP, NTOK * XP, NTOK * U, NTOK * 2 * U, BR * SP
+    n_ws, n_xs, n_d = BR * WP, NTOK * XP, BR * SP
     n_m = n_d if has_m else 2
     n_h = BR * HP if has_h else 2
-    s_ws, s_xs, s_xd, s_xss, s_d, s_m, s_h = 2 * n_ws, 2 * n_xs, 2 * n_xd, 2 * n_xss, 2 * n_d, 2 * n_m, 2 * n_h
-    XPIECES = 2 * U  # 16-byte pieces of a token's chunk of x
+    WPIECES = WW // 4  # 16-byte pieces of a row's chunk
+    XPIECES = 4 * U  # 16-byte pieces of a token's chunk of x (32 U halves)
 
-    def issue(st, ch, q, h, d, m, xq, xd, xs, ws, xsm, xds, xss, dsm, msm, hsm, n, nb):
-        """Start the copies of chunk ch into stage st: W (64 rows x 128 bytes), x and its scales (n tokens), the
-        rows' scales (offsets, fifth bits); then close the group. Pieces past a row's end are left out (their
-        32-blocks are skipped by compute). Shared arrays are flat, indexed with uint32 (no negative-index fix-up)."""
+    def issue(st, ch, q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n, nb):
+        """Start the copies of chunk ch into stage st: W (64 rows), x (n tokens), the rows' scales (offsets, fifth
+        bits); then close the group. Pieces past a row's end are left out (their 32-blocks are skipped by
+        compute). Shared arrays are flat, indexed with uint32 (no negative-index fix-up)."""
         tid = cuda.threadIdx.x
         r_base = cuda.blockIdx.x * BR
         n_out = q.shape[0]
-        row_words = q.shape[1]  # int64 words of a row
-        for i in range(BR * 8 // NT):
+        for i in range(BR * WPIECES // NT):
             p = tid + NT * i
-            row, k = p >> 3, p & 7
-            col = ch * 16 + 2 * k
-            if col < row_words:
+            row, k = p // WPIECES, p % WPIECES
+            col = ch * (WW // 2) + 2 * k  # int64 words
+            if col < q.shape[1]:
                 cp_async(ws, (uint32(st * n_ws + row * WP + 4 * k),), q, (min(r_base + row, n_out - 1), col), 16)
         for i in range((NTOK * XPIECES + NT - 1) // NT):
             p = tid + NT * i
             t, k = p // XPIECES, p % XPIECES
-            col = ch * 4 * U + 2 * k
-            if t < n and col < xq.shape[1]:
-                cp_async(xsm, (uint32(st * n_xs + t * XP + 4 * k),), xq, (t, col), 16)
-        for i in range((NTOK * U // 2 + NT - 1) // NT):
-            p = tid + NT * i
-            t, k = p // (U // 2), p % (U // 2)
-            b = ch * U + 2 * k  # the pair of 32-blocks b, b + 1
-            if t < n and b < nb:
-                cp_async(xds, (uint32(st * n_xd + t * U + 2 * k),), xd, (t, b), 8)
-                cp_async(xss, (uint32(st * n_xss + t * 2 * U + 4 * k),), xs, (t, 2 * b), 16)
-        for i in range(BR * SPC // 2 // NT):
+            col = ch * 8 * U + 2 * k  # x's int64 words (4 halves each)
+            if t < n and col < xh.shape[1]:
+                cp_async(xsm, (uint32(st * n_xs + t * XP + 2 * k),), xh, (t, col), 16)
+        for i in range((BR * SPC // 2 + NT - 1) // NT):
             p = tid + NT * i
             row, k = p // (SPC // 2), p % (SPC // 2)
             j = ch * SPC + 2 * k
-            if j < d.shape[1]:
+            if row < BR and j < d.shape[1]:
                 r = min(r_base + row, n_out - 1)
                 cp_async(dsm, (uint32(st * n_d + row * SP + 2 * k),), d, (r, j), 4)
                 if has_m:
                     cp_async(msm, (uint32(st * n_d + row * SP + 2 * k),), m, (r, j), 4)
         if has_h:
-            for i in range(BR * U // 2 // NT):
+            for i in range((BR * U // 2 + NT - 1) // NT):
                 p = tid + NT * i
                 row, k = p // (U // 2), p % (U // 2)
                 b = ch * U + 2 * k
-                if b < nb:
+                if row < BR and b < nb:
                     cp_async(hsm, (uint32(st * n_h + row * HP + 2 * k),), h, (min(r_base + row, n_out - 1), b), 8)
         cp_async_commit()
 
-    def blk(acc, b, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi):
+    def blk(acc, b, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf):
         """acc += this lane's D fragments of staged 32-block b for every token group (compute's offsets; b is a
         constant where compute calls it, so every shared-memory offset below folds into the load)."""
-        wa = ws[uint32(wo + WPB * b)]
-        wb = ws[uint32(wo + 8 * WP + WPB * b)]
+        k0 = 2 * b if g16 else b  # the scales of the block's first half; k1: of its second half
+        k1 = 2 * b + 1 if g16 else b
+        da, db = _pair(dsm[uint32(so + k0)]), _pair(dsm[uint32(so + 8 * SP + k0)])
+        ea, eb = _pair(dsm[uint32(so + k1)]), _pair(dsm[uint32(so + 8 * SP + k1)])
+        ma = mb = na = nb_ = uint32(0)
+        if has_m:
+            ma, mb = _pair(msm[uint32(so + k0)]), _pair(msm[uint32(so + 8 * SP + k0)])
+            na, nb_ = _pair(msm[uint32(so + k1)]), _pair(msm[uint32(so + 8 * SP + k1)])
         if q45:
-            a0, a1 = wa & cm.M4, wb & cm.M4
-            a2, a3 = (wa >> 4) & cm.M4, (wb >> 4) & cm.M4
+            wa = uint32(ws[uint32(wo + 4 * b)])
+            wb = uint32(ws[uint32(wo + 8 * WP + 4 * b)])
+            ha = hb = uint32(0)
             if has_h:
-                ha, hb = hsm[uint32(ho + b)], hsm[uint32(ho + 8 * HP + b)]
-                a0 |= cm._spread4(ha >> (4 * c))
-                a1 |= cm._spread4(hb >> (4 * c))
-                a2 |= cm._spread4(ha >> (16 + 4 * c))
-                a3 |= cm._spread4(hb >> (16 + 4 * c))
+                ha = uint32(hsm[uint32(ho + b)]) >> hs
+                hb = uint32(hsm[uint32(ho + 8 * HP + b)]) >> hs
+            pa0, pa1, pa2, pa3 = _q4_pairs(wa, ha, has_h)
+            pb0, pb1, pb2, pb3 = _q4_pairs(wb, hb, has_h)
         else:
-            a0, a1 = wa, wb
-            a2, a3 = ws[uint32(wo + WPB * b + 4)], ws[uint32(wo + 8 * WP + WPB * b + 4)]
-        k = 2 * b if g16 else b
-        da, db = float32(dsm[uint32(so + k)]), float32(dsm[uint32(so + 8 * SP + k)])
+            pa0, pa1 = _q8_pairs(uint32(ws[uint32(wo + 8 * b)]))
+            pb0, pb1 = _q8_pairs(uint32(ws[uint32(wo + 8 * WP + 8 * b)]))
+            pa2, pa3 = _q8_pairs(uint32(ws[uint32(wo + 8 * b + 4)]))
+            pb2, pb3 = _q8_pairs(uint32(ws[uint32(wo + 8 * WP + 8 * b + 4)]))
+        a0, a1 = _deq(pa0, cf, da, ma), _deq(pb0, cf, db, mb)  # first half: rows g, g + 8
+        a2, a3 = _deq(pa1, cf, da, ma), _deq(pb1, cf, db, mb)
+        e0, e1 = _deq(pa2, cf, ea, na), _deq(pb2, cf, eb, nb_)  # second half
+        e2, e3 = _deq(pa3, cf, ea, na), _deq(pb3, cf, eb, nb_)
         for gr in range(mg):
             if 8 * gr < n:  # tokens past n hold stale data: their sums are never stored
-                b0 = xsm[uint32(xo + 8 * gr * XP + 8 * b)]
-                b1 = xsm[uint32(xo + 8 * gr * XP + 8 * b + 4)]
-                x0 = xds[uint32(do + 8 * gr * U + b)]
-                x1 = xds[uint32(do + 8 * gr * U + U + b)]
-                e0 = uint32(eo + 16 * gr * U + 2 * b)  # token 8gr + 2c's two half sums; + 2U: 8gr + 2c + 1
-                u00, u01 = xss[e0], xss[uint32(e0 + 1)]
-                u10, u11 = xss[uint32(e0 + 2 * U)], xss[uint32(e0 + 2 * U + 1)]
-                # every product and sum spelled out with fma: left to the compiler, the four slots of a lane
-                # could be contracted differently, and a row's bits would depend on its place in the block
-                if g16:  # one mma per half, each with its own scale and offset
-                    p0, p1, p2, p3 = mma_s8(a0, a1, int32(0), int32(0), b0, b1)
-                    q0, q1, q2, q3 = mma_s8(int32(0), int32(0), a2, a3, b0, b1)
-                    da2, db2 = float32(dsm[uint32(so + k + 1)]), float32(dsm[uint32(so + 8 * SP + k + 1)])
-                    v0 = fma(da2, float32(q0), da * float32(p0))
-                    v1 = fma(da2, float32(q1), da * float32(p1))
-                    v2 = fma(db2, float32(q2), db * float32(p2))
-                    v3 = fma(db2, float32(q3), db * float32(p3))
-                    if has_m:
-                        ma, mb = float32(msm[uint32(so + k)]), float32(msm[uint32(so + 8 * SP + k)])
-                        ma2 = float32(msm[uint32(so + k + 1)])
-                        mb2 = float32(msm[uint32(so + 8 * SP + k + 1)])
-                        v0 = fma(ma2, float32(u01), fma(ma, float32(u00), v0))
-                        v1 = fma(ma2, float32(u11), fma(ma, float32(u10), v1))
-                        v2 = fma(mb2, float32(u01), fma(mb, float32(u00), v2))
-                        v3 = fma(mb2, float32(u11), fma(mb, float32(u10), v3))
-                else:
-                    s0, s1, s2, s3 = mma_s8(a0, a1, a2, a3, b0, b1)
-                    u0, u1 = int32(u00 + u01), int32(u10 + u11)
-                    v0 = da * float32(int32(s0 - offi * u0))
-                    v1 = da * float32(int32(s1 - offi * u1))
-                    v2 = db * float32(int32(s2 - offi * u0))
-                    v3 = db * float32(int32(s3 - offi * u1))
-                    if has_m:
-                        ma, mb = float32(msm[uint32(so + k)]), float32(msm[uint32(so + 8 * SP + k)])
-                        v0 = fma(ma, float32(u0), v0)
-                        v1 = fma(ma, float32(u1), v1)
-                        v2 = fma(mb, float32(u0), v2)
-                        v3 = fma(mb, float32(u1), v3)
-                acc[4 * gr + 0] = fma(x0, v0, acc[4 * gr + 0])
-                acc[4 * gr + 1] = fma(x1, v1, acc[4 * gr + 1])
-                acc[4 * gr + 2] = fma(x0, v2, acc[4 * gr + 2])
-                acc[4 * gr + 3] = fma(x1, v3, acc[4 * gr + 3])
+                x0 = xsm[uint32(xo + 8 * gr * XP + 8 * b)]
+                x1 = xsm[uint32(xo + 8 * gr * XP + 8 * b + 4)]
+                i = 4 * gr
+                r0, r1, r2, r3 = mma_f16(a0, a1, a2, a3, uint32(x0), uint32(x0 >> uint64(32)),
+                                         acc[i], acc[i + 1], acc[i + 2], acc[i + 3])
+                r0, r1, r2, r3 = mma_f16(e0, e1, e2, e3, uint32(x1), uint32(x1 >> uint64(32)), r0, r1, r2, r3)
+                acc[i], acc[i + 1], acc[i + 2], acc[i + 3] = r0, r1, r2, r3
 
-    def compute(acc, st, ch, ws, xsm, xds, xss, dsm, msm, hsm, n, nb, off):
+    def compute(acc, st, ch, ws, xsm, dsm, msm, hsm, n, nb, cf):
         """acc += this lane's D fragments of the staged chunk ch (stage st) for every token group: blk for each
-        of its 32-blocks, unrolled by hand. Offsets are uint32 and sums int32 (Numba would widen both to int64
-        and check indices for negatives)."""
+        of its 32-blocks, unrolled by hand. Offsets are uint32 (Numba would widen them to int64 and check indices
+        for negatives)."""
         lane = cuda.threadIdx.x & 31
         lr = (cuda.threadIdx.x >> 5) * 16 + (lane >> 2)  # this lane's row g within the block (and lr + 8)
         c = lane & 3
@@ -217,24 +252,23 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
         wo = uint32(st * n_ws + lr * WP + c)  # row lr's word c of block 0 (row lr + 8: + 8 WP)
         so = uint32(st * n_d + lr * SP)  # row lr's scales
         ho = uint32(st * n_h + lr * HP)
-        xo = uint32(st * n_xs + g * XP + c)  # token g's word c of block 0 (token group gr: + 8 gr XP)
-        do = uint32(st * n_xd + 2 * c * U)  # token 2c's scales (token 2c + 1: + U)
-        eo = uint32(st * n_xss + 4 * c * U)  # token 2c's half sums (token 2c + 1: + 2U)
-        offi = int32(off)
+        xo = uint32(st * n_xs + g * XP + c)  # token g's first-half B words of block 0 (token group gr: + 8 gr XP)
+        hs = uint32(4 * c)  # this lane's fifth bits start at bit 4c of a block's word
         left = nb - ch * U  # 32-blocks of this chunk inside the row
         if left >= U:
-            blk(acc, 0, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
-            blk(acc, 1, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
-            blk(acc, 2, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
-            blk(acc, 3, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
+            blk(acc, 0, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
+            blk(acc, 1, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
+            blk(acc, 2, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
+            blk(acc, 3, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
             if U == 8:
-                blk(acc, 4, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
-                blk(acc, 5, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
-                blk(acc, 6, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
-                blk(acc, 7, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
+                blk(acc, 4, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
+                blk(acc, 5, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
+                blk(acc, 6, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
+                blk(acc, 7, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
         else:  # the row's last, partial chunk
             for b in range(left):
-                blk(acc, b, wo, so, ho, xo, do, eo, c, ws, xsm, xds, xss, dsm, msm, hsm, n, offi)
+                blk(acc, b, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf)
+
 
     def finish(acc, y, scratch, count, n, add, ep):
         """With one split, acc is the result; with several, write acc to scratch[s], and the row group's last
@@ -289,37 +323,37 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
     blk = cuda.jit(device=True, inline=True)(blk)
     compute = cuda.jit(device=True, inline=True)(compute)
     finish = cuda.jit(device=True, inline=True)(finish)
+    s_ws, s_xs, s_d, s_m, s_h = 2 * n_ws, 2 * n_xs, 2 * n_d, 2 * n_m, 2 * n_h
 
-    def gemv_mma(q, h, d, m, xq, xd, xs, y, off, add, scratch, count, pos, slots, inv_freq, kc, vc, nk):
+    def gemv_mma(q, h, d, m, xh, y, off, add, scratch, count, pos, slots, inv_freq, kc, vc, nk):
         """y[t, r] (+)= sum_k W[r, k] x[t, k] for t < n = y.shape[0] <= 8 * mg. q: the rows read as int64; h (q5
-        fifth bits), d, m: per row and group; xq (n, n_in / 8) int64, xd, xs: x's int8 form (cuda_matmul.quantize).
-        Grid (row groups of 64, K splits); scratch (splits, 32, rows) and count (row groups, zeros) serve the
-        splits. With nk > 0: the fused q/k/v projection (y is q, W has y.shape[1] + 2 nk rows)."""
+        fifth bits), d, m: per row and group; xh: x (n, n_in) as half_x wrote it, read as int64. Grid (row groups
+        of 64, K splits); scratch (splits, 32, rows) and count (row groups, zeros) serve the splits. With nk > 0:
+        the fused q/k/v projection (y is q, W has y.shape[1] + 2 nk rows)."""
         ws = cuda.shared.array(s_ws, int32, alignment=16)  # two stages each
-        xsm = cuda.shared.array(s_xs, int32, alignment=16)
-        xds = cuda.shared.array(s_xd, float32, alignment=16)
-        xss = cuda.shared.array(s_xss, int32, alignment=16)
-        dsm = cuda.shared.array(s_d, float16, alignment=16)
-        msm = cuda.shared.array(s_m, float16, alignment=16)
+        xsm = cuda.shared.array(s_xs, uint64, alignment=16)
+        dsm = cuda.shared.array(s_d, uint16, alignment=16)  # float16 bits
+        msm = cuda.shared.array(s_m, uint16, alignment=16)
         hsm = cuda.shared.array(s_h, int32, alignment=16)
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
         n = y.shape[0]
-        nb = xd.shape[1]
-        nch = (nb + U - 1) // U
-        s, S = cuda.blockIdx.y, cuda.gridDim.y
-        mine = (nch - s + S - 1) // S  # chunks s, s + S, ...
+        nb = xh.shape[1] // 8  # 32-blocks per row
+        cf = uint32(0x10001 * (0x6400 + off)) if q45 else F1152  # 1024 + off: what the pairs hold above w / d
+        span = split_span(nb, cuda.gridDim.y)
+        first = cuda.blockIdx.y * span // U  # this split's chunks: first, first + 1, ...
+        mine = (min(nb, (cuda.blockIdx.y + 1) * span) - cuda.blockIdx.y * span + U - 1) // U
         if mine > 0:
-            issue(0, s, q, h, d, m, xq, xd, xs, ws, xsm, xds, xss, dsm, msm, hsm, n, nb)
+            issue(0, first, q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n, nb)
         for k in range(mine):
             if k + 1 < mine:  # the next chunk's copies fly while this one is multiplied
-                issue((k + 1) & 1, s + (k + 1) * S, q, h, d, m, xq, xd, xs, ws, xsm, xds, xss, dsm, msm, hsm, n, nb)
+                issue((k + 1) & 1, first + k + 1, q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n, nb)
                 cp_async_wait1()
             else:
                 cp_async_wait0()
             cuda.syncthreads()
-            compute(acc, k & 1, s + k * S, ws, xsm, xds, xss, dsm, msm, hsm, n, nb, off)
+            compute(acc, k & 1, first + k, ws, xsm, dsm, msm, hsm, n, nb, cf)
             cuda.syncthreads()
         finish(acc, y, scratch, count, n, add, (pos, slots, inv_freq, kc, vc, nk))
 
@@ -334,42 +368,37 @@ def mma_name(w, mg: int) -> str:
 
 
 _A = "[:, ::1]"
-SIG = (f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32{_A}, float32{_A}, "
-       f"int32, boolean, float32[:, :, ::1], int32[::1], {cm._EP})")
+SIG = (f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32, boolean, "
+       f"float32[:, :, ::1], int32[::1], {cm._EP})")
 SIGS = {mma_kernel(mg, q45, f1, hm): [SIG] for mg in MMA_GROUPS
-        for q45, flavours in ((True, cm.Q45_FLAVOURS), (False, cm.Q8_FLAVOURS)) for f1, hm in flavours
-        if _layout(mg, q45, f1, hm)["bytes"] <= SMEM_MAX}
+        for q45, flavours in ((True, cm.Q45_FLAVOURS), (False, cm.Q8_FLAVOURS)) for f1, hm in flavours}
+assert all(_layout(mg, q45, f1, hm)["bytes"] <= SMEM_MAX for mg in MMA_GROUPS
+           for q45, flavours in ((True, cm.Q45_FLAVOURS), (False, cm.Q8_FLAVOURS)) for f1, hm in flavours)
+SIGS[half_x] = [f"void(float32[:, :], float16{_A})"]
 K = kernels(SIGS)
 
 _SCRATCH = {}  # (stream, rows, splits) -> (scratch, count): the split-K partial sums and the row groups' counters
 _SMS = []
 
 
-def gemv_mma(w, xquant, y, stream, add: bool, ep) -> bool:
-    """y (n, rows) (+)= x @ W.T on the tensor cores, x given as its int8 form (cuda_matmul.quantize); ep: the q/k/v
-    epilogue's arguments, as cuda_matmul._gemv. False (nothing launched) for an odd number of 32-blocks per row."""
+def gemv_mma(w, x, y, stream, add: bool, ep) -> bool:
+    """y (n, rows) (+)= x @ W.T on the tensor cores, x (n, n_in) float32; ep: the q/k/v epilogue's arguments, as
+    cuda_matmul._gemv. False (nothing launched) for an odd number of 32-blocks per row."""
     import cupy as cp
     n = y.shape[0]
     if (w.n_in // 32) % 2:
         return False
     mg = next(g for g in MMA_GROUPS if 8 * g >= n)
-    name = mma_name(w, mg)
-    if name not in K:  # too much shared memory for 32 tokens: two launches of <= 16 (rows stay the same)
-        h = 8 * MMA_GROUPS[0]
-        xq, xd, xs = xquant
-        for t in (slice(0, h), slice(h, n)):
-            e = ep if ep[5] == 0 else (ep[0][t], ep[1][t], *ep[2:])
-            gemv_mma(w, (xq[t], xd[t], xs[t]), y[t], stream, add, e)
-        return True
+    xh = cp.empty((n, w.n_in), cp.float16)
+    K["half_x"][-(-n * w.n_in // 4 // HALF_X_THREADS), HALF_X_THREADS, stream](x, xh)
     if not _SMS:
         _SMS.append(cp.cuda.Device().attributes["MultiProcessorCount"])
-    S = mma_splits(w.n_out, w.n_in, w.family, _SMS[0])
+    S = mma_splits(w.n_out, w.n_in, _SMS[0])
     key = (id(stream), w.n_out, S)  # one set per stream: kernels of one stream never overlap
     if key not in _SCRATCH:
         _SCRATCH[key] = (cp.empty((S, 8 * MMA_GROUPS[-1], w.n_out), cp.float32),
                          cp.zeros(-(-w.n_out // BR), cp.int32))
     scratch, count = _SCRATCH[key]
-    xq, xd, xs = xquant
-    K[name][(-(-w.n_out // BR), S), NT, stream](w.q.view(cp.int64), w.h, w.d, w.m, xq.view(cp.int64), xd, xs, y,
-                                                 w.off, add, scratch, count, *ep)
+    K[mma_name(w, mg)][(-(-w.n_out // BR), S), NT, stream](w.q.view(cp.int64), w.h, w.d, w.m, xh.view(cp.int64), y,
+                                                           w.off, add, scratch, count, *ep)
     return True

@@ -19,6 +19,7 @@ ATT_WARPS = 16  # most warps per block in attention (CudaBackend.attention picks
 ATT_CHUNK = 32  # fewest keys per block in split (flash-decoding) attention
 ATT_DECODE_WARPS = 4  # warps per block of decode attention (bench/gpu_check.py: 4 beat 8 and 16 at ctx 128-4096)
 ATT_SPLITS = 32  # most blocks per (token, head) in split attention (attn_combine takes one chunk per lane)
+ATT_GRID = 1024  # blocks a batched decode attention aims for when rows need not be batch-invariant
 RMS_MAXE = 8  # elements per thread in rmsnorm: rows up to 8 * 1024
 NORM_WARPS = 8  # warps per block of rmsnorm_q: a block normalises 2 * 32 * NORM_WARPS elements of a row
 NORM_LOADS = 16  # loads in flight per thread in rmsnorm_q's sum of squares
