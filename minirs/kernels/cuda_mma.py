@@ -164,42 +164,47 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
     n_h = BR * HP if has_h else 2
     WPIECES = WW // 4  # 16-byte pieces of a row's chunk
     XPIECES = 4 * U  # 16-byte pieces of a token's chunk of x (32 U halves)
+    DPAIRS = SPC // 2  # 4-byte pieces of a row's scales
+    HPAIRS = U // 2  # 8-byte pieces of a row's fifth bits
+    # the divisions of issue's piece numbers as shifts (all powers of two)
+    WSH, XSH, DSH, HSH = (v.bit_length() - 1 for v in (WPIECES, XPIECES, DPAIRS, HPAIRS))
+    assert all(1 << sh == v for sh, v in zip((WSH, XSH, DSH, HSH), (WPIECES, XPIECES, DPAIRS, HPAIRS)))
 
     def issue(st, ch, q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n, nb):
         """Start the copies of chunk ch into stage st: W (64 rows), x (n tokens), the rows' scales (offsets, fifth
         bits); then close the group. Pieces past a row's end are left out (their 32-blocks are skipped by
-        compute). Shared arrays are flat, indexed with uint32 (no negative-index fix-up)."""
+        compute). Piece numbers are split with shifts, and cp_async indexes without a negative-index fix-up."""
         tid = cuda.threadIdx.x
         r_base = cuda.blockIdx.x * BR
         n_out = q.shape[0]
         for i in range(BR * WPIECES // NT):
             p = tid + NT * i
-            row, k = p // WPIECES, p % WPIECES
+            row, k = p >> WSH, p & (WPIECES - 1)
             col = ch * (WW // 2) + 2 * k  # int64 words
             if col < q.shape[1]:
-                cp_async(ws, (uint32(st * n_ws + row * WP + 4 * k),), q, (min(r_base + row, n_out - 1), col), 16)
+                cp_async(ws, (st * n_ws + row * WP + 4 * k,), q, (min(r_base + row, n_out - 1), col), 16)
         for i in range((NTOK * XPIECES + NT - 1) // NT):
             p = tid + NT * i
-            t, k = p // XPIECES, p % XPIECES
+            t, k = p >> XSH, p & (XPIECES - 1)
             col = ch * 8 * U + 2 * k  # x's int64 words (4 halves each)
             if t < n and col < xh.shape[1]:
-                cp_async(xsm, (uint32(st * n_xs + t * XP + 2 * k),), xh, (t, col), 16)
-        for i in range((BR * SPC // 2 + NT - 1) // NT):
+                cp_async(xsm, (st * n_xs + t * XP + 2 * k,), xh, (t, col), 16)
+        for i in range((BR * DPAIRS + NT - 1) // NT):
             p = tid + NT * i
-            row, k = p // (SPC // 2), p % (SPC // 2)
+            row, k = p >> DSH, p & (DPAIRS - 1)
             j = ch * SPC + 2 * k
             if row < BR and j < d.shape[1]:
                 r = min(r_base + row, n_out - 1)
-                cp_async(dsm, (uint32(st * n_d + row * SP + 2 * k),), d, (r, j), 4)
+                cp_async(dsm, (st * n_d + row * SP + 2 * k,), d, (r, j), 4)
                 if has_m:
-                    cp_async(msm, (uint32(st * n_d + row * SP + 2 * k),), m, (r, j), 4)
+                    cp_async(msm, (st * n_d + row * SP + 2 * k,), m, (r, j), 4)
         if has_h:
-            for i in range((BR * U // 2 + NT - 1) // NT):
+            for i in range((BR * HPAIRS + NT - 1) // NT):
                 p = tid + NT * i
-                row, k = p // (U // 2), p % (U // 2)
+                row, k = p >> HSH, p & (HPAIRS - 1)
                 b = ch * U + 2 * k
                 if row < BR and b < nb:
-                    cp_async(hsm, (uint32(st * n_h + row * HP + 2 * k),), h, (min(r_base + row, n_out - 1), b), 8)
+                    cp_async(hsm, (st * n_h + row * HP + 2 * k,), h, (min(r_base + row, n_out - 1), b), 8)
         cp_async_commit()
 
     def blk(acc, b, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf):
@@ -207,34 +212,34 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
         constant where compute calls it, so every shared-memory offset below folds into the load)."""
         k0 = 2 * b if g16 else b  # the scales of the block's first half; k1: of its second half
         k1 = 2 * b + 1 if g16 else b
-        da, db = _pair(dsm[uint32(so + k0)]), _pair(dsm[uint32(so + 8 * SP + k0)])
-        ea, eb = _pair(dsm[uint32(so + k1)]), _pair(dsm[uint32(so + 8 * SP + k1)])
+        da, db = _pair(dsm[so + uint64(k0)]), _pair(dsm[so + uint64(8 * SP + k0)])
+        ea, eb = _pair(dsm[so + uint64(k1)]), _pair(dsm[so + uint64(8 * SP + k1)])
         ma = mb = na = nb_ = uint32(0)
         if has_m:
-            ma, mb = _pair(msm[uint32(so + k0)]), _pair(msm[uint32(so + 8 * SP + k0)])
-            na, nb_ = _pair(msm[uint32(so + k1)]), _pair(msm[uint32(so + 8 * SP + k1)])
+            ma, mb = _pair(msm[so + uint64(k0)]), _pair(msm[so + uint64(8 * SP + k0)])
+            na, nb_ = _pair(msm[so + uint64(k1)]), _pair(msm[so + uint64(8 * SP + k1)])
         if q45:
-            wa = uint32(ws[uint32(wo + 4 * b)])
-            wb = uint32(ws[uint32(wo + 8 * WP + 4 * b)])
+            wa = uint32(ws[wo + uint64(4 * b)])
+            wb = uint32(ws[wo + uint64(8 * WP + 4 * b)])
             ha = hb = uint32(0)
             if has_h:
-                ha = uint32(hsm[uint32(ho + b)]) >> hs
-                hb = uint32(hsm[uint32(ho + 8 * HP + b)]) >> hs
+                ha = uint32(hsm[ho + uint64(b)]) >> hs
+                hb = uint32(hsm[ho + uint64(8 * HP + b)]) >> hs
             pa0, pa1, pa2, pa3 = _q4_pairs(wa, ha, has_h)
             pb0, pb1, pb2, pb3 = _q4_pairs(wb, hb, has_h)
         else:
-            pa0, pa1 = _q8_pairs(uint32(ws[uint32(wo + 8 * b)]))
-            pb0, pb1 = _q8_pairs(uint32(ws[uint32(wo + 8 * WP + 8 * b)]))
-            pa2, pa3 = _q8_pairs(uint32(ws[uint32(wo + 8 * b + 4)]))
-            pb2, pb3 = _q8_pairs(uint32(ws[uint32(wo + 8 * WP + 8 * b + 4)]))
+            pa0, pa1 = _q8_pairs(uint32(ws[wo + uint64(8 * b)]))
+            pb0, pb1 = _q8_pairs(uint32(ws[wo + uint64(8 * WP + 8 * b)]))
+            pa2, pa3 = _q8_pairs(uint32(ws[wo + uint64(8 * b + 4)]))
+            pb2, pb3 = _q8_pairs(uint32(ws[wo + uint64(8 * WP + 8 * b + 4)]))
         a0, a1 = _deq(pa0, cf, da, ma), _deq(pb0, cf, db, mb)  # first half: rows g, g + 8
         a2, a3 = _deq(pa1, cf, da, ma), _deq(pb1, cf, db, mb)
         e0, e1 = _deq(pa2, cf, ea, na), _deq(pb2, cf, eb, nb_)  # second half
         e2, e3 = _deq(pa3, cf, ea, na), _deq(pb3, cf, eb, nb_)
         for gr in range(mg):
             if 8 * gr < n:  # tokens past n hold stale data: their sums are never stored
-                x0 = xsm[uint32(xo + 8 * gr * XP + 8 * b)]
-                x1 = xsm[uint32(xo + 8 * gr * XP + 8 * b + 4)]
+                x0 = xsm[xo + uint64(8 * gr * XP + 8 * b)]
+                x1 = xsm[xo + uint64(8 * gr * XP + 8 * b + 4)]
                 i = 4 * gr
                 r0, r1, r2, r3 = mma_f16(a0, a1, a2, a3, uint32(x0), uint32(x0 >> uint64(32)),
                                          acc[i], acc[i + 1], acc[i + 2], acc[i + 3])
@@ -243,16 +248,16 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
 
     def compute(acc, st, ch, ws, xsm, dsm, msm, hsm, n, nb, cf):
         """acc += this lane's D fragments of the staged chunk ch (stage st) for every token group: blk for each
-        of its 32-blocks, unrolled by hand. Offsets are uint32 (Numba would widen them to int64 and check indices
-        for negatives)."""
+        of its 32-blocks, unrolled by hand. Offsets are uint64: no negative-index fix-up, and base + constant
+        folds into the load (a uint32 offset's wrap-around would not)."""
         lane = cuda.threadIdx.x & 31
         lr = (cuda.threadIdx.x >> 5) * 16 + (lane >> 2)  # this lane's row g within the block (and lr + 8)
         c = lane & 3
         g = lane >> 2
-        wo = uint32(st * n_ws + lr * WP + c)  # row lr's word c of block 0 (row lr + 8: + 8 WP)
-        so = uint32(st * n_d + lr * SP)  # row lr's scales
-        ho = uint32(st * n_h + lr * HP)
-        xo = uint32(st * n_xs + g * XP + c)  # token g's first-half B words of block 0 (token group gr: + 8 gr XP)
+        wo = uint64(st * n_ws + lr * WP + c)  # row lr's word c of block 0 (row lr + 8: + 8 WP)
+        so = uint64(st * n_d + lr * SP)  # row lr's scales
+        ho = uint64(st * n_h + lr * HP)
+        xo = uint64(st * n_xs + g * XP + c)  # token g's first-half B words of block 0 (token group gr: + 8 gr XP)
         hs = uint32(4 * c)  # this lane's fifth bits start at bit 4c of a block's word
         left = nb - ch * U  # 32-blocks of this chunk inside the row
         if left >= U:
