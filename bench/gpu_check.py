@@ -120,7 +120,7 @@ MMA_SHAPES = [("Q4_0", 6144, 4096), ("Q4_0", 4096, 4096), ("Q4_0", 28672, 4096),
 
 def mma_timings():
     """Replayed us of the dp4a and the tensor-core GEMV (cuda_mma) for 7B and SmolLM2 shapes and n tokens
-    (MMA_N, default 1,2,4,8,16,32)."""
+    (MMA_N, default 1,2,4,8,16,32), each given its input form; MMA_WAVE: values of cuda_mma.MMA_WAVE to time."""
     import cupy as cp
 
     from minirs.kernels import cuda_matmul as cm
@@ -129,20 +129,25 @@ def mma_timings():
     be = CudaBackend()
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     rng = np.random.default_rng(0)
+    from minirs.kernels import cuda_mma
     ns = [int(v) for v in os.environ.get("MMA_N", "1,2,4,8,16,32").split(",")]
-    log(f"# GEMV us, dp4a / tensor cores (K splits), n = {ns}")
-    for qt, n_out, n_in in MMA_SHAPES:
+    waves = [int(v) for v in os.environ.get("MMA_WAVE", str(cuda_mma.MMA_WAVE)).split(",")]
+    log(f"# GEMV us, dp4a / tensor cores (K splits), n = {ns}, MMA_WAVE = {waves}")
+    for (qt, n_out, n_in), wave in itertools.product(MMA_SHAPES, waves):
+        cuda_mma.MMA_WAVE = wave
         ws = _weights(qt, n_out, n_in, rng)
         row = []
         for n in ns:
             x = cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32))
             xq = cm.quantize(x, be.nbs)
+            xh = cp.empty((n, n_in), cp.float16)  # the tensor cores' form, as the op before a GEMV writes it
+            cuda_mma.K["half_x"][-(-n * n_in // 256), 256, be.nbs](x, xh)
             y = cp.empty((n, n_out), cp.float32)
             it = itertools.count()
-            t = [graph_time(be.stream, lambda: cm._gemv(ws[next(it) % 3], x, xq, y, be.nbs, False, cm._no_ep(), m))
-                 for m in (0, 1)]
+            t = [graph_time(be.stream, lambda: cm._gemv(ws[next(it) % 3], x, f, y, be.nbs, False, cm._no_ep(), m))
+                 for m, f in ((0, xq), (1, xh))]
             row.append(f"{n}: {t[0]:.1f}/{t[1]:.1f}")
-        log(f"{qt} {n_out}x{n_in} (S{mma_splits(n_out, n_in, sms)}): "
+        log(f"{qt} {n_out}x{n_in} (S{mma_splits(n_out, n_in, sms)}, wave {wave}): "
             + ", ".join(row))
 
 

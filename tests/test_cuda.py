@@ -136,17 +136,26 @@ def test_elementwise_ops_match_twins(be):
         assert np.array_equal(cp.asnumpy(be.argmax(cp.asarray(logits))), logits.argmax(-1)), V
 
 
-def _assert_int8_form(quant, x):
-    """The int8 form (xq, xd, xs) a fused kernel wrote matches cuda_numerics.quantize_x of its float output."""
+def _assert_gemv_form(form, x):
+    """The GEMV form a fused kernel wrote (cuda_matmul.gemv_input) matches its float output x: the int8 form
+    (xq, xd, xs) as cuda_numerics.quantize_x makes it, or the tensor cores' float16 with each 4 elements stored as
+    (x0, x2, x1, x3)."""
     from minirs.kernels.cuda_numerics import quantize_x
-    xq, xd, xs = (np.asarray(a.get()) for a in quant)
+    if not isinstance(form, tuple):
+        want = x.astype(np.float16).reshape(x.shape[0], -1, 4)[:, :, [0, 2, 1, 3]].reshape(x.shape)
+        assert np.array_equal(form.get(), want)
+        return
+    xq, xd, xs = (np.asarray(a.get()) for a in form)
     tq, td, ts = quantize_x(x)
     assert np.abs(xq.view(np.int8).reshape(tq.shape).astype(np.int32) - tq).max() <= 1  # rounding-boundary ties
     assert rel(xd, td) < 1e-6
     assert np.array_equal(xs, xq.view(np.int8).reshape(tq.shape).astype(np.int32).reshape(xs.shape[0], -1, 16).sum(-1))
 
 
-def test_fused_int8_producers_match_twins(be):
+@pytest.mark.parametrize("mma_min_n", [0, 1], indirect=True)
+def test_fused_producers_write_the_gemv_form(be, mma_min_n):
+    """rmsnorm, the gated activation and decode attention write their output's GEMV form too: int8 for dp4a,
+    float16 for the tensor cores (mma_min_n)."""
     import cupy as cp
     from minirs.kernels import ref
     rng = np.random.default_rng()
@@ -155,11 +164,20 @@ def test_fused_int8_producers_match_twins(be):
         w = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
         out = be.rmsnorm(cp.asarray(x), cp.asarray(w), 1e-6)
         assert rel(out.get(), ref.rmsnorm(x, w, 1e-6)) < 1e-5
-        _assert_int8_form(be._quant_of(out), out.get())
+        _assert_gemv_form(be._quant_of(out), out.get())
     a, b = rng.standard_normal((2, 2, 1536)).astype(np.float32)
     out = be.gated_act(cp.asarray(a), cp.asarray(b), "silu")
     assert rel(out.get(), ref.gated_act(a, b, "silu")) < 1e-5
-    _assert_int8_form(be._quant_of(out), out.get())
+    _assert_gemv_form(be._quant_of(out), out.get())
+    kc, vc = (cp.asarray(rng.standard_normal((2, 2, 64, 128)).astype(np.float16)) for _ in range(2))
+    for n, chunk in ((1, 8), (5, 8), (5, 64)):  # split attention, and one block per (token, head)
+        be.att_chunk, old = chunk, be.att_chunk
+        try:
+            out = be.attention(cp.asarray(rng.standard_normal((n, 4, 128)).astype(np.float32)), kc, vc,
+                               np.arange(n) % 2, np.full(n, 40), 0, 0.1, 0.0)
+        finally:
+            be.att_chunk = old
+        _assert_gemv_form(be._quant_of(out.reshape(n, -1)), out.get().reshape(n, -1))
 
 
 @pytest.mark.parametrize("h,hkv,d,L,window,softcap", [(8, 2, 64, 64, 0, 0.0), (4, 1, 256, 40, 16, 0.0),
@@ -187,8 +205,7 @@ def test_kv_write_and_attention_match_twin(be, h, hkv, d, L, window, softcap):
         for be.att_chunk in (8, 32, 256):  # split over many blocks, a few, or one block per (token, head)
             o = cp.asnumpy(be.attention(cp.asarray(q), kcd, vcd, slots, pos, window, 1 / np.sqrt(d), softcap))
             assert rel(o, want) < 1e-4, be.att_chunk
-            if (min(L, window) if window else L) > be.att_chunk:  # decode: also the int8 form of o for Wo
-                _assert_int8_form(be._xquant[3], o.reshape(6, -1))
+            _assert_gemv_form(be._xquant[3], o.reshape(6, -1))  # also o's form for Wo
     finally:
         be.att_chunk = chunk
     for n in (12, 40):  # 12 tokens: the attention kernel; 40: cuBLAS per slot (the kernel where the ring wrapped)
@@ -338,7 +355,7 @@ def test_model_on_gpu_matches_cpu(be, preset, tmp_path):
 
 
 def test_phi2_qwen2_ops_match_twins(be):
-    """LayerNorm (with bias, and its int8 form for the GEMVs), in-place bias (which drops a stale int8 form), act."""
+    """LayerNorm (with bias, and its form for the GEMVs), in-place bias (which drops a stale form), act."""
     import cupy as cp
     from minirs.kernels import ref
     rng = np.random.default_rng()
@@ -348,7 +365,7 @@ def test_phi2_qwen2_ops_match_twins(be):
         out = be.layernorm(cp.asarray(x), cp.asarray(w), cp.asarray(b), 1e-5)
         assert rel(out.get(), ref.layernorm(x, w, b, 1e-5)) < 1e-5, (n, d)
         if n <= 32:
-            _assert_int8_form(be._quant_of(out), out.get())
+            _assert_gemv_form(be._quant_of(out), out.get())
             be.add_bias_(out, cp.asarray(b))
             assert be._quant_of(out) is None
     x = rng.standard_normal((4, 1000)).astype(np.float32)

@@ -57,13 +57,14 @@ class CudaBackend:
         self.nbs = cuda.external_stream(self.stream.ptr)
         self._idx = {}  # id(host index array) -> (host array, device copy), so one forward uploads each once
         self._graphs = {}  # (id(model), id(cache), n, greedy, sampled) -> DecodeGraph
-        self._xquant = None  # (array, ptr, size, (xq, xd, xs)): the int8 form of the last fused-op output
+        self._xquant = None  # (array, ptr, size, form): the GEMV form of the last fused-op output (_new_form)
         self._dummy = cp.zeros(1, cp.float32)  # stands for absent optional vectors (biases, norms) in kernels
         self._counts = {}  # (n, h) -> split attention's block counters (_count)
         self.att_chunk = cuda_ops.ATT_CHUNK  # fewest keys per block of decode attention (bench/gpu_check.py sweeps it)
         self.att_warps = cuda_ops.ATT_DECODE_WARPS  # warps per block of decode attention (<= ATT_WARPS)
         self.mma_min_n = MMA_MIN_N  # GEMVs of at least this many tokens run on the tensor cores; 0: none (exact)
         self._no_quant = self._new_quant(1, 32)  # stands for the int8 output of kernels told not to write one
+        self._no_half = cp.empty((1, 4), cp.float16)  # and for their float16 one
         l2 = cp.cuda.Device(device).attributes.get("L2CacheSize", 0)
         self.prefetch_bytes = int(os.environ.get("MINIRS_PREFETCH_BYTES", l2 // 2))  # per prefetch call (0: off)
         self._spans = {}  # tuple of matrix ids -> (matrices, spans array): prefetch's tables
@@ -76,9 +77,9 @@ class CudaBackend:
         thread; a thread that did not call this would run CuPy ops on the default stream, unordered with ours)."""
         self.stream.use()
 
-    # --- the int8 activations of the GEMVs, produced by the op before them ---
+    # --- the GEMVs' forms of their inputs (int8 or float16), produced by the op before them ---
     def _stash(self, x, xquant) -> None:
-        """Remember that x (by its memory) has the int8 form xquant, for the matmuls that read x next."""
+        """Remember that x (by its memory) has the GEMV form xquant (_new_form), for the matmuls that read x next."""
         self._xquant = (x, x.data.ptr, x.size, xquant)
 
     def _quant_of(self, x):
@@ -87,6 +88,16 @@ class CudaBackend:
 
     def _new_quant(self, n: int, k: int):
         return cp.empty((n, k), cp.int8), cp.empty((n, k // 32), cp.float32), cp.empty((n, k // 16), cp.int32)
+
+    def _new_form(self, n: int, k: int):
+        """Where a fused op writes its output's GEMV form (cuda_matmul.gemv_input): (the kernel's arguments
+        xq, xd, xs, xh, half; what to stash). float16 when the next GEMVs run on the tensor cores (cuda_mma), else
+        the int8 form."""
+        if 0 < self.mma_min_n <= n:
+            xh = cp.empty((n, k), cp.float16)
+            return (*self._no_quant, xh, True), xh
+        xq = self._new_quant(n, k)
+        return (*xq, self._no_half, False), xq
 
     def batch_invariant(self, exact: bool) -> None:
         """exact: every quantized GEMV on dp4a, whose rows are bit-identical whatever the batch (the scheduler's
@@ -172,11 +183,11 @@ class CudaBackend:
         threads = min(1024, 32 * max(1, -(-d // 128)))  # ~4 elements per thread, held in registers
         if d > threads * cuda_ops.RMS_MAXE:
             raise ModelError(f"CUDA rmsnorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
-        if x.ndim == 2 and self._fuse_quant(n, d):  # its output feeds GEMVs: write their int8 form too
-            xq = self._new_quant(n, d)
+        if x.ndim == 2 and self._fuse_quant(n, d):  # its output feeds GEMVs: write their form too
+            args, form = self._new_form(n, d)
             slices = -(-d // (64 * cuda_ops.NORM_WARPS))
-            K["rmsnorm_q"][(n, slices), 32 * cuda_ops.NORM_WARPS, self.nbs](x2, w, np.float32(eps), out, *xq)
-            self._stash(out, xq)
+            K["rmsnorm_q"][(n, slices), 32 * cuda_ops.NORM_WARPS, self.nbs](x2, w, np.float32(eps), out, *args)
+            self._stash(out, form)
         else:
             K["rmsnorm"][n, threads, self.nbs](x2, w, np.float32(eps), out)
         return out.reshape(shape)
@@ -192,9 +203,9 @@ class CudaBackend:
         n, f = gate.shape
         out = cp.empty((n, f), cp.float32)
         if self._fuse_quant(n, f):  # its output feeds the down-projection GEMV
-            xq = self._new_quant(n, f)
-            K["gated_act_q"][_blocks(gate.size, 256), 256, self.nbs](gate, up, activation == "gelu", out, *xq)
-            self._stash(out, xq)
+            args, form = self._new_form(n, f)
+            K["gated_act_q"][_blocks(gate.size, 256), 256, self.nbs](gate, up, activation == "gelu", out, *args)
+            self._stash(out, form)
         else:
             K["gated_act"][_blocks(gate.size, 256), 256, self.nbs](gate, up, activation == "gelu", out)
         return out
@@ -257,25 +268,24 @@ class CudaBackend:
             # tokens x 32 heads x 32 splits, mostly finding no keys in a short context, cost 38 us at 64 keys)
             splits = max(1, min(splits, -(-cuda_ops.ATT_GRID // (n * h))))
         args = (q, kc, vc, sl, ps, int(window), np.float32(scale), np.float32(softcap))
-        if n > cuda_matmul.GEMV_MAX_N or splits == 1:  # prefill: a block per (token, head) over all its keys
-            out = cp.empty((n, h, d), cp.float32)
-            dummy = cp.empty((1, 1, 1), cp.float32)
-            warps = 8 if n * h < 1024 else 4
-            K["attention"][(h, 1, n), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, dummy.reshape(1, 1, 1, 1),
-                                                             self._count(1, 1), out, False, *self._no_quant)
-            return out
-        # decode (flash-decoding): blocks over chunks of the context; the last block of each (token, head) combines
-        # the chunks and writes the output's int8 form for Wo too
-        pm = cp.empty((n, h, splits), cp.float32)
-        pl = cp.empty((n, h, splits), cp.float32)
-        po = cp.empty((n, h, splits, d), cp.float32)
         out = cp.empty((n, h, d), cp.float32)
-        quant = d % 32 == 0  # the int8 form goes per head (tiny test models have head_dim 8 or 16)
-        xq = self._new_quant(n, h * d) if quant else self._no_quant
-        K["attention"][(h, splits, n), 32 * max(self.att_warps, -(-d // 32)), self.nbs](
-            *args, self.att_chunk, pm, pl, po, self._count(n, h), out, quant, *xq)
+        # the output's GEMV form for Wo, per head (tiny test models have head_dim 8 or 16); not for prefill
+        quant = d % 32 == 0 and n <= cuda_matmul.GEMV_MAX_N
+        qargs, form = self._new_form(n, h * d) if quant else ((*self._no_quant, self._no_half, False), None)
+        if n > cuda_matmul.GEMV_MAX_N or splits == 1:  # a block per (token, head) over all its keys
+            dummy = cp.empty((1, 1, 1), cp.float32)
+            warps = max(8 if n * h < 1024 else 4, -(-d // 32))  # (gemv_input: a thread per head dim)
+            K["attention"][(h, 1, n), 32 * warps, self.nbs](*args, kc.shape[2], dummy, dummy, dummy.reshape(1, 1, 1, 1),
+                                                             self._count(1, 1), out, quant, *qargs)
+        else:  # decode (flash-decoding): blocks over chunks of the context; the last block of each (token, head)
+            # combines the chunks
+            pm = cp.empty((n, h, splits), cp.float32)
+            pl = cp.empty((n, h, splits), cp.float32)
+            po = cp.empty((n, h, splits, d), cp.float32)
+            K["attention"][(h, splits, n), 32 * max(self.att_warps, -(-d // 32)), self.nbs](
+                *args, self.att_chunk, pm, pl, po, self._count(n, h), out, quant, *qargs)
         if quant:
-            self._stash(out, xq)
+            self._stash(out, form)
         return out
 
     def _count(self, n: int, h: int):
@@ -335,9 +345,9 @@ class CudaBackend:
         if d > threads * cuda_ops.RMS_MAXE:
             raise ModelError(f"CUDA layernorm handles rows up to {1024 * cuda_ops.RMS_MAXE}, got {d}")
         if x.ndim == 2 and self._fuse_quant(n, d):
-            xq = self._new_quant(n, d)
-            K["layernorm_q"][n, threads, self.nbs](x2, w, b, np.float32(eps), out, *xq)
-            self._stash(out, xq)
+            args, form = self._new_form(n, d)
+            K["layernorm_q"][n, threads, self.nbs](x2, w, b, np.float32(eps), out, *args)
+            self._stash(out, form)
         else:
             K["layernorm"][n, threads, self.nbs](x2, w, b, np.float32(eps), out)
         return out.reshape(shape)
@@ -370,8 +380,7 @@ class CudaBackend:
         """y[t, j] = x[t] (or x[t, j]) @ W[ids[t, j]].T -> (n, k, n_out)"""
         x = cp.ascontiguousarray(x, dtype=cp.float32)
         q = self._quant_of(x) if experts.family != "float" else None
-        if q is not None:
-            q = (q[0].view(cp.int32), q[1], q[2])
+        q = (q[0].view(cp.int32), q[1], q[2]) if isinstance(q, tuple) else None  # the MoE GEMVs read int8
         ids = cp.ascontiguousarray(self._ix(ids).reshape(x.shape[0], -1) if not isinstance(ids, cp.ndarray)
                                    else ids.astype(cp.int64, copy=False))
         return cuda_matmul.gmatmul_id(experts, x, ids, self.nbs, q)

@@ -1,8 +1,9 @@
 """Inline-PTX intrinsics that Numba CUDA lacks: dp4a (4 int8 MACs), mma_f16 (a float16 tensor-core tile product),
-h2sub / h2fma (float16 pairs packed in a uint32), cp_async (a global -> shared copy that needs no registers, with
-cp_async_commit / cp_async_wait0 / _wait1), ld_volatile (a float32 load from L2, for the last-block pattern),
-ld_half2 (two float16 in one 4-byte load) and prefetch_l2 (a bulk prefetch into L2). Under the CUDA simulator they
-are plain-Python twins, except mma_f16, a warp-wide instruction, which raises there."""
+h2sub / h2fma (float16 pairs packed in a uint32), cp_async (a global -> shared copy that needs no registers,
+between raw addresses from addr_of / shared_addr; cp_async_commit / cp_async_wait0 / _wait1), ld_volatile (a
+float32 load from L2, for the last-block pattern), ld_half2 (two float16 in one 4-byte load) and prefetch_l2 (a
+bulk prefetch into L2). Under the CUDA simulator they are plain-Python twins, except mma_f16 (a warp-wide
+instruction) and the raw-address ones, which raise there."""
 
 import os
 
@@ -48,12 +49,11 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: 
     def h2fma(a, b, c):  # one rounding, as fma.rn.f16x2
         return _packed((_pair(a).astype(np.float64) * _pair(b) + _pair(c)).astype(np.float16))
 
-    def cp_async(dst, di, src, si, nbytes):
-        d = dst.reshape(-1).view(np.uint8)
-        s = src.reshape(-1).view(np.uint8)
-        do = int(np.ravel_multi_index(di, dst.shape)) * dst.itemsize
-        so = int(np.ravel_multi_index(si, src.shape)) * src.itemsize
-        d[do:do + nbytes] = s[so:so + nbytes]
+    def _no_addresses(*args):
+        raise RuntimeError("raw device addresses (addr_of, shared_addr, cp_async) do not exist in the CUDA "
+                           "simulator, which runs Python (cuda_mma's kernels need a GPU)")
+
+    addr_of = shared_addr = cp_async = _no_addresses
 
     def cp_async_commit():
         pass
@@ -170,11 +170,30 @@ else:
         return types.uint32(a, b, c), _u32_asm("fma.rn.f16x2 $0, $1, $2, $3;")
 
     @intrinsic
-    def cp_async(typingctx, dst, di, src, si, nbytes):
-        """Copy nbytes (a literal 4, 8 or 16) from src[si] (global memory) to dst[di] (a shared array), both
-        nbytes-aligned, without passing through registers (PTX cp.async, sm_80+; 16 bytes bypass L1). The copy
-        lands later: cp_async_commit closes a group of copies, cp_async_wait0 / _wait1 wait until at most 0 / 1
-        of this thread's groups are in flight, and a barrier then shows the data to the other threads."""
+    def addr_of(typingctx, ary, idx):
+        """The address of ary[idx] as an int64 (generic address space): for address arithmetic done once, outside
+        a loop, and cp_async."""
+        def codegen(context, builder, sig, args):
+            return builder.ptrtoint(_item_ptr(context, builder, sig, args), ir.IntType(64))
+        return types.int64(ary, idx), codegen
+
+    @intrinsic
+    def shared_addr(typingctx, ary, idx):
+        """The shared-window address of ary[idx] (ary a shared array) as an int64: cvta.to.shared."""
+        def codegen(context, builder, sig, args):
+            i64 = ir.IntType(64)
+            a = builder.ptrtoint(_item_ptr(context, builder, sig, args), i64)
+            return builder.asm(ir.FunctionType(i64, [i64]), "cvta.to.shared.u64 $0, $1;", "=l,l", [a],
+                               side_effect=False)
+        return types.int64(ary, idx), codegen
+
+    @intrinsic
+    def cp_async(typingctx, dst, src, nbytes):
+        """Copy nbytes (a literal 4, 8 or 16) from the global address src (addr_of) to the shared address dst
+        (shared_addr), both nbytes-aligned, without passing through registers (PTX cp.async, sm_80+; 16 bytes
+        bypass L1). The copy lands later: cp_async_commit closes a group of copies, cp_async_wait0 / _wait1 wait
+        until at most 0 / 1 of this thread's groups are in flight, and a barrier then shows the data to the other
+        threads."""
         if not isinstance(nbytes, types.IntegerLiteral) or nbytes.literal_value not in (4, 8, 16):
             return None
         n = nbytes.literal_value
@@ -182,14 +201,12 @@ else:
 
         def codegen(context, builder, sig, args):
             i64 = ir.IntType(64)
-            d = builder.ptrtoint(_ptr(context, builder, *sig.args[:2], *args[:2]), i64)
-            s = builder.ptrtoint(_ptr(context, builder, *sig.args[2:4], *args[2:4]), i64)
+            d, s = (context.cast(builder, v, t, types.int64) for v, t in zip(args[:2], sig.args[:2]))
             builder.asm(ir.FunctionType(ir.VoidType(), [i64, i64]),
-                        "{ .reg .u64 a; .reg .u32 b; .reg .u64 g; cvta.to.shared.u64 a, $0; cvt.u32.u64 b, a; "
-                        f"cvta.to.global.u64 g, $1; cp.async.{cache}.shared.global [b], [g], {n}; }}",
-                        "l,l", [d, s], side_effect=True)
+                        "{ .reg .u32 b; .reg .u64 g; cvt.u32.u64 b, $0; cvta.to.global.u64 g, $1; "
+                        f"cp.async.{cache}.shared.global [b], [g], {n}; }}", "l,l", [d, s], side_effect=True)
             return context.get_dummy_value()
-        return types.void(dst, di, src, si, nbytes), codegen
+        return types.void(dst, src, nbytes), codegen
 
     def _asm_void(text):
         @intrinsic

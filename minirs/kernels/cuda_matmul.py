@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 from numba import cuda, float32, float64, int8, int32, int64
+from numba.core.types import float16
 from numba.cuda import libdevice
 
 from minirs.kernels.cuda_intrinsics import dp4a
@@ -111,6 +112,26 @@ def quant32(v, t, b, xq, xd, xs):
         xs[t, 2 * b] = s
     if lane == 16:
         xs[t, 2 * b + 1] = s
+
+
+def half_clamped(v):
+    """v as float16, clamped to its range (+-65504) instead of overflowing to inf."""
+    return float16(min(max(v, float32(-65504.0)), float32(65504.0)))
+
+
+def half_pos(j):
+    """Where element j of a row goes in the tensor-core GEMV's float16 form (cuda_mma): each 4 elements stored as
+    (x0, x2, x1, x3), the order of an mma fragment."""
+    return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1)
+
+
+def gemv_input(v, t, b, xq, xd, xs, xh, half):
+    """Warp-wide: the 32 lanes hold elements 32*b + lane of row t of a GEMV's input; write them in the form that
+    GEMV reads: float16 in fragment order for the tensor cores (half; cuda_mma), else the int8 form (quant32)."""
+    if half:
+        xh[t, half_pos(32 * b + (cuda.threadIdx.x & 31))] = half_clamped(v)
+    else:
+        quant32(v, t, b, xq, xd, xs)
 
 
 def quantize_x(x, xq, xd, xs):
@@ -642,8 +663,8 @@ SIGS = {
     dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, float32{_A})"],
     dequant_float: [f"void({w}{_A}, int64[::1], float32, float32{_A})" for w in ("float16", "float32")],
 }
-for _f in (quant32, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8, _put, rope_cos_sin, attn_put,
-           _store4, _h4, _thread_word, _rows4, _expert_rows):
+for _f in (quant32, half_clamped, half_pos, gemv_input, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8,
+           _put, rope_cos_sin, attn_put, _store4, _h4, _thread_word, _rows4, _expert_rows):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 K = kernels(SIGS)
 
@@ -675,11 +696,12 @@ def _no_ep():
     return _NO_EP[0]
 
 
-def gmatmul(w: GMatrix, x, stream, xquant=None, out=None, mma_min_n: int = 0):
+def gmatmul(w: GMatrix, x, stream, xform=None, out=None, mma_min_n: int = 0):
     """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32; with out, out += x @ W.T instead (returns out).
 
-    xquant: x's int8 form (quantize) when the op that produced x already wrote it. mma_min_n > 0: quantized GEMVs
-    of at least that many tokens run on the tensor cores (cuda_mma), the others on dp4a."""
+    xform: x in the form its GEMV reads, when the op that produced x already wrote it (gemv_input): the int8 form
+    (xq, xd, xs) of quantize, or the tensor cores' float16 array. mma_min_n > 0: quantized GEMVs of at least that
+    many tokens run on the tensor cores (cuda_mma), the others on dp4a."""
     import cupy as cp
     n = x.shape[0]
     add = out is not None
@@ -688,7 +710,7 @@ def gmatmul(w: GMatrix, x, stream, xquant=None, out=None, mma_min_n: int = 0):
         if w.family == "float":
             K["gemv_float"][(math.ceil(w.n_out / R), n), 32 * NW, stream](w.q, x, y, add)
             return y
-        _gemv(w, x, xquant, y, stream, add, _no_ep(), mma_min_n)
+        _gemv(w, x, xform, y, stream, add, _no_ep(), mma_min_n)
         return y
     y = cp.matmul(x.astype(cp.float16), dequant_f16(w, stream).T)  # cuBLAS, fp32 accumulation
     if add:
@@ -697,18 +719,19 @@ def gmatmul(w: GMatrix, x, stream, xquant=None, out=None, mma_min_n: int = 0):
     return y.astype(cp.float32)
 
 
-def _gemv(w: GMatrix, x, xquant, y, stream, add: bool, ep, mma_min_n: int = 0) -> None:
+def _gemv(w: GMatrix, x, xform, y, stream, add: bool, ep, mma_min_n: int = 0) -> None:
     """The quantized GEMV kernel for w's flavour and shape: y (n, rows) (+)= x @ W.T, or with ep the fused
-    attention epilogue (gmatmul_qkv_rope). On the tensor cores (cuda_mma.gemv_mma, x in float16) when
-    0 < mma_min_n <= n and the shape allows; else on dp4a with x's int8 form, xquant (quantize: made here if the
-    op that produced x did not write it)."""
+    attention epilogue (gmatmul_qkv_rope). On the tensor cores (cuda_mma.gemv_mma: x in float16) when
+    0 < mma_min_n <= n and the shape allows, else on dp4a with x's int8 form. xform: either form if written
+    already (gmatmul); the one needed is made here otherwise."""
     import cupy as cp
     n = y.shape[0]
+    quant = xform if isinstance(xform, tuple) else None
     if 0 < mma_min_n <= n:
         from minirs.kernels.cuda_mma import gemv_mma
-        if gemv_mma(w, x, y, stream, add, ep):
+        if gemv_mma(w, x, None if quant is not None else xform, y, stream, add, ep):
             return
-    xq, xd, xs = xquant if xquant is not None else quantize(x, stream)
+    xq, xd, xs = quant if quant is not None else quantize(x, stream)
     tt = 1 if n == 1 else TT  # one token: a kernel with TT - 1 fewer token slots (fewer registers)
     grid = math.ceil(w.n_out / R) * math.ceil(n / tt)  # row groups x token tiles (tile)
     nw = gemv_warps(w)
@@ -719,16 +742,16 @@ def _gemv(w: GMatrix, x, xquant, y, stream, add: bool, ep, mma_min_n: int = 0) -
         kernel(w.q.view(cp.int64), w.d, w.m, xq.view(cp.int64), xd, xs, y, add, *ep)
 
 
-def gmatmul_qkv_rope(w: GMatrix, x, stream, xquant, pos, slots, inv_freq, kc, vc, mma_min_n: int = 0):
+def gmatmul_qkv_rope(w: GMatrix, x, stream, xform, pos, slots, inv_freq, kc, vc, mma_min_n: int = 0):
     """The fused q/k/v projection for decode (n <= GEMV_MAX_N, w quantized, its rows q (h * d) then k and v
     (hkv * d each)): returns q (n, h * d) rotated, and writes k (rotated) and v into the caches at row pos % L of
     each token's slot. RoPE on adjacent pairs (2i, 2i + 1) only, no biases, no q/k norms: the llama family
-    (cuda_ops.attn_inputs covers the rest). One kernel instead of the GEMV and attn_inputs."""
+    (cuda_ops.attn_inputs covers the rest). One kernel instead of the GEMV and attn_inputs. xform: as gmatmul."""
     import cupy as cp
     n = x.shape[0]
     nk = kc.shape[1] * kc.shape[3]
     qo = cp.empty((n, w.n_out - 2 * nk), cp.float32)
-    _gemv(w, x, xquant, qo, stream, False, (pos, slots, inv_freq, kc, vc, nk), mma_min_n)
+    _gemv(w, x, xform, qo, stream, False, (pos, slots, inv_freq, kc, vc, nk), mma_min_n)
     return qo
 
 
@@ -779,7 +802,7 @@ def gmatmul_id(ex: GExperts, x, ids, stream, xquant=None):
         if w.family == "float":
             K["gemv_id_float"][grid, 32 * NW, stream](w.q, ids, xdiv, x2, y)
             return y.reshape(n, kk, n_out)
-        xq, xd, xs = xquant if xquant is not None else quantize(x2, stream)
+        xq, xd, xs = xquant if isinstance(xquant, tuple) else quantize(x2, stream)
         xq = xq.view(cp.int64)
         kernel = K[gemv_name(f"gemv_id_{w.family}", w)][grid, 32 * NW, stream]
         if w.family == "q45":

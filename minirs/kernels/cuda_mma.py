@@ -1,5 +1,6 @@
 """Batched decode GEMVs on the float16 tensor cores: y = x @ W.T for 2 to GEMV_MAX_N tokens, W quantized (the q4 / q5
-and q8 families of cuda_matmul), x in float16 (half_x writes it once per GEMV).
+and q8 families of cuda_matmul), x in float16 (written by the op before the GEMV, cuda_matmul.gemv_input, or else
+by half_x).
 
 The dp4a GEMVs (cuda_matmul) pay ~15 instructions per (row, 32-block, token), so 16 tokens cost ~5-15x one token.
 `mma.sync.aligned.m16n8k16` (cuda_intrinsics.mma_f16) multiplies a 16 x 16 float16 tile of W by a 16 x 8 tile of
@@ -19,7 +20,8 @@ elements 4c..4c+3 of each half of a 32-block: k = 2c, 2c + 1, 2c + 8, 2c + 9 <->
   elements at once, exact; subtracting 1024 + off and one fma with (d, d) and (m, m) finish the pair.
 - q8: words c and 4 + c of a block, one per half (each with its own scale in the 16-groups of Q6_K / Q3_K /
   Q2_K); bytes 0 and 2 (or 1 and 3) of the word, offset by 128 into unsigned, go into the mantissa of 1024.
-- x: half_x stores each 4 elements as (x0, x2, x1, x3), so a lane's B words for a half are one 8-byte load.
+- x: its float16 form stores each 4 elements as (x0, x2, x1, x3), so a lane's B words for a half are one 8-byte
+  load.
 
 Memory: a block of MW = 4 warps owns 64 rows (16 per warp) and walks K in chunks of U 32-blocks of each row (8
 q4 blocks for up to 16 tokens, else 4; 4 q8 blocks). Each chunk of W, of x (every token's same elements, shared by
@@ -37,11 +39,10 @@ int8 there, float16 here), which is why the scheduler's row_invariant mode keeps
 """
 
 from numba import cuda, float32, int32, uint16, uint32, uint64
-from numba.core.types import float16
 
 from minirs.kernels import cuda_matmul as cm
-from minirs.kernels.cuda_intrinsics import cp_async, cp_async_commit, cp_async_wait0, cp_async_wait1, h2fma, h2sub, \
-    ld_volatile, mma_f16
+from minirs.kernels.cuda_intrinsics import addr_of, cp_async, cp_async_commit, cp_async_wait0, cp_async_wait1, h2fma, \
+    h2sub, ld_volatile, mma_f16, shared_addr
 from minirs.kernels.cuda_launch import kernels
 
 MW = 4  # warps per block
@@ -50,6 +51,7 @@ NT = 128  # threads per block
 MMA_GROUPS = (2, 4)  # token groups of 8 per kernel: n <= 16, n <= 32 (= cuda_matmul.GEMV_MAX_N)
 SMEM_MAX = 48 * 1024  # static shared memory per block
 HALF_X_THREADS = 256
+MMA_WAVE = 4  # resident blocks per SM (shared memory; bench/gpu_check.py --mma times other values)
 
 LO2 = uint32(0x000F000F)  # nibble 0 of each 16-bit half of a word
 BYTE2 = uint32(0x00FF00FF)  # byte 0 of each half
@@ -68,12 +70,13 @@ def chunk_blocks(family: str, mg: int) -> int:
 
 def mma_splits(n_out: int, n_in: int, sms: int) -> int:
     """Blocks along K (gridDim.y), each taking a contiguous span of whole chunks (split_span): double while the
-    grid has fewer than ~4 blocks per SM and each block keeps at least two chunks of 8 32-blocks (the pipeline's
-    two stages). The same for every flavour and token count, so a row's sums never depend on them."""
+    grid stays within one wave of MMA_WAVE blocks per SM and each block keeps at least two chunks of 8 32-blocks
+    (the pipeline's two stages). The same for every flavour and token count, so a row's sums never depend on
+    them."""
     row_blocks = -(-n_out // BR)
     chunks = -(-(n_in // 32) // 8)
     s = 1
-    while row_blocks * s < 4 * sms and chunks >= 4 * s:
+    while row_blocks * 2 * s <= MMA_WAVE * sms and chunks >= 4 * s:
         s *= 2
     return s
 
@@ -128,25 +131,18 @@ def _q8_pairs(w):
     return (u & BYTE2) | F1024, ((u >> uint32(8)) & BYTE2) | F1024
 
 
-def _h(v):
-    return float16(min(max(v, float32(-65504.0)), float32(65504.0)))
-
-
 def half_x(x, xh):
-    """xh = x (n, k) in float16, each 4 elements stored as (x0, x2, x1, x3) (the fragment order of gemv_mma's B),
-    clamped to the float16 range (+-65504). A thread per 4 elements."""
+    """xh = x (n, k) in float16, clamped to its range, each 4 elements stored as (x0, x2, x1, x3) (the fragment
+    order of gemv_mma's B; cuda_matmul.half_pos). A thread per element. For inputs whose producer did not write
+    this form itself (cuda_matmul.gemv_input)."""
     i = cuda.grid(1)
-    k4 = x.shape[1] // 4
-    if i >= x.shape[0] * k4:
-        return
-    t, j = i // k4, 4 * (i % k4)
-    xh[t, j] = _h(x[t, j])
-    xh[t, j + 1] = _h(x[t, j + 2])
-    xh[t, j + 2] = _h(x[t, j + 1])
-    xh[t, j + 3] = _h(x[t, j + 3])
+    k = x.shape[1]
+    if i < x.shape[0] * k:
+        t, j = i // k, i % k
+        xh[t, cm.half_pos(j)] = cm.half_clamped(x[t, j])
 
 
-for _f in (_pair, _deq, _q4_pairs, _q8_pairs, _h, split_span):
+for _f in (_pair, _deq, _q4_pairs, _q8_pairs, split_span):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 
 
@@ -166,45 +162,56 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
     XPIECES = 4 * U  # 16-byte pieces of a token's chunk of x (32 U halves)
     DPAIRS = SPC // 2  # 4-byte pieces of a row's scales
     HPAIRS = U // 2  # 8-byte pieces of a row's fifth bits
-    # the divisions of issue's piece numbers as shifts (all powers of two)
+    # a thread's copies of a chunk: piece p & (PIECES - 1) of rows (or tokens) (p >> SH) + i * (NT >> SH), i < slots
     WSH, XSH, DSH, HSH = (v.bit_length() - 1 for v in (WPIECES, XPIECES, DPAIRS, HPAIRS))
+    WROWS, XTOK, DROWS, HROWS = NT >> WSH, NT >> XSH, NT >> DSH, NT >> HSH
+    IW, IX, ID, IH = BR * WPIECES // NT, -(-NTOK * XPIECES // NT), BR * DPAIRS // NT, BR * HPAIRS // NT
     assert all(1 << sh == v for sh, v in zip((WSH, XSH, DSH, HSH), (WPIECES, XPIECES, DPAIRS, HPAIRS)))
+    assert min(IW, ID, IH) >= 1 and BR * WPIECES % NT == 0 and BR * DPAIRS % NT == 0 and BR * HPAIRS % NT == 0
 
-    def issue(st, ch, q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n, nb):
-        """Start the copies of chunk ch into stage st: W (64 rows), x (n tokens), the rows' scales (offsets, fifth
-        bits); then close the group. Pieces past a row's end are left out (their 32-blocks are skipped by
-        compute). Piece numbers are split with shifts, and cp_async indexes without a negative-index fix-up."""
+    def copies(q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n):
+        """This thread's copies of chunk 0 into stage 0, as raw addresses worked out once (issue adds the chunk's
+        and the stage's offsets): for W, x, the scales (offsets) and the fifth bits, the first slot's source and
+        destination, the source stride between slots, how many rows (tokens) are left from the first slot, and
+        the bound of the chunk number (past a row's end, a piece is left out and compute skips its blocks)."""
         tid = cuda.threadIdx.x
-        r_base = cuda.blockIdx.x * BR
-        n_out = q.shape[0]
-        for i in range(BR * WPIECES // NT):
-            p = tid + NT * i
-            row, k = p >> WSH, p & (WPIECES - 1)
-            col = ch * (WW // 2) + 2 * k  # int64 words
-            if col < q.shape[1]:
-                cp_async(ws, (st * n_ws + row * WP + 4 * k,), q, (min(r_base + row, n_out - 1), col), 16)
-        for i in range((NTOK * XPIECES + NT - 1) // NT):
-            p = tid + NT * i
-            t, k = p >> XSH, p & (XPIECES - 1)
-            col = ch * 8 * U + 2 * k  # x's int64 words (4 halves each)
-            if t < n and col < xh.shape[1]:
-                cp_async(xsm, (st * n_xs + t * XP + 2 * k,), xh, (t, col), 16)
-        for i in range((BR * DPAIRS + NT - 1) // NT):
-            p = tid + NT * i
-            row, k = p >> DSH, p & (DPAIRS - 1)
-            j = ch * SPC + 2 * k
-            if row < BR and j < d.shape[1]:
-                r = min(r_base + row, n_out - 1)
-                cp_async(dsm, (st * n_d + row * SP + 2 * k,), d, (r, j), 4)
+        r0 = cuda.blockIdx.x * BR
+        last = q.shape[0] - 1
+        wr, wk = tid >> WSH, tid & (WPIECES - 1)
+        w = (addr_of(q, (min(r0 + wr, last), 2 * wk)), shared_addr(ws, (wr * WP + 4 * wk,)), WROWS * q.shape[1] * 8,
+             q.shape[0] - r0 - wr, q.shape[1] - 2 * wk)
+        xt, xk = tid >> XSH, tid & (XPIECES - 1)
+        x = (addr_of(xh, (min(xt, n - 1), 2 * xk)), shared_addr(xsm, (xt * XP + 2 * xk,)), XTOK * xh.shape[1] * 8,
+             n - xt, xh.shape[1] - 2 * xk)
+        dr, dk = tid >> DSH, tid & (DPAIRS - 1)
+        dd = (addr_of(d, (min(r0 + dr, last), 2 * dk)), shared_addr(dsm, (dr * SP + 2 * dk,)), DROWS * d.shape[1] * 2,
+              q.shape[0] - r0 - dr, d.shape[1] - 2 * dk)
+        mm = (addr_of(m, (min(r0 + dr, last), 2 * dk)) if has_m else 0, shared_addr(msm, (dr * SP + 2 * dk,)))
+        hr, hk = tid >> HSH, tid & (HPAIRS - 1)
+        hh = (addr_of(h, (min(r0 + hr, last), 2 * hk)) if has_h else 0, shared_addr(hsm, (hr * HP + 2 * hk,)),
+              HROWS * h.shape[1] * 4, q.shape[0] - r0 - hr, h.shape[1] - 2 * hk)
+        return w, x, dd, mm, hh
+
+    def issue(st, ch, w, x, dd, mm, hh):
+        """Start the copies of chunk ch into stage st (copies' addresses): W (64 rows), x (n tokens), the rows'
+        scales (offsets, fifth bits); then close the group."""
+        for i in range(IW):
+            if i * WROWS < w[3] and ch * (WW // 2) < w[4]:
+                cp_async(w[1] + 4 * (st * n_ws + i * WROWS * WP), w[0] + i * w[2] + ch * (4 * WW), 16)
+        for i in range(IX):
+            if i * XTOK < x[3] and ch * (8 * U) < x[4]:
+                cp_async(x[1] + 8 * (st * n_xs + i * XTOK * XP), x[0] + i * x[2] + ch * (64 * U), 16)
+        for i in range(ID):
+            if i * DROWS < dd[3] and ch * SPC < dd[4]:
+                off = 2 * (st * n_d + i * DROWS * SP)
+                src = i * dd[2] + ch * (2 * SPC)
+                cp_async(dd[1] + off, dd[0] + src, 4)
                 if has_m:
-                    cp_async(msm, (st * n_d + row * SP + 2 * k,), m, (r, j), 4)
+                    cp_async(mm[1] + off, mm[0] + src, 4)
         if has_h:
-            for i in range((BR * HPAIRS + NT - 1) // NT):
-                p = tid + NT * i
-                row, k = p >> HSH, p & (HPAIRS - 1)
-                b = ch * U + 2 * k
-                if row < BR and b < nb:
-                    cp_async(hsm, (st * n_h + row * HP + 2 * k,), h, (min(r_base + row, n_out - 1), b), 8)
+            for i in range(IH):
+                if i * HROWS < hh[3] and ch * U < hh[4]:
+                    cp_async(hh[1] + 4 * (st * n_h + i * HROWS * HP), hh[0] + i * hh[2] + ch * (4 * U), 8)
         cp_async_commit()
 
     def blk(acc, b, wo, so, ho, xo, hs, ws, xsm, dsm, msm, hsm, n, cf):
@@ -324,6 +331,7 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
                     else:
                         cm._put(y, t, r, v, add)
 
+    copies = cuda.jit(device=True, inline=True)(copies)
     issue = cuda.jit(device=True, inline=True)(issue)
     blk = cuda.jit(device=True, inline=True)(blk)
     compute = cuda.jit(device=True, inline=True)(compute)
@@ -349,11 +357,12 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
         span = split_span(nb, cuda.gridDim.y)
         first = cuda.blockIdx.y * span // U  # this split's chunks: first, first + 1, ...
         mine = (min(nb, (cuda.blockIdx.y + 1) * span) - cuda.blockIdx.y * span + U - 1) // U
+        w, x, dd, mm, hh = copies(q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n)
         if mine > 0:
-            issue(0, first, q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n, nb)
+            issue(0, first, w, x, dd, mm, hh)
         for k in range(mine):
             if k + 1 < mine:  # the next chunk's copies fly while this one is multiplied
-                issue((k + 1) & 1, first + k + 1, q, h, d, m, xh, ws, xsm, dsm, msm, hsm, n, nb)
+                issue((k + 1) & 1, first + k + 1, w, x, dd, mm, hh)
                 cp_async_wait1()
             else:
                 cp_async_wait0()
@@ -386,16 +395,18 @@ _SCRATCH = {}  # (stream, rows, splits) -> (scratch, count): the split-K partial
 _SMS = []
 
 
-def gemv_mma(w, x, y, stream, add: bool, ep) -> bool:
-    """y (n, rows) (+)= x @ W.T on the tensor cores, x (n, n_in) float32; ep: the q/k/v epilogue's arguments, as
-    cuda_matmul._gemv. False (nothing launched) for an odd number of 32-blocks per row."""
+def gemv_mma(w, x, xh, y, stream, add: bool, ep) -> bool:
+    """y (n, rows) (+)= x @ W.T on the tensor cores, x (n, n_in) float32 and xh its float16 form (None: made here
+    by half_x); ep: the q/k/v epilogue's arguments, as cuda_matmul._gemv. False (nothing launched) for an odd
+    number of 32-blocks per row."""
     import cupy as cp
     n = y.shape[0]
     if (w.n_in // 32) % 2:
         return False
     mg = next(g for g in MMA_GROUPS if 8 * g >= n)
-    xh = cp.empty((n, w.n_in), cp.float16)
-    K["half_x"][-(-n * w.n_in // 4 // HALF_X_THREADS), HALF_X_THREADS, stream](x, xh)
+    if xh is None:
+        xh = cp.empty((n, w.n_in), cp.float16)
+        K["half_x"][-(-n * w.n_in // HALF_X_THREADS), HALF_X_THREADS, stream](x, xh)
     if not _SMS:
         _SMS.append(cp.cuda.Device().attributes["MultiProcessorCount"])
     S = mma_splits(w.n_out, w.n_in, _SMS[0])

@@ -1,7 +1,8 @@
 """Numba CUDA kernels for everything but the quantized matmul: RMSNorm, LayerNorm, RoPE, activations, biases,
 KV writes, attention, MoE routing and combining, and greedy sampling. Each has a NumPy twin in kernels/ref.py (argmax: np.argmax); tests compare them.
-The `_q` variants also write their output in the int8 form the GEMVs read (cuda_matmul.quantize_x), so the
-matmuls after a norm, the activation or attention need no quantize kernel of their own.
+The `_q` variants also write their output in the form the GEMVs after them read (cuda_matmul.gemv_input: the
+int8 form of quantize_x for dp4a, float16 for the tensor cores), so the matmuls after a norm, the activation or
+attention need no conversion kernel of their own.
 
 Positions, slots and token ids are read from device arrays, never passed as scalars, so that a captured CUDA
 graph of a decode step stays right as they change between replays.
@@ -13,7 +14,7 @@ from numba import cuda, float32, int32, int64
 
 from minirs.kernels.cuda_intrinsics import ld_half2, ld_volatile, prefetch_l2
 from minirs.kernels.cuda_launch import kernels
-from minirs.kernels.cuda_matmul import quant32, rope_cos_sin
+from minirs.kernels.cuda_matmul import gemv_input, rope_cos_sin
 
 ATT_WARPS = 16  # most warps per block in attention (CudaBackend.attention picks: decode att_warps, prefill 4-8)
 ATT_CHUNK = 32  # fewest keys per block in split (flash-decoding) attention
@@ -77,7 +78,7 @@ def rmsnorm(x, w, eps, out):
             out[i, j] = v[u] * r * wv[u]
 
 
-def rmsnorm_q(x, w, eps, out, xq, xd, xs):
+def rmsnorm_q(x, w, eps, out, xq, xd, xs, xh, half):
     """rmsnorm, and out also quantized to int8 per 32-block for the GEMVs (cuda_matmul.quantize_x's format), so
     the q/k/v (or gate/up) GEMVs that read it need no quantize kernel of their own.  d % 32 == 0.
 
@@ -106,11 +107,11 @@ def rmsnorm_q(x, w, eps, out, xq, xd, xs):
     if b0 < nb:
         y = x0 * r * w0
         out[i, j0] = y
-        quant32(y, i, b0, xq, xd, xs)
+        gemv_input(y, i, b0, xq, xd, xs, xh, half)
     if b0 + 1 < nb:
         y = x1 * r * w1
         out[i, j0 + 32] = y
-        quant32(y, i, b0 + 1, xq, xd, xs)
+        gemv_input(y, i, b0 + 1, xq, xd, xs, xh, half)
 
 
 def rope_(x, pos, inv_freq, neox):
@@ -152,7 +153,7 @@ def gated_act(gate, up, gelu, out):
     out[i, j] = _act(gate[i, j], gelu) * up[i, j]
 
 
-def gated_act_q(gate, up, gelu, out, xq, xd, xs):
+def gated_act_q(gate, up, gelu, out, xq, xd, xs, xh, half):
     """gated_act, and out quantized per 32-block for the down-projection GEMV.  f % 32 == 0; a warp per 32-block.
     gate and up may be column views of one fused (n, 2f) gate_up output."""
     n, f = gate.shape
@@ -165,7 +166,7 @@ def gated_act_q(gate, up, gelu, out, xq, xd, xs):
     j = 32 * b + (cuda.threadIdx.x & 31)
     v = _act(gate[t, j], gelu) * up[t, j]
     out[t, j] = v
-    quant32(v, t, b, xq, xd, xs)
+    gemv_input(v, t, b, xq, xd, xs, xh, half)
 
 
 def kv_write(k_cache, v_cache, slots, pos, k, v):
@@ -185,7 +186,7 @@ def kv_write(k_cache, v_cache, slots, pos, k, v):
 
 
 def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm, pl, out, count, fin, quant, xq, xd,
-              xs):
+              xs, xh, half):
     """Causal GQA over ring-buffer caches (ref.attention states the math).  q: (n, h, d) float32; caches f16.
 
     Block (head, s, t) takes span = max(chunk, ceil(range / S)) keys lo + s*span .. of token t's range
@@ -299,17 +300,17 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
         if used == 1:
             fin[t, head, c] = acc / total
             if quant:
-                quant32(acc / total, t, head * (d >> 5) + (c >> 5), xq, xd, xs)
+                gemv_input(acc / total, t, head * (d >> 5) + (c >> 5), xq, xd, xs, xh, half)
         else:
             out[t, head, sp, c] = acc
     if used > 1:
         if cuda.threadIdx.x == 0:
             pm[t, head, sp] = big
             pl[t, head, sp] = total
-        attn_finish(pm, pl, out, count, fin, quant, xq, xd, xs, t, head, used)
+        attn_finish(pm, pl, out, count, fin, quant, xq, xd, xs, xh, half, t, head, used)
 
 
-def attn_finish(pm, pl, po, count, fin, quant, xq, xd, xs, t, head, used):
+def attn_finish(pm, pl, po, count, fin, quant, xq, xd, xs, xh, half, t, head, used):
     """A split-attention block's last step: publish its partial results (threadfence), count itself done for
     (t, head), and if it is the last of the `used` blocks, reset the count and combine them (attn_combine)."""
     cuda.threadfence()
@@ -321,10 +322,10 @@ def attn_finish(pm, pl, po, count, fin, quant, xq, xd, xs, t, head, used):
     if last[0] == 1:
         if cuda.threadIdx.x == 0:
             count[t, head] = 0
-        attn_combine(pm, pl, po, fin, quant, xq, xd, xs, t, head, used)
+        attn_combine(pm, pl, po, fin, quant, xq, xd, xs, xh, half, t, head, used)
 
 
-def attn_combine(pm, pl, po, out, quant, xq, xd, xs, t, head, S):
+def attn_combine(pm, pl, po, out, quant, xq, xd, xs, xh, half, t, head, S):
     """out[t, head] = sum_s exp(pm_s - M) po_s / sum_s exp(pm_s - M) pl_s over the first S <= ATT_SPLITS chunks s of
     split attention (M = max_s pm_s); with quant, out is also quantized per 32-block for the output-projection
     GEMV (row t of xq is out[t] flattened over heads; d % 32 == 0). Run by a whole block of >= max(d, 32)
@@ -362,7 +363,7 @@ def attn_combine(pm, pl, po, out, quant, xq, xd, xs, t, head, S):
         v = acc / tot[0]
         out[t, head, c] = v
     if quant and c < d:  # whole warps: d % 32 == 0 when quant
-        quant32(v, t, head * (d >> 5) + (c >> 5), xq, xd, xs)
+        gemv_input(v, t, head * (d >> 5) + (c >> 5), xq, xd, xs, xh, half)
 
 
 def prefetch(spans):
@@ -476,7 +477,7 @@ def layernorm(x, w, b, eps, out):
             out[i, j] = (v[u] - mu) * r * w[j] + b[j]
 
 
-def layernorm_q(x, w, b, eps, out, xq, xd, xs):
+def layernorm_q(x, w, b, eps, out, xq, xd, xs, xh, half):
     """layernorm, and out also quantized to int8 per 32-block for the GEMVs after it (as rmsnorm_q)."""
     i = cuda.blockIdx.x
     d = x.shape[1]
@@ -488,7 +489,7 @@ def layernorm_q(x, w, b, eps, out, xq, xd, xs):
             j = j0 + (cuda.threadIdx.x & 31)
             y = (v[u] - mu) * r * w[j] + b[j]
             out[i, j] = y
-            quant32(y, i, j0 >> 5, xq, xd, xs)
+            gemv_input(y, i, j0 >> 5, xq, xd, xs, xh, half)
 
 
 def add_bias_(x, b):
@@ -665,7 +666,7 @@ def softmax_masked_(s, qpos, q0, nq, k0, window, scale, softcap):
 
 
 _A2, _A3, _A4 = "[:, ::1]", "[:, :, ::1]", "[:, :, :, ::1]"
-_Q = f"int8{_A2}, float32{_A2}, int32{_A2}"  # xq, xd, xs of cuda_matmul.quantize_x
+_Q = f"int8{_A2}, float32{_A2}, int32{_A2}, float16{_A2}, boolean"  # xq, xd, xs, xh, half (gemv_input)
 SIGS = {
     rmsnorm: [f"void(float32{_A2}, float32[::1], float32, float32{_A2})"],
     rmsnorm_q: [f"void(float32{_A2}, float32[::1], float32, float32{_A2}, {_Q})"],
