@@ -8,8 +8,8 @@ x and adds it to 16 x 8 float32 sums in one warp instruction. Each lane dequanti
      w = d * (q - off) + m       (d, m: the block's scale and offset; off: 8 / 16 for Q4_0 / Q5_0, else 0)
 and the accumulators stay in the tensor cores' float32 across all of K: the work per 32-block of 16 rows is fixed
 (~30 instructions a lane) plus 2 mmas per 8 tokens. (An int8 form, mma.m16n8k32 on int8 x, needed a float
-scaling of every (row, token) sum per 32-block instead, ~4 instructions per slot, and was 1.5-2x slower at 16
-tokens: BENCHMARKS.md.)
+scaling of every (row, token) sum per 32-block instead, ~4 instructions per slot: 2x slower at 32 tokens, 1.2x at
+16, BENCHMARKS.md.)
 
 Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), lane = 4g + c: the lane gives
 A's rows g and g + 8 at k = 2c, 2c + 1 and 2c + 8, 2c + 9, and B's token g at the same k, and gets D's rows g, g + 8
@@ -26,16 +26,23 @@ elements 4c..4c+3 of each half of a 32-block: k = 2c, 2c + 1, 2c + 8, 2c + 9 <->
 Memory: a block of MW = 4 warps owns 64 rows (16 per warp) and walks K in chunks of U 32-blocks of each row (8
 q4 blocks for up to 16 tokens, else 4; 4 q8 blocks). Each chunk of W, of x (every token's same elements, shared by
 the four warps) and of the scales is copied to shared memory with cp.async (no registers held), in two stages:
-chunk k + 1 is in flight while chunk k is multiplied. Rows and tokens are padded so that a fragment read hits
-distinct banks. Small matrices split K over gridDim.y blocks (mma_splits): each writes its partial sums, and the
-last block of a row group to finish (a threadfence and an atomic count, as cuda_ops' split attention) adds them in
-split order and writes y. The order never depends on which block finishes last.
+chunk k + 1 is in flight while chunk k is multiplied. Each thread works out its copies' addresses once (copies);
+per chunk it only adds offsets (index arithmetic redone per chunk was a third of the loop's instructions). Rows
+and tokens are padded so that a fragment read hits distinct banks, and shared-memory offsets are uint64, so that
+base + constant folds into each load. Small matrices split K over gridDim.y blocks (mma_splits, up to one wave of
+MMA_WAVE blocks per SM), each summing a contiguous span of whole chunks (split_span) and writing its partial sums;
+the last block of a row group to finish (a threadfence and an atomic count, as cuda_ops' split attention) adds them
+in split order and writes y. The order never depends on which block finishes last.
 
 A row's value depends only on its row of W and its token of x, never on n, on the other tokens or on the row's
 place in the block: each (row, token) sum goes through the same mmas with the same operands in the same order.
 So batched rows are bit-identical to the row computed alone by this kernel. They differ from the dp4a GEMV (x in
 int8 there, float16 here), which is why the scheduler's row_invariant mode keeps dp4a for every n
 (CudaBackend.batch_invariant). Needs an even number of 32-blocks per row (the 4- and 8-byte copies of scales).
+
+Replayed on an H100 (bench/gpu_check.py --mma, us, dp4a -> tensor cores, 16 tokens): 7B Q4_0 q/k/v 6144x4096
+48.5 -> 15.1, 4096x4096 35.1 -> 15.5, gate/up 28672x4096 167.5 -> 39.5, down 4096x14336 97.0 -> 26.2, Q6_K output
+32000x4096 211.1 -> 67.1; at 4 tokens 16.4 -> 14.2 (6144x4096) and 54.4 -> 34.7 (28672x4096).
 """
 
 from numba import cuda, float32, int32, uint16, uint32, uint64
