@@ -124,12 +124,12 @@ def mma_timings():
     import cupy as cp
 
     from minirs.kernels import cuda_matmul as cm
+    from minirs.kernels import cuda_mma
     from minirs.kernels.cuda import CudaBackend
     from minirs.kernels.cuda_mma import mma_splits
     be = CudaBackend()
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     rng = np.random.default_rng(0)
-    from minirs.kernels import cuda_mma
     ns = [int(v) for v in os.environ.get("MMA_N", "1,2,4,8,16,32").split(",")]
     waves = [int(v) for v in os.environ.get("MMA_WAVE", str(cuda_mma.MMA_WAVE)).split(",")]
     log(f"# GEMV us, dp4a / tensor cores (K splits), n = {ns}, MMA_WAVE = {waves}")

@@ -78,9 +78,9 @@ class CudaBackend:
         self.stream.use()
 
     # --- the GEMVs' forms of their inputs (int8 or float16), produced by the op before them ---
-    def _stash(self, x, xquant) -> None:
-        """Remember that x (by its memory) has the GEMV form xquant (_new_form), for the matmuls that read x next."""
-        self._xquant = (x, x.data.ptr, x.size, xquant)
+    def _stash(self, x, form) -> None:
+        """Remember that x (by its memory) has the GEMV form `form` (_new_form), for the matmuls that read x next."""
+        self._xquant = (x, x.data.ptr, x.size, form)
 
     def _quant_of(self, x):
         s = self._xquant
@@ -93,7 +93,7 @@ class CudaBackend:
         """Where a fused op writes its output's GEMV form (cuda_matmul.gemv_input): (the kernel's arguments
         xq, xd, xs, xh, half; what to stash). float16 when the next GEMVs run on the tensor cores (cuda_mma), else
         the int8 form."""
-        if 0 < self.mma_min_n <= n:
+        if cuda_matmul.on_tensor_cores(n, k, self.mma_min_n):
             xh = cp.empty((n, k), cp.float16)
             return (*self._no_quant, xh, True), xh
         xq = self._new_quant(n, k)

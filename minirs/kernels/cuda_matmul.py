@@ -719,18 +719,25 @@ def gmatmul(w: GMatrix, x, stream, xform=None, out=None, mma_min_n: int = 0):
     return y.astype(cp.float32)
 
 
+def on_tensor_cores(n: int, n_in: int, mma_min_n: int) -> bool:
+    """Whether a quantized GEMV of n tokens over rows of n_in runs on the tensor cores (cuda_mma, x in float16):
+    from mma_min_n tokens on (0: never), for rows of an even number of 32-blocks (its 4- and 8-byte copies of
+    scales). The op before the GEMV asks the same, to write the form the GEMV reads."""
+    return 0 < mma_min_n <= n and (n_in // 32) % 2 == 0
+
+
 def _gemv(w: GMatrix, x, xform, y, stream, add: bool, ep, mma_min_n: int = 0) -> None:
     """The quantized GEMV kernel for w's flavour and shape: y (n, rows) (+)= x @ W.T, or with ep the fused
-    attention epilogue (gmatmul_qkv_rope). On the tensor cores (cuda_mma.gemv_mma: x in float16) when
-    0 < mma_min_n <= n and the shape allows, else on dp4a with x's int8 form. xform: either form if written
-    already (gmatmul); the one needed is made here otherwise."""
+    attention epilogue (gmatmul_qkv_rope). On the tensor cores (cuda_mma.gemv_mma: x in float16) where
+    on_tensor_cores says so, else on dp4a with x's int8 form. xform: either form if written already (gmatmul); the
+    one needed is made here otherwise."""
     import cupy as cp
     n = y.shape[0]
     quant = xform if isinstance(xform, tuple) else None
-    if 0 < mma_min_n <= n:
+    if on_tensor_cores(n, w.n_in, mma_min_n):
         from minirs.kernels.cuda_mma import gemv_mma
-        if gemv_mma(w, x, None if quant is not None else xform, y, stream, add, ep):
-            return
+        gemv_mma(w, x, None if quant is not None else xform, y, stream, add, ep)
+        return
     xq, xd, xs = quant if quant is not None else quantize(x, stream)
     tt = 1 if n == 1 else TT  # one token: a kernel with TT - 1 fewer token slots (fewer registers)
     grid = math.ceil(w.n_out / R) * math.ceil(n / tt)  # row groups x token tiles (tile)
@@ -802,7 +809,7 @@ def gmatmul_id(ex: GExperts, x, ids, stream, xquant=None):
         if w.family == "float":
             K["gemv_id_float"][grid, 32 * NW, stream](w.q, ids, xdiv, x2, y)
             return y.reshape(n, kk, n_out)
-        xq, xd, xs = xquant if isinstance(xquant, tuple) else quantize(x2, stream)
+        xq, xd, xs = xquant if xquant is not None else quantize(x2, stream)
         xq = xq.view(cp.int64)
         kernel = K[gemv_name(f"gemv_id_{w.family}", w)][grid, 32 * NW, stream]
         if w.family == "q45":

@@ -402,14 +402,13 @@ _SCRATCH = {}  # (stream, rows, splits) -> (scratch, count): the split-K partial
 _SMS = []
 
 
-def gemv_mma(w, x, xh, y, stream, add: bool, ep) -> bool:
+def gemv_mma(w, x, xh, y, stream, add: bool, ep) -> None:
     """y (n, rows) (+)= x @ W.T on the tensor cores, x (n, n_in) float32 and xh its float16 form (None: made here
-    by half_x); ep: the q/k/v epilogue's arguments, as cuda_matmul._gemv. False (nothing launched) for an odd
-    number of 32-blocks per row."""
+    by half_x); ep: the q/k/v epilogue's arguments, as cuda_matmul._gemv. For the shapes of
+    cuda_matmul.on_tensor_cores (an even number of 32-blocks per row)."""
     import cupy as cp
     n = y.shape[0]
-    if (w.n_in // 32) % 2:
-        return False
+    assert (w.n_in // 32) % 2 == 0, w.n_in
     mg = next(g for g in MMA_GROUPS if 8 * g >= n)
     if xh is None:
         xh = cp.empty((n, w.n_in), cp.float16)
@@ -424,4 +423,3 @@ def gemv_mma(w, x, xh, y, stream, add: bool, ep) -> bool:
     scratch, count = _SCRATCH[key]
     K[mma_name(w, mg)][(-(-w.n_out // BR), S), NT, stream](w.q.view(cp.int64), w.h, w.d, w.m, xh.view(cp.int64), y,
                                                            w.off, add, scratch, count, *ep)
-    return True
