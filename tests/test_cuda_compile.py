@@ -4,6 +4,7 @@ Needs numba-cuda with the NVVM wheels (`pip install "numba-cuda[cu12]"`, in the 
 """
 
 import os
+import re
 
 import pytest
 
@@ -36,11 +37,21 @@ def _all_kernels():
                 yield pytest.param(fn, sig, id=f"{fn.__name__}:{sig[5:40]}")
 
 
+# a PTX instruction that reads or writes device memory (not a kernel parameter, shared or local memory)
+_MEMORY_OP = re.compile(r"^\s*(?:@%p\d+\s+)?(?:ld|st|atom|red|cp\.async)\.(?!param|shared|local)", re.M)
+
+
 @pytest.mark.parametrize("fn,sig", list(_all_kernels()))
 def test_kernel_compiles_for_sm90(fn, sig):
+    """...and waits for the kernel before it (programmatic dependent launch: cuda_intrinsics.wait_prior_kernel)
+    before its first access to device memory, since with PDL it may start while that kernel still runs."""
     from numba import cuda
     ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
     assert ".entry" in ptx and "sm_90" in ptx
+    wait = ptx.find("griddepcontrol.wait;")
+    first = _MEMORY_OP.search(ptx)
+    assert wait >= 0 and (first is None or wait < first.start()), \
+        f"{fn.__name__} touches device memory before wait_prior_kernel: {first and first.group(0).strip()}"
 
 
 def test_every_kernel_has_a_signature():

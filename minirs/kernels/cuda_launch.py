@@ -15,6 +15,8 @@ data.
 """
 
 import ctypes
+import functools
+import os
 
 from numba.cuda import types
 
@@ -92,11 +94,32 @@ class FastKernel:
                 params.append(bool(v))
             else:
                 params.append(_CTYPES[ty](v))
-        if CUDA_CORE_GE_1_0:
-            cfg = LaunchConfig(grid=grid, block=block, shmem_size=0, is_cooperative=False)
-        else:
-            cfg = LaunchConfig(grid=grid, block=block, shmem_size=0, cooperative_launch=False)
-        launch(stream, cfg, kernel._codelibrary.get_cufunc().kernel, *params)
+        launch(stream, _config(grid, block, dependent_launch()), kernel._codelibrary.get_cufunc().kernel, *params)
+
+
+def _config(grid, block, pdl: bool):
+    kw = {"is_cooperative" if CUDA_CORE_GE_1_0 else "cooperative_launch": False}
+    if pdl:
+        kw["programmatic_stream_serialization"] = True
+    return LaunchConfig(grid=grid, block=block, shmem_size=0, **kw)
+
+
+@functools.cache
+def dependent_launch() -> bool:
+    """Launch kernels with programmatic dependent launch (PDL): a kernel may start while the one before it in the
+    stream still runs, and waits for it inside (cuda_intrinsics.wait_prior_kernel, which every kernel calls
+    first). On for GPUs of compute capability 9.0+ with a cuda.core that can ask for it; MINIRS_PDL=0 turns it
+    off. With no GPU (compile_ptx for sm_90, the CI check) the kernels are compiled with it."""
+    if os.environ.get("MINIRS_PDL", "1") == "0" or not FAST:
+        return False
+    try:
+        _config(1, 1, True)
+    except TypeError:  # a cuda.core without the option
+        return False
+    from numba import cuda
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and cuda.is_available():
+        return cuda.get_current_device().compute_capability >= (9, 0)
+    return True
 
 
 class LazyKernel:

@@ -38,7 +38,7 @@ from numba import cuda, float32, float64, int8, int32, int64
 from numba.core.types import float16
 from numba.cuda import libdevice
 
-from minirs.kernels.cuda_intrinsics import dp4a
+from minirs.kernels.cuda_intrinsics import dp4a, wait_prior_kernel
 from minirs.kernels.cuda_launch import kernels
 from minirs.kernels.cuda_weights import GExperts, GMatrix
 
@@ -139,6 +139,7 @@ def quantize_x(x, xq, xd, xs):
 
     One warp per 32-block (llama.cpp's q8_1; cuda_numerics.quantize_x is the NumPy twin).
     """
+    wait_prior_kernel()
     gw = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) >> 5
     lane = cuda.threadIdx.x & 31
     nb = xd.shape[1]
@@ -390,6 +391,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         is, so a token's result does not depend on the other rows of its batch (batched decode = decode alone).
         With nk > 0 this is the fused q/k/v projection (attn_put): y is q (n, h * d), W has h * d + 2 * nk rows.
         """
+        wait_prior_kernel()
         r0, t0, nt, ra, rb, rc, rd = block_rows(y, nk)
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
@@ -403,6 +405,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
 
     def gemv_q8(q, d, m, xq, xd, xs, y, add, pos, slots, inv_freq, kc, vc, nk):
         """gemv_q45 for the q8 family (int8 weights read as int64, groups of 32 or 16)."""
+        wait_prior_kernel()
         r0, t0, nt, ra, rb, rc, rd = block_rows(y, nk)
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
@@ -419,6 +422,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         for each (token, slot) pair p = t * K + j, W the stacked experts (GExperts: expert e owns rows e * n_out ..).
         The expert ids are read from device memory (a CUDA graph stays right as routing changes). Block (row
         group, p) as gemv_q45 with one token per block."""
+        wait_prior_kernel()
         p, r0, ra, rb, rc, rd = _expert_rows(ids, y.shape[1])
         acc = cuda.local.array(R, float32)
         for j in range(R):
@@ -430,6 +434,7 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
 
     def gemv_id_q8(q, d, m, ids, xdiv, xq, xd, xs, y):
         """gemv_id_q45 for the q8 family."""
+        wait_prior_kernel()
         p, r0, ra, rb, rc, rd = _expert_rows(ids, y.shape[1])
         acc = cuda.local.array(R, float32)
         for j in range(R):
@@ -477,6 +482,7 @@ def _store4(y, t, r0, n_out, a0, a1, a2, a3, add):
 
 def gemv_float(w, x, y, add):
     """y[t, r] (+)= sum_k w[r, k] * x[t, k] for float16 / float32 weights, float32 x."""
+    wait_prior_kernel()
     n_out, n_in = w.shape
     t = cuda.blockIdx.y
     r0 = cuda.blockIdx.x * R
@@ -511,6 +517,7 @@ def _expert_rows(ids, n_out):
 
 def gemv_id_float(w, ids, xdiv, x, y):
     """gemv_id_q45 for float16 / float32 experts and float32 x."""
+    wait_prior_kernel()
     n_out = y.shape[1]
     p, r0, ra, rb, rc, rd = _expert_rows(ids, n_out)
     tx = p // xdiv
@@ -541,6 +548,7 @@ def dequant_h_q45(q, h, d, m, off, has_h, has_m, out):
     """out = W as float16 (out read as int64: 4 halves per word) for the q4 / q5 family: the prefill's cuBLAS
     input. A thread per uint32 word of q: its low nibbles are elements 4j..4j+3 of a 32-block and its high
     nibbles 16+4j.., two 8-byte stores; a warp writes 512 consecutive bytes."""
+    wait_prior_kernel()
     r, wi = _thread_word(q)
     if r >= q.shape[0]:
         return
@@ -565,6 +573,7 @@ def dequant_h_q45(q, h, d, m, off, has_h, has_m, out):
 
 def dequant_h_q8(q, d, m, g, has_m, out):
     """out = W as float16 (read as int64) for the q8 family (q read as int64: 8 elements per thread, one group)."""
+    wait_prior_kernel()
     r, wi = _thread_word(q)
     if r >= q.shape[0]:
         return
@@ -582,6 +591,7 @@ def dequant_h_q8(q, d, m, g, has_m, out):
 def dequant_q45(q, h, d, m, off, has_h, has_m, rows, scale, out):
     """out[i, :] = W[rows[i], :] * scale as float32 for the q4 / q5 family (the embedding lookup).  One block per
     output row; a thread per byte of q (elements j and j + 16 of a 32-block)."""
+    wait_prior_kernel()
     i = cuda.blockIdx.x
     r = rows[i]
     for e in range(cuda.threadIdx.x, 4 * q.shape[1], cuda.blockDim.x):
@@ -602,6 +612,7 @@ def dequant_q45(q, h, d, m, off, has_h, has_m, rows, scale, out):
 
 def dequant_q8(q, d, m, g, has_m, rows, scale, out):
     """out[i, :] = W[rows[i], :] * scale as float32 for the q8 family (q: int8 elements, groups of g)."""
+    wait_prior_kernel()
     i = cuda.blockIdx.x
     r = rows[i]
     for e in range(cuda.threadIdx.x, q.shape[1], cuda.blockDim.x):
@@ -614,6 +625,7 @@ def dequant_q8(q, d, m, g, has_m, rows, scale, out):
 
 def dequant_float(w, rows, scale, out):
     """out[i, :] = w[rows[i], :] * scale."""
+    wait_prior_kernel()
     i = cuda.blockIdx.x
     r = rows[i]
     for e in range(cuda.threadIdx.x, w.shape[1], cuda.blockDim.x):

@@ -49,7 +49,7 @@ from numba import cuda, float32, int32, uint16, uint32, uint64
 
 from minirs.kernels import cuda_matmul as cm
 from minirs.kernels.cuda_intrinsics import addr_of, cp_async, cp_async_commit, cp_async_wait0, cp_async_wait1, h2fma, \
-    h2sub, ld_volatile, mma_f16, shared_addr
+    h2sub, ld_volatile, mma_f16, shared_addr, wait_prior_kernel
 from minirs.kernels.cuda_launch import kernels
 
 MW = 4  # warps per block
@@ -142,6 +142,7 @@ def half_x(x, xh):
     """xh = x (n, k) in float16, clamped to its range, each 4 elements stored as (x0, x2, x1, x3) (the fragment
     order of gemv_mma's B; cuda_matmul.half_pos). A thread per element. For inputs whose producer did not write
     this form itself (cuda_matmul.gemv_input)."""
+    wait_prior_kernel()
     i = cuda.grid(1)
     k = x.shape[1]
     if i < x.shape[0] * k:
@@ -350,6 +351,7 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
         fifth bits), d, m: per row and group; xh: x (n, n_in) as half_x wrote it, read as int64. Grid (row groups
         of 64, K splits); scratch (splits, 32, rows) and count (row groups, zeros) serve the splits. With nk > 0:
         the fused q/k/v projection (y is q, W has y.shape[1] + 2 nk rows)."""
+        wait_prior_kernel()
         ws = cuda.shared.array(s_ws, int32, alignment=16)  # two stages each
         xsm = cuda.shared.array(s_xs, uint64, alignment=16)
         dsm = cuda.shared.array(s_d, uint16, alignment=16)  # float16 bits

@@ -12,7 +12,7 @@ import math
 
 from numba import cuda, float32, int32, int64
 
-from minirs.kernels.cuda_intrinsics import ld_half2, ld_volatile, prefetch_l2
+from minirs.kernels.cuda_intrinsics import ld_half2, ld_volatile, prefetch_l2, wait_prior_kernel
 from minirs.kernels.cuda_launch import kernels
 from minirs.kernels.cuda_matmul import gemv_input, rope_cos_sin
 
@@ -66,6 +66,7 @@ def _load_w(w, wv):
 def rmsnorm(x, w, eps, out):
     """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w   for each row i of x (n, d).  One block per row, at most
     RMS_MAXE elements per thread held in registers (one round of loads, no second read of x)."""
+    wait_prior_kernel()
     i = cuda.blockIdx.x
     d = x.shape[1]
     v = cuda.local.array(RMS_MAXE, float32)
@@ -85,6 +86,7 @@ def rmsnorm_q(x, w, eps, out, xq, xd, xs, xh, half):
     Decode has a handful of rows, so a row is spread over blocks (i, s) of NORM_WARPS warps (one SM per row was
     issue-bound): every block sums the squares of the whole row (in the same order, so all blocks agree), then
     normalises and quantizes its slice, 32-blocks 2 * (NORM_WARPS * s + warp) and the one after."""
+    wait_prior_kernel()
     i = cuda.blockIdx.x
     d = x.shape[1]
     nb = d >> 5
@@ -121,6 +123,7 @@ def rope_(x, pos, inv_freq, neox):
     uses attn_inputs, which does this with the rest of the q/k preparation; this and kv_write remain as the
     separate ops.)
     """
+    wait_prior_kernel()
     n, h, d = x.shape
     half = inv_freq.shape[0]
     e = cuda.grid(1)
@@ -145,6 +148,7 @@ def _act(g, gelu):
 
 def gated_act(gate, up, gelu, out):
     """out = act(gate) * up, act = SiLU, or tanh-GELU when gelu.  gate, up, out: (n, f); a thread per element."""
+    wait_prior_kernel()
     n, f = gate.shape
     e = cuda.grid(1)
     if e >= n * f:
@@ -156,6 +160,7 @@ def gated_act(gate, up, gelu, out):
 def gated_act_q(gate, up, gelu, out, xq, xd, xs, xh, half):
     """gated_act, and out quantized per 32-block for the down-projection GEMV.  f % 32 == 0; a warp per 32-block.
     gate and up may be column views of one fused (n, 2f) gate_up output."""
+    wait_prior_kernel()
     n, f = gate.shape
     nb = f >> 5
     gw = cuda.grid(1) >> 5
@@ -171,6 +176,7 @@ def gated_act_q(gate, up, gelu, out, xq, xd, xs, xh, half):
 
 def kv_write(k_cache, v_cache, slots, pos, k, v):
     """k_cache[slots[t], :, pos[t] % L, :] = k[t] (and v alike), float32 -> float16.  A thread per element of k."""
+    wait_prior_kernel()
     n, hkv, d = k.shape
     L = k_cache.shape[2]
     e = cuda.grid(1)
@@ -200,6 +206,7 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, chunk, pm
     its sum of exp(score - max) to pl, and the last of them to finish combines the chunks into fin (attn_finish:
     count[t, head] counts the finished blocks).
     """
+    wait_prior_kernel()
     d = q.shape[2]
     h, h_kv, L = int32(q.shape[1]), int32(k_cache.shape[1]), int32(k_cache.shape[2])  # 32-bit index math
     head, sp, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z
@@ -369,6 +376,7 @@ def attn_combine(pm, pl, po, out, quant, xq, xd, xs, xh, half, t, head, S):
 def prefetch(spans):
     """Start fetching each span (address, bytes) of spans (k, 2) int64 into the L2 cache (16-byte aligned, multiples
     of 16 bytes): a thread per span, each a bulk prefetch that nothing waits for."""
+    wait_prior_kernel()
     i = cuda.grid(1)
     if i < spans.shape[0]:
         prefetch_l2(spans[i, 0], int32(spans[i, 1]))
@@ -398,6 +406,7 @@ def _block_argmax(best, bi):
 def argmax_part(x, pv, pi):
     """Slice s = blockIdx.y of row i of x (ARGMAX_SPAN logits): its largest value pv[i, s] and the first index
     pi[i, s] holding it. ARGMAX_LOADS loads in flight per thread, in index order (the first of equals stays)."""
+    wait_prior_kernel()
     i, s = cuda.blockIdx.x, cuda.blockIdx.y
     tid = cuda.threadIdx.x
     V = x.shape[1]
@@ -419,6 +428,7 @@ def argmax_part(x, pv, pi):
 
 def argmax_pick(pv, pi, out):
     """out[i] = argmax over row i's slices (argmax_part): the first index on ties, as np.argmax."""
+    wait_prior_kernel()
     i = cuda.blockIdx.x
     best = float32(-math.inf)
     bi = int64(1 << 62)
@@ -467,6 +477,7 @@ def _ln_row(x, i, eps, v):
 def layernorm(x, w, b, eps, out):
     """out[i] = (x[i] - mean(x[i])) / sqrt(var(x[i]) + eps) * w + b   for each row i of x (n, d).  One block
     per row, as rmsnorm."""
+    wait_prior_kernel()
     i = cuda.blockIdx.x
     d = x.shape[1]
     v = cuda.local.array(RMS_MAXE, float32)
@@ -479,6 +490,7 @@ def layernorm(x, w, b, eps, out):
 
 def layernorm_q(x, w, b, eps, out, xq, xd, xs, xh, half):
     """layernorm, and out also quantized to int8 per 32-block for the GEMVs after it (as rmsnorm_q)."""
+    wait_prior_kernel()
     i = cuda.blockIdx.x
     d = x.shape[1]
     v = cuda.local.array(RMS_MAXE, float32)
@@ -494,6 +506,7 @@ def layernorm_q(x, w, b, eps, out, xq, xd, xs, xh, half):
 
 def add_bias_(x, b):
     """x[i, j] += b[j], in place.  A thread per element."""
+    wait_prior_kernel()
     n, f = x.shape
     e = cuda.grid(1)
     if e < n * f:
@@ -502,6 +515,7 @@ def add_bias_(x, b):
 
 def act(x, gelu, out):
     """out = act(x), act = SiLU, or tanh-GELU when gelu (the non-gated MLP).  A thread per element."""
+    wait_prior_kernel()
     n, f = x.shape
     e = cuda.grid(1)
     if e < n * f:
@@ -512,6 +526,7 @@ def topk_softmax(logits, ids, weights):
     """MoE routing: ids[t] = the k = ids.shape[1] largest logits[t] (largest first, lowest index on ties, as the
     CPU's), weights[t] = their softmax over those k.  A thread per token; pick j is the largest logit ordered
     after pick j - 1 by (value descending, index ascending), so no 'taken' array is needed."""
+    wait_prior_kernel()
     t = cuda.grid(1)
     n, n_exp = logits.shape
     if t >= n:
@@ -541,6 +556,7 @@ def topk_softmax(logits, ids, weights):
 
 def moe_sum(y, weights, out):
     """out[t, c] = sum_j weights[t, j] * y[t, j, c]   y (n, k, d).  A thread per element of out."""
+    wait_prior_kernel()
     n, k, d = y.shape
     e = cuda.grid(1)
     if e >= n * d:
@@ -564,6 +580,7 @@ def attn_inputs(q2, k2, v2, qb, kb, vb, has_bias, qn, kn, has_norm, eps, pos, in
     row of shared memory, since RoPE pairs elements that other lanes hold.  The twin is CpuBackend.attn_inputs
     (the separate ops of kernels/ref.py).
     """
+    wait_prior_kernel()
     n, h, d = qo.shape
     hkv = kc.shape[1]
     gw = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) >> 5
@@ -642,6 +659,7 @@ def softmax_masked_(s, qpos, q0, nq, k0, window, scale, softcap):
     """Prefill attention's softmax, in place: row r of s (R, m) holds the raw scores q.k of the token at position
     qpos[q0 + r % nq] against the keys at positions k0 .. k0 + m - 1; it becomes softmax(softcap(scale * s)) over
     the keys the token sees (position <= its own, and within the window), 0 elsewhere.  One block per row."""
+    wait_prior_kernel()
     r = cuda.blockIdx.x
     m = s.shape[1]
     p = qpos[q0 + r % nq]

@@ -35,6 +35,7 @@ import os
 import numpy as np
 from numba import cuda, float32, float64, int32
 
+from minirs.kernels.cuda_intrinsics import wait_prior_kernel
 from minirs.kernels.cuda_launch import kernels
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -108,6 +109,7 @@ def sample_slices(x, prm, cv, ci, ssum):
     """For slice s of row r (x[r, s*SLICE : (s+1)*SLICE] of logits x (n, V)): its C best elements in order,
     cv[r, s, j] (logit) and ci[r, s, j] (index), sentinels (-inf, index >= V) where the slice is shorter; and
     ssum[r, s] = sum_i exp(x_i / T - top / T), top the slice's largest logit, T = prm[r, TEMP]."""
+    wait_prior_kernel()
     r, s = cuda.blockIdx.x, cuda.blockIdx.y
     tid = cuda.threadIdx.x
     V = x.shape[1]
@@ -250,6 +252,7 @@ def sample_pick(x, prm, cv, ci, ssum, out):
     """out[r] = the token drawn from row r of logits x (n, V) with prm[r] = (temperature > 0, top_k (<= 0 or >= V:
     off), top_p (>= 1: off), min_p (<= 0: off), coin in [0, 1)), from sample_slices' candidates cv/ci (n, S, C)
     and slice masses ssum (n, S); -1 where the candidates cannot decide the row."""
+    wait_prior_kernel()
     r = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     V = x.shape[1]
