@@ -1,8 +1,8 @@
 """Inline-PTX intrinsics that Numba CUDA lacks: dp4a (4 int8 MACs), mma_f16 (a float16 tensor-core tile product),
 h2sub / h2fma (float16 pairs packed in a uint32), cp_async (a global -> shared copy that needs no registers,
 between raw addresses from addr_of / shared_addr; cp_async_commit / cp_async_wait0 / _wait1), ld_volatile (a
-float32 load from L2, for the last-block pattern), ld_half2 (two float16 in one 4-byte load) and prefetch_l2 (a
-bulk prefetch into L2), and wait_prior_kernel (programmatic dependent launch). Under the CUDA simulator they are
+float32 load from L2, for the last-block pattern), ld_half2 (two float16 in one 4-byte load), prefetch_l2 (a
+bulk prefetch into L2), prefetch_line (one cache line into L1 or L2), and wait_prior_kernel (programmatic dependent launch). Under the CUDA simulator they are
 plain-Python twins, except mma_f16 (a warp-wide instruction) and the raw-address ones, which raise there."""
 
 import os
@@ -33,6 +33,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: 
         return float32(ary[idx]), float32(ary[idx[:-1] + (idx[-1] + 1,)])
 
     def prefetch_l2(addr, nbytes):
+        pass
+
+    def prefetch_line(ary, idx, level):
         pass
 
     def mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
@@ -133,6 +136,23 @@ else:
             return context.get_dummy_value()
         return types.void(addr, nbytes), codegen
 
+
+    @intrinsic
+    def prefetch_line(typingctx, ary, idx, level):
+        """Start fetching the cache line that holds ary[idx] into L1 (level the literal 1) or L2 (2): PTX prefetch,
+        a hint that nothing waits for. L1 is not kept coherent with other SMs' writes: L1 only for data no
+        kernel writes (weights)."""
+        if not isinstance(ary, types.Array) or not isinstance(level, types.IntegerLiteral) or \
+                level.literal_value not in (1, 2):
+            return None
+        text = f"prefetch.L{level.literal_value} [$0];"
+
+        def codegen(context, builder, sig, args):
+            addr = builder.ptrtoint(_ptr(context, builder, sig.args[0], sig.args[1], args[0], args[1]),
+                                    ir.IntType(64))
+            builder.asm(ir.FunctionType(ir.VoidType(), [ir.IntType(64)]), text, "l", [addr], side_effect=True)
+            return context.get_dummy_value()
+        return types.void(ary, idx, level), codegen
 
     @intrinsic
     def mma_f16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):

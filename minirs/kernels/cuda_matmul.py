@@ -38,7 +38,7 @@ from numba import cuda, float32, float64, int8, int32, int64
 from numba.core.types import float16
 from numba.cuda import libdevice
 
-from minirs.kernels.cuda_intrinsics import dp4a, wait_prior_kernel
+from minirs.kernels.cuda_intrinsics import dp4a, prefetch_line, wait_prior_kernel
 from minirs.kernels.cuda_launch import kernels
 from minirs.kernels.cuda_weights import GExperts, GMatrix
 
@@ -47,6 +47,11 @@ R = 4  # rows per warp in the GEMVs
 TT = 4  # tokens per block in the quantized GEMVs: each weight word loaded and unpacked feeds TT tokens' dots
 NW = 4  # warps per block in the float and expert GEMVs: they split K of the block's R rows
 NWS = (1, 2, 3, 4)  # warps per block of the quantized GEMVs, chosen per matrix by gemv_warps
+# The weights a quantized GEMV thread prefetches into L1 before it waits for the kernel before it (programmatic
+# dependent launch, cuda_intrinsics.wait_prior_kernel): its first PREFETCH_BLOCKS 32-blocks of each row. H100
+# tg128 (SmolLM2 / 7B Q4_0): 1 block 1,154 / 400, none 1,073 / 382, 2 blocks 1,158 / 395, all 1,155 / 386; into
+# L2 instead of L1 1,137 / 399 (BENCHMARKS.md)
+PREFETCH_BLOCKS = 1
 
 
 def gemv_warps(w: "GMatrix") -> int:
@@ -184,6 +189,21 @@ def _words8(a, r, b):
     w0, w1, w2, w3 = a[r, o], a[r, o + 1], a[r, o + 2], a[r, o + 3]
     return int32(w0), int32(w0 >> 32), int32(w1), int32(w1 >> 32), int32(w2), int32(w2 >> 32), int32(w3), \
         int32(w3 >> 32)
+
+
+def _prefetch_rows(q, h, d, m, ra, rb, rc, rd, nb, stride, qi, di, has_h, has_m):
+    """Prefetch into L1 the first PREFETCH_BLOCKS 32-blocks that this thread reads of 4 rows: blocks threadIdx.x,
+    + stride, ..; block b's words start at q[r, qi * b], its scales at d[r, di * b] (and m), its fifth bits at
+    h[r, b]. Weights only: no kernel writes them, so this may run before the wait, while the kernel before still
+    runs; the loads after the wait then find them in L1 instead of device memory."""
+    for b in range(cuda.threadIdx.x, min(nb, PREFETCH_BLOCKS * stride), stride):
+        for r in (ra, rb, rc, rd):
+            prefetch_line(q, (r, qi * b), 1)
+            prefetch_line(d, (r, di * b), 1)
+            if has_m:
+                prefetch_line(m, (r, di * b), 1)
+            if has_h:
+                prefetch_line(h, (r, b), 1)
 
 
 def _blk45(q, h, d, m, ra, rb, rc, rd, b, has_h, has_m):
@@ -391,8 +411,9 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
         is, so a token's result does not depend on the other rows of its batch (batched decode = decode alone).
         With nk > 0 this is the fused q/k/v projection (attn_put): y is q (n, h * d), W has h * d + 2 * nk rows.
         """
-        wait_prior_kernel()
         r0, t0, nt, ra, rb, rc, rd = block_rows(y, nk)
+        _prefetch_rows(q, h, d, m, ra, rb, rc, rd, d.shape[1], 32 * nw, 2, 1, has_h, has_m)
+        wait_prior_kernel()
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
@@ -405,8 +426,9 @@ def gemv_kernels(nw: int, tt: int, has_h: bool = False, has_m: bool = False, g16
 
     def gemv_q8(q, d, m, xq, xd, xs, y, add, pos, slots, inv_freq, kc, vc, nk):
         """gemv_q45 for the q8 family (int8 weights read as int64, groups of 32 or 16)."""
-        wait_prior_kernel()
         r0, t0, nt, ra, rb, rc, rd = block_rows(y, nk)
+        _prefetch_rows(q, q, d, m, ra, rb, rc, rd, q.shape[1] // 4, 32 * nw, 4, 2 if g16 else 1, False, has_m)
+        wait_prior_kernel()
         acc = cuda.local.array(nacc, float32)
         for i in range(nacc):
             acc[i] = float32(0.0)
@@ -675,8 +697,8 @@ SIGS = {
     dequant_q8: [f"void(int8{_A}, float16{_A}, float16{_A}, int32, boolean, int64[::1], float32, float32{_A})"],
     dequant_float: [f"void({w}{_A}, int64[::1], float32, float32{_A})" for w in ("float16", "float32")],
 }
-for _f in (quant32, half_clamped, half_pos, gemv_input, _spread4, _w45, _blk45, _words8, _dot, _acc45, _v8, _acc8,
-           _put, rope_cos_sin, attn_put, _store4, _h4, _thread_word, _rows4, _expert_rows):
+for _f in (quant32, half_clamped, half_pos, gemv_input, _spread4, _w45, _prefetch_rows, _blk45, _words8,
+           _dot, _acc45, _v8, _acc8, _put, rope_cos_sin, attn_put, _store4, _h4, _thread_word, _rows4, _expert_rows):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 K = kernels(SIGS)
 
