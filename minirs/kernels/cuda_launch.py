@@ -12,6 +12,9 @@ Numba would run and remembers it; later launches build the kernel's parameter li
 launch through the same `cuda.core.launch`. Anything it does not recognise (a Numba device array, a type with no
 matching overload) goes through the dispatcher as usual, so the result is always the same kernel on the same
 data.
+
+On sm_90+ every fast launch asks for programmatic dependent launch (dependent_launch): the kernel may start while
+the previous one in the stream still runs, and waits for it inside (cuda_intrinsics.wait_prior_kernel).
 """
 
 import ctypes
