@@ -2,8 +2,9 @@
 h2sub / h2fma (float16 pairs packed in a uint32), cp_async (a global -> shared copy that needs no registers,
 between raw addresses from addr_of / shared_addr; cp_async_commit / cp_async_wait0 / _wait1), ld_volatile (a
 float32 load from L2, for the last-block pattern), ld_half2 (two float16 in one 4-byte load), prefetch_l2 (a
-bulk prefetch into L2), prefetch_line (one cache line into L1 or L2), and wait_prior_kernel (programmatic dependent launch). Under the CUDA simulator they are
-plain-Python twins, except mma_f16 (a warp-wide instruction) and the raw-address ones, which raise there."""
+bulk prefetch into L2), prefetch_line (one cache line into L1 or L2) and wait_prior_kernel (programmatic dependent
+launch). Under the CUDA simulator they are plain-Python twins, except mma_f16 (a warp-wide instruction) and the
+raw-address ones, which raise there."""
 
 import os
 
@@ -246,11 +247,11 @@ else:
     def wait_prior_kernel(typingctx):
         """Programmatic dependent launch (PDL, sm_90+; cuda_launch.dependent_launch): wait until the kernel before
         this one in the stream has finished and its writes are visible (griddepcontrol.wait), then let the kernel
-        after this one start launching (griddepcontrol.launch_dependents). Every kernel calls it first, so a kernel's
-        blocks are placed on the SMs and start while the kernel before it is still running (in a CUDA graph
-        ~1 us per kernel of launch latency overlaps the previous kernel), and nothing is read or written before the
-        data is there. Nothing is emitted where dependent launch is off (no sm_90): kernels then run one after the
-        other as ordinary launches do."""
+        after this one start launching (griddepcontrol.launch_dependents). Every kernel calls it before it touches
+        device memory (only weight prefetches may come first), so a kernel's blocks are placed on the SMs and start
+        while the kernel before it still runs, and nothing is read or written before the data is there: ~0.5 us
+        per kernel of a CUDA graph on the H100 (BENCHMARKS.md). Nothing is emitted where dependent launch is off
+        (no sm_90): kernels then run one after the other as ordinary launches do."""
         def codegen(context, builder, sig, args):
             if dependent_launch():
                 builder.asm(ir.FunctionType(ir.VoidType(), []),

@@ -21,6 +21,7 @@ as llama.cpp's q8_1), each lane takes one 32-block at a time (weights and x read
 emitted inline) does 4 int8 MACs, and each warp owns 4 rows so each x word loaded serves 4 rows; a block's 1
 to 4 warps split K (gemv_warps, by the matrix's shape). A block serves one token (n = 1) or up to TT = 4 tokens
 from the same unpacked weight words (batched decode), and each token's result is bit-identical whatever the batch.
+Each thread prefetches its first weights into L1 before it waits for the kernel before it (PREFETCH_BLOCKS).
 The weight flavour (q5 fifth bits, group offsets, q8 groups of 16) is compiled in, not tested at run time: a
 GEMV's registers bound its occupancy (one Q4_0 token: 72 registers, 28 warps per SM; 14336 x 4096 in 18.9 us
 under Nsight, 25.9 us with the old 168-register kernel). With `out`, the result is added into out (the residual
