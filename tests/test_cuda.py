@@ -499,3 +499,46 @@ def test_real_smollm2_matches_transformers(be):
         assert step is None or step < 0 or margin < REAL_NEAR_TIE, \
             f"prompt {i}: greedy leaves the reference at step {step}, where its top-2 margin is {margin}"
     assert any(step is None for _, step, _ in runs), runs
+
+
+_PDL_RUN = """
+import sys
+import numpy as np
+from minirs.generate import Generator
+from minirs.kernels.cuda import CudaBackend
+from minirs.kv_cache import KVCache
+from minirs.load import load_model
+be = CudaBackend()
+model = load_model(sys.argv[1], backend=be)
+rng = np.random.default_rng(3)
+gen = Generator(model, ctx_len=256, max_chunk=16)
+out = {"prefill": gen.prefill([int(t) for t in rng.integers(0, model.config.vocab_size, 40)])}
+for i in range(6):  # captured once, then replayed
+    out[f"decode_{i}"] = gen.decode((int(np.argmax(out["prefill"])) + i) % model.config.vocab_size, 40 + i)
+cache = KVCache(model.config, be, 5, 64, 8)
+toks, slots = rng.integers(0, model.config.vocab_size, 5), np.arange(5)
+for i in range(4):  # 5 rows: the tensor-core GEMVs and split attention
+    out[f"batch_{i}"] = be.decode_step(model, cache, (toks + i) % model.config.vocab_size, slots, np.full(5, i))
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_dependent_launch_changes_no_bit(tmp_path):
+    """A prefill in chunks and replayed decode steps (1 and 5 rows) of a random-weight SmolLM2-shape model give
+    bit-identical logits with programmatic dependent launch on and off (MINIRS_PDL=0; a separate process each,
+    since it is decided when the kernels compile): a kernel that read before its wait would race."""
+    import os
+    import subprocess
+    import sys
+
+    from minirs.models.synthetic import write_random_gguf
+    path = write_random_gguf(tmp_path / "s.gguf", "smollm2-135m")
+    runs = []
+    for pdl in ("1", "0"):
+        out = tmp_path / f"pdl{pdl}.npz"
+        env = dict(os.environ, MINIRS_PDL=pdl)
+        subprocess.run([sys.executable, "-c", _PDL_RUN, str(path), str(out)], env=env, check=True, timeout=600)
+        runs.append(np.load(out))
+    assert set(runs[0].files) == set(runs[1].files)
+    for k in runs[0].files:
+        assert np.array_equal(runs[0][k], runs[1][k]), k

@@ -23,13 +23,12 @@ to 4 warps split K (gemv_warps, by the matrix's shape). A block serves one token
 from the same unpacked weight words (batched decode), and each token's result is bit-identical whatever the batch.
 Each thread prefetches its first weights into L1 before it waits for the kernel before it (PREFETCH_BLOCKS).
 The weight flavour (q5 fifth bits, group offsets, q8 groups of 16) is compiled in, not tested at run time: a
-GEMV's registers bound its occupancy (one Q4_0 token: 72 registers, 28 warps per SM; 14336 x 4096 in 18.9 us
-under Nsight, 25.9 us with the old 168-register kernel). With `out`, the result is added into out (the residual
-stream) as it is written. With mma_min_n (CudaBackend: batches of 2 or more tokens unless the engine asks for
-row-invariant results) the batched GEMVs run on the float16 tensor cores instead (cuda_mma). Larger n dequantize W
-to float16 (dequant_f16) and
-multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS cannot be captured in a CUDA graph, which is why
-decode needs its own kernels.
+GEMV's registers bound its occupancy (one Q4_0 token: 80 registers, 72 before the weight prefetch; 14336 x
+4096 in 18.9 us under Nsight, 25.9 us with the old 168-register kernel). With `out`, the result is added into out
+(the residual stream) as it is written. With mma_min_n (CudaBackend: batches of 2 or more tokens unless the
+engine asks for row-invariant results) the batched GEMVs run on the float16 tensor cores instead (cuda_mma).
+Larger n dequantize W to float16 (dequant_f16) and multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS
+cannot be captured in a CUDA graph, which is why decode needs its own kernels.
 """
 
 import math

@@ -418,7 +418,7 @@ def gemv_mma(w, x, xh, y, stream, add: bool, ep) -> None:
     if not _SMS:
         _SMS.append(cp.cuda.Device().attributes["MultiProcessorCount"])
     S = mma_splits(w.n_out, w.n_in, _SMS[0])
-    key = (id(stream), w.n_out, S)  # one set per stream: kernels of one stream never overlap
+    key = (id(stream), w.n_out, S)  # one set per stream: a stream's kernels touch memory one after another
     if key not in _SCRATCH:
         _SCRATCH[key] = (cp.empty((S, 8 * MMA_GROUPS[-1], w.n_out), cp.float32),
                          cp.zeros(-(-w.n_out // BR), cp.int32))
