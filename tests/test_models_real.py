@@ -13,53 +13,15 @@ Observed (2-core CPU): relative error ~1e-6 on every prompt of both models, gree
 Skipped when a golden file is missing (the models themselves come from PyPI via the conftest fixtures).
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers_real import N_GREEDY, check_greedy, check_smollm2, load_golden, prefill_and_greedy
 
-from minirs.kv_cache import KVCache
 from minirs.load import load_model
 
-GOLDEN = Path(__file__).parent / "golden"
-N_GREEDY = 24
 LOGIT_TOL = 1e-3
 GREEDY_PROMPTS = 3
 NEAR_TIE = 0.05  # logits: a divergence is accepted only where the reference's top1 - top2 margin is below this
-
-
-def load_golden(name):
-    path = GOLDEN / name
-    if not path.exists():
-        pytest.skip(f"{path} is not there yet (made by tests/golden/make_goldens.py --only logits)")
-    return np.load(path)
-
-
-def prefill_and_greedy(model, ids, n_new):
-    """Last-position logits of the prompt and n_new greedy tokens, decoded one step at a time."""
-    cache = KVCache(model.config, model.backend, 1, len(ids) + n_new + 1, max(len(ids), 1))
-    slot = np.zeros(1, np.int64)
-    last = model.forward(np.asarray(ids), np.zeros(len(ids), np.int64), np.arange(len(ids)), cache,
-                         logit_rows=[len(ids) - 1])[0]
-    out, logits = [], last  # n_new = 0: just the prompt's last logits
-    for step in range(n_new):
-        tok = int(np.argmax(logits))
-        out.append(tok)
-        if step + 1 < n_new:
-            logits = model.forward(np.array([tok]), slot, np.array([len(ids) + step]), cache)[0]
-    return last, out
-
-
-def check_greedy(results):
-    """results: (ours, golden tokens, golden margins) per prompt."""
-    same = 0
-    for ours, want, margin in results:
-        if list(ours) == list(want):
-            same += 1
-            continue
-        step = next(i for i, (a, b) in enumerate(zip(ours, want)) if a != b)
-        assert margin[step] < NEAR_TIE, f"greedy diverges at step {step} where the reference margin is {margin[step]}"
-    assert same >= 3, f"only {same} prompts give the reference's {N_GREEDY} greedy tokens"
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +40,7 @@ def test_smollm2_capital_of_france(smollm2):
 
 
 def test_smollm2_matches_transformers(smollm2):
-    g, model = load_golden("logits_smollm2.npz"), smollm2
-    results = []
-    for i in range(int(g["n_prompts"])):
-        ids = g[f"ids_{i}"].tolist()
-        last, toks = prefill_and_greedy(model, ids, N_GREEDY if i < GREEDY_PROMPTS else 0)
-        want = g[f"last_logits_{i}"]
-        err = np.abs(last - want).max() / np.abs(want).max()
-        assert err <= LOGIT_TOL, f"prompt {i}: relative error {err:.2e}"
-        if toks:
-            results.append((toks, g[f"greedy_{i}"], g[f"greedy_margin_{i}"]))
-    check_greedy(results)
+    check_smollm2(smollm2, LOGIT_TOL, NEAR_TIE, GREEDY_PROMPTS, GREEDY_PROMPTS)
 
 
 def test_gemma3_matches_transformers(gemma3):
@@ -105,4 +57,4 @@ def test_gemma3_matches_transformers(gemma3):
         assert int(np.argmax(last)) == int(g[f"topk_ids_{i}"][0])
         if toks:
             results.append((toks, g[f"greedy_{i}"], g[f"greedy_margin_{i}"]))
-    check_greedy(results)
+    check_greedy(results, NEAR_TIE, 3)

@@ -1,0 +1,68 @@
+"""Test helpers for the real models against transformers' goldens (tests/golden/make_goldens.py): the procedure
+shared by the CPU tests (test_models_real.py), the GPU test (test_cuda.py) and bench/real_twin.py."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minirs.generate import Generator
+
+GOLDEN = Path(__file__).parent / "golden"
+N_GREEDY = 24
+
+
+def load_golden(name):
+    path = GOLDEN / name
+    if not path.exists():
+        pytest.skip(f"{path} is not there yet (made by tests/golden/make_goldens.py --only logits)")
+    return np.load(path)
+
+
+def prefill_and_greedy(model, ids, n_new):
+    """Last-position logits of the prompt (one prefill) and n_new greedy tokens, one decode step each (on CUDA the
+    captured decode graph, Generator.decode)."""
+    gen = Generator(model, ctx_len=len(ids) + n_new + 1, max_chunk=max(len(ids), 1))
+    last = gen.prefill(list(ids))
+    out, logits = [], last  # n_new = 0: just the prompt's last logits
+    for step in range(n_new):
+        out.append(int(np.argmax(logits)))
+        if step + 1 < n_new:
+            logits = gen.decode(out[-1], len(ids) + step)
+    return last, out
+
+
+def divergence(ours, want, margin):
+    """(step, the reference's top-2 margin there) where greedy tokens `ours` first leave the reference's `want`,
+    or None where they never do."""
+    step = next((i for i, (a, b) in enumerate(zip(ours, want)) if a != b), None)
+    return None if step is None else (step, float(margin[step]))
+
+
+def check_greedy(results, near_tie: float, min_same: int):
+    """results: (ours, golden tokens, golden margins) per prompt. Each divergence must come at a near tie (the
+    reference's top-2 margin below near_tie, a flip that rounding may cause either way), and at least min_same
+    prompts must give the reference's tokens exactly."""
+    same = 0
+    for ours, want, margin in results:
+        d = divergence(ours, want, margin)
+        if d is None:
+            same += 1
+        else:
+            assert d[1] < near_tie, f"greedy diverges at step {d[0]} where the reference margin is {d[1]}"
+    assert same >= min_same, f"only {same} prompts give the reference's greedy tokens"
+
+
+def check_smollm2(model, logit_tol: float, near_tie: float, min_same: int, greedy_prompts: int = 3):
+    """SmolLM2-135M against its golden: each prompt's whole last-position row within logit_tol (max |error| / max
+    |logit|), and N_GREEDY greedy tokens on the first greedy_prompts prompts (check_greedy)."""
+    g = load_golden("logits_smollm2.npz")
+    results = []
+    for i in range(int(g["n_prompts"])):
+        last, toks = prefill_and_greedy(model, g[f"ids_{i}"].tolist(), N_GREEDY if i < greedy_prompts else 0)
+        want = g[f"last_logits_{i}"]
+        err = np.abs(last - want).max() / np.abs(want).max()
+        assert err <= logit_tol, f"prompt {i}: relative error {err:.2e}"
+        if toks:
+            results.append((toks, g[f"greedy_{i}"], g[f"greedy_margin_{i}"]))
+    check_greedy(results, near_tie, min_same)
