@@ -1,14 +1,22 @@
-"""How far the GPU's roundings by design put the real SmolLM2 from transformers, measured on the CPU.
+"""How far the GPU's roundings by design put the real SmolLM2 from transformers.
 
-    python bench/real_twin.py
+    python bench/real_twin.py            # on the CPU: float32, and the CPU twin of the GPU's roundings
+    python bench/real_twin.py --cuda     # the same, plus the CUDA backend (needs a GPU)
 
 Runs the procedure of the real-model tests (tests/helpers_real.py: one prefill, then 24 greedy tokens one decode
-step at a time, against tests/golden/logits_smollm2.npz) with the float32 CPU backend and with
-cuda_numerics.GpuNumericsCpu (the CPU backend with the CUDA backend's int8 / float16 roundings), and prints per
-prompt the relative error of the last-position logits and where greedy leaves the reference. The GPU test's
-tolerances (tests/test_cuda.py: REAL_LOGIT_TOL, REAL_NEAR_TIE) are set from the twin's numbers. No GPU needed.
+step at a time, against tests/golden/logits_smollm2.npz) with the float32 CPU backend, with
+cuda_numerics.GpuNumericsCpu (the CPU backend with the CUDA backend's int8 / float16 roundings) and, with --cuda,
+the CUDA backend. It prints two tables:
+
+- per prompt, the relative error of the last-position logits and where free-running greedy leaves the reference;
+- per greedy step, teacher-forced on the reference's tokens, each backend's margin for the reference's token (its
+  logit minus the best other logit; negative where the backend would pick another token) beside the reference's
+  own top-2 margin. The largest gap between the two is how far rounding moves a greedy decision.
+
+The GPU test's tolerances (tests/test_cuda.py: REAL_LOGIT_TOL, REAL_NEAR_TIE) are set from these numbers.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -16,28 +24,70 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from helpers_real import N_GREEDY, divergence, load_golden, margin_for, prefill_and_greedy, teacher_forced
 
-def main() -> None:
-    from helpers_real import N_GREEDY, divergence, load_golden, prefill_and_greedy
+GREEDY_PROMPTS = 3
 
-    from minirs.fetch import smollm2_path
+
+def backends(cuda: bool):
     from minirs.kernels.cpu import CpuBackend
     from minirs.kernels.cuda_numerics import GpuNumericsCpu
+    out = [("CPU float32", CpuBackend()), ("CPU twin of the GPU", GpuNumericsCpu())]
+    if cuda:
+        from minirs.kernels.cuda import CudaBackend
+        out.append(("CUDA", CudaBackend()))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cuda", action="store_true", help="add the CUDA backend")
+    args = ap.parse_args()
+
+    from minirs.fetch import smollm2_path
     from minirs.load import load_model
     g = load_golden("logits_smollm2.npz")
+    n_prompts = int(g["n_prompts"])
+    margins = {}  # backend -> [per greedy prompt: margins per step]
+    rows = {}  # backend -> [per greedy prompt: teacher-forced logits per step]
     print("| backend | prompt | tokens | last-logits error | greedy leaves the reference at | margin there |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, be in (("CPU float32", CpuBackend()), ("CPU with the GPU's roundings", GpuNumericsCpu())):
+    for name, be in backends(args.cuda):
         model = load_model(smollm2_path(), backend=be)
-        for i in range(int(g["n_prompts"])):
+        margins[name], rows[name] = [], []
+        for i in range(n_prompts):
             ids = g[f"ids_{i}"].tolist()
-            last, toks = prefill_and_greedy(model, ids, N_GREEDY if i < 3 else 0)
+            last, toks = prefill_and_greedy(model, ids, N_GREEDY if i < GREEDY_PROMPTS else 0)
             want = g[f"last_logits_{i}"]
             err = np.abs(last - want).max() / np.abs(want).max()
             d = divergence(toks, g[f"greedy_{i}"], g[f"greedy_margin_{i}"]) if toks else None
             where = "-" if not toks else ("never" if d is None else str(d[0]))
             margin = "-" if d is None else f"{d[1]:.4f}"
             print(f"| {name} | {i} | {len(ids)} | {err:.2e} | {where} | {margin} |")
+            if i < GREEDY_PROMPTS:
+                gold = g[f"greedy_{i}"].tolist()
+                rows[name].append(teacher_forced(model, ids, gold))
+                margins[name].append([margin_for(row, t) for row, t in zip(rows[name][-1], gold)])
+
+    names = list(margins)
+    print("\nTeacher-forced greedy steps: each backend's margin for the reference's token.\n")
+    print("| prompt | step | reference | " + " | ".join(names) + " |")
+    print("| ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |")
+    gaps = {n: 0.0 for n in names}
+    for i in range(GREEDY_PROMPTS):
+        ref = g[f"greedy_margin_{i}"]
+        for s in range(N_GREEDY):
+            cells = [f"{margins[n][i][s]:+.4f}" for n in names]
+            print(f"| {i} | {s} | {ref[s]:.4f} | " + " | ".join(cells) + " |")
+            for n in names:
+                gaps[n] = max(gaps[n], abs(margins[n][i][s] - ref[s]))
+    print("\nLargest |margin - reference margin| over those steps: "
+          + ", ".join(f"{n} {gaps[n]:.4f}" for n in names))
+    if "CUDA" in rows:  # the GPU against its CPU twin, row by row
+        twin, gpu = (np.stack([r for p in rows[n] for r in p]) for n in ("CPU twin of the GPU", "CUDA"))
+        rel = np.abs(gpu - twin).max(axis=1) / np.abs(twin).max(axis=1)
+        print(f"CUDA against the CPU twin, teacher-forced rows: max |error| / max |logit| median {np.median(rel):.2e}, "
+              f"largest {rel.max():.2e}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,21 @@ def prefill_and_greedy(model, ids, n_new):
     return last, out
 
 
+def teacher_forced(model, ids, tokens):
+    """The logits before each of `tokens` when the model is fed the prompt and then `tokens` themselves, one
+    decode step each (as prefill_and_greedy, but following the given tokens instead of its own argmax)."""
+    gen = Generator(model, ctx_len=len(ids) + len(tokens) + 1, max_chunk=max(len(ids), 1))
+    rows = [gen.prefill(list(ids))]
+    for step, tok in enumerate(tokens[:-1]):
+        rows.append(gen.decode(int(tok), len(ids) + step))
+    return rows
+
+
+def margin_for(logits: np.ndarray, token: int) -> float:
+    """logits[token] minus the largest other logit: above 0 where greedy picks token."""
+    return float(logits[token] - np.delete(logits, token).max())
+
+
 def divergence(ours, want, margin):
     """(step, the reference's top-2 margin there) where greedy tokens `ours` first leave the reference's `want`,
     or None where they never do."""
@@ -53,16 +68,26 @@ def check_greedy(results, near_tie: float, min_same: int):
     assert same >= min_same, f"only {same} prompts give the reference's greedy tokens"
 
 
-def check_smollm2(model, logit_tol: float, near_tie: float, min_same: int, greedy_prompts: int = 3):
+def check_smollm2(model, logit_tol: float, near_tie: float, min_same: int, greedy_prompts: int = 3,
+                  margin_tol: float | None = None):
     """SmolLM2-135M against its golden: each prompt's whole last-position row within logit_tol (max |error| / max
-    |logit|), and N_GREEDY greedy tokens on the first greedy_prompts prompts (check_greedy)."""
+    |logit|), and N_GREEDY greedy tokens on the first greedy_prompts prompts (check_greedy). With margin_tol, also
+    every greedy step teacher-forced on the reference's tokens: our margin for the reference's token within
+    margin_tol of the reference's top-2 margin (so a step the reference takes by more than margin_tol is ours too)."""
     g = load_golden("logits_smollm2.npz")
     results = []
     for i in range(int(g["n_prompts"])):
-        last, toks = prefill_and_greedy(model, g[f"ids_{i}"].tolist(), N_GREEDY if i < greedy_prompts else 0)
+        ids = g[f"ids_{i}"].tolist()
+        last, toks = prefill_and_greedy(model, ids, N_GREEDY if i < greedy_prompts else 0)
         want = g[f"last_logits_{i}"]
         err = np.abs(last - want).max() / np.abs(want).max()
         assert err <= logit_tol, f"prompt {i}: relative error {err:.2e}"
         if toks:
             results.append((toks, g[f"greedy_{i}"], g[f"greedy_margin_{i}"]))
+        if toks and margin_tol is not None:
+            gold, ref = g[f"greedy_{i}"].tolist(), g[f"greedy_margin_{i}"]
+            for s, row in enumerate(teacher_forced(model, ids, gold)):
+                ours = margin_for(row, gold[s])
+                assert abs(ours - ref[s]) <= margin_tol, (
+                    f"prompt {i} step {s}: our margin {ours:+.4f} for the reference's token, reference {ref[s]:.4f}")
     check_greedy(results, near_tie, min_same)

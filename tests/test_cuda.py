@@ -448,18 +448,23 @@ def test_decode_step_samples_on_the_device(be, tmp_path):
 
 # The real SmolLM2 on the GPU against transformers (the golden of test_models_real.py, with its procedure:
 # helpers_real). The GPU's roundings by design (cuda_numerics: int8 x in the GEMVs, float16 in cuBLAS and the KV
-# cache) put the CPU twin with those roundings 9.9e-3 .. 4.5e-2 (max |error| / max |logit|) from the reference
-# on these prompts; its greedy runs left the reference only where the reference's top-2 margin was 0.005
-# (`python bench/real_twin.py`).
+# cache) put the CPU twin with those roundings 9.9e-3 .. 4.5e-2 (max |error| / max |logit|) from the reference on
+# these prompts, and move its greedy margins, teacher-forced on the reference's tokens, by up to 0.57 over the 72
+# steps (`python bench/real_twin.py`). A greedy step the reference takes by a margin above REAL_MARGIN_TOL must
+# therefore be ours too; below it, rounding may flip it either way. On an H100 (`python bench/real_twin.py
+# --cuda`): 8.4e-3 .. 1.3e-2, margins moved by up to 0.31, and one prompt in three left the reference at a
+# margin of 0.139.
 REAL_LOGIT_TOL = 0.1
-REAL_NEAR_TIE = 0.1
+REAL_MARGIN_TOL = 0.75
 
 
 def test_real_smollm2_matches_transformers(be):
     """The real SmolLM2-135M-Instruct Q4_1 (MINIRS_SMOLLM2=path, or the minirs cache; the GPU machine has no
     network, so the file is brought there) against transformers' float32 logits: the last-position row of each
-    prompt within about twice the design error, and 24 greedy tokens from the captured decode graph on the first
-    three prompts, leaving the reference's tokens only at a near tie, and exactly on at least one."""
+    prompt within about twice the design error; the 24 greedy steps of the first three prompts, teacher-forced on
+    the reference's tokens, each within REAL_MARGIN_TOL of the reference's margin; and free-running greedy from the
+    captured decode graph, leaving the reference's tokens only at a step closer than that, and exactly on at least
+    one prompt."""
     from helpers_real import check_smollm2
 
     from minirs.errors import FetchError
@@ -469,29 +474,7 @@ def test_real_smollm2_matches_transformers(be):
         path = smollm2_path()
     except FetchError as e:
         pytest.skip(f"no SmolLM2 file here and no network: {e}")
-    check_smollm2(load_model(path, backend=be), REAL_LOGIT_TOL, REAL_NEAR_TIE, 1)
-
-
-_PDL_RUN = """
-import sys
-import numpy as np
-from minirs.generate import Generator
-from minirs.kernels.cuda import CudaBackend
-from minirs.kv_cache import KVCache
-from minirs.load import load_model
-be = CudaBackend()
-model = load_model(sys.argv[1], backend=be)
-rng = np.random.default_rng(3)
-gen = Generator(model, ctx_len=256, max_chunk=16)
-out = {"prefill": gen.prefill([int(t) for t in rng.integers(0, model.config.vocab_size, 40)])}
-for i in range(6):  # captured once, then replayed
-    out[f"decode_{i}"] = gen.decode((int(np.argmax(out["prefill"])) + i) % model.config.vocab_size, 40 + i)
-cache = KVCache(model.config, be, 5, 64, 8)
-toks, slots = rng.integers(0, model.config.vocab_size, 5), np.arange(5)
-for i in range(4):  # 5 rows: the tensor-core GEMVs and split attention
-    out[f"batch_{i}"] = be.decode_step(model, cache, (toks + i) % model.config.vocab_size, slots, np.full(5, i))
-np.savez(sys.argv[2], **out)
-"""
+    check_smollm2(load_model(path, backend=be), REAL_LOGIT_TOL, REAL_MARGIN_TOL, 1, margin_tol=REAL_MARGIN_TOL)
 
 
 def test_dependent_launch_changes_no_bit(tmp_path):
@@ -501,14 +484,16 @@ def test_dependent_launch_changes_no_bit(tmp_path):
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     from minirs.models.synthetic import write_random_gguf
     path = write_random_gguf(tmp_path / "s.gguf", "smollm2-135m")
+    script = Path(__file__).resolve().parents[1] / "bench" / "decode_paths.py"
     runs = []
     for pdl in ("1", "0"):
         out = tmp_path / f"pdl{pdl}.npz"
         env = dict(os.environ, MINIRS_PDL=pdl)
-        subprocess.run([sys.executable, "-c", _PDL_RUN, str(path), str(out)], env=env, check=True, timeout=600)
+        subprocess.run([sys.executable, str(script), str(out), "--gguf", str(path)], env=env, check=True, timeout=600)
         runs.append(np.load(out))
     assert set(runs[0].files) == set(runs[1].files)
     for k in runs[0].files:

@@ -22,6 +22,7 @@ from minirs.load import load_model
 LOGIT_TOL = 1e-3
 GREEDY_PROMPTS = 3
 NEAR_TIE = 0.05  # logits: a divergence is accepted only where the reference's top1 - top2 margin is below this
+MARGIN_TOL = 1e-3  # teacher-forced greedy margins: float32 moves them by < 1e-4 (`python bench/real_twin.py`)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_smollm2_capital_of_france(smollm2):
 
 
 def test_smollm2_matches_transformers(smollm2):
-    check_smollm2(smollm2, LOGIT_TOL, NEAR_TIE, GREEDY_PROMPTS, GREEDY_PROMPTS)
+    check_smollm2(smollm2, LOGIT_TOL, NEAR_TIE, GREEDY_PROMPTS, GREEDY_PROMPTS, MARGIN_TOL)
 
 
 def test_gemma3_matches_transformers(gemma3):
