@@ -47,6 +47,29 @@ def test_matmul_and_embed_match_twin(be, qtype):
     assert rel(cp.asnumpy(be.embed(w, ids, 1.5)), W[ids] * 1.5) < 1e-3
 
 
+def test_cublas_gemm_writes_float32_and_accumulates(be):
+    """cuda_blas.gemm_nt (the prefill GEMM): float16 inputs, float32 sums and a float32 result, not one rounded to
+    float16 (that would be ~1e-4 off), and += with accumulate; other dtypes and strided arrays are refused."""
+    import cupy as cp
+
+    from minirs.kernels.cuda_blas import gemm_nt
+    rng = np.random.default_rng()
+    x = rng.standard_normal((70, 576)).astype(np.float16)
+    w = rng.standard_normal((300, 576)).astype(np.float16)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    out = cp.empty((70, 300), cp.float32)
+    gemm_nt(cp.asarray(x), cp.asarray(w), out, False)
+    assert rel(out.get(), want) < 1e-5
+    base = rng.standard_normal((70, 300)).astype(np.float32)
+    out = cp.asarray(base)
+    gemm_nt(cp.asarray(x), cp.asarray(w), out, True)
+    assert rel(out.get(), base + want) < 1e-5
+    with pytest.raises(ValueError):
+        gemm_nt(cp.asarray(x), cp.asarray(w), cp.empty((70, 300), cp.float16), False)
+    with pytest.raises(ValueError):
+        gemm_nt(cp.asarray(x), cp.asarray(np.ascontiguousarray(w.T)).T, out, False)  # (300, 576), strided
+
+
 @pytest.fixture
 def mma_min_n(be, request):
     """be.mma_min_n set to the test's parameter (0: dp4a GEMVs for every n, 1: tensor cores for every n)."""

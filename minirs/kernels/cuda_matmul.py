@@ -27,8 +27,9 @@ GEMV's registers bound its occupancy (one Q4_0 token: 80 registers, 72 before th
 4096 in 18.9 us under Nsight, 25.9 us with the old 168-register kernel). With `out`, the result is added into out
 (the residual stream) as it is written. With mma_min_n (CudaBackend: batches of 2 or more tokens unless the
 engine asks for row-invariant results) the batched GEMVs run on the float16 tensor cores instead (cuda_mma).
-Larger n dequantize W to float16 (dequant_f16) and multiply with cuBLAS (fp32 accumulation) through CuPy; cuBLAS
-cannot be captured in a CUDA graph, which is why decode needs its own kernels.
+Larger n dequantize W to float16 (dequant_f16) and multiply with cuBLAS (cuda_blas.gemm_nt: float16 in, float32
+accumulation and out, adding into out in the same call). Decode has its own kernels because at a few tokens a
+GEMV that reads the quantized blocks once beats dequantizing the whole matrix first.
 """
 
 import math
@@ -38,6 +39,7 @@ from numba import cuda, float32, float64, int8, int32, int64
 from numba.core.types import float16
 from numba.cuda import libdevice
 
+from minirs.kernels.cuda_blas import gemm_nt
 from minirs.kernels.cuda_intrinsics import dp4a, prefetch_line, wait_prior_kernel
 from minirs.kernels.cuda_launch import kernels
 from minirs.kernels.cuda_weights import GExperts, GMatrix
@@ -746,11 +748,9 @@ def gmatmul(w: GMatrix, x, stream, xform=None, out=None, mma_min_n: int = 0):
             return y
         _gemv(w, x, xform, y, stream, add, _no_ep(), mma_min_n)
         return y
-    y = cp.matmul(x.astype(cp.float16), dequant_f16(w, stream).T)  # cuBLAS, fp32 accumulation
-    if add:
-        out += y
-        return out
-    return y.astype(cp.float32)
+    y = out if add else cp.empty((n, w.n_out), cp.float32)
+    gemm_nt(x.astype(cp.float16), dequant_f16(w, stream), y, add)
+    return y
 
 
 def on_tensor_cores(n: int, n_in: int, mma_min_n: int) -> bool:
@@ -855,6 +855,7 @@ def gmatmul_id(ex: GExperts, x, ids, stream, xquant=None):
     flat = cp.asnumpy(ids).reshape(-1)
     for e in np.unique(flat):
         sel = np.nonzero(flat == e)[0]  # flat (t, j) pairs routed to expert e
-        xs = x2[cp.asarray(sel // xdiv)].astype(cp.float16)
-        y[cp.asarray(sel)] = cp.matmul(xs, dequant_f16(ex.expert(int(e)), stream).T).astype(cp.float32)
+        ye = cp.empty((len(sel), n_out), cp.float32)
+        gemm_nt(x2[cp.asarray(sel // xdiv)].astype(cp.float16), dequant_f16(ex.expert(int(e)), stream), ye, False)
+        y[cp.asarray(sel)] = ye
     return y.reshape(n, kk, n_out)

@@ -1,0 +1,90 @@
+"""Probe: what a prefill chunk costs when it is replayed from a CUDA graph instead of issued from Python.
+
+    python bench/prefill_graph_probe.py [--preset smollm2-135m --preset gemma3-270m ...] [--n 128 --n 512]
+
+A design measurement, not a product path. Eager prefill is host-bound (Python issues every kernel and cuBLAS
+call). Here a chunk of n tokens from position 0 runs through the decode-graph machinery (CudaBackend.decode_step
+with n rows, so positions and slots are device buffers): the matmuls take the dequantize + cuda_blas path, which
+can be captured, and attention takes the attention kernel (a block per token and head) instead of the eager
+path's cuBLAS attention. Two things are patched for the probe: the graph returns the last row's logits only, as
+a prefill does (DecodeGraph._forward), and take_rows accepts that slice. Prints the eager forward and the graph
+replay per chunk, and how far apart their last rows are (max |difference| / max |logit|).
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _median_ms(fn, reps: int = 5) -> float:
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)) * 1e3
+
+
+def probe(path: Path, ns) -> None:
+    import cupy as cp
+
+    from minirs.kernels import cuda
+    from minirs.kv_cache import KVCache
+    from minirs.load import load_model
+
+    def last_row_forward(self):
+        logits = self.model.forward(self.tok, self.slots, self.pos, self.cache, logit_rows=slice(self.n - 1, self.n))
+        self.be.join_side()
+        return logits
+
+    cuda.DecodeGraph._forward = last_row_forward
+    be = cuda.CudaBackend()
+    take = be.take_rows
+    be.take_rows = lambda x, rows: cp.ascontiguousarray(x[rows]) if isinstance(rows, slice) else take(x, rows)
+    model = load_model(path, backend=be)
+    for n in ns:
+        _chunk(model, be, KVCache(model.config, be, 1, max(ns) + 8, max(ns)), n, path.stem)
+
+
+def _chunk(model, be, cache, n: int, name: str) -> None:
+    """One table row: a chunk of n tokens from position 0, eager and from the graph."""
+    import cupy as cp
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, n)
+    slots, pos = np.zeros(n, np.int64), np.arange(n, dtype=np.int64)
+
+    def eager():
+        out = model.forward(ids, slots, pos, cache, logit_rows=[n - 1])
+        be.stream.synchronize()
+        return out
+    ref = cp.asnumpy(eager()[0])  # compiles
+    te = _median_ms(eager)
+    out = be.decode_step(model, cache, ids, slots, pos)  # runs once, captures
+    tg = _median_ms(lambda: be.decode_step(model, cache, ids, slots, pos))
+    diff = np.abs(out[-1] - ref).max() / np.abs(ref).max()
+    print(f"| {name} | {n} | {te:.2f} | {n / te * 1e3:,.0f} | {tg:.2f} | {n / tg * 1e3:,.0f} | {diff:.1e} |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", action="append", help="random-weight presets (default: smollm2, gemma3, 7B Q4_0)")
+    ap.add_argument("--n", action="append", type=int, help="chunk lengths (default 128 and 512)")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"))
+    args = ap.parse_args()
+    from minirs.models.synthetic import write_random_gguf
+    args.dir.mkdir(parents=True, exist_ok=True)
+    print("| preset | n | eager ms | eager tok/s | graph ms | graph tok/s | last row apart |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for p in args.preset or ["smollm2-135m", "gemma3-270m", "llama-7b-q4_0"]:
+        path = args.dir / f"{p}.gguf"
+        if not path.exists():
+            write_random_gguf(path, p)
+        probe(path, args.n or [128, 512])
+
+
+if __name__ == "__main__":
+    main()
