@@ -4,11 +4,14 @@
     compute-sanitizer --tool memcheck --error-exitcode 9 python bench/decode_paths.py /tmp/o.npz --no-pool
     (likewise --tool racecheck and --tool synccheck)
 
-A prefill in chunks of 16 tokens, six decode steps of one row (the first captures the decode graph, the rest
-replay it) and four steps of five rows (the tensor-core GEMVs, split attention); each step's logits go to OUT.
+A 60-token prefill in a chunk of 48 (dequantize + cuBLAS, cuBLAS attention) and one of 12 (GEMVs), six decode
+steps of one row (the first captures the decode graph, the rest replay it) and four steps of five rows (the
+tensor-core GEMVs, split attention); each step's logits go to OUT.
 `tests/test_cuda.py::test_dependent_launch_changes_no_bit` runs it with MINIRS_PDL=1 and 0 and compares the bits.
---no-pool gives each array its own cudaMalloc instead of a slice of CuPy's pool, so that memcheck sees the
-bounds of every array. The model is --gguf, or the preset's random-weight GGUF written to a temporary folder.
+--no-pool makes CuPy's allocator plain cudaMalloc, so that memcheck sees the bounds of the arrays made outside
+graphs (prefill's, the weights, the caches). A captured graph's intermediates still come from its own pool, and
+a few long-lived buffers (split attention's counters, the prefetch spans, the cuBLAS workspace) from CuPy's
+default pool. The model is --gguf, or the preset's random-weight GGUF written to a temporary folder.
 """
 
 import argparse
@@ -30,10 +33,10 @@ def run(path: Path) -> dict[str, np.ndarray]:
     model = load_model(path, backend=be)
     vocab = model.config.vocab_size
     rng = np.random.default_rng(3)
-    gen = Generator(model, ctx_len=256, max_chunk=16)
-    out = {"prefill": gen.prefill([int(t) for t in rng.integers(0, vocab, 40)])}
+    gen = Generator(model, ctx_len=256, max_chunk=48)
+    out = {"prefill": gen.prefill([int(t) for t in rng.integers(0, vocab, 60)])}
     for i in range(6):
-        out[f"decode_{i}"] = gen.decode((int(np.argmax(out["prefill"])) + i) % vocab, 40 + i)
+        out[f"decode_{i}"] = gen.decode((int(np.argmax(out["prefill"])) + i) % vocab, 60 + i)
     cache = KVCache(model.config, be, 5, 64, 8)
     toks, slots = rng.integers(0, vocab, 5), np.arange(5)
     for i in range(4):

@@ -237,7 +237,8 @@ def micro_timings():
             timed(f"attention decode {h}/{hkv}x{d} L={L} ctx {ctx} chunk {be.att_chunk} warps {be.att_warps}",
                   lambda: be.attention(q, kc, kc, sl, ps, 0, 0.088, 0.0), ctx * hkv * d * 4)
     be.att_chunk, be.att_warps = chunk, warps
-    # prefill pieces, 7B shapes, 512 tokens (outside graphs: cuBLAS cannot be captured; events around 5 runs)
+    # prefill pieces, 7B shapes, 512 tokens (eager, as prefill runs; events around 5 runs)
+    from minirs.kernels.cuda_blas import gemm_nt
     from minirs.kernels.cuda_matmul import dequant_f16
 
     def evtime(name, fn, reps=5):
@@ -259,7 +260,8 @@ def micro_timings():
     x512 = cp.asarray(rng.standard_normal((512, 4096)).astype(np.float32))
     wf = dequant_f16(w, be.nbs)
     xh = x512.astype(cp.float16)
-    evtime("prefill cuBLAS 512x4096 @ 4096x14336 f16", lambda: cp.matmul(xh, wf.T))
+    y512 = cp.empty((512, 14336), cp.float32)
+    evtime("prefill cuBLAS 512x4096 @ 4096x14336 f16->f32", lambda: gemm_nt(xh, wf, y512, False))
     evtime("prefill gmatmul Q6_K 14336x4096 n=512 (all)", lambda: gmatmul(w, x512, be.nbs))
     kc = cp.asarray(rng.standard_normal((1, 8, 520, 128)).astype(np.float16))
     q = cp.asarray(rng.standard_normal((512, 32, 128)).astype(np.float32))

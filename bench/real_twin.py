@@ -13,7 +13,7 @@ the CUDA backend. It prints two tables:
   logit minus the best other logit; negative where the backend would pick another token) beside the reference's
   own top-2 margin. The largest gap between the two is how far rounding moves a greedy decision.
 
-The GPU test's tolerances (tests/test_cuda.py: REAL_LOGIT_TOL, REAL_NEAR_TIE) are set from these numbers.
+The GPU test's tolerances (tests/test_cuda.py: REAL_LOGIT_TOL, REAL_MARGIN_TOL) are set from these numbers.
 """
 
 import argparse

@@ -19,27 +19,27 @@ def load_golden(name):
     return np.load(path)
 
 
+def _feed(model, ids, n_steps: int, pick):
+    """The prompt's last-position logits (one prefill), then n_steps - 1 decode steps (on CUDA the captured decode
+    graph, Generator.decode), each fed pick(step, the logits before it): the n_steps logits rows."""
+    gen = Generator(model, ctx_len=len(ids) + n_steps + 1, max_chunk=max(len(ids), 1))
+    rows = [gen.prefill(list(ids))]
+    for step in range(n_steps - 1):
+        rows.append(gen.decode(pick(step, rows[-1]), len(ids) + step))
+    return rows
+
+
 def prefill_and_greedy(model, ids, n_new):
-    """Last-position logits of the prompt (one prefill) and n_new greedy tokens, one decode step each (on CUDA the
-    captured decode graph, Generator.decode)."""
-    gen = Generator(model, ctx_len=len(ids) + n_new + 1, max_chunk=max(len(ids), 1))
-    last = gen.prefill(list(ids))
-    out, logits = [], last  # n_new = 0: just the prompt's last logits
-    for step in range(n_new):
-        out.append(int(np.argmax(logits)))
-        if step + 1 < n_new:
-            logits = gen.decode(out[-1], len(ids) + step)
-    return last, out
+    """Last-position logits of the prompt and n_new greedy tokens, one decode step each (n_new = 0: just the
+    logits)."""
+    rows = _feed(model, ids, n_new, lambda step, logits: int(np.argmax(logits)))
+    return rows[0], [int(np.argmax(r)) for r in rows[:n_new]]
 
 
 def teacher_forced(model, ids, tokens):
-    """The logits before each of `tokens` when the model is fed the prompt and then `tokens` themselves, one
-    decode step each (as prefill_and_greedy, but following the given tokens instead of its own argmax)."""
-    gen = Generator(model, ctx_len=len(ids) + len(tokens) + 1, max_chunk=max(len(ids), 1))
-    rows = [gen.prefill(list(ids))]
-    for step, tok in enumerate(tokens[:-1]):
-        rows.append(gen.decode(int(tok), len(ids) + step))
-    return rows
+    """The logits before each of `tokens` when the model is fed the prompt and then `tokens` themselves (as
+    prefill_and_greedy, but following the given tokens instead of its own argmax)."""
+    return _feed(model, ids, len(tokens), lambda step, logits: int(tokens[step]))
 
 
 def margin_for(logits: np.ndarray, token: int) -> float:
@@ -73,7 +73,10 @@ def check_smollm2(model, logit_tol: float, near_tie: float, min_same: int, greed
     """SmolLM2-135M against its golden: each prompt's whole last-position row within logit_tol (max |error| / max
     |logit|), and N_GREEDY greedy tokens on the first greedy_prompts prompts (check_greedy). With margin_tol, also
     every greedy step teacher-forced on the reference's tokens: our margin for the reference's token within
-    margin_tol of the reference's top-2 margin (so a step the reference takes by more than margin_tol is ours too)."""
+    margin_tol of the reference's top-2 margin (so a step the reference takes by more than margin_tol is ours too).
+    With margin_tol <= near_tie that already implies check_greedy's near-tie bound (free-running greedy computes
+    the same logits as the teacher-forced run up to its first divergence, where our margin is <= 0); the
+    free-running run then adds min_same."""
     g = load_golden("logits_smollm2.npz")
     results = []
     for i in range(int(g["n_prompts"])):

@@ -49,7 +49,8 @@ def test_matmul_and_embed_match_twin(be, qtype):
 
 def test_cublas_gemm_writes_float32_and_accumulates(be):
     """cuda_blas.gemm_nt (the prefill GEMM): float16 inputs, float32 sums and a float32 result, not one rounded to
-    float16 (that would be ~1e-4 off), and += with accumulate; other dtypes and strided arrays are refused."""
+    float16 (that would be ~1e-4 off), and += with accumulate, also replayed from a CUDA graph; other dtypes and
+    strided arrays are refused."""
     import cupy as cp
 
     from minirs.kernels.cuda_blas import gemm_nt
@@ -62,8 +63,18 @@ def test_cublas_gemm_writes_float32_and_accumulates(be):
     assert rel(out.get(), want) < 1e-5
     base = rng.standard_normal((70, 300)).astype(np.float32)
     out = cp.asarray(base)
+    stream = cp.cuda.get_current_stream()
+    handle = stream._minirs_cublas  # made at the stream's first GEMM, then reused
     gemm_nt(cp.asarray(x), cp.asarray(w), out, True)
     assert rel(out.get(), base + want) < 1e-5
+    assert cp.cuda.get_current_stream()._minirs_cublas is handle
+    xd, wd, out = cp.asarray(x), cp.asarray(w), cp.asarray(base)
+    stream.begin_capture()  # the call captured in a CUDA graph (CuPy's own cuBLAS calls refuse this)
+    gemm_nt(xd, wd, out, True)
+    graph = stream.end_capture()
+    graph.launch(stream)
+    graph.launch(stream)
+    assert rel(out.get(), base + 2 * want) < 1e-5
     with pytest.raises(ValueError):
         gemm_nt(cp.asarray(x), cp.asarray(w), cp.empty((70, 300), cp.float16), False)
     with pytest.raises(ValueError):

@@ -10,11 +10,13 @@ C, with C = A B + beta C adding in place. So one call does what three passes did
 The call goes through ctypes to the libcublas that CuPy has loaded, on a handle of our own per stream: its
 workspace is set once, so cuBLAS allocates nothing in a call, and the stream is set once, so a call makes no
 CUDA runtime call of its own. That also lets a call be captured into a CUDA graph, which CuPy's cuBLAS wrappers
-refuse during a capture.
+refuse during a capture. The handle and its workspace live as long as the stream (a backend's, one per loaded
+model): they hang on the stream object and the handle is destroyed when the stream is collected.
 """
 
 import ctypes
 import functools
+import weakref
 
 from minirs.errors import DeviceError
 
@@ -25,7 +27,6 @@ _ALGO_DEFAULT = -1  # cublasGemmAlgo_t: CUBLAS_GEMM_DEFAULT
 WORKSPACE = 32 << 20  # bytes (cuBLAS recommends 32 MiB on Hopper)
 
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
-_handles = {}  # CuPy stream pointer -> (handle, workspace array)
 
 
 @functools.cache
@@ -33,13 +34,17 @@ def _lib():
     """The libcublas CuPy uses (found in this process's mappings once CuPy has loaded it), with typed entries."""
     import cupy as cp
     cp.cuda.device.get_cublas_handle()  # makes CuPy load libcublas
-    with open("/proc/self/maps") as f:
-        paths = sorted({ln.split()[-1] for ln in f if "/libcublas.so" in ln})
-    if not paths:
-        raise DeviceError("libcublas is not loaded in this process; the CUDA prefill needs cuBLAS")
+    try:
+        with open("/proc/self/maps") as f:  # Linux: the files mapped into this process
+            paths = sorted({ln.split()[-1] for ln in f if "/libcublas.so" in ln})
+    except OSError as e:
+        raise DeviceError(f"cannot find the libcublas CuPy loaded ({e}); the CUDA prefill needs it") from None
+    if len(paths) != 1:
+        raise DeviceError(f"expected one libcublas in this process, found {paths or 'none'}")
     lib = ctypes.CDLL(paths[0])
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.cublasCreate_v2.argtypes = [ctypes.POINTER(p)]
+    lib.cublasDestroy_v2.argtypes = [p]
     lib.cublasSetStream_v2.argtypes = [p, p]
     lib.cublasSetWorkspace_v2.argtypes = [p, p, ctypes.c_size_t]
     lib.cublasGemmEx.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
@@ -52,18 +57,29 @@ def _check(status: int, what: str) -> None:
 
 
 def _handle(stream):
-    """Our cuBLAS handle for a CuPy stream, its workspace and stream set once."""
+    """Our cuBLAS handle for a CuPy stream, made at the stream's first GEMM with its workspace and stream set."""
     import cupy as cp
-    h = _handles.get(stream.ptr)
+    h = getattr(stream, "_minirs_cublas", None)
     if h is None:
+        if stream.is_capturing():
+            raise DeviceError("the first prefill GEMM on a stream ran inside a CUDA graph capture; it must run eagerly "
+                              "first (it creates the cuBLAS handle and its workspace)")
         lib, handle = _lib(), ctypes.c_void_p()
         _check(lib.cublasCreate_v2(ctypes.byref(handle)), "create")
         with cp.cuda.using_allocator(cp.get_default_memory_pool().malloc):  # not a graph's pool: lives on
             ws = cp.empty(WORKSPACE, cp.uint8)
         _check(lib.cublasSetWorkspace_v2(handle, ws.data.ptr, WORKSPACE), "set workspace")
         _check(lib.cublasSetStream_v2(handle, stream.ptr), "set stream")
-        h = _handles[stream.ptr] = (handle, ws, stream)  # the stream too: its pointer must not be reused
+        h = stream._minirs_cublas = (handle, ws)
+        weakref.finalize(stream, _destroy, handle)
     return h[0]
+
+
+def _destroy(handle) -> None:
+    """Release a handle whose stream is being collected (its stream first: that one may already be gone)."""
+    lib = _lib()
+    lib.cublasSetStream_v2(handle, None)
+    lib.cublasDestroy_v2(handle)
 
 
 def gemm_nt(x16, w16, out, accumulate: bool) -> None:
@@ -72,9 +88,11 @@ def gemm_nt(x16, w16, out, accumulate: bool) -> None:
     import cupy as cp
     n, k = x16.shape
     m = w16.shape[0]
-    if w16.shape[1] != k or out.shape != (n, m) or x16.dtype != cp.float16 or w16.dtype != cp.float16 or \
-            out.dtype != cp.float32 or not all(a.flags.c_contiguous for a in (x16, w16, out)):
-        raise ValueError(f"gemm_nt: x {x16.shape} {x16.dtype}, w {w16.shape} {w16.dtype}, out {out.shape} {out.dtype}")
+    args = {"x": (x16, (n, k), cp.float16), "w": (w16, (m, k), cp.float16), "out": (out, (n, m), cp.float32)}
+    for name, (a, shape, dtype) in args.items():
+        if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+            raise ValueError(f"gemm_nt: {name} is {a.shape} {a.dtype}{'' if a.flags.c_contiguous else ' strided'}, "
+                             f"needs {shape} {cp.dtype(dtype).name} C-contiguous")
     # row-major out (n, m) is column-major (m, n): out^T = W x^T, W read transposed from its row-major (m, k)
     _check(_lib().cublasGemmEx(_handle(cp.cuda.get_current_stream()), _OP_T, _OP_N, m, n, k, ctypes.byref(_ONE),
                                w16.data.ptr, _R_16F, k, x16.data.ptr, _R_16F, k,

@@ -3,7 +3,7 @@
 `kernel[grid, block, stream](*args)` on a Numba dispatcher types every argument and wraps every CuPy array in a
 Numba device array before it launches: ~50 us per array argument on the GPU machine (GPU.md), so a prefill
 forward of ~300 launches spent most of its time in Python. Decode steps replay CUDA graphs and never pay it;
-prefill cannot (cuBLAS cannot be captured).
+prefill runs eagerly.
 
 `FastKernel` wraps a dispatcher compiled with explicit signatures. The first launch with a given argument
 "shape" (dtype, ndim and contiguity of each array, Python type of each scalar) finds the compiled overload that

@@ -741,15 +741,13 @@ def gmatmul(w: GMatrix, x, stream, xform=None, out=None, mma_min_n: int = 0):
     import cupy as cp
     n = x.shape[0]
     add = out is not None
-    if n <= GEMV_MAX_N:
-        y = out if add else cp.empty((n, w.n_out), cp.float32)
-        if w.family == "float":
-            K["gemv_float"][(math.ceil(w.n_out / R), n), 32 * NW, stream](w.q, x, y, add)
-            return y
-        _gemv(w, x, xform, y, stream, add, _no_ep(), mma_min_n)
-        return y
     y = out if add else cp.empty((n, w.n_out), cp.float32)
-    gemm_nt(x.astype(cp.float16), dequant_f16(w, stream), y, add)
+    if n > GEMV_MAX_N:
+        gemm_nt(x.astype(cp.float16), dequant_f16(w, stream), y, add)
+    elif w.family == "float":
+        K["gemv_float"][(math.ceil(w.n_out / R), n), 32 * NW, stream](w.q, x, y, add)
+    else:
+        _gemv(w, x, xform, y, stream, add, _no_ep(), mma_min_n)
     return y
 
 

@@ -2,7 +2,10 @@
 
 The GPU differs from the float32 CPU path in three roundings, by design: the GEMVs (n <= GEMV_MAX_N) read x
 quantized to int8 per 32-block (llama.cpp's q8_1: ~5e-3 relative error per matmul), the cuBLAS path (larger n)
-reads x and W as float16, and the KV cache is float16. A random-weight model can amplify those errors a
+reads x and W as float16 (and sums and writes float32), and the KV cache is float16. The twin rounds x and the
+KV cache that way; it keeps W exact on the cuBLAS path, and it rounds x to int8 also for the batches of 2 to
+GEMV_MAX_N tokens that the GPU, unless asked for row-invariant results, runs on the tensor cores with x as
+float16 (the larger of the two errors). A random-weight model can amplify those errors a
 hundredfold on some tokens (its logits are near-uniform and its layers chaotic), so GPU-vs-CPU logits alone
 cannot tell such a token from a bug. `GpuNumericsCpu` is the CPU backend with the same roundings. It cannot
 match the GPU value for value: int8 rounding is chaotic (a 1e-7 difference flips one code somewhere, one flip
