@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from helpers_real import N_GREEDY, divergence, load_golden, margin_for, prefill_and_greedy, teacher_forced
+from helpers_real import N_GREEDY, run_smollm2
 
 GREEDY_PROMPTS = 3
 
@@ -46,36 +46,26 @@ def main() -> None:
 
     from minirs.fetch import smollm2_path
     from minirs.load import load_model
-    g = load_golden("logits_smollm2.npz")
-    n_prompts = int(g["n_prompts"])
-    margins = {}  # backend -> [per greedy prompt: margins per step]
-    rows = {}  # backend -> [per greedy prompt: teacher-forced logits per step]
+    runs = {}  # backend -> run_smollm2's runs
     print("| backend | prompt | tokens | last-logits error | greedy leaves the reference at | margin there |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, be in backends(args.cuda):
-        model = load_model(smollm2_path(), backend=be)
-        margins[name], rows[name] = [], []
-        for i in range(n_prompts):
-            ids = g[f"ids_{i}"].tolist()
-            last, toks = prefill_and_greedy(model, ids, N_GREEDY if i < GREEDY_PROMPTS else 0)
-            want = g[f"last_logits_{i}"]
-            err = np.abs(last - want).max() / np.abs(want).max()
-            d = divergence(toks, g[f"greedy_{i}"], g[f"greedy_margin_{i}"]) if toks else None
-            where = "-" if not toks else ("never" if d is None else str(d[0]))
+        runs[name] = run_smollm2(load_model(smollm2_path(), backend=be), GREEDY_PROMPTS, teacher=True)
+        for i, r in enumerate(runs[name]):
+            d = r.divergence
+            where = "-" if not r.toks else ("never" if d is None else str(d[0]))
             margin = "-" if d is None else f"{d[1]:.4f}"
-            print(f"| {name} | {i} | {len(ids)} | {err:.2e} | {where} | {margin} |")
-            if i < GREEDY_PROMPTS:
-                gold = g[f"greedy_{i}"].tolist()
-                rows[name].append(teacher_forced(model, ids, gold))
-                margins[name].append([margin_for(row, t) for row, t in zip(rows[name][-1], gold)])
+            print(f"| {name} | {i} | {r.n_ids} | {r.err:.2e} | {where} | {margin} |")
+    margins = {n: [r.margins for r in rs[:GREEDY_PROMPTS]] for n, rs in runs.items()}
+    rows = {n: [r.rows for r in rs[:GREEDY_PROMPTS]] for n, rs in runs.items()}
+    ref_margins = [r.ref_margin for r in next(iter(runs.values()))[:GREEDY_PROMPTS]]
 
     names = list(margins)
     print("\nTeacher-forced greedy steps: each backend's margin for the reference's token.\n")
     print("| prompt | step | reference | " + " | ".join(names) + " |")
     print("| ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |")
     gaps = {n: 0.0 for n in names}
-    for i in range(GREEDY_PROMPTS):
-        ref = g[f"greedy_margin_{i}"]
+    for i, ref in enumerate(ref_margins):
         for s in range(N_GREEDY):
             cells = [f"{margins[n][i][s]:+.4f}" for n in names]
             print(f"| {i} | {s} | {ref[s]:.4f} | " + " | ".join(cells) + " |")

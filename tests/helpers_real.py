@@ -1,6 +1,7 @@
 """Test helpers for the real models against transformers' goldens (tests/golden/make_goldens.py): the procedure
 shared by the CPU tests (test_models_real.py), the GPU test (test_cuda.py) and bench/real_twin.py."""
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,29 +69,56 @@ def check_greedy(results, near_tie: float, min_same: int):
     assert same >= min_same, f"only {same} prompts give the reference's greedy tokens"
 
 
-def check_smollm2(model, logit_tol: float, near_tie: float, min_same: int, greedy_prompts: int = 3,
-                  margin_tol: float | None = None):
-    """SmolLM2-135M against its golden: each prompt's whole last-position row within logit_tol (max |error| / max
-    |logit|), and N_GREEDY greedy tokens on the first greedy_prompts prompts (check_greedy). With margin_tol, also
-    every greedy step teacher-forced on the reference's tokens: our margin for the reference's token within
-    margin_tol of the reference's top-2 margin (so a step the reference takes by more than margin_tol is ours too).
-    With margin_tol <= near_tie that already implies check_greedy's near-tie bound (free-running greedy computes
-    the same logits as the teacher-forced run up to its first divergence, where our margin is <= 0); the
-    free-running run then adds min_same."""
+@dataclass
+class PromptRun:
+    """One golden prompt through a model: what check_smollm2 asserts on and bench/real_twin.py prints."""
+    n_ids: int
+    err: float  # the last-position logits: max |error| / max |logit| against the reference
+    toks: list  # free-running greedy tokens (none past the greedy prompts)
+    want: np.ndarray  # the reference's greedy tokens
+    ref_margin: np.ndarray  # the reference's top-2 margin at each of them
+    rows: list = field(default_factory=list)  # teacher-forced logits before each reference token (when asked)
+
+    @property
+    def margins(self) -> list[float]:
+        """Our margin for the reference's token at each teacher-forced step."""
+        return [margin_for(r, int(t)) for r, t in zip(self.rows, self.want)]
+
+    @property
+    def divergence(self):
+        return divergence(self.toks, self.want, self.ref_margin) if self.toks else None
+
+
+def run_smollm2(model, greedy_prompts: int = 3, teacher: bool = False) -> list[PromptRun]:
+    """Every golden prompt of SmolLM2-135M: its last-position logits, and on the first greedy_prompts prompts
+    N_GREEDY free-running greedy tokens and (teacher) the logits teacher-forced on the reference's tokens."""
     g = load_golden("logits_smollm2.npz")
-    results = []
+    runs = []
     for i in range(int(g["n_prompts"])):
         ids = g[f"ids_{i}"].tolist()
         last, toks = prefill_and_greedy(model, ids, N_GREEDY if i < greedy_prompts else 0)
         want = g[f"last_logits_{i}"]
-        err = np.abs(last - want).max() / np.abs(want).max()
-        assert err <= logit_tol, f"prompt {i}: relative error {err:.2e}"
-        if toks:
-            results.append((toks, g[f"greedy_{i}"], g[f"greedy_margin_{i}"]))
-        if toks and margin_tol is not None:
-            gold, ref = g[f"greedy_{i}"].tolist(), g[f"greedy_margin_{i}"]
-            for s, row in enumerate(teacher_forced(model, ids, gold)):
-                ours = margin_for(row, gold[s])
-                assert abs(ours - ref[s]) <= margin_tol, (
-                    f"prompt {i} step {s}: our margin {ours:+.4f} for the reference's token, reference {ref[s]:.4f}")
-    check_greedy(results, near_tie, min_same)
+        run = PromptRun(len(ids), float(np.abs(last - want).max() / np.abs(want).max()), toks, g[f"greedy_{i}"],
+                        g[f"greedy_margin_{i}"])
+        if toks and teacher:
+            run.rows = teacher_forced(model, ids, run.want.tolist())
+        runs.append(run)
+    return runs
+
+
+def check_smollm2(model, logit_tol: float, near_tie: float, min_same: int, greedy_prompts: int = 3,
+                  margin_tol: float | None = None):
+    """SmolLM2-135M against its golden (run_smollm2): each prompt's whole last-position row within logit_tol, and
+    N_GREEDY greedy tokens on the first greedy_prompts prompts (check_greedy). With margin_tol, also every greedy
+    step teacher-forced on the reference's tokens: our margin for the reference's token within margin_tol of the
+    reference's top-2 margin (so a step the reference takes by more than margin_tol is ours too). With margin_tol
+    <= near_tie that already implies check_greedy's near-tie bound (free-running greedy computes the same logits as
+    the teacher-forced run up to its first divergence, where our margin is <= 0); the free-running run then adds
+    min_same."""
+    runs = run_smollm2(model, greedy_prompts, teacher=margin_tol is not None)
+    for i, run in enumerate(runs):
+        assert run.err <= logit_tol, f"prompt {i}: relative error {run.err:.2e}"
+        for s, (ours, ref) in enumerate(zip(run.margins, run.ref_margin)):
+            assert abs(ours - ref) <= margin_tol, (
+                f"prompt {i} step {s}: our margin {ours:+.4f} for the reference's token, reference {ref:.4f}")
+    check_greedy([(r.toks, r.want, r.ref_margin) for r in runs if r.toks], near_tie, min_same)
