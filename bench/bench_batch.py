@@ -10,7 +10,7 @@ biased away). Throughput = all tokens generated / wall time from submitting the 
 (prefill included, the same way in both columns); the table reports the median over --repeat runs. Modes:
 `exact` is row_invariant=True (each row computed as if alone: greedy output identical alone and batched),
 `fast` is row_invariant=False (one forward per step for the whole batch). On CUDA both modes decode through
-CUDA graphs padded to a few batch sizes (scheduler.GRAPH_BUCKETS); they differ in how prefill chunks run.
+CUDA graphs padded to a few batch sizes (engine.GRAPH_BUCKETS); they differ in how prefill chunks run.
 """
 
 import argparse
@@ -53,24 +53,19 @@ def time_split(runner, n: int, max_tokens: int) -> str:
         def call(*a, **k):
             t = time.perf_counter()
             out = fn(*a, **k)
-            if hasattr(be, "stream"):
-                be.stream.synchronize()
+            be.synchronize()
             spent[kind][0] += time.perf_counter() - t
             spent[kind][1] += 1
             return out
         return call
-    forward, step = model.forward, getattr(be, "decode_step", None)
-    model.forward = timed("prefill", forward)
-    if step is not None:
-        be.decode_step = timed("decode", step)
+    mr = runner.engine.runner  # the engine's ModelRunner: eager forwards and captured decode steps
+    mr.forward, mr.decode = timed("prefill", mr.forward), timed("decode", mr.decode)
     try:
         t0 = time.perf_counter()
         rate = run_batch(runner, n, max_tokens)
         wall = time.perf_counter() - t0
     finally:
-        del model.forward
-        if step is not None:
-            del be.decode_step
+        del mr.forward, mr.decode
     rest = wall - spent["prefill"][0] - spent["decode"][0]
     (ef, ne), (gs, ng) = spent["prefill"], spent["decode"]
     return (f"{n} requests: {rate:.1f} tok/s, wall {wall * 1e3:.1f} ms = eager forwards {ef * 1e3:.1f} ms ({ne}) "
@@ -97,9 +92,9 @@ class PresetRunner:
     def __init__(self, preset: str, device: str, max_seqs: int, row_invariant: bool, model=None):
         import tempfile
 
+        from minirs.engine import Engine
         from minirs.load import load_model
         from minirs.models.synthetic import write_random_gguf
-        from minirs.scheduler import Engine
         if model is None:  # a model already loaded (of that preset) may be passed in, e.g. one per mode
             path = write_random_gguf(Path(tempfile.mkdtemp()) / f"{preset}.gguf", preset, seed=0)
             model = load_model(path, device=device)
@@ -110,7 +105,7 @@ class PresetRunner:
     def send_chat_completion_request(self, req, timeout=None):
         import numpy as np
 
-        from minirs.scheduler import GenParams, Job
+        from minirs.engine import GenParams, Job
         ids = list(np.random.default_rng(0).integers(0, self.model.config.vocab_size, 32))
         job = self.engine.submit(Job(ids, GenParams(max_tokens=req.max_tokens), self.tokenizer)).wait(timeout)
 

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from minirs.fetch import smollm2_path
-    from minirs.kv_cache import KVCache
+    from minirs.engine.kv_cache import KVCache
     from minirs.load import load_model
 
     path = args.gguf or smollm2_path()

@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from minirs.formats import Tensor, load_model_file
-from minirs.kernels.cpu_matmul import QMatrix, qmatmul, set_threads
+from minirs.kernels.cpu.matmul import qmatmul, set_threads
+from minirs.kernels.cpu.weights import QMatrix
 
 
 def timeit(reps: int, f, *args) -> float:

@@ -26,11 +26,10 @@ class _Clock:
     """Host timer that waits for the device first (CUDA) so the time covers the queued work."""
 
     def __init__(self, backend):
-        self.sync = getattr(backend, "stream", None)
+        self.backend = backend
 
     def now(self) -> float:
-        if self.sync is not None:
-            self.sync.synchronize()
+        self.backend.synchronize()
         return time.perf_counter()
 
 
@@ -68,9 +67,10 @@ def decode_bytes(mf, cfg) -> int:
 
 
 def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: Path, log=print) -> dict:
+    from minirs.engine import ModelRunner
+    from minirs.engine.kv_cache import KVCache
     from minirs.formats import load_model_file
-    from minirs.kv_cache import KVCache
-    from minirs.load import get_backend, load_model
+    from minirs.load import get_backend, load
 
     import gc
     gc.collect()  # an earlier preset's model (held in cycles through its backend's graphs) frees its GPU memory
@@ -83,10 +83,11 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
     be = get_backend(device)
     clock = _Clock(be)
     t0 = clock.now()
-    model = load_model(mf, backend=be)
+    model = load(mf, backend=be, tokenizer=False).model
     load_s = clock.now() - t0
     cfg = model.config
     cache = KVCache(cfg, be, 1, pp + tg + 8, max(pp, 1))
+    runner = ModelRunner(model, cache)
     rng = np.random.default_rng(0)
     res = {"preset": preset, "device": device, "size": path.stat().st_size, "load_s": load_s}
     if device == "cuda":
@@ -106,13 +107,11 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
         log(f"# {preset} pp{pp}: {res['pp_tps']:,.0f} tok/s (first run, compiles included: {times[0]:.2f} s)")
 
     if tg:
-        step = getattr(be, "decode_step", None)
+        greedy = [(0.0, 1, 1.0, 0.0, 0.0)] if runner.device_sampling else None
 
-        def decode(tok, p):
-            args = (np.array([tok], np.int64), np.zeros(1, np.int64), np.array([p], np.int64))
-            if step is not None:
-                return int(step(model, cache, *args, greedy=True)[0])
-            return int(np.argmax(model.forward(*args, cache)[0]))
+        def decode(tok, p):  # one greedy step: the argmax on the device where the backend can
+            out = runner.decode([tok], [0], [p], greedy)
+            return int(out[0]) if greedy else int(np.argmax(out[0]))
 
         tok = 1
         for p in range(min(4, tg)):  # warm-up (and graph capture)
@@ -126,12 +125,11 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
             times.append(clock.now() - t)
         res["tg_tps"] = tg / float(np.median(times))
         log(f"# {preset} tg{tg}: {res['tg_tps']:,.1f} tok/s")
-        graphs = [g for g in getattr(be, "_graphs", {}).values() if g.model is model]
-        if graphs:  # the device time of one step alone: replays back to back, no host round trip
-            g, reps_g = graphs[0], 50
+        if be.graphs:  # the device time of one step alone: replays back to back, no host round trip
+            step, reps_g = runner.captured(1, "argmax"), 50
             t = clock.now()
             for _ in range(reps_g):
-                g.graph.launch(be.stream)
+                step.replay()
             res["step_ms_graph_only"] = (clock.now() - t) / reps_g * 1e3
             log(f"# {preset} one step replayed back to back (no host round trip): {res['step_ms_graph_only']:.3f} ms; "
                 f"with it: {1e3 / res['tg_tps']:.3f} ms")

@@ -10,7 +10,6 @@ Only generated text goes to stdout; load time, time to first token and tokens/s 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from minirs.errors import MinirsError
 
@@ -69,33 +68,26 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from minirs.load import get_backend, load_model, open_model
-    from minirs.scheduler import Engine
+    from minirs.engine import Engine
+    from minirs.load import load
     from minirs.sampling import SamplingParams
-    from minirs.tokenizer import Tokenizer
 
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             seed=args.seed)
-    backend = get_backend(args.device)
     t0 = time.perf_counter()
     if args.model is not None:
-        path = args.model
+        source = args.model
     elif args.gguf is None:
         from minirs.fetch import smollm2_path
-        path = smollm2_path()
+        source = smollm2_path()
     else:
-        from minirs.hub import resolve_model_ref
-        path = resolve_model_ref(args.gguf, token_source=args.token_source, progress=sys.stderr.isatty())
-    mf = open_model(path)
-    if mf.format in ("hf", "safetensors"):  # an HF folder: the tokenizer lives beside the weights
-        folder = Path(path) if Path(path).is_dir() else Path(path).parent
-        tok = Tokenizer.from_files(folder, chat_template=args.chat_template)
-    else:
-        tok = Tokenizer.from_gguf(mf, chat_template=args.chat_template)
-    model = load_model(mf, backend=backend, progress=sys.stderr.isatty(), isq=args.isq)
+        source = args.gguf
+    loaded = load(source, device=args.device, chat_template=args.chat_template, isq=args.isq,
+                  token_source=args.token_source, progress=sys.stderr.isatty())
+    model, tok = loaded.model, loaded.tokenizer
     # the API's engine with one sequence slot: a chat's next turn reuses the history its slot still holds
     engine = Engine(model, tok, max_seqs=1, ctx_len=args.ctx_size)
-    print(f"minirs: loaded {Path(mf.path).name} ({model.config.arch}, {backend.name}) in "
+    print(f"minirs: loaded {loaded.name} ({model.config.arch}, {model.backend.name}) in "
           f"{time.perf_counter() - t0:.2f} s",
           file=sys.stderr)
     try:
@@ -124,7 +116,7 @@ def _chat_ids(tok, messages) -> list[int]:
 
 def _answer(engine, tok, ids, params, max_tokens) -> str:
     """Stream one answer to stdout; return its text. Timings go to stderr."""
-    from minirs.scheduler import GenParams, Job
+    from minirs.engine import GenParams, Job
 
     if not ids:
         raise MinirsError("the prompt is empty (no tokens)")

@@ -31,3 +31,7 @@ class FetchError(MinirsError, RuntimeError):
 
 class DeviceError(MinirsError, RuntimeError):
     """The requested device (e.g. CUDA) is not available."""
+
+
+class RequestTimeout(MinirsError, TimeoutError):
+    """A request did not finish within its timeout; it was cancelled and its KV slot freed."""

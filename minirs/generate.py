@@ -1,17 +1,19 @@
-"""Single-sequence generation: chunked prefill, then one decode step per token.
+"""Single-sequence generation: chunked prefill, then one decode step per token, for tests and benchmarks.
 
-The pieces (a model forward over (token, slot, position) rows, a KV cache with slots, pure sampling
-functions) are the same ones the batching scheduler uses; this is the simplest loop over them.
+A thin loop over the engine's own pieces (engine/runner.py's ModelRunner with a one-slot KV cache, the pure sampling
+functions): the same forward, the same captured decode step on CUDA, as the batching engine.
 """
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
+from minirs.engine.kv_cache import KVCache
+from minirs.engine.runner import ModelRunner
+from minirs.engine.slots import reusable_prefix
 from minirs.errors import RequestError
-from minirs.kv_cache import KVCache
 from minirs.sampling import SamplingParams, sample
 
 
@@ -33,23 +35,6 @@ class GenStats:
         return (self.new_tokens - 1) / self.decode_s if self.decode_s and self.new_tokens > 1 else 0.0
 
 
-def reusable_prefix(config, cached: list[int], ids: list[int], max_chunk: int) -> int:
-    """How many leading ids a KV cache slot holding `cached` (the ids at positions 0..) can serve instead of
-    recomputing them; at least one id is always left to run (its logits are needed).
-
-    Sliding-window rings keep only the last window + max_chunk positions, so rewinding further back than
-    max_chunk would read overwritten rows: then nothing is reused.
-    """
-    n = 0
-    limit = min(len(ids) - 1, len(cached))
-    while n < limit and ids[n] == cached[n]:
-        n += 1
-    has_local = any(config.is_local(i) for i in range(config.n_layers))
-    if has_local and len(cached) - n > max_chunk:
-        return 0
-    return n
-
-
 class Generator:
     """Generates from one sequence at a time with a model and its own one-slot KV cache."""
 
@@ -58,6 +43,7 @@ class Generator:
         self.ctx_len = min(ctx_len, model.config.context_length)
         self.max_chunk = max_chunk
         self.cache = KVCache(model.config, model.backend, 1, self.ctx_len, max_chunk)
+        self.runner = ModelRunner(model, self.cache)
         self.cached: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self.stats = GenStats()
 
@@ -69,25 +55,14 @@ class Generator:
         """Feed ids at positions start.. in chunks; return the logits after the last one."""
         logits = None
         for c in range(0, len(ids), self.max_chunk):
-            chunk = np.asarray(ids[c:c + self.max_chunk], dtype=np.int64)
-            pos = np.arange(start + c, start + c + len(chunk), dtype=np.int64)
-            slots = np.zeros(len(chunk), dtype=np.int64)
-            logits = self.model.forward(chunk, slots, pos, self.cache, logit_rows=[len(chunk) - 1])[0]
-        return self._host(logits)
-
-    def _host(self, a) -> np.ndarray:
-        """Backend memory (a GPU array on CUDA) -> NumPy, for sampling."""
-        to_numpy = getattr(self.model.backend, "to_numpy", None)
-        return a if to_numpy is None else to_numpy(a)
+            chunk = ids[c:c + self.max_chunk]
+            pos = range(start + c, start + c + len(chunk))
+            logits = self.runner.forward(chunk, [0] * len(chunk), pos, [len(chunk) - 1])[0]
+        return logits
 
     def decode(self, tok: int, pos: int) -> np.ndarray:
-        """Logits after one token at position pos. A backend that offers `decode_step` (CUDA: the step captured
-        in a graph and replayed) runs it; otherwise a plain forward."""
-        args = (np.array([tok], np.int64), np.zeros(1, np.int64), np.array([pos], np.int64))
-        step = getattr(self.model.backend, "decode_step", None)
-        if step is not None:
-            return step(self.model, self.cache, *args)[0]
-        return self._host(self.model.forward(*args, self.cache)[0])
+        """Logits after one token at position pos (on CUDA from the captured decode step)."""
+        return self.runner.decode([tok], [0], [pos])[0]
 
     def generate(self, ids: list[int], params: SamplingParams, max_tokens: int, stop_ids=()) -> Iterator[int]:
         """Yield new token ids after the prompt `ids`, reusing whatever prefix of it the cache already holds.

@@ -1,10 +1,33 @@
-"""Turn a model file path into a ready model on a backend: `load_model(path, device="auto")`."""
+"""The one loader: any model source to a model on a backend and its tokenizer.
 
+    loaded = load("path/model.gguf")                                   # or an HF folder, or a safetensors file
+    loaded = load("TheBloke/Mistral-7B-Instruct-v0.1-GGUF:mistral-7b-instruct-v0.1.Q4_0.gguf", device="cuda")
+    loaded = load("org/model", filename="model.Q4_K.gguf", revision="main")
+    loaded.model, loaded.tokenizer, loaded.name
+
+The CLI, the Runner (api/runner.py, from its `Which`) and the benchmarks all load through `load`. A GGUF/GGML file
+carries its own tokenizer; an HF folder's tokenizer files sit beside its weights (or in `tokenizer_folder`). The
+tokenizer must fit the model: no token id at or past the embedding's rows (checked here, so no request can reach a
+row that does not exist).
+"""
+
+import json
 import os
+import re
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
-from minirs.errors import DeviceError, MinirsError
+from minirs.errors import DeviceError, FetchError, MinirsError, ModelError, TemplateError
 from minirs.formats import ModelFile, load_model_file
+
+
+@dataclass
+class Loaded:
+    model: object  # models.llama.Transformer
+    tokenizer: object | None  # minirs.Tokenizer (None when not asked for)
+    name: str  # the model file's or folder's name
+    path: Path
 
 
 def cuda_available() -> bool:
@@ -21,25 +44,47 @@ def get_backend(device: str = "auto"):
     if device not in ("auto", "cpu", "cuda"):
         raise DeviceError(f"unknown device {device!r} (use auto, cpu or cuda)")
     if device == "auto":
-        device = "cuda" if os.environ.get("MINIRS_DEVICE", "") != "cpu" and _cuda_backend_exists() \
-            and cuda_available() else "cpu"
+        device = "cuda" if os.environ.get("MINIRS_DEVICE", "") != "cpu" and cuda_available() else "cpu"
     if device == "cuda":
-        if not _cuda_backend_exists():
-            raise DeviceError("the CUDA backend is not part of this minirs build yet; use --device cpu")
         if not cuda_available():
             raise DeviceError("--device cuda: no CUDA GPU is usable (is cupy-cuda12x/13x installed and a GPU present?)")
-        from minirs.kernels.cuda import CudaBackend
+        from minirs.kernels.cuda.backend import CudaBackend
         return CudaBackend()
     from minirs.kernels.cpu import CpuBackend
     return CpuBackend()
 
 
-def _cuda_backend_exists() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("minirs.kernels.cuda") is not None
+def resolve(source, filename: str | None = None, revision: str | None = None, token_source: str = "cache",
+            token_source_value: str | None = None, progress: bool = False) -> Path:
+    """A local path for a source: an existing local path (always wins); a hub ref 'org/name[@revision]:file'; or a
+    hub repo id 'org/name' with `filename` (that file) or without (the repo's model files, as a folder)."""
+    if isinstance(source, ModelFile):
+        return source.path
+    src = str(source)
+    if filename is not None:
+        if isinstance(filename, (list, tuple)):
+            if len(filename) != 1:
+                raise MinirsError(f"filename {filename!r}: minirs loads one model file per model")
+            filename = filename[0]
+        local = Path(filename) if os.path.isabs(filename) else Path(src) / filename
+        if local.is_file():
+            return local
+        from minirs.hub import resolve_file
+        return Path(resolve_file(src, filename, revision or "main", token_source, token_source_value))
+    local = Path(src).expanduser()
+    if local.exists():
+        return local
+    from minirs.hub import is_model_ref, resolve_folder, resolve_model_ref
+    if is_model_ref(src):
+        return Path(resolve_model_ref(src, token_source=token_source, token_source_value=token_source_value,
+                                      progress=progress))
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.endswith((".gguf", ".bin", ".safetensors")):
+        return Path(resolve_folder(src, revision or "main", token_source, token_source_value, progress=progress))
+    raise FetchError(f"{src!r} is not an existing file or folder, a hub reference 'org/name:file.gguf' or "
+                     "'org/name@revision:file.gguf', or a hub repo id 'org/name'")
 
 
-def open_model(source) -> ModelFile:
+def open_model(source, gqa: int | None = None) -> ModelFile:
     """A model file path (GGUF, GGML, safetensors) or a Hugging Face folder (config.json + safetensors) as a
     ModelFile with GGUF names; an open ModelFile is returned as it is."""
     if isinstance(source, ModelFile):
@@ -47,15 +92,14 @@ def open_model(source) -> ModelFile:
             from minirs.models.hf import read_hf_folder
             return read_hf_folder(source)
         return source
-    from pathlib import Path
     if Path(source).is_dir() and (Path(source) / "config.json").is_file():
         from minirs.models.hf import read_hf_folder
         return read_hf_folder(source)
-    return load_model_file(source)
+    return load_model_file(source, gqa=gqa) if gqa else load_model_file(source)
 
 
 def load_model(source, device: str = "auto", progress: bool = False, backend=None, isq: str | None = None):
-    """Load a Transformer from a model file path, a Hugging Face folder or an open ModelFile onto a device.
+    """A Transformer from a model file path, a Hugging Face folder or an open ModelFile, on a device (or backend).
 
     `isq` ("Q8_0", "Q4_K", ...) quantizes the F32/F16/BF16 weight matrices at load time (in-situ quantization).
     """
@@ -77,3 +121,71 @@ def load_model(source, device: str = "auto", progress: bool = False, backend=Non
         raise
     except (KeyError, ValueError, IndexError) as e:
         raise MinirsError(f"{mf.path}: cannot build the model: {e}") from e
+
+
+def read_template(chat_template: str | None) -> str | None:
+    """A literal Jinja template, or a path to a .jinja file or to a tokenizer_config-style .json file."""
+    if chat_template is None:
+        return None
+    if not isinstance(chat_template, str):
+        raise TemplateError(f"chat_template: expected a string, got {type(chat_template).__name__}")
+    if "{{" in chat_template or "{%" in chat_template:
+        return chat_template  # a literal template, never a file name
+    p = Path(chat_template)
+    try:
+        is_file = p.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
+        is_file = False
+    if not is_file:
+        return chat_template
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".json":
+        tmpl = json.loads(text).get("chat_template")
+        if not isinstance(tmpl, str):
+            raise TemplateError(f"chat_template file {p}: no 'chat_template' string in it")
+        return tmpl
+    return text
+
+
+def load_tokenizer(mf: ModelFile, path: Path, chat_template: str | None = None, folder: Path | None = None):
+    """The tokenizer of a model: from `folder` (tokenizer.json / tokenizer.model) when given, else from a GGUF's
+    metadata or the files beside an HF folder's weights."""
+    from minirs.errors import TokenizerError
+    from minirs.tokenizer import Tokenizer
+    template = read_template(chat_template)
+    if folder is None and mf.format in ("hf", "safetensors"):  # an HF folder: the tokenizer lives beside the weights
+        folder = path if path.is_dir() else path.parent
+    if folder is not None:
+        return Tokenizer.from_files(folder, chat_template=template)
+    try:
+        return Tokenizer.from_gguf(mf, chat_template=template)
+    except TokenizerError as e:
+        raise MinirsError(f"{path}: the file has no usable tokenizer ({e}); give a folder with tokenizer.json "
+                          "(tok_model_id or tokenizer_json in the Python API)") from e
+
+
+def check_vocab(tokenizer, model) -> None:
+    """Every id the tokenizer can produce or name (its tokens, BOS, EOS) must be a row of the token embedding."""
+    rows = model.config.vocab_size
+    named = [tokenizer.bos_id, *tokenizer.eos_ids]
+    worst = max([tokenizer.vocab_size - 1] + [i for i in named if i is not None])
+    if worst >= rows:
+        raise ModelError(f"the tokenizer has token id {worst} but the model's embedding has {rows} rows: the "
+                         "tokenizer does not belong to this model")
+
+
+def load(source, *, filename: str | None = None, device: str = "auto", backend=None, tokenizer: bool = True,
+         tokenizer_folder=None, chat_template: str | None = None, isq: str | None = None, gqa: int | None = None,
+         revision: str | None = None, token_source: str = "cache", token_source_value: str | None = None,
+         progress: bool = False) -> Loaded:
+    """Resolve a source (resolve), open it, build the model on the device and, unless tokenizer=False, its
+    tokenizer (checked against the model's vocabulary). The device is checked first: it fails fastest."""
+    backend = backend or get_backend(device)
+    path = resolve(source, filename, revision, token_source, token_source_value, progress)
+    mf = source if isinstance(source, ModelFile) else open_model(path, gqa=gqa)
+    tok = load_tokenizer(mf, path, chat_template, Path(tokenizer_folder) if tokenizer_folder else None) \
+        if tokenizer else None
+    model = load_model(mf, backend=backend, device=device, progress=progress, isq=isq)
+    if tok is not None:
+        check_vocab(tok, model)
+    return Loaded(model, tok, path.name, path)

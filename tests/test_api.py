@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from minirs import ChatCompletionRequest, CompletionRequest, RequestError, Runner, Which
-from minirs.kv_cache import KVCache
+from minirs.engine.kv_cache import KVCache
 from minirs.sampling import SamplingParams, log_softmax, process_logits
 
 T = 300  # seconds: nothing may hang
@@ -73,10 +73,10 @@ def test_closing_a_stream_cancels_it(runner):
     next(it)
     it.close()
     for _ in range(200):
-        if len(runner.engine.free_slots) == runner.max_seqs:
+        if len(runner.engine.slots.free) == runner.max_seqs:
             break
         threading.Event().wait(0.05)
-    assert len(runner.engine.free_slots) == runner.max_seqs
+    assert len(runner.engine.slots.free) == runner.max_seqs
 
 
 def test_completion_echo_suffix_stop_seqs(runner):

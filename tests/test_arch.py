@@ -26,7 +26,7 @@ import pytest
 
 from minirs.errors import MinirsError
 from minirs.formats import Tensor, dequantize
-from minirs.kv_cache import KVCache
+from minirs.engine.kv_cache import KVCache
 from minirs.load import load_model, open_model
 from minirs.models.convert import convert
 

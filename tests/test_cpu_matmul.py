@@ -15,7 +15,9 @@ import pytest
 
 from minirs.formats import Tensor
 from minirs.formats.types import QTYPES
-from minirs.kernels.cpu_matmul import QMatrix, embedding_rows, qmatmul, qmatmul_ref, set_threads
+from minirs.kernels.cpu.dequant import embedding_rows
+from minirs.kernels.cpu.matmul import qmatmul, qmatmul_ref, set_threads
+from minirs.kernels.cpu.weights import QMatrix
 
 RTOL = 1e-5
 

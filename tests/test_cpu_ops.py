@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from minirs.kernels import cpu_ops, ref
+from minirs.kernels import ref
+from minirs.kernels.cpu import activation, attention, moe, norm, rope
 
 RTOL = 1e-5  # fp32 kernels vs float64 twins: only rounding differs
 
@@ -20,7 +21,7 @@ def rng():
 def test_rmsnorm(rng):
     x = rng.standard_normal((7, 576)).astype(np.float32) * 3
     w = rng.standard_normal(576).astype(np.float32)
-    got = cpu_ops.rmsnorm(x, w, 1e-5, np.empty_like(x))
+    got = norm.rmsnorm(x, w, 1e-5, np.empty_like(x))
     assert rel_err(got, ref.rmsnorm(x, w, 1e-5)) < RTOL
 
 
@@ -31,7 +32,7 @@ def test_rope(rng, neox, rope_dim):
     pos = np.array([0, 1, 17, 300, 8191], dtype=np.int64)
     inv_freq = 1.0 / 10000.0 ** (np.arange(0, rope_dim, 2) / rope_dim)
     want = ref.rope(x, pos, inv_freq, neox)
-    got = cpu_ops.rope_(x.copy(), pos, inv_freq, neox)
+    got = rope.rope_(x.copy(), pos, inv_freq, neox)
     assert rel_err(got, want) < RTOL
     np.testing.assert_array_equal(got[..., rope_dim:], x[..., rope_dim:])
 
@@ -39,7 +40,7 @@ def test_rope(rng, neox, rope_dim):
 @pytest.mark.parametrize("act", ["silu", "gelu"])
 def test_gated_act(rng, act):
     g, u = rng.standard_normal((2, 3, 1536)).astype(np.float32) * 4
-    got = cpu_ops.gated_act(g, u, act == "gelu", np.empty_like(g))
+    got = activation.gated_act(g, u, act == "gelu", np.empty_like(g))
     assert rel_err(got, ref.gated_act(g, u, act)) < RTOL
 
 
@@ -53,14 +54,14 @@ def test_attention_ring_buffer(rng, window, softcap):
     pos = np.array([3, 11, 0, 7], dtype=np.int64) if window == 0 else np.array([3, 20, 0, 13], dtype=np.int64)
     q = rng.standard_normal((4, h, d)).astype(np.float32)
     want = ref.attention(q, kc, vc, slots, pos, window, 0.25, softcap)
-    got = cpu_ops.attention(q, kc, vc, slots, pos, window, 0.25, softcap, np.empty_like(q))
+    got = attention.attention(q, kc, vc, slots, pos, window, 0.25, softcap, np.empty_like(q))
     assert rel_err(got, want) < RTOL
 
 
 def test_kv_write(rng):
     kc, vc = np.zeros((2, 2, 4, 3), np.float32), np.zeros((2, 2, 4, 3), np.float32)
     k, v = rng.standard_normal((2, 2, 2, 3)).astype(np.float32)
-    cpu_ops.kv_write(kc, vc, np.array([1, 0]), np.array([5, 2]), k, v)
+    attention.kv_write(kc, vc, np.array([1, 0]), np.array([5, 2]), k, v)
     np.testing.assert_array_equal(kc[1, :, 1], k[0])
     np.testing.assert_array_equal(vc[0, :, 2], v[1])
 
@@ -68,19 +69,19 @@ def test_kv_write(rng):
 def test_layernorm(rng):
     x = rng.standard_normal((7, 96)).astype(np.float32) * 3 + 1
     w, b = rng.standard_normal((2, 96)).astype(np.float32)
-    got = cpu_ops.layernorm(x, w, b, 1e-5, np.empty_like(x))
+    got = norm.layernorm(x, w, b, 1e-5, np.empty_like(x))
     assert rel_err(got, ref.layernorm(x, w, b, 1e-5)) < RTOL
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu"])
 def test_act(rng, act):
     x = rng.standard_normal((3, 257)).astype(np.float32) * 4
-    assert rel_err(cpu_ops.act(x, act == "gelu", np.empty_like(x)), ref.act(x, act)) < RTOL
+    assert rel_err(activation.act(x, act == "gelu", np.empty_like(x)), ref.act(x, act)) < RTOL
 
 
 def test_topk_softmax(rng):
     logits = rng.standard_normal((9, 8)).astype(np.float32)
-    ids, w = cpu_ops.topk_softmax(logits, 2, np.empty((9, 2), np.int64), np.empty((9, 2), np.float32))
+    ids, w = moe.topk_softmax(logits, 2, np.empty((9, 2), np.int64), np.empty((9, 2), np.float32))
     want_ids, want_w = ref.topk_softmax(logits, 2)
     np.testing.assert_array_equal(ids, want_ids)
     assert rel_err(w, want_w) < RTOL
@@ -109,6 +110,6 @@ def test_matmul_id_and_moe_sum(rng, qtype):
 def test_gated_act_rows_equals_serial(rng):
     g, u = rng.standard_normal((2, 40, 256)).astype(np.float32)
     for gelu in (False, True):
-        a = cpu_ops.gated_act(g, u, gelu, np.empty_like(g))
-        b = cpu_ops.gated_act_rows(g, u, gelu, np.empty_like(g))
+        a = activation.gated_act(g, u, gelu, np.empty_like(g))
+        b = activation.gated_act_rows(g, u, gelu, np.empty_like(g))
         np.testing.assert_array_equal(a, b)

@@ -1,23 +1,27 @@
-"""The scheduler's CUDA-graph decode path, on the CPU: a CpuBackend with a `decode_step` (a plain forward that
-records the batch sizes it was given) stands in for the GPU, so the padding to GRAPH_BUCKETS, the spare KV slot
-and the prefill/decode split run in CI. The CPU matmul is batch-invariant, as the GPU's GEMVs are, so padded and
-batched rows must give each request exactly its tokens alone.
+"""The engine's CUDA-graph decode path, on the CPU: a CpuBackend that claims graphs and device sampling (its
+"captured" step is a plain forward that records the batch size and mode it was given) stands in for the GPU, so
+the padding to GRAPH_BUCKETS, the spare KV slot, the prefill/decode split and the argmax / device-sampler choice run
+in CI. The CPU matmul is batch-invariant, as the GPU's GEMVs are, so padded and batched rows must give each request
+exactly its tokens alone.
 """
 
 import numpy as np
 import pytest
 
+from minirs.engine import GRAPH_BUCKETS, Engine, GenParams, Job
 from minirs.kernels.cpu import CpuBackend
 from minirs.load import load_model
 from minirs.models.synthetic import write_random_gguf
-from minirs.scheduler import GRAPH_BUCKETS, Engine, GenParams, Job
 from test_scheduler import StubTokenizer
 
 TIMEOUT = 120
 
 
 class GraphCpu(CpuBackend):
-    """CpuBackend with the CUDA backend's decode_step interface (no graph: a forward), recording batch sizes."""
+    """CpuBackend with the CUDA backend's capabilities: capture (no graph: the step runs each call, recording its
+    batch size and mode) and device sampling (sample_ids draws every row as the GPU's sampler does)."""
+    graphs = True
+    device_sampling = True
 
     def __init__(self):
         super().__init__()
@@ -25,19 +29,19 @@ class GraphCpu(CpuBackend):
         self.greedy = []
         self.sampled = []
 
-    def decode_step(self, model, cache, tokens, slots, pos, greedy=False, sample=None):
-        self.sizes.append(len(tokens))
-        self.greedy.append(greedy)
-        self.sampled.append(sample is not None)
-        logits = model.forward(tokens, slots, pos, cache)
-        if sample is not None:  # ids drawn by the device, as the GPU returns them
-            return self.sample_rows(logits, *sample)
-        return np.argmax(logits, axis=-1) if greedy else logits  # greedy: ids only, as the GPU returns them
+    def capture(self, fn, finish, inputs):
+        def recording(inputs, prm):
+            ids, logits = fn(inputs, prm)
+            self.sizes.append(inputs.shape[1])
+            self.greedy.append(ids is not None and bool((prm[:, 1] == 1).all()))  # the argmax step
+            self.sampled.append(ids is not None and not self.greedy[-1])  # the device sampler's step
+            return ids, logits
+        return super().capture(recording, finish, inputs)
 
-    def sample_rows(self, logits, temperature, top_k, top_p, min_p, coin):
-        """What the GPU's sample_rows computes (tests/test_cuda_sample.py holds it to this very function)."""
+    def sample_ids(self, logits, params):
+        """What the GPU's sampler computes (tests/test_cuda_sample.py holds it to this very function)."""
         from minirs.sampling import sample_plain
-        return np.array([sample_plain(*a) for a in zip(logits, temperature, top_k, top_p, min_p, coin)])
+        return np.array([sample_plain(z, *p) for z, p in zip(logits, params)], np.int64)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ def test_graph_buckets_alone_equals_batched(path):
     assert [s.generated for s in batched] == [s.generated for s in alone]
     assert [s.logprobs for s in batched] == [s.logprobs for s in alone]
     assert set(be.sizes) <= set(GRAPH_BUCKETS) and max(be.sizes) >= 8  # rows padded to the bucket sizes
-    assert sorted(eng.free_slots) == list(range(16))
+    assert sorted(eng.slots.free) == list(range(16))
 
 
 def test_plain_greedy_takes_ids_from_the_step(path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minirs.generate import Generator
-from minirs.kv_cache import KVCache
+from minirs.engine.kv_cache import KVCache
 from minirs.load import load_model
 from minirs.models.synthetic import PRESETS, Preset, write_random_gguf
 from minirs.sampling import SamplingParams

@@ -14,7 +14,7 @@ from minirs.errors import RequestError
 from minirs.load import load_model
 from minirs.models.synthetic import write_random_gguf
 from minirs.sampling import SamplingParams
-from minirs.scheduler import Engine, GenParams, Job
+from minirs.engine import Engine, GenParams, Job
 
 TIMEOUT = 120
 
@@ -68,7 +68,7 @@ def test_fewer_slots_than_requests_queue_up(tiny):
     eng = Engine(tiny, StubTokenizer(), max_seqs=3)
     jobs = [eng.submit(Job(p, GenParams(max_tokens=12), StubTokenizer())) for p in ps]
     assert [j.wait(TIMEOUT).seqs[0].generated for j in jobs] == alone
-    assert sorted(eng.free_slots) == [0, 1, 2]
+    assert sorted(eng.slots.free) == [0, 1, 2]
 
 
 def test_threads_share_one_engine(tiny):
@@ -125,7 +125,7 @@ def test_cancel_frees_the_slot(tiny):
     events.close()
     job.finished.wait(TIMEOUT)
     assert job.seqs[0].finish_reason == "canceled"
-    assert sorted(eng.free_slots) == [0, 1]
+    assert sorted(eng.slots.free) == [0, 1]
     assert run(eng, prompts(1)[0]).seqs[0].finish_reason == "length"
 
 

@@ -1,6 +1,6 @@
 """NumPy twins of the transformer kernels: the plain statement of each op's math.
 
-They are the specification, the fallback and the test oracle of the Numba CPU kernels (cpu_ops.py) and the
+They are the specification, the fallback and the test oracle of the Numba CPU kernels (kernels/cpu/) and the
 CUDA kernels. Shapes: n = tokens in the batch, h = heads, d = head_dim.
 """
 

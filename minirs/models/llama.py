@@ -54,9 +54,9 @@ class LayerWeights:
     ffn_gate_exps: object = None  # (n_experts, ffn_dim, dim)
     ffn_up_exps: object = None  # (n_experts, ffn_dim, dim)
     ffn_down_exps: object = None  # (n_experts, dim, ffn_dim)
-    # not file tensors: the backend's stacked matrices (stack_matrices), one GEMV for several projections
+    # not file tensors: the backend's stacked weights (stack_matrices) that replace the separate projections
     attn_qkv: object = None  # rows of attn_q, attn_k, attn_v
-    ffn_gate_up: object = None  # rows of ffn_gate, ffn_up
+    ffn_gate_up: object = None  # rows of ffn_gate, ffn_up  (gated_ffn)
 
 
 FILE_FIELDS = [f.name for f in fields(LayerWeights) if f.name not in ("attn_qkv", "ffn_gate_up")]
@@ -117,18 +117,13 @@ def split_fused(tensors: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tenso
 
 
 def stack_projections(lw: LayerWeights, backend) -> None:
-    """Where the backend stacks them (the CUDA one, for matrices of one layout; backend.stack_matrices returns
-    None otherwise), q/k/v become one attn_qkv matrix and gate/up one ffn_gate_up matrix: one GEMV reads them
-    all. The separate matrices are dropped."""
-    stack = backend.stack_matrices
-    if lw.attn_q is not None and lw.attn_k is not None and lw.attn_v is not None:
-        lw.attn_qkv = stack([lw.attn_q, lw.attn_k, lw.attn_v])
-        if lw.attn_qkv is not None:
-            lw.attn_q = lw.attn_k = lw.attn_v = None
-    if lw.ffn_gate is not None and lw.ffn_up is not None and lw.ffn_up_bias is None:
-        lw.ffn_gate_up = stack([lw.ffn_gate, lw.ffn_up])
-        if lw.ffn_gate_up is not None:
-            lw.ffn_gate = lw.ffn_up = None
+    """q/k/v become one attn_qkv weight and gate/up one ffn_gate_up weight (backend.stack_matrices: one stacked
+    matrix where one GEMV reading them all is faster, else the parts), and the separate fields are dropped."""
+    lw.attn_qkv = backend.stack_matrices([lw.attn_q, lw.attn_k, lw.attn_v])
+    lw.attn_q = lw.attn_k = lw.attn_v = None
+    if lw.ffn_gate is not None and lw.ffn_up is not None:
+        lw.ffn_gate_up = backend.stack_matrices([lw.ffn_gate, lw.ffn_up])
+        lw.ffn_gate = lw.ffn_up = None
 
 
 class Transformer:
@@ -143,8 +138,8 @@ class Transformer:
         self.layers = layers
         self.inv_freq = [backend.array(config.inv_freq(i)) for i in range(config.n_layers)]
         # the matrices read after each layer's attention, in order (the next layer's q/k/v, or the output, last)
-        nxt = [[m.attn_qkv, m.attn_q, m.attn_k, m.attn_v] for m in layers[1:]] + [[output]]
-        self.after_attention = [[m for m in [lw.attn_output, lw.ffn_gate_up, lw.ffn_gate, lw.ffn_up, lw.ffn_down] + n
+        nxt = [[m.attn_qkv] for m in layers[1:]] + [[output]]
+        self.after_attention = [[m for m in [lw.attn_output, lw.ffn_gate_up, lw.ffn_up, lw.ffn_down] + n
                                  if m is not None] for lw, n in zip(layers, nxt)]
 
     @classmethod
@@ -209,24 +204,19 @@ class Transformer:
             be.matmul_add_(w, a, x)
             return
         y = self.linear(w, a, b)
-        be.add_(x, be.rmsnorm(y, post_norm, self.config.norm_eps) if post_norm is not None else y)
+        be.add_(x, be.rmsnorm(y, post_norm, self.config.norm_eps, gemv=False) if post_norm is not None else y)
 
     def attention(self, i: int, lw: LayerWeights, h, slots, pos, cache, x) -> None:
         """x += attention block of layer i over h = norm(x)."""
         cfg, be = self.config, self.backend
-        n = h.shape[0]
         biases = (lw.attn_q_bias, lw.attn_k_bias, lw.attn_v_bias) if lw.attn_q_bias is not None else (None,) * 3
         norms = (lw.attn_q_norm, lw.attn_k_norm) if cfg.qk_norm else None
         kc, vc = cache.layer(i)
-        rope = (cfg.norm_eps, pos, self.inv_freq[i], cfg.rope_neox, kc, vc, slots)
-        if lw.attn_qkv is not None:  # stacked (backend.stack_matrices): projection and attn_inputs in one call
-            q = be.qkv_attn_inputs(lw.attn_qkv, h, cfg.q_dim, cfg.kv_dim, biases, norms, *rope)
-        else:
-            q, k, v = be.matmul(lw.attn_q, h), be.matmul(lw.attn_k, h), be.matmul(lw.attn_v, h)
-            q = be.attn_inputs(q, k, v, biases, norms, *rope)
+        q = be.qkv_attn_inputs(lw.attn_qkv, h, cfg.q_dim, cfg.kv_dim, biases, norms, cfg.norm_eps, pos,
+                               self.inv_freq[i], cfg.rope_neox, kc, vc, slots)  # (n, n_heads, head_dim)
         be.prefetch(self.after_attention[i])  # attention leaves device memory idle: warm the L2 for what follows
-        o = be.attention(q, kc, vc, slots, pos, cfg.window(i), cfg.softmax_scale, cfg.attn_softcap)
-        self.add_projection_(x, lw.attn_output, o.reshape(n, cfg.q_dim), lw.attn_output_bias,
+        o = be.attention(q, kc, vc, slots, pos, cfg.window(i), cfg.softmax_scale, cfg.attn_softcap)  # (n, q_dim)
+        self.add_projection_(x, lw.attn_output, o, lw.attn_output_bias,
                              lw.post_attention_norm if cfg.post_norms else None)
 
     def feed_forward(self, lw: LayerWeights, h, x) -> None:
@@ -235,12 +225,9 @@ class Transformer:
         if cfg.n_experts:
             be.add_(x, self.moe(lw, h))
             return
-        if lw.ffn_gate_up is not None:
-            gu = be.matmul(lw.ffn_gate_up, h)
-            a = be.gated_act(gu[:, :cfg.ffn_dim], gu[:, cfg.ffn_dim:], cfg.activation)
-        elif cfg.gated_ffn:
-            a = be.gated_act(be.matmul(lw.ffn_gate, h), self.linear(lw.ffn_up, h, lw.ffn_up_bias), cfg.activation)
-        else:
+        if cfg.gated_ffn:  # act(h Wgate) * (h Wup + b)
+            a = be.gated_ffn(lw.ffn_gate_up, h, cfg.ffn_dim, cfg.activation, lw.ffn_up_bias)
+        else:  # act(h Wup + b)
             a = be.act(self.linear(lw.ffn_up, h, lw.ffn_up_bias), cfg.activation)
         self.add_projection_(x, lw.ffn_down, a, lw.ffn_down_bias, lw.post_ffw_norm if cfg.post_norms else None)
 

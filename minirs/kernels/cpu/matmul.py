@@ -1,35 +1,12 @@
-"""CPU quantized matmul: y = x @ W.T computed on the quantized blocks, with Numba.
+"""CPU quantized matmul: y = x @ W.T computed on the quantized blocks (cpu/weights.py's families), with Numba.
 
-    w = QMatrix.from_tensor(tensor)        # once per weight, at load time
     y = qmatmul(w, x)                      # x (n, n_in) float32 -> y (n, n_out) float32
-    e = embedding_rows(w, ids)             # (len(ids), n_in) float32, bit-exact with gguf's dequantize
     y_ref = qmatmul_ref(tensor, x)         # the NumPy twin: x @ dequantize(W).T
 
-Load time re-lays every GGML block type out into one of two *families* of plain arrays, so that one matmul kernel
-per family (plus a tile decoder for embeddings) covers fifteen types. The f16 scales become f32 (Numba has no
-float16), scales x sub-scales are multiplied out, and nibbles are re-packed to one order. Every conversion keeps the
-gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
-
-| family | weight element              | q per row                                                 | types                      |
-| ------ | --------------------------- | --------------------------------------------------------- | -------------------------- |
-| q4     | d[g] * (q - off) (+ m[g])   | n_in/2 bytes; in each 32-group lo nibble j = element j,   | Q4_0 (off 8), Q4_1, Q4_K   |
-|        |                             | hi nibble j = element j+16                                |                            |
-| q8     | d[g] * q (+ m[g])           | one int8 per element                                      | Q8_0, Q5_*, Q6_K, Q3_K,    |
-|        |                             |                                                           | Q2_K, IQ4_NL, IQ4_XS       |
-
-g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). Types other than 4- and 8-bit are widened to one int8 per
-weight (IQ4 through its codebook): one fast kernel instead of one per bit width, at 1.2x (Q6_K), 1.45x (Q5_0) to
-3x (Q2_K) their file size; never a float copy. F32, F16 and BF16 keep their bytes and are converted on the fly.
-Activations and accumulation stay float32 (no int8 quantization of x, so results match the float twin to ~1e-7).
-
-Rows are interleaved in tiles of L = 32 or 64 (a[t, k, l] is item k of row t*L + l) so that the kernels run their
-innermost loop over L rows at once: contiguous SIMD loads and no horizontal sums. The same kernel serves decode
-(n = 1) and prefill (n = hundreds): each tile's weights are decoded once per call, group by group, into an L1
-buffer that every row of x then reads, and each output row is computed in one fixed order whatever n is, so rows
-are bit-identical alone or batched (see "Kernels" below). No BLAS is involved.
+The same kernel serves decode (n = 1) and prefill (n = hundreds): each tile's weights are decoded once per call,
+group by group, into an L1 buffer that every row of x then reads, and each output row is computed in one fixed
+order whatever n is, so rows are bit-identical alone or batched (see "Kernels" below). No BLAS is involved.
 """
-
-from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -38,156 +15,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from minirs.errors import ModelError
 from minirs.formats.model_file import Tensor
-from minirs.formats.types import QTYPES
-from minirs.kernels import kquant_relayout as kq
-
-IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
-_NO_M = np.zeros((0, 0, 0), np.float32)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Load time: GGML blocks -> family arrays (NumPy, once per weight)
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class QMatrix:
-    """A weight matrix (n_out, n_in) kept quantized, in the layout of its kernel family (see module docstring).
-
-    Quantized arrays are row-interleaved in tiles of L rows (L = 64, or 32 for n_out < 1024 so that two threads
-    get balanced work), zero-padded to a whole tile: a[t, k, l] is item k of row t*L + l.
-    """
-
-    qtype: str
-    n_out: int
-    n_in: int
-    family: str  # "q4", "q8" or "float"
-    q: np.ndarray  # (T, n_in/2, L) uint8 nibbles | (T, n_in, L) int8 | (n_out, n_in) raw F32/F16/BF16 rows
-    d: np.ndarray  # (T, n_in/gs, L) float32 group scales
-    m: np.ndarray = field(default_factory=lambda: _NO_M)  # (T, n_in/gs, L) float32 group offsets, or empty
-    off: int = 0  # integer subtracted from q before scaling (Q4_0: 8)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.q.nbytes + self.d.nbytes + self.m.nbytes)
-
-    @classmethod
-    def from_tensor(cls, t: Tensor) -> "QMatrix":
-        if len(t.shape) != 2:
-            raise ValueError(f"{t.name}: a matrix needs 2 dims, got shape {t.shape}")
-        n_out, n_in = t.shape
-        if t.qtype not in _RELAYOUT:
-            raise ModelError(f"{t.name}: no CPU matmul for type {t.qtype} (have {sorted(_RELAYOUT)})")
-        if n_in % QTYPES[t.qtype].block_size:
-            raise ValueError(f"{t.name}: n_in={n_in} is not a multiple of {t.qtype}'s block size")
-        return _RELAYOUT[t.qtype](t.qtype, n_out, n_in, t.rows())
-
-
-def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.ndarray, m=None,
-          off: int = 0) -> QMatrix:
-    """Build a QMatrix from row-major family arrays (n_out, ...) by interleaving them in tiles of L rows."""
-    L = 64 if n_out >= 1024 else 32
-    n_tiles = -(-n_out // L)
-
-    def tiles(a: np.ndarray) -> np.ndarray:  # (n_out, k) -> (n_tiles, k, L)
-        pad = np.zeros((n_tiles * L, a.shape[1]), a.dtype)
-        pad[:n_out] = a
-        return np.ascontiguousarray(pad.reshape(n_tiles, L, -1).transpose(0, 2, 1))
-
-    return QMatrix(qtype, n_out, n_in, family, tiles(q), tiles(d), _NO_M if m is None else tiles(m), off)
-
-
-def _pack_nibbles(v: np.ndarray) -> np.ndarray:
-    """(n_out, n_groups, 32) values 0..15 -> (n_out, n_groups*16) bytes: lo nibble = element j, hi = element j+16."""
-    v = v.astype(np.uint8)
-    return np.ascontiguousarray(v[..., :16] | (v[..., 16:] << 4)).reshape(v.shape[0], -1)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """(..., 16) bytes of a 32-element block -> (..., 32) values: element j is the lo nibble of byte j, element
-    j+16 its hi nibble (Q4_0/Q4_1/Q5_*/IQ4 order)."""
-    return np.concatenate([qs & 15, qs >> 4], axis=-1)
-
-
-def _legacy(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """Q4_0 [d f16, qs 16], Q4_1 [d f16, m f16, qs 16], Q5_0 [d f16, qh u32, qs 16], Q5_1 [d, m, qh u32, qs 16],
-    IQ4_NL [d f16, qs 16], Q8_0 [d f16, qs int8 32]. 32 elements per block; qs byte j holds element j (low
-    nibble) and j+16 (high nibble); bit j of qh is bit 4 of element j. Weights: Q4_0 d*(q-8), Q4_1 d*q+m,
-    Q5_0 d*(q-16), Q5_1 d*q+m, IQ4_NL d*IQ4_VALUES[q], Q8_0 d*q."""
-    nb = n_in // 32
-    blk = rows.reshape(n_out, nb, -1)
-    d = kq._f16(blk[..., 0:2])
-    if qtype == "Q8_0":
-        return _make(qtype, n_out, n_in, "q8", np.ascontiguousarray(blk[..., 2:]).view(np.int8).reshape(n_out, -1), d)
-    if qtype == "IQ4_NL":
-        return _make(qtype, n_out, n_in, "q8", IQ4_VALUES[_nibbles(blk[..., 2:])].reshape(n_out, -1), d)
-    has_m = qtype in ("Q4_1", "Q5_1")
-    m = kq._f16(blk[..., 2:4]) if has_m else None
-    p = 4 if has_m else 2
-    if qtype in ("Q4_0", "Q4_1"):
-        return _make(qtype, n_out, n_in, "q4", np.ascontiguousarray(blk[..., p:]).reshape(n_out, -1), d, m,
-                     off=0 if has_m else 8)
-    qh = np.ascontiguousarray(blk[..., p:p + 4]).view("<u4")  # (n_out, nb, 1)
-    v = _nibbles(blk[..., p + 4:]) | (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
-    q = v.astype(np.int8) - np.int8(0 if has_m else 16)
-    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), d, m)
-
-def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """Q4_K [d f16, dmin f16, scales 12, qs 128] and Q5_K [d, dmin, scales 12, qh 32, qs 128], 256 elements.
-
-    Element e = 64*c + 32*k + l (chunk c, half k, lane l) is nibble k of qs[32*c + l], and its fifth bit is bit
-    e // 32 of qh[l]; group e // 32 has weight d*sc[g] * q - dmin*mn[g].
-    """
-    nb = n_in // 256
-    blk = rows.reshape(n_out, nb, -1)
-    sc, mn = kq._k_scale_min(blk[..., 4:16])
-    d = (kq._f16(blk[..., 0:2])[..., None] * sc).reshape(n_out, -1)
-    m = -(kq._f16(blk[..., 2:4])[..., None] * mn).reshape(n_out, -1)
-    qs = blk[..., -128:].reshape(n_out, nb, 4, 1, 32)
-    v = ((qs >> np.array([0, 4], np.uint8).reshape(2, 1)) & 15).reshape(n_out, nb * 8, 32)
-    if qtype == "Q4_K":
-        return _make(qtype, n_out, n_in, "q4", _pack_nibbles(v), d, m)
-    qh = blk[..., 16:48].reshape(n_out, nb, 1, 32)
-    v = v | (((qh >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1) << 4).reshape(n_out, nb * 8, 32)
-    return _make(qtype, n_out, n_in, "q8", v.astype(np.int8).reshape(n_out, -1), d, m)
-
-
-def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """IQ4_XS [d f16, scales_h u16, scales_l 4, qs 128], 256 elements in 8 groups of 32 laid out as IQ4_NL's qs
-    (values IQ4_VALUES[nibble]); group g's scale is (nibble g of scales_l | bits 2g..2g+1 of scales_h << 4) - 32."""
-    nb = n_in // 256
-    blk = rows.reshape(n_out, nb, -1)
-    sh = np.ascontiguousarray(blk[..., 2:4]).view(np.uint16)  # (n_out, nb, 1)
-    sl = blk[..., 4:8]
-    g = np.arange(8)
-    lo = (sl[..., g // 2] >> (4 * (g % 2)).astype(np.uint8)) & 15
-    hi = (sh >> (2 * g).astype(np.uint16)) & 3
-    sc = (lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32
-    d = (kq._f16(blk[..., 0:2])[..., None] * sc.astype(np.float32)).reshape(n_out, -1)
-    q = IQ4_VALUES[_nibbles(blk[..., 8:].reshape(n_out, nb, 8, 16))]
-    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), d)
-
-
-def _kquant_q8(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """Q6_K, Q3_K, Q2_K: one int8 per element with a scale (and an offset) per 16-group, decoded by
-    kquant_relayout (their block layouts are written there), then tiled for the q8 kernels."""
-    _, q, d, m, _ = kq.RELAYOUT[qtype](qtype, n_out, n_in, rows)
-    return _make(qtype, n_out, n_in, "q8", q, d, m)
-
-
-def _float(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
-    """F32 / F16 / BF16 rows, kept as the file's bytes (a view, no copy)."""
-    dt = {"F32": np.float32, "F16": np.uint16, "BF16": np.uint16}[qtype]  # F16 as bits: Numba has no float16
-    return QMatrix(qtype, n_out, n_in, "float", rows.view(dt), _NO_M)  # no tiles: BLAS reads rows
-
-
-_RELAYOUT = {
-    "Q4_0": _legacy, "Q4_1": _legacy, "Q5_0": _legacy, "Q5_1": _legacy, "Q8_0": _legacy, "IQ4_NL": _legacy,
-    "Q4_K": _q45k, "Q5_K": _q45k, "IQ4_XS": _iq4_xs, "Q6_K": _kquant_q8, "Q3_K": _kquant_q8, "Q2_K": _kquant_q8,
-    "F32": _float, "F16": _float, "BF16": _float,
-}
-
+from minirs.kernels.cpu.weights import QMatrix
 
 # ---------------------------------------------------------------------------------------------------------------
 # Kernels. All quantized arrays are row-interleaved in tiles of L rows: a[t, k, l] is item k of row t*L + l, so
@@ -529,42 +358,6 @@ def _f16_to_f32(b):
     return -r if b & np.uint32(0x8000) else r
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _deq_q4(q, d, m, off, tiles, out):
-    # out[32g + j, k*L + l] = d[t, g, l] * (nib[t, g, j, l] - off) (+ m[t, g, l]),  t = tiles[k]
-    L = q.shape[2]
-    has_m = m.shape[0] > 0
-    for k in prange(tiles.shape[0]):
-        t = tiles[k]
-        for g in range(d.shape[1]):
-            dg = d[t, g]
-            mg = m[t, g] if has_m else dg
-            for j in range(32):
-                qk = q[t, 16 * g + j % 16]
-                shift = np.uint8(4 * (j // 16))
-                o = out[32 * g + j, k * L:(k + 1) * L]
-                for l in range(L):
-                    v = dg[l] * (np.float32((qk[l] >> shift) & np.uint8(15)) - np.float32(off))
-                    o[l] = v + mg[l] if has_m else v
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _deq_q8(q, d, m, tiles, out):
-    # out[gs*g + j, k*L + l] = d[t, g, l] * q[t, gs*g + j, l] (+ m[t, g, l]),  t = tiles[k]
-    L = q.shape[2]
-    has_m = m.shape[0] > 0
-    gs = q.shape[1] // d.shape[1]
-    for k in prange(tiles.shape[0]):
-        t = tiles[k]
-        for g in range(d.shape[1]):
-            dg = d[t, g]
-            mg = m[t, g] if has_m else dg
-            for j in range(gs):
-                qk = q[t, gs * g + j]
-                o = out[gs * g + j, k * L:(k + 1) * L]
-                for l in range(L):
-                    v = dg[l] * np.float32(qk[l])
-                    o[l] = v + mg[l] if has_m else v
 
 
 @njit(cache=True, nogil=True)
@@ -581,18 +374,6 @@ def _group_sums(x, n_groups):
             xs[i, g] = a
     return xs
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Public API
-# ---------------------------------------------------------------------------------------------------------------
-
-def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
-    """out[:, k*L:(k+1)*L] <- rows tiles[k]*L ... of W, transposed: (n_in, len(tiles)*L) float32, bit-exact with
-    gguf's dequantize."""
-    if w.family == "q4":
-        _deq_q4(w.q, w.d, w.m, w.off, tiles, out)
-    else:
-        _deq_q8(w.q, w.d, w.m, tiles, out)
 
 
 _FLOAT_KIND = {"F32": 0, "F16": 1, "BF16": 2}
@@ -623,26 +404,6 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
         _mm_q8(w.q, w.d, w.m, x, xs, y)
     return y
 
-
-def _float_rows(w: QMatrix, rows) -> np.ndarray:
-    raw = w.q[rows]
-    if w.qtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return (raw.view(np.float16) if w.qtype == "F16" else raw).astype(np.float32)
-
-
-def embedding_rows(w: QMatrix, ids) -> np.ndarray:
-    """Rows `ids` of W as float32: (len(ids), n_in), bit-exact with gguf's dequantize (token embedding lookup)."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    bad = (ids < 0) | (ids >= w.n_out)
-    if bad.any():
-        raise IndexError(f"embedding_rows: id {ids[bad][0]} out of range for a matrix of {w.n_out} rows")
-    if w.family == "float":
-        return _float_rows(w, ids)
-    L = w.q.shape[2]
-    buf = np.empty((w.n_in, ids.shape[0] * L), np.float32)  # whole tiles: decoding 32-64 rows per id is cheap
-    _decode_tiles(w, ids // L, buf)
-    return np.ascontiguousarray(buf[:, np.arange(ids.shape[0]) * L + ids % L].T)
 
 
 def qmatmul_ref(t, x: np.ndarray, qtype: str | None = None) -> np.ndarray:

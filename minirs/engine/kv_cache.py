@@ -6,11 +6,9 @@ longest prefill chunk (the chunk's own keys are written before its queries read)
 unbounded context for them.
 """
 
-from minirs.models.config import ModelConfig
-
 
 class KVCache:
-    def __init__(self, config: ModelConfig, backend, n_slots: int, ctx_len: int, max_chunk: int, dtype=None):
+    def __init__(self, config, backend, n_slots: int, ctx_len: int, max_chunk: int, dtype=None):
         self.n_slots, self.ctx_len, self.max_chunk = n_slots, ctx_len, max_chunk
         dtype = dtype or backend.kv_dtype  # float32 on the CPU, float16 on the GPU
         self.lengths = []
@@ -29,3 +27,9 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.k) * 2
+
+    def copy_slot(self, src: int, dst: int) -> None:
+        """Slot dst's keys and values become a copy of slot src's (the sequences of one prompt share its prefill)."""
+        for k, v in zip(self.k, self.v):
+            k[dst] = k[src]
+            v[dst] = v[src]

@@ -1,0 +1,286 @@
+"""Continuous batching: one engine thread runs up to max_seqs sequences together, one model forward per step.
+
+    engine = Engine(model, tokenizer, max_seqs=16)
+    job = engine.submit(Job(prompt_ids, GenParams(...), tokenizer))    # from any thread
+    for ev in job.stream_events(): ...                                 # Delta events; or job.wait()
+
+Each step: admit waiting jobs while KV slots are free, drop cancelled ones, then run
+  - one prefill chunk (up to `max_chunk` prompt tokens) per prefilling sequence, within a per-step token budget,
+    so that a long prompt never stalls the sequences that are decoding, and
+  - one decode row per running sequence (its latest token at its position, in its own cache slot).
+A job asking for n sequences (n_choices / best_of) prefills its prompt once and copies the KV slot.
+
+Row invariance. A batched greedy run must give each request the same tokens as running it alone, so a row's
+logits may not depend on the other rows of its forward. On the CPU every kernel computes each row on its own, so
+one forward per step is exact there. `row_invariant=True` is for backends whose large matmuls round with the batch
+(cuBLAS in CUDA prefill, the tensor-core GEMVs): each prefill chunk then runs in its own forward, with chunk
+boundaries fixed by the sequence alone, and the backend keeps every GEMV batch-invariant (backend.batch_invariant).
+
+On a backend with graphs (CUDA) the decode rows of a step go through the model runner's captured steps (runner.py)
+and the prefill chunks run eagerly between them. A failed step is retried job by job, so a request that breaks
+the forward ends alone and the others go on.
+"""
+
+import queue
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from minirs.engine.kv_cache import KVCache
+from minirs.engine.request import Job
+from minirs.engine.runner import GRAPH_BUCKETS, ModelRunner
+from minirs.engine.slots import SlotPool
+from minirs.errors import MinirsError, RequestError
+from minirs.sampling import Sampled
+
+
+class Engine:
+    """Owns the model, its KV cache and slots; a background thread runs the batch loop."""
+
+    def __init__(self, model, tokenizer, max_seqs: int = 16, ctx_len: int = 4096, max_chunk: int = 256,
+                 row_invariant: bool | None = None, prefill_budget: int | None = None,
+                 graphs: bool | None = None, prefix_reuse: bool = True):
+        for name, value, low in (("max_seqs", max_seqs, 1), ("ctx_len", ctx_len, 2), ("max_chunk", max_chunk, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise RequestError(f"invalid {name}: {value!r} (must be an integer >= {low})")
+        if prefill_budget is not None and (not isinstance(prefill_budget, int) or prefill_budget < 1):
+            raise RequestError(f"invalid prefill_budget: {prefill_budget!r} (must be an integer >= 1)")
+        be = model.backend
+        self.model, self.tokenizer = model, tokenizer
+        self.max_seqs = max_seqs
+        self.ctx_len = min(ctx_len, model.config.context_length)
+        self.max_chunk = max_chunk
+        # None: exact wherever that costs something, i.e. where batched kernels round with the batch (graphs: CUDA)
+        self.row_invariant = be.graphs if row_invariant is None else row_invariant
+        self.prefill_budget = prefill_budget or max_chunk
+        graphs = be.graphs if graphs is None else graphs
+        self.cache = KVCache(model.config, be, max_seqs + graphs, self.ctx_len, max_chunk)  # + the padding slot
+        self.runner = ModelRunner(model, self.cache, graphs, spare_slot=max_seqs if graphs else None)
+        self.slots = SlotPool(model.config, max_seqs, max_chunk, self.row_invariant, prefix_reuse)
+        self.vocab = model.config.vocab_size
+        self.inbox: queue.Queue = queue.Queue()
+        self.waiting: deque[Job] = deque()
+        self.active: list[Job] = []
+        self.steps = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closing = False
+        # Numba's thread count is per thread: the engine thread takes the one of the thread that made the engine.
+        numba = sys.modules.get("numba")
+        self._numba_threads = numba.get_num_threads() if numba is not None else None
+
+    @property
+    def graphs(self) -> bool:
+        return self.runner.graphs
+
+    # ----- the caller's side ---------------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Job:
+        if job.params.n > self.max_seqs:
+            raise RequestError(f"n_choices/best_of of {job.params.n} exceeds max_seqs={self.max_seqs}")
+        if not job.prompt_ids:
+            raise RequestError("the prompt is empty (no tokens)")
+        if len(job.prompt_ids) >= self.ctx_len:
+            raise RequestError(f"prompt of {len(job.prompt_ids)} tokens does not fit the context of "
+                               f"{self.ctx_len} tokens")
+        bad = next((t for t in job.prompt_ids if not 0 <= t < self.vocab), None)
+        if bad is not None:
+            raise RequestError(f"token id {bad} is outside the model's vocabulary (size {self.vocab})")
+        with self._lock:
+            if self._closing:
+                raise MinirsError("the engine is shut down")
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="minirs-engine", daemon=True)
+                self._thread.start()
+        self.inbox.put(job)
+        return job
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._closing = True
+        self.inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ----- the engine thread ---------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        if self._numba_threads is not None:
+            sys.modules["numba"].set_num_threads(self._numba_threads)
+        self.model.backend.use_in_thread()
+        while True:
+            idle = not self.active and not self.waiting
+            try:
+                incoming = [self.inbox.get(timeout=0.5)] if idle else []
+            except queue.Empty:
+                continue
+            while not self.inbox.empty():
+                incoming.append(self.inbox.get_nowait())
+            if None in incoming:  # shutdown
+                self.waiting.extend(j for j in incoming if j is not None)
+                self._fail(list(self.active) + list(self.waiting), MinirsError("the engine was shut down"))
+                self.waiting.clear()
+                return
+            self.waiting.extend(incoming)
+            self._admit()
+            self._reap()
+            if self.active:
+                self._step()
+
+    def _admit(self) -> None:
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled.is_set():
+                self.waiting.popleft()
+                self._finish_job(job, "canceled")
+                continue
+            if len(self.slots.free) < job.params.n:
+                return
+            self.waiting.popleft()
+            slots, reuse = self.slots.take(job.prompt_ids, job.params.n)
+            for s, slot in zip(job.seqs, slots):
+                s.slot = slot
+            job.seqs[0].n_cached = job.cached_tokens = reuse
+            job.t_start = time.perf_counter()
+            self.active.append(job)
+
+    def _reap(self) -> None:
+        for job in list(self.active):
+            if job.cancelled.is_set():
+                self._release(job, "canceled")
+
+    def _release(self, job: Job, reason: str | None = None) -> None:
+        """End an active job: give its slots back (remembering what they hold), then finish it."""
+        self.active.remove(job)
+        for s in job.seqs:
+            if s.slot >= 0:
+                self.slots.give_back(s.slot, s.ids[:s.n_cached], len(job.prompt_ids))
+                s.slot = -1
+        self._finish_job(job, reason)
+
+    def _finish_job(self, job: Job, reason: str | None = None) -> None:
+        for s in job.seqs:
+            if reason and not s.done:
+                s.finish_reason = reason
+        job.t_end = time.perf_counter()
+        if not job.t_prompt_done:
+            job.t_prompt_done = job.t_end
+        job.events.put(None)
+        job.finished.set()
+
+    def _fail(self, jobs: list[Job], err: BaseException) -> None:
+        for job in jobs:
+            job.error = err
+            if job in self.active:
+                self._release(job, "error")
+            else:
+                self._finish_job(job, "error")
+
+    # ----- one step ------------------------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """Run this step's rows. If that fails, each job runs a step of its own from where it stands (a repeated
+        forward rewrites the same KV rows with the same values), so only a job that fails alone ends."""
+        self.runner.batch_invariant(self.row_invariant)
+        try:
+            self._execute(self._plan(self.active))
+        except Exception:  # noqa: BLE001 - find the job that breaks the forward
+            for job in list(self.active):
+                try:
+                    self._execute(self._plan([job]))
+                except Exception as e:  # noqa: BLE001 - a failed forward ends the job in it, never the loop
+                    self._fail([job], e if isinstance(e, MinirsError) else MinirsError(f"engine step failed: {e!r}"))
+        self.steps += 1
+
+    def _plan(self, jobs: list[Job]) -> list[tuple]:
+        """This step's parts: (seq, ids, start) per prefill chunk (ids at positions start..) and per decode row."""
+        parts = []
+        budget = self.prefill_budget
+        for job in jobs:
+            lead = job.seqs[0]
+            n_prompt = len(job.prompt_ids)
+            if lead.n_cached < n_prompt:
+                if budget <= 0:
+                    continue
+                start = lead.n_cached
+                end = min(n_prompt, start + self.max_chunk, (start // self.max_chunk + 1) * self.max_chunk)
+                if not self.row_invariant:
+                    end = min(end, start + budget)
+                parts.append((lead, lead.ids[start:end], start))
+                budget -= end - start
+            else:
+                parts += [(s, [s.ids[-1]], len(s.ids) - 1) for s in job.seqs if not s.done]
+        return parts
+
+    def _execute(self, parts: list[tuple]) -> None:
+        prefill = [p for p in parts if p[0].n_cached < len(p[0].job.prompt_ids)]
+        decode = [p for p in parts if p[0].n_cached >= len(p[0].job.prompt_ids)]
+        if not self.graphs and not self.row_invariant:
+            batches = [prefill + decode]  # one forward per step
+        else:  # each prefill chunk alone when exact, the decode rows together (graphs: through the runner)
+            batches = [[p] for p in prefill] if self.row_invariant else [prefill] if prefill else []
+            if not self.graphs:
+                batches += [decode] if decode else []
+        for batch in batches:
+            if batch:
+                self._run(batch)
+        if self.graphs:
+            for i in range(0, len(decode), GRAPH_BUCKETS[-1]):
+                self._run_decode(decode[i:i + GRAPH_BUCKETS[-1]])
+
+    def _run(self, batch: list[tuple]) -> None:
+        """An eager forward of the batch's rows, then sampling from the logits of the rows that end a prompt or
+        decode a token."""
+        tokens, slots, pos, want = [], [], [], []
+        for seq, ids, start in batch:
+            tokens += ids
+            slots += [seq.slot] * len(ids)
+            pos += range(start, start + len(ids))
+            if start + len(ids) >= len(seq.job.prompt_ids):  # the prompt's last row, or a decode row
+                want.append((seq, len(tokens) - 1))
+        logits = self.runner.forward(tokens, slots, pos, [r for _, r in want] or [len(tokens) - 1])
+        for seq, ids, start in batch:
+            seq.n_cached = start + len(ids)
+        for k, (seq, _) in enumerate(want):
+            self._emit(seq, logits=logits[k])
+
+    def _run_decode(self, batch: list[tuple]) -> None:
+        """Decode rows through the runner's captured step; the tokens are chosen where the logits are when every
+        row's draw depends on the raw logits alone."""
+        seqs = [seq for seq, _, _ in batch]
+        picks = None
+        if self.runner.device_sampling and all(s.job.params.raw_draw for s in seqs):
+            picks = [(0.0, 1, 1.0, 0.0, 0.0) if s.job.params.sampling.greedy else
+                     (s.job.params.sampling.temperature, s.job.params.sampling.top_k, s.job.params.sampling.top_p,
+                      s.job.params.sampling.min_p, s.coin()) for s in seqs]
+        out = self.runner.decode([s.ids[-1] for s in seqs], [s.slot for s in seqs], [len(s.ids) - 1 for s in seqs],
+                                 picks)
+        for k, seq in enumerate(seqs):
+            seq.n_cached = len(seq.ids)
+            if picks is None:
+                self._emit(seq, logits=out[k])
+            else:
+                self._emit(seq, token=int(out[k]))
+
+    def _emit(self, seq, logits: np.ndarray | None = None, token: int | None = None) -> None:
+        """Sample seq's next token (or take the one chosen on the device) and pass it on; the prompt's last logits
+        serve every sequence of the job, after the leader's KV slot is copied to theirs."""
+        job = seq.job
+        first = not job.t_prompt_done
+        if first:
+            job.t_prompt_done = time.perf_counter()
+            for s in job.seqs[1:]:
+                self.cache.copy_slot(seq.slot, s.slot)
+                s.n_cached = seq.n_cached
+        try:
+            for s in (job.seqs if first else [seq]):
+                if not s.done:
+                    s.accept(Sampled(token, 0.0, []) if token is not None else s.sample(logits), self.ctx_len)
+        except Exception as e:  # noqa: BLE001 - a bad sampling step ends this job only
+            job.error = e if isinstance(e, MinirsError) else MinirsError(f"sampling failed: {e!r}")
+            job.cancel()
+        if all(s.done for s in job.seqs) and job in self.active:
+            self._release(job)

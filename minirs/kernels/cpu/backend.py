@@ -1,0 +1,169 @@
+"""The CPU backend (kernels/backend.py's interface): NumPy memory, Numba kernels.
+
+Weights stay quantized (views into the file's memory map, re-laid out where the matmul kernels want it, weights.py);
+activations are float32, and so is the KV cache. Every kernel computes each row on its own, so a row's bits never
+depend on the batch (batch_invariant has nothing to switch). The Numba kernels release the GIL (nogil), so the
+engine thread computes while other Python threads (the CLI printing a stream, API callers) run; concurrent parallel
+kernels from several threads need a thread-safe Numba threading layer (omp or tbb, the default where available).
+"""
+
+import numpy as np
+
+from minirs.formats import Tensor
+from minirs.kernels.backend import Act, Stack, values
+from minirs.kernels.cpu import activation, attention, moe, norm, rope
+from minirs.kernels.cpu.dequant import embedding_rows
+from minirs.kernels.cpu.matmul import qmatmul
+from minirs.kernels.cpu.weights import QMatrix
+from minirs.sampling import rows as sampling_rows
+
+
+class CpuBackend:
+    name = "cpu"
+    kv_dtype = np.float32
+    graphs = False  # capture() runs the step eagerly each time: there is no launch cost to save
+    device_sampling = False  # the logits are on the host already
+
+    def batch_invariant(self, exact: bool) -> None:
+        """Every CPU kernel is batch-invariant already."""
+
+    def use_in_thread(self) -> None:
+        """Nothing to do: NumPy and Numba have no stream."""
+
+    def synchronize(self) -> None:
+        """Nothing is queued: every call returns when its work is done."""
+
+    # --- weights and memory ---
+    def matrix(self, t: Tensor) -> QMatrix:
+        return QMatrix.from_tensor(t)
+
+    def vector(self, t: Tensor) -> np.ndarray:
+        from minirs.formats.quants import dequantize
+        return np.ascontiguousarray(dequantize(t), dtype=np.float32)
+
+    def expert_matrix(self, t: Tensor) -> list[QMatrix]:
+        """One quantized matrix per expert of the stacked (E, n_out, n_in) weights."""
+        n_exp, n_out, n_in = t.shape
+        rows = t.rows()  # (E * n_out, row_bytes): expert e owns rows e*n_out .. (e+1)*n_out
+        return [QMatrix.from_tensor(Tensor(f"{t.name}[{e}]", t.qtype, (n_out, n_in),
+                                           rows[e * n_out:(e + 1) * n_out].reshape(-1)))
+                for e in range(n_exp)]
+
+    def stack_matrices(self, parts: list) -> Stack:
+        """Kept apart: one stacked matmul measured slower here (its outputs come back as strided column views)."""
+        return Stack(tuple(parts))
+
+    def array(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a)
+
+    def zeros(self, shape, dtype=np.float32) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    # --- ops ---
+    def embed(self, w: QMatrix, ids, scale: float = 1.0) -> np.ndarray:
+        x = embedding_rows(w, np.asarray(ids, dtype=np.int64))
+        if scale != 1.0:
+            x *= np.float32(scale)
+        return x
+
+    def rmsnorm(self, x, w: np.ndarray, eps: float, gemv: bool = True) -> Act:
+        shape = x.shape
+        x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])
+        return Act(norm.rmsnorm(x2, w, eps, np.empty_like(x2)).reshape(shape))
+
+    def layernorm(self, x, w: np.ndarray, b: np.ndarray, eps: float) -> Act:
+        x2 = np.ascontiguousarray(x)
+        return Act(norm.layernorm(x2, w, b, eps, np.empty_like(x2)))
+
+    def matmul(self, w: QMatrix, x) -> np.ndarray:
+        return qmatmul(w, np.ascontiguousarray(values(x), dtype=np.float32))
+
+    def matmul_add_(self, w: QMatrix, x, out: np.ndarray) -> None:
+        out += self.matmul(w, x)
+
+    def add_(self, x: np.ndarray, y) -> None:
+        x += values(y)
+
+    def add_bias_(self, x: np.ndarray, b: np.ndarray) -> None:
+        x += b
+
+    def take_rows(self, x: np.ndarray, rows) -> np.ndarray:
+        return x[np.asarray(rows)]
+
+    def softcap_(self, x: np.ndarray, cap: float) -> None:
+        np.tanh(x / cap, out=x)
+        x *= np.float32(cap)
+
+    def qkv_attn_inputs(self, w: Stack, h, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots):
+        n, d = h.shape[0], kc.shape[3]
+        q, k, v = (self.matmul(m, h) for m in w.parts)
+        if biases[0] is not None:
+            for a, b in zip((q, k, v), biases):
+                a += b
+        q, k, v = q.reshape(n, -1, d), k.reshape(n, -1, d), v.reshape(n, -1, d)
+        if norms is not None:
+            q, k = self.rmsnorm(q, norms[0], eps).x, self.rmsnorm(k, norms[1], eps).x
+        rope.rope_(q, pos, inv_freq, neox)
+        rope.rope_(k, pos, inv_freq, neox)
+        attention.kv_write(kc, vc, slots, pos, k, v)
+        return q
+
+    def attention(self, q, kc, vc, slots, pos, window, scale, softcap) -> Act:
+        out = attention.attention(q, kc, vc, slots, pos, window, scale, softcap, np.empty_like(q))
+        return Act(out.reshape(q.shape[0], -1))
+
+    def gated_ffn(self, w: Stack, h, ffn_dim: int, activation: str, up_bias=None) -> Act:
+        gate, up = (self.matmul(m, h) for m in w.parts)
+        if up_bias is not None:
+            up += up_bias
+        return self.gated_act(gate, up, activation)
+
+    def gated_act(self, gate, up, activation_name: str) -> Act:
+        # large batches (prefill) spread rows over the threads; a decode step is cheaper than waking them
+        kernel = activation.gated_act_rows if gate.shape[0] >= 16 else activation.gated_act
+        return Act(kernel(gate, up, activation_name == "gelu", np.empty_like(gate)))
+
+    def act(self, x, activation_name: str) -> Act:
+        return Act(activation.act(x, activation_name == "gelu", np.empty_like(x)))
+
+    def topk_softmax(self, logits: np.ndarray, k: int):
+        n = logits.shape[0]
+        return moe.topk_softmax(np.ascontiguousarray(logits), k, np.empty((n, k), np.int64),
+                                np.empty((n, k), np.float32))
+
+    def matmul_id(self, experts: list[QMatrix], x, ids: np.ndarray) -> np.ndarray:
+        """Each expert runs once, on the rows routed to it."""
+        x = values(x)
+        n, k = ids.shape
+        y = np.empty((n, k, experts[0].n_out), np.float32)
+        flat = ids.reshape(-1)
+        for e in np.unique(flat):
+            sel = np.nonzero(flat == e)[0]  # flat (t, j) positions
+            xs = x[sel // k] if x.ndim == 2 else x.reshape(n * k, -1)[sel]
+            y.reshape(n * k, -1)[sel] = qmatmul(experts[e], np.ascontiguousarray(xs, dtype=np.float32))
+        return y
+
+    def moe_sum(self, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return np.einsum("nkd,nk->nd", y, weights)
+
+    def prefetch(self, mats: list) -> None:
+        """No cache to warm ahead of time here."""
+
+    # --- sampling: the host draws every row ---
+    def argmax(self, logits: np.ndarray) -> np.ndarray:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+
+    def sample_ids(self, logits: np.ndarray, params) -> np.ndarray:
+        return np.full(logits.shape[0], -1, np.int64)  # all undecided: finish_sampling draws them
+
+    def finish_sampling(self, ids: np.ndarray, logits: np.ndarray, params: np.ndarray) -> np.ndarray:
+        return sampling_rows.finish(ids, np.asarray(logits)[np.asarray(ids) < 0], params)
+
+    def capture(self, fn, finish, inputs: list[np.ndarray]):
+        """No graphs on the CPU: the 'captured' step runs fn eagerly on each call."""
+        def step(*host_inputs):
+            return finish(fn(*host_inputs), *host_inputs)
+        return step

@@ -1,0 +1,81 @@
+"""CPU dequantization of whole rows (token embedding lookups), bit-exact with the gguf package's dequantize.
+
+    e = embedding_rows(w, ids)             # (len(ids), n_in) float32
+
+The row-interleaved tiles of cpu/weights.py are decoded a tile (32-64 rows) at a time.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from minirs.kernels.cpu.weights import QMatrix
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _deq_q4(q, d, m, off, tiles, out):
+    # out[32g + j, k*L + l] = d[t, g, l] * (nib[t, g, j, l] - off) (+ m[t, g, l]),  t = tiles[k]
+    L = q.shape[2]
+    has_m = m.shape[0] > 0
+    for k in prange(tiles.shape[0]):
+        t = tiles[k]
+        for g in range(d.shape[1]):
+            dg = d[t, g]
+            mg = m[t, g] if has_m else dg
+            for j in range(32):
+                qk = q[t, 16 * g + j % 16]
+                shift = np.uint8(4 * (j // 16))
+                o = out[32 * g + j, k * L:(k + 1) * L]
+                for l in range(L):
+                    v = dg[l] * (np.float32((qk[l] >> shift) & np.uint8(15)) - np.float32(off))
+                    o[l] = v + mg[l] if has_m else v
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _deq_q8(q, d, m, tiles, out):
+    # out[gs*g + j, k*L + l] = d[t, g, l] * q[t, gs*g + j, l] (+ m[t, g, l]),  t = tiles[k]
+    L = q.shape[2]
+    has_m = m.shape[0] > 0
+    gs = q.shape[1] // d.shape[1]
+    for k in prange(tiles.shape[0]):
+        t = tiles[k]
+        for g in range(d.shape[1]):
+            dg = d[t, g]
+            mg = m[t, g] if has_m else dg
+            for j in range(gs):
+                qk = q[t, gs * g + j]
+                o = out[gs * g + j, k * L:(k + 1) * L]
+                for l in range(L):
+                    v = dg[l] * np.float32(qk[l])
+                    o[l] = v + mg[l] if has_m else v
+
+
+
+def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
+    """out[:, k*L:(k+1)*L] <- rows tiles[k]*L ... of W, transposed: (n_in, len(tiles)*L) float32, bit-exact with
+    gguf's dequantize."""
+    if w.family == "q4":
+        _deq_q4(w.q, w.d, w.m, w.off, tiles, out)
+    else:
+        _deq_q8(w.q, w.d, w.m, tiles, out)
+
+
+
+def _float_rows(w: QMatrix, rows) -> np.ndarray:
+    raw = w.q[rows]
+    if w.qtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return (raw.view(np.float16) if w.qtype == "F16" else raw).astype(np.float32)
+
+
+def embedding_rows(w: QMatrix, ids) -> np.ndarray:
+    """Rows `ids` of W as float32: (len(ids), n_in), bit-exact with gguf's dequantize (token embedding lookup)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    bad = (ids < 0) | (ids >= w.n_out)
+    if bad.any():
+        raise IndexError(f"embedding_rows: id {ids[bad][0]} out of range for a matrix of {w.n_out} rows")
+    if w.family == "float":
+        return _float_rows(w, ids)
+    L = w.q.shape[2]
+    buf = np.empty((w.n_in, ids.shape[0] * L), np.float32)  # whole tiles: decoding 32-64 rows per id is cheap
+    _decode_tiles(w, ids // L, buf)
+    return np.ascontiguousarray(buf[:, np.arange(ids.shape[0]) * L + ids % L].T)
