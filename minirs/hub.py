@@ -282,8 +282,9 @@ def _snapshot_commit(storage: Path, revision: str) -> str | None:
     if _COMMIT_RE.fullmatch(revision):
         return revision
     try:
-        return _cache_path(storage, "refs", revision).read_text().strip() or None
-    except OSError:
+        commit = _cache_path(storage, "refs", revision).read_text().strip()
+        return _check_name(commit, f"commit in {storage}/refs/{revision}", nested=False)
+    except (OSError, FetchError):    # a missing or garbled ref: not cached, the next download rewrites it
         return None
 
 
@@ -473,13 +474,17 @@ def _file_meta(http: _Http, url: str, repo_id: str, revision: str, filename: str
     r = http.retrying(lambda: http.head(url), f"HEAD {url}", retries)
     _raise_for_status(http, r, repo_id, revision, filename)
     commit = r.headers.get("X-Repo-Commit")
-    etag = _normalize_etag(r.headers.get("X-Linked-Etag") or r.headers.get("ETag"))
+    etag_header = "X-Linked-Etag" if r.headers.get("X-Linked-Etag") else "ETag"
+    etag = _normalize_etag(r.headers.get(etag_header))
     # a redirect's own Content-Length is that of its empty body, not of the file
     size = r.headers.get("X-Linked-Size") or (None if r.is_redirect else r.headers.get("Content-Length"))
-    for name, value in (("X-Repo-Commit", commit), ("ETag", etag)):
-        if not value or not _SAFE_NAME_RE.fullmatch(value):
-            raise DownloadError(f"{url}: the server sent no usable {name} header ({value!r}); "
+    for name, value in (("X-Repo-Commit", commit), (etag_header, etag)):
+        if not value:
+            raise DownloadError(f"{url}: the server sent no {name} header; "
                                 f"is HF_ENDPOINT ({http.endpoint}) a Hugging Face hub?")
+        # both become file names in the cache: snapshots/{commit}/ and blobs/{etag}
+        _check_name(value, f"{name} header {value!r} from {http.endpoint} for {repo_id} file {filename!r}",
+                    nested=False, error=DownloadError)
     target = urljoin(r.url, r.headers["Location"]) if r.is_redirect else r.url
     return _FileMeta(commit, etag, int(size) if size and size.isdigit() else None, target)
 
@@ -648,9 +653,13 @@ def list_repo_files(repo_id: str, revision: str = "main", *, token_source: str =
         return files
     _raise_for_status(http, r, repo_id, revision)
     try:
-        return sorted(s["rfilename"] for s in r.json()["siblings"])
+        files = sorted(s["rfilename"] for s in r.json()["siblings"])
     except (ValueError, KeyError, TypeError):
         raise DownloadError(f"{url}: the reply has no 'siblings' list of files") from None
+    for name in files:    # each is a path in the cache once downloaded; a git repo cannot hold '../x'
+        _check_name(name, f"file name {name!r} in the listing of {repo_id} (revision {revision}) from "
+                    f"{http.endpoint}", nested=True, error=DownloadError)
+    return files
 
 
 def resolve_file(model_id: str, filename: str, revision: str = "main", token_source: str = "cache",

@@ -1,14 +1,16 @@
-"""minirs.hub against hostile names: revisions and filenames from a caller, with a hub on 127.0.0.1 (the FakeHub of
-test_hub.py). Nothing may be written outside the repo's cache folder and each refusal is a FetchError that names the
-repo.
+"""minirs.hub against hostile names: revisions and filenames from a caller, ETags, commits and file listings from a
+hub on 127.0.0.1 (the FakeHub of test_hub.py). Nothing may be written outside the repo's cache folder, each
+refusal is a FetchError that names the repo, and the cache still works for a later honest download.
 """
+
+from pathlib import Path
 
 import pytest
 
 import minirs
 from minirs import hub
 from tests import test_hub
-from tests.test_hub import COMMIT, COMMIT2, REPO, download, storage
+from tests.test_hub import COMMIT, COMMIT2, CONFIG, GGUF, REPO, data_files, download, storage
 
 fake = test_hub.fake    # the local hub fixture, under the name the tests ask for
 
@@ -16,6 +18,25 @@ BAD_REVISIONS = ["", ".", "..", "/abs", "../x", "a/../b", "./x", "a/./b", "a//b"
                  "a\x7fb"]
 BAD_FILENAMES = ["", ".", "..", "/abs.gguf", "../x.gguf", "a/../x.gguf", "./x.gguf", "a//x.gguf", "sub/",
                  "a\\x.gguf", "a\x00b.gguf", "a\nb.gguf"]
+
+
+def serve_headers(fake_hub, monkeypatch, headers: dict[str, str]):
+    """Make the hub send these values in place of its own headers of the same names; returns an undo."""
+    handler = fake_hub.servers[0].RequestHandlerClass    # servers[0] is the hub
+    real_reply = handler.reply
+
+    def reply(self, status, h=None, body=b"", send_body=True):
+        h = {k: headers.get(k, v) for k, v in h.items()} if h else h
+        real_reply(self, status, h, body, send_body)
+
+    monkeypatch.setattr(handler, "reply", reply)
+    return lambda: monkeypatch.setattr(handler, "reply", real_reply)
+
+
+def assert_cache_clean(st: Path):
+    """No partial download left in the repo's folder, and its blobs/ (when there) still a folder."""
+    assert not [p for p in st.rglob("*") if p.name.endswith(".incomplete")]
+    assert not (st / "blobs").exists() or (st / "blobs").is_dir()
 
 
 # ---------------------------------------------------------------------------------------------------- revisions
@@ -76,6 +97,47 @@ def test_nul_in_a_model_ref_is_a_minirs_error(fake):
     with pytest.raises(hub.InvalidReferenceError, match="control character"):
         hub.resolve_model_ref("org/model:a\x00b.gguf", progress=False)
     assert not fake.requests
+
+
+# ---------------------------------------------------------------------------------------------------- server names
+
+@pytest.mark.parametrize("filename, header", [("config.json", "ETag"), ("model.gguf", "X-Linked-Etag"),
+                                              ("config.json", "X-Repo-Commit"), ("model.gguf", "X-Repo-Commit")])
+@pytest.mark.parametrize("value", ["..", ".", "../x", "a\\b"])
+def test_hostile_etag_or_commit_is_refused_and_the_cache_still_works(fake, tmp_path, monkeypatch, filename,
+                                                                     header, value):
+    honest = serve_headers(fake, monkeypatch, {header: value if header == "X-Repo-Commit" else f'"{value}"'})
+    with pytest.raises(hub.DownloadError, match=rf"{header} header.*org/model file '{filename}'"):
+        download(filename=filename)
+    st = storage(tmp_path)
+    assert data_files(st) == [] and not (st / "refs").exists()
+    assert_cache_clean(st)
+    assert not (st / "snapshots").exists() and not list(st.glob(f"*{filename}"))
+    honest()
+    assert download(filename=filename).read_bytes() == (CONFIG if filename == "config.json" else GGUF)
+    assert_cache_clean(st)
+
+
+def test_hostile_listing_is_refused(fake, tmp_path):
+    for bad in ("../evil.safetensors", "/abs.safetensors", "sub/../../evil.json", "a\x00b.safetensors"):
+        fake.add_repo("org/hostile", {bad: b"x", "config.json": CONFIG, "model.safetensors": b"w"})
+        with pytest.raises(hub.DownloadError, match=r"file name .* in the listing of org/hostile"):
+            hub.list_repo_files("org/hostile")
+        with pytest.raises(hub.DownloadError, match="org/hostile"):
+            hub.resolve_folder("org/hostile", progress=False)
+    assert not (tmp_path / "hf" / "hub").exists()
+
+
+def test_garbled_ref_is_ignored_and_rewritten(fake, tmp_path):
+    refs = storage(tmp_path) / "refs"
+    refs.mkdir(parents=True)
+    (storage(tmp_path) / "snapshots").mkdir()
+    (refs / "main").write_text("../../../../outside")    # snapshots/../../../../outside is tmp_path/outside
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "config.json").write_text("not from the cache")
+    assert hub.try_to_load_from_cache(REPO, "config.json") is None
+    assert download(filename="config.json").read_bytes() == CONFIG
+    assert (refs / "main").read_text() == COMMIT
 
 
 def test_cache_path_stays_inside_its_root(tmp_path):
