@@ -19,6 +19,8 @@ another host, and never into a log line or an error message.
 
 Offline: with `HF_HUB_OFFLINE=1` nothing touches the network and files come from `refs/` and `snapshots/`; when the
 network fails, a cached copy is used too. Errors are `minirs.MinirsError` subclasses that name the repo and file.
+Every name that becomes part of a cache path (revision, filename, ETag, commit, a listed file) passes _check_name
+first, and _cache_path then checks that the path stays inside its folder.
 
     from minirs.hub import resolve_model_ref
     path = resolve_model_ref("TheBloke/Mistral-7B-Instruct-v0.1-GGUF:mistral-7b-instruct-v0.1.Q4_K_M.gguf")
@@ -55,6 +57,7 @@ _RETRY_STATUS = {429, 500, 502, 503, 504}
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _SAFE_NAME_RE = re.compile(r"[\w.-]+")   # what a server may put in an etag or commit we use as a file name
+_BAD_CHAR_RE = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters (NUL too) and backslashes, in any name
 _REPO_RE = re.compile(r"[\w.-]+(/[\w.-]+)?")
 _REF_RE = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(@(?P<revision>[^:]+))?:(?P<filename>.+)")
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -229,12 +232,43 @@ def _check_args(repo_id: str, filename: str | None, revision: str) -> None:
         raise InvalidReferenceError(f"invalid hub repo id {repo_id!r}: expected 'org/name' or 'name' "
                                     "(letters, digits, '-', '_', '.')")
     if filename is not None:
-        parts = filename.split("/")
-        if not filename or filename.startswith("/") or "\\" in filename or ".." in parts or "" in parts:
-            raise InvalidReferenceError(f"invalid filename {filename!r} in repo {repo_id}: expected a relative path "
-                                        "like 'model.gguf' or 'sub/model.gguf'")
-    if not revision or ".." in revision.split("/"):
-        raise InvalidReferenceError(f"invalid revision {revision!r} for repo {repo_id}")
+        _check_name(filename, f"filename {filename!r} in repo {repo_id}", nested=True)
+    _check_name(revision, f"revision {revision!r} for repo {repo_id}", nested=True)
+
+
+def _check_name(name: str, what: str, *, nested: bool, error: type[FetchError] = InvalidReferenceError) -> str:
+    """`name` when it is safe as a path inside a repo's cache folder, else `error` saying what is wrong with `what`.
+
+    The one gate for every name that reaches the file system, from a caller (revision, filename) or from a server
+    (ETag, X-Repo-Commit, the files of a listing). `nested` names are relative paths whose parts are joined by '/'
+    ('refs/pr/1', 'sub/model.gguf'); the others must be one plain file name (letters, digits, '.', '-', '_').
+    The string is checked, not a Path: pathlib drops '.' parts, so 'blobs/.' would silently become 'blobs'.
+    """
+    if not isinstance(name, str) or not name:    # a server's JSON may hold anything
+        why = "it is empty or not a string"
+    elif _BAD_CHAR_RE.search(name):
+        why = "it has a backslash or a control character"
+    elif name.startswith("/"):
+        why = "it is an absolute path"
+    elif {"", ".", ".."} & set(name.split("/")):
+        why = "it has an empty, '.' or '..' path part"
+    elif not nested and not _SAFE_NAME_RE.fullmatch(name):
+        why = "a single file name of letters, digits, '.', '-' and '_' was expected"
+    else:
+        return name
+    raise error(f"invalid {what}: {why}")
+
+
+def _cache_path(root: Path, *names: str) -> Path:
+    """root/names, refused unless it stays inside root: a second guard behind _check_name, which saw the names.
+
+    Only the parent is resolved: a snapshot file is itself a symlink into blobs/, and it is replaced, not followed.
+    """
+    path = root.joinpath(*names)
+    inside = Path(os.path.normpath(path.parent.resolve() / path.name))
+    if root.resolve() not in inside.parents:
+        raise FetchError(f"{path} lies outside the cache folder {root}; refusing to touch it")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------- cache layout
@@ -248,8 +282,9 @@ def _snapshot_commit(storage: Path, revision: str) -> str | None:
     if _COMMIT_RE.fullmatch(revision):
         return revision
     try:
-        return (storage / "refs" / revision).read_text().strip() or None
-    except OSError:
+        commit = _cache_path(storage, "refs", revision).read_text().strip()
+        return _check_name(commit, f"commit in {storage}/refs/{revision}", nested=False)
+    except (OSError, FetchError):    # a missing or garbled ref: not cached, the next download rewrites it
         return None
 
 
@@ -260,14 +295,14 @@ def try_to_load_from_cache(repo_id: str, filename: str, revision: str = "main",
     storage = Path(cache_dir or hub_cache_dir()) / repo_folder_name(repo_id)
     if (commit := _snapshot_commit(storage, revision)) is None:
         return None
-    path = storage / "snapshots" / commit / filename
+    path = _cache_path(storage, "snapshots", commit, filename)
     return path if path.is_file() else None
 
 
 def _cached_listing(storage: Path, revision: str) -> list[str] | None:
     if (commit := _snapshot_commit(storage, revision)) is None:
         return None
-    snapshot = storage / "snapshots" / commit
+    snapshot = _cache_path(storage, "snapshots", commit)
     if not snapshot.is_dir():
         return None
     return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
@@ -276,7 +311,7 @@ def _cached_listing(storage: Path, revision: str) -> list[str] | None:
 def _write_ref(storage: Path, revision: str, commit: str) -> None:
     if revision == commit:
         return
-    ref = storage / "refs" / revision
+    ref = _cache_path(storage, "refs", revision)
     if _snapshot_commit(storage, revision) != commit:
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(commit)
@@ -439,13 +474,17 @@ def _file_meta(http: _Http, url: str, repo_id: str, revision: str, filename: str
     r = http.retrying(lambda: http.head(url), f"HEAD {url}", retries)
     _raise_for_status(http, r, repo_id, revision, filename)
     commit = r.headers.get("X-Repo-Commit")
-    etag = _normalize_etag(r.headers.get("X-Linked-Etag") or r.headers.get("ETag"))
+    etag_header = "X-Linked-Etag" if r.headers.get("X-Linked-Etag") else "ETag"
+    etag = _normalize_etag(r.headers.get(etag_header))
     # a redirect's own Content-Length is that of its empty body, not of the file
     size = r.headers.get("X-Linked-Size") or (None if r.is_redirect else r.headers.get("Content-Length"))
-    for name, value in (("X-Repo-Commit", commit), ("ETag", etag)):
-        if not value or not _SAFE_NAME_RE.fullmatch(value):
-            raise DownloadError(f"{url}: the server sent no usable {name} header ({value!r}); "
+    for name, value in (("X-Repo-Commit", commit), (etag_header, etag)):
+        if not value:
+            raise DownloadError(f"{url}: the server sent no {name} header; "
                                 f"is HF_ENDPOINT ({http.endpoint}) a Hugging Face hub?")
+        # both become file names in the cache: snapshots/{commit}/ and blobs/{etag}
+        _check_name(value, f"{name} header {value!r} from {http.endpoint} for {repo_id} file {filename!r}",
+                    nested=False, error=DownloadError)
     target = urljoin(r.url, r.headers["Location"]) if r.is_redirect else r.url
     return _FileMeta(commit, etag, int(size) if size and size.isdigit() else None, target)
 
@@ -574,10 +613,10 @@ def hf_hub_download(repo_id: str, filename: str, *, revision: str = "main", toke
             raise
         log.warning("%s; using the cached %s", e, cached)
         return cached
-    pointer = storage / "snapshots" / meta.commit / filename
+    pointer = _cache_path(storage, "snapshots", meta.commit, filename)
     if not pointer.is_file():
-        blob = storage / "blobs" / meta.etag
-        with _lock(cache / ".locks" / storage.name / f"{meta.etag}.lock"):
+        blob = _cache_path(storage, "blobs", meta.etag)
+        with _lock(_cache_path(cache / ".locks" / storage.name, f"{meta.etag}.lock")):
             if not blob.is_file():
                 _download(http, meta, blob, label, progress)
         _link(blob, pointer)
@@ -614,9 +653,13 @@ def list_repo_files(repo_id: str, revision: str = "main", *, token_source: str =
         return files
     _raise_for_status(http, r, repo_id, revision)
     try:
-        return sorted(s["rfilename"] for s in r.json()["siblings"])
+        files = sorted(s["rfilename"] for s in r.json()["siblings"])
     except (ValueError, KeyError, TypeError):
         raise DownloadError(f"{url}: the reply has no 'siblings' list of files") from None
+    for name in files:    # each is a path in the cache once downloaded; a git repo cannot hold '../x'
+        _check_name(name, f"file name {name!r} in the listing of {repo_id} (revision {revision}) from "
+                    f"{http.endpoint}", nested=True, error=DownloadError)
+    return files
 
 
 def resolve_file(model_id: str, filename: str, revision: str = "main", token_source: str = "cache",
