@@ -87,7 +87,7 @@ class Runner:
         timeout = _timeout(timeout)
         best_of = validation.best_of(request)
         validation.completion_extras(request)
-        params = validation.gen_params(request, best_of, request.logprobs, self.limits)
+        params = validation.gen_params(request, best_of, request.logprobs, self.limits, "best_of")
         if isinstance(request.prompt, str):
             if not request.prompt:
                 raise RequestError("invalid prompt: '' (empty)")

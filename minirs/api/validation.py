@@ -49,9 +49,12 @@ def number(field: str, v, low: float, high: float, default: float, low_open: boo
     return float(v)
 
 
-def integer(field: str, v, low: int, high: int, default: int | None) -> int | None:
-    """v as an int in [low, high], default for None."""
-    if v is None:
+REQUIRED = object()  # integer()'s default for a field that may not be None
+
+
+def integer(field: str, v, low: int, high: int, default=REQUIRED) -> int | None:
+    """v as an int in [low, high], default for None (unless the field is required)."""
+    if v is None and default is not REQUIRED:
         return default
     if not is_int(v) or not low <= v <= high:
         raise _bad(field, v, f"an integer in [{low}, {high}]")
@@ -119,9 +122,9 @@ def stop_seqs(v) -> tuple:
     return tuple(s for s in v if s)
 
 
-def gen_params(req, n, logprobs, limits: Limits) -> GenParams:
-    """The engine's GenParams for a chat or text completion request asking for n sequences."""
-    n = integer("n_choices", n, 1, limits.max_seqs, 1)
+def gen_params(req, n, logprobs, limits: Limits, n_field: str = "n_choices") -> GenParams:
+    """The engine's GenParams for a chat or text completion request asking for n sequences (field n_field)."""
+    n = integer(n_field, n, 1, limits.max_seqs)
     max_tokens = integer("max_tokens", req.max_tokens, 1, 2 ** 31, None)
     logprobs = flag("logprobs", logprobs)
     flag("stream", req.stream)
@@ -145,7 +148,7 @@ def gen_params(req, n, logprobs, limits: Limits) -> GenParams:
 
 def best_of(req) -> int:
     """How many sequences a completion request generates (best_of, at least n_choices)."""
-    n = integer("n_choices", req.n_choices, 1, 2 ** 31, 1)
+    n = integer("n_choices", req.n_choices, 1, 2 ** 31)
     best = integer("best_of", req.best_of, 1, 2 ** 31, None)
     best = n if best is None else best
     if best < n:
@@ -198,8 +201,8 @@ def tools(v) -> list[dict] | None:
 
 def runner_args(max_seqs, prefill_chunk, max_seq_len, seed, prefix_cache_n) -> None:
     """The Runner's own arguments (each bounds memory or the engine's loop)."""
-    integer("max_seqs", max_seqs, 1, MAX_SEQS, None)
-    integer("prefill_chunk", prefill_chunk, 1, 1 << 16, None)
+    integer("max_seqs", max_seqs, 1, MAX_SEQS)
+    integer("prefill_chunk", prefill_chunk, 1, 1 << 16)
     integer("max_seq_len", max_seq_len, 2, 1 << 24, None)
     integer("seed", seed, 0, MAX_SEED, None)
-    integer("prefix_cache_n", prefix_cache_n, 0, 1 << 31, None)
+    integer("prefix_cache_n", prefix_cache_n, 0, 1 << 31)
