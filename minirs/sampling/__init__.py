@@ -100,15 +100,17 @@ def filter_probs(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> n
         cum = np.cumsum(p[order]) / p.sum()
         cut = int(np.searchsorted(cum, top_p)) + 1  # smallest prefix whose mass reaches top_p
         p[order[cut:]] = 0.0
-    if min_p > 0.0:
-        p = np.where(p >= min_p * p.max(), p, 0.0)
+    if min_p > 0.0:  # (min_p <= 1 keeps the largest whatever its value)
+        p = np.where(p >= min(min_p, 1.0) * p.max(), p, 0.0)
     return p / p.sum()
 
 
 def draw(probs: np.ndarray, coin: float) -> int:
-    """The index where the cumulative probability first exceeds coin (in [0, 1))."""
+    """The index where the cumulative probability first exceeds coin (in [0, 1)) times the total: always an index
+    with probability > 0 (should rounding leave the target unpassed, the last such)."""
     cdf = np.cumsum(probs)
-    return int(min(np.searchsorted(cdf, coin * cdf[-1], side="right"), len(probs) - 1))
+    i = int(np.searchsorted(cdf, min(max(coin, 0.0), 1.0) * cdf[-1], side="right"))
+    return i if i < len(probs) else int(np.flatnonzero(probs)[-1])
 
 
 def sample_plain(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float, coin: float) -> int:
