@@ -8,6 +8,15 @@ Temperature 0 means greedy (argmax of the penalised logits).
 Log-probabilities are those of the *processed* distribution: log_softmax of the logits after bias,
 penalties and temperature (temperature 1 when greedy), before the top-k / top-p / min-p cut.
 
+Extreme values. Any finite parameters SamplingParams accepts give a valid token and logprobs that are never NaN
+(a logprob is -inf only where (z - max) / T overflows at a tiny temperature; the sampled token's is always
+finite):
+- bias and penalties are clamped to [-LIMIT, LIMIT] (penalties.py), so a bias of +1e308 makes its token win;
+- temperature divides logits already shifted so that the largest is 0: (z - max z) / T lies in [-inf, 0], so a
+  temperature so small that z / T would overflow (1e-310) gives the T -> 0 limit, the largest logit (ties
+  share its probability), instead of inf - inf;
+- log_softmax subtracts the largest before it exponentiates and never adds it back.
+
     params = SamplingParams(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
     s = sample_token(logits, params, context_ids, coin=rng.random(), top_logprobs=5)
     s.token, s.logprob, s.top      # id, its logprob, [(id, logprob)] best first
@@ -64,24 +73,38 @@ class Sampled:
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
+    """exp(x) normalised, for x with a finite largest entry (-inf entries get 0)."""
     e = np.exp(x - np.max(x))
     return e / e.sum()
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
-    m = np.max(x)
-    return x - (m + np.log(np.sum(np.exp(x - m))))
+    """x - logsumexp(x) as (x - max) - log(sum(exp(x - max))), for x with a finite largest entry: the sum is >= 1,
+    so the result is <= 0, -inf only where x is -inf or x - max overflows, and never NaN."""
+    d = x - np.max(x)
+    return d - np.log(np.sum(np.exp(d)))
+
+
+def shift_scale(z: np.ndarray, forbidden: np.ndarray | None, temperature: float) -> np.ndarray:
+    """In place on finite float64 logits z: -inf where forbidden, then (z - max z) / temperature (temperature 0:
+    no division). The largest becomes 0 and the rest lie in [-inf, 0], so no temperature > 0 can overflow them."""
+    if forbidden is not None:
+        z[forbidden] = -np.inf
+    z -= z.max()
+    if temperature:
+        with np.errstate(over="ignore"):  # (z - max) / 1e-310: -inf, the T -> 0 limit
+            z /= temperature
+    return z
 
 
 def process_logits(logits: np.ndarray, params: SamplingParams, context=()) -> np.ndarray:
-    """Bias, penalties over the last repeat_last_n ids of `context`, temperature: float64 (vocab,)."""
+    """Bias, penalties over the last repeat_last_n ids of `context`, temperature: float64 (vocab,), shifted so
+    that the largest is 0 (the same distribution as z / T; see the module docstring for extreme values)."""
     z = np.array(logits, dtype=np.float64)
     apply_logit_bias(z, params.logit_bias)
     window = np.asarray(context[len(context) - params.repeat_last_n:] if params.repeat_last_n else [], np.int64)
     apply_penalties(z, window, params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
-    if not params.greedy:
-        z /= params.temperature
-    return z
+    return shift_scale(z, None, 0.0 if params.greedy else params.temperature)
 
 
 def filter_probs(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
@@ -115,8 +138,8 @@ def draw(probs: np.ndarray, coin: float) -> int:
 
 def sample_plain(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float, coin: float) -> int:
     """The draw of sample_token for raw logits (vocab,) with temperature > 0 and no bias or penalties: what the GPU's
-    sampler (kernels/cuda_sample.py) computes, and its fallback."""
-    z = np.asarray(logits, np.float64) / float(temperature)
+    sampler (kernels/cuda_sample.py) computes, and its fallback. Probabilities are exp((z - max z) / T)."""
+    z = shift_scale(np.array(logits, dtype=np.float64), None, float(temperature))
     return draw(filter_probs(softmax(z), int(top_k), float(top_p), float(min_p)), float(coin))
 
 
