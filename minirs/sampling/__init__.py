@@ -9,13 +9,17 @@ Log-probabilities are those of the *processed* distribution: log_softmax of the 
 penalties and temperature (temperature 1 when greedy), before the top-k / top-p / min-p cut.
 
 Extreme values. Any finite parameters SamplingParams accepts give a valid token and logprobs that are never NaN
-(a logprob is -inf only where (z - max) / T overflows at a tiny temperature; the sampled token's is always
-finite):
+(a logprob is -inf only for a token the model gave -inf, or where (z - max) / T overflows at a tiny temperature;
+the sampled token's is always finite):
 - bias and penalties are clamped to [-LIMIT, LIMIT] (penalties.py), so a bias of +1e308 makes its token win;
 - temperature divides logits already shifted so that the largest is 0: (z - max z) / T lies in [-inf, 0], so a
   temperature so small that z / T would overflow (1e-310) gives the T -> 0 limit, the largest logit (ties
   share its probability), instead of inf - inf;
 - log_softmax subtracts the largest before it exponentiates and never adds it back.
+The model's logits: -inf means that token is impossible (bias and penalties cannot bring it back), +inf is taken
+as the largest finite value (the token wins, as an argmax says), and a NaN, or a row that is all -inf, raises
+LogitsError, a MinirsError that the engine confines to the request (the scheduler's sampling step ends that job
+with it).
 
     params = SamplingParams(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
     s = sample_token(logits, params, context_ids, coin=rng.random(), top_logprobs=5)
@@ -26,8 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minirs.errors import RequestError
-from minirs.sampling.penalties import apply_logit_bias, apply_penalties
+from minirs.errors import MinirsError, RequestError
+from minirs.sampling.penalties import LIMIT, apply_logit_bias, apply_penalties
+
+
+class LogitsError(MinirsError, ValueError):
+    """The model's logits cannot be sampled from: a NaN among them, or every one -inf."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,25 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return d - np.log(np.sum(np.exp(d)))
 
 
+def finite_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A float64 copy of the model's logits (vocab,) clamped to [-LIMIT, LIMIT], and the mask of those that were
+    -inf (None if none were), which the caller makes -inf again after bias and penalties. LogitsError on a NaN or
+    on a row of -inf."""
+    z = np.array(logits, dtype=np.float64)
+    lo, hi = z.min(), z.max()  # NaN if any is
+    if -LIMIT <= lo and hi <= LIMIT:  # the usual case: all finite, nothing to clamp
+        return z, None
+    nan = np.isnan(z)
+    if nan.any():
+        raise LogitsError(f"the model's logits hold {int(nan.sum())} NaN of {len(z)} (the first at token id "
+                          f"{int(np.argmax(nan))}): no token can be sampled")
+    forbidden = z == -np.inf
+    if forbidden.all():
+        raise LogitsError(f"all {len(z)} of the model's logits are -inf: no token can be sampled")
+    np.clip(z, -LIMIT, LIMIT, out=z)
+    return z, forbidden if forbidden.any() else None
+
+
 def shift_scale(z: np.ndarray, forbidden: np.ndarray | None, temperature: float) -> np.ndarray:
     """In place on finite float64 logits z: -inf where forbidden, then (z - max z) / temperature (temperature 0:
     no division). The largest becomes 0 and the rest lie in [-inf, 0], so no temperature > 0 can overflow them."""
@@ -100,11 +127,11 @@ def shift_scale(z: np.ndarray, forbidden: np.ndarray | None, temperature: float)
 def process_logits(logits: np.ndarray, params: SamplingParams, context=()) -> np.ndarray:
     """Bias, penalties over the last repeat_last_n ids of `context`, temperature: float64 (vocab,), shifted so
     that the largest is 0 (the same distribution as z / T; see the module docstring for extreme values)."""
-    z = np.array(logits, dtype=np.float64)
+    z, forbidden = finite_logits(logits)
     apply_logit_bias(z, params.logit_bias)
     window = np.asarray(context[len(context) - params.repeat_last_n:] if params.repeat_last_n else [], np.int64)
     apply_penalties(z, window, params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
-    return shift_scale(z, None, 0.0 if params.greedy else params.temperature)
+    return shift_scale(z, forbidden, 0.0 if params.greedy else params.temperature)
 
 
 def filter_probs(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
@@ -139,7 +166,7 @@ def draw(probs: np.ndarray, coin: float) -> int:
 def sample_plain(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float, coin: float) -> int:
     """The draw of sample_token for raw logits (vocab,) with temperature > 0 and no bias or penalties: what the GPU's
     sampler (kernels/cuda_sample.py) computes, and its fallback. Probabilities are exp((z - max z) / T)."""
-    z = shift_scale(np.array(logits, dtype=np.float64), None, float(temperature))
+    z = shift_scale(*finite_logits(logits), float(temperature))
     return draw(filter_probs(softmax(z), int(top_k), float(top_p), float(min_p)), float(coin))
 
 
