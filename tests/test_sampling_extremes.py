@@ -1,10 +1,15 @@
 """Sampling at the edges of float64 (issue 20, defect 7): any finite parameters give a valid token and logprobs
-that are never NaN. Regression tests for the reported cases and for the model's own NaN / inf logits."""
+that are never NaN. Regression tests for the reported cases, the model's own NaN / inf logits, and a hypothesis
+test over extreme finite values checked against the documented rule written as a plain loop."""
 
+import dataclasses
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minirs.errors import MinirsError
 from minirs.sampling import (
@@ -17,6 +22,7 @@ from minirs.sampling import (
     sample_token,
     softmax,
 )
+from minirs.sampling.penalties import LIMIT
 
 Z = np.array([1.0, 3.0, 2.0, 0.5], np.float32)  # greedy: token 1
 COINS = (0.0, 0.1, 0.5, 0.9, 1 - 1e-12)
@@ -194,3 +200,81 @@ def test_sample_with_extremes_through_the_rng():
     rng = np.random.default_rng(0)
     for p in (SamplingParams(temperature=1e-310), SamplingParams(temperature=1e308, logit_bias={2: 1e308})):
         assert all(0 <= sample(Z, p, rng) < len(Z) for _ in range(20))
+
+
+# ----- hypothesis: any finite parameters --------------------------------------------------------------------------
+
+V = 6
+EXTREMES = [0.0, 5e-324, 1e-320, 2.2250738585072014e-308, 1e-308, 1e-300, 1e-30, 1e-5, 0.5, 1.0, 2.0, 1e5, 1e30,
+            1e300, 1e308, LIMIT, float(np.finfo(np.float64).max)]
+
+
+def magnitudes(lo=0.0, hi=1e308):
+    """Floats in [lo, hi] with the float64 extremes (subnormals, 1e+-308) drawn often."""
+    return st.one_of(st.sampled_from([x for x in EXTREMES if lo <= x <= hi]),
+                     st.floats(lo, hi, allow_subnormal=True))
+
+
+def signed(bound=1e308):
+    return st.one_of(magnitudes(0.0, bound), magnitudes(0.0, bound).map(lambda x: -x))
+
+
+def logit_rows():
+    """Model logits: ordinary float32 rows, or float64 rows of extremes with some -inf (never all) and +inf."""
+    ordinary = st.lists(st.floats(-30, 30, width=32), min_size=V, max_size=V)
+    wild = st.lists(st.one_of(signed(float(np.finfo(np.float64).max)), st.sampled_from([-np.inf, np.inf])),
+                    min_size=V, max_size=V).filter(lambda r: any(x != -np.inf for x in r))
+    return st.one_of(ordinary.map(lambda r: np.array(r, np.float32)), wild.map(lambda r: np.array(r, np.float64)))
+
+
+def reference(logits, p: SamplingParams, context) -> list[float]:
+    """The documented rule for bias and penalties as a plain loop over Python floats: each stage's result clamped
+    to [-LIMIT, LIMIT], the model's -inf kept impossible, its +inf taken as LIMIT."""
+    def clamp(v):
+        return min(max(v, -LIMIT), LIMIT)
+    z = [clamp(float(v)) for v in logits]
+    for t, b in p.logit_bias.items():
+        z[t] = clamp(z[t] + b)
+    window = list(context[len(context) - p.repeat_last_n:]) if p.repeat_last_n else []
+    counts = Counter(window)
+    r = p.repetition_penalty
+    for t, c in counts.items():
+        z[t] = clamp(z[t] / r if z[t] > 0 else z[t] * r)
+        z[t] = clamp(z[t] - (c * p.frequency_penalty + p.presence_penalty))
+    return [-math.inf if math.isinf(x) and x < 0 else v for x, v in zip(logits, z)]
+
+
+@st.composite
+def cases(draw_):
+    logit_bias = draw_(st.dictionaries(st.integers(0, V - 1), signed(), max_size=3))
+    p = SamplingParams(temperature=draw_(magnitudes()), top_k=draw_(st.one_of(st.integers(0, V + 1),
+                                                                              st.integers(0, 2 ** 70))),
+                       top_p=draw_(magnitudes(0.0, 1.0).filter(lambda x: x > 0)), min_p=draw_(magnitudes(0.0, 1.0)),
+                       repetition_penalty=draw_(magnitudes().filter(lambda x: x > 0)),
+                       frequency_penalty=draw_(signed()), presence_penalty=draw_(signed()),
+                       repeat_last_n=draw_(st.integers(0, 8)), logit_bias=logit_bias)
+    context = draw_(st.lists(st.integers(0, V - 1), max_size=10))
+    coin = draw_(st.floats(0.0, 1.0, exclude_max=True))
+    return draw_(logit_rows()), p, context, coin
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_any_finite_parameters_give_a_valid_token(case):
+    logits, p, context, coin = case
+    ref = reference(logits, p, context)
+    top = max(ref)
+    s = sample_token(logits, p, context, coin, top_logprobs_n=V)
+    assert_sane(s, V)
+    assert ref[s.token] > -math.inf  # never a token the model forbade
+    assert len(s.top) == V and not any(math.isnan(lp) for _, lp in s.top)
+    if p.greedy:  # temperature 0 or top-k 1: the first argmax of the biased, penalised logits
+        assert s.token == ref.index(top)
+    else:
+        # greedy-equivalent: every other token's (z - max) / T below -1000, so exp gives exactly 0
+        gaps = [top - v for v in ref if v < top]
+        if all(g / p.temperature > 1000 for g in gaps):
+            assert ref[s.token] == top
+    g = sample_token(logits, dataclasses.replace(p, temperature=0.0), context)
+    assert g.token == ref.index(top)
+    assert_sane(g, V)
