@@ -134,19 +134,22 @@ def process_logits(logits: np.ndarray, params: SamplingParams, context=()) -> np
     return shift_scale(z, forbidden, 0.0 if params.greedy else params.temperature)
 
 
-def filter_probs(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
-    """Zero out the candidates that top-k, top-p and min-p remove; return renormalised probabilities."""
+def filter_probs(probs: np.ndarray, top_k: int, top_p: float, min_p: float, z: np.ndarray | None = None) -> np.ndarray:
+    """Zero out the candidates that top-k, top-p and min-p remove; return renormalised probabilities.
+
+    Top-k and top-p rank the candidates by z, the logits the probabilities came from (default: the probabilities),
+    ties by lower index: at a huge temperature exp((z - max) / T) rounds to 1 for every token, so only the logits
+    still tell the k best from the rest."""
     p = probs.astype(np.float64)
+    key = p if z is None else z
     if 0 < top_k < len(p):
-        kth = np.partition(p, len(p) - top_k)[len(p) - top_k]
-        p = np.where(p >= kth, p, 0.0)
-        # ties at the k-th value may keep a few more than k; drop the extra ones by index order
-        keep = np.flatnonzero(p)
-        if len(keep) > top_k:
-            order = keep[np.argsort(-p[keep], kind="stable")]
-            p[order[top_k:]] = 0.0
+        kth = np.partition(key, len(p) - top_k)[len(p) - top_k]
+        keep = np.flatnonzero(key >= kth)
+        if len(keep) > top_k:  # ties at the k-th value keep a few more than k: drop the extra ones by index order
+            p[keep[np.argsort(-key[keep], kind="stable")][top_k:]] = 0.0
+        p[key < kth] = 0.0
     if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
+        order = np.argsort(-key, kind="stable")
         cum = np.cumsum(p[order]) / p.sum()
         cut = int(np.searchsorted(cum, top_p)) + 1  # smallest prefix whose mass reaches top_p
         p[order[cut:]] = 0.0
@@ -167,7 +170,7 @@ def sample_plain(logits: np.ndarray, temperature: float, top_k: int, top_p: floa
     """The draw of sample_token for raw logits (vocab,) with temperature > 0 and no bias or penalties: what the GPU's
     sampler (kernels/cuda_sample.py) computes, and its fallback. Probabilities are exp((z - max z) / T)."""
     z = shift_scale(*finite_logits(logits), float(temperature))
-    return draw(filter_probs(softmax(z), int(top_k), float(top_p), float(min_p)), float(coin))
+    return draw(filter_probs(softmax(z), int(top_k), float(top_p), float(min_p), z), float(coin))
 
 
 def top_logprobs(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
@@ -186,7 +189,7 @@ def sample_token(logits: np.ndarray, params: SamplingParams, context=(), coin: f
     if params.greedy:
         tok = int(np.argmax(z))
     else:
-        tok = draw(filter_probs(softmax(z), params.top_k, params.top_p, params.min_p), coin)
+        tok = draw(filter_probs(softmax(z), params.top_k, params.top_p, params.min_p, z), coin)
     if not want_logprob and top_logprobs_n <= 0:
         return Sampled(tok, 0.0, [])
     lp = log_softmax(z)
