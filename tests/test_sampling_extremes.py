@@ -202,6 +202,16 @@ def test_sample_with_extremes_through_the_rng():
         assert all(0 <= sample(Z, p, rng) < len(Z) for _ in range(20))
 
 
+def test_huge_temperature_top_k_and_top_p_keep_the_largest_logits():
+    """At T = 1e308 every probability rounds to the same value; top-k and top-p must still keep the best logits
+    (they kept the first ids of the vocabulary), as the GPU sampler does."""
+    z = np.array([0.0, -1.0, 5.0, 2.0, 4.0, -3.0, 3.0, 1.0], np.float32)  # best first: 2, 4, 6, 3
+    for coin in np.linspace(0, 0.999, 23):
+        assert sample_plain(z, 1e308, 3, 1.0, 0.0, coin) in (2, 4, 6)
+        assert sample_plain(z, 1e308, 0, 0.5, 0.0, coin) in (2, 4, 6, 3)
+        assert sample_token(z, SamplingParams(temperature=1e308, top_k=2), coin=coin).token in (2, 4)
+
+
 # ----- hypothesis: any finite parameters --------------------------------------------------------------------------
 
 V = 6
@@ -279,12 +289,3 @@ def test_any_finite_parameters_give_a_valid_token(case):
     assert g.token == ref.index(top)
     assert_sane(g, V)
 
-
-def test_huge_temperature_top_k_and_top_p_keep_the_largest_logits():
-    """At T = 1e308 every probability rounds to the same value; top-k and top-p must still keep the best logits
-    (they kept the first ids of the vocabulary), as the GPU sampler does."""
-    z = np.array([0.0, -1.0, 5.0, 2.0, 4.0, -3.0, 3.0, 1.0], np.float32)  # best first: 2, 4, 6, 3
-    for coin in np.linspace(0, 0.999, 23):
-        assert sample_plain(z, 1e308, 3, 1.0, 0.0, coin) in (2, 4, 6)
-        assert sample_plain(z, 1e308, 0, 0.5, 0.0, coin) in (2, 4, 6, 3)
-        assert sample_token(z, SamplingParams(temperature=1e308, top_k=2), coin=coin).token in (2, 4)
