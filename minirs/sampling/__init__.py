@@ -8,6 +8,19 @@ Temperature 0 means greedy (argmax of the penalised logits).
 Log-probabilities are those of the *processed* distribution: log_softmax of the logits after bias,
 penalties and temperature (temperature 1 when greedy), before the top-k / top-p / min-p cut.
 
+Extreme values. Any finite parameters SamplingParams accepts give a valid token and logprobs that are never NaN
+(a logprob is -inf only for a token the model gave -inf, or where (z - max) / T overflows at a tiny temperature;
+the sampled token's is always finite):
+- bias and penalties are clamped to [-LIMIT, LIMIT] (penalties.py), so a bias of +1e308 makes its token win;
+- temperature divides logits already shifted so that the largest is 0: (z - max z) / T lies in [-inf, 0], so a
+  temperature so small that z / T would overflow (1e-310) gives the T -> 0 limit, the largest logit (ties
+  share its probability), instead of inf - inf;
+- log_softmax subtracts the largest before it exponentiates and never adds it back.
+The model's logits: -inf means that token is impossible (bias and penalties cannot bring it back), +inf is taken
+as the largest finite value (the token wins, as an argmax says), and a NaN, or a row that is all -inf, raises
+LogitsError, a MinirsError that the engine confines to the request (the scheduler's sampling step ends that job
+with it).
+
     params = SamplingParams(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
     s = sample_token(logits, params, context_ids, coin=rng.random(), top_logprobs=5)
     s.token, s.logprob, s.top      # id, its logprob, [(id, logprob)] best first
@@ -17,8 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minirs.errors import RequestError
-from minirs.sampling.penalties import apply_logit_bias, apply_penalties
+from minirs.errors import MinirsError, RequestError
+from minirs.sampling.penalties import LIMIT, apply_logit_bias, apply_penalties
+
+
+class LogitsError(MinirsError, ValueError):
+    """The model's logits cannot be sampled from: a NaN among them, or every one -inf."""
 
 
 @dataclass(frozen=True)
@@ -64,58 +81,96 @@ class Sampled:
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
+    """exp(x) normalised, for x with a finite largest entry (-inf entries get 0)."""
     e = np.exp(x - np.max(x))
     return e / e.sum()
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
-    m = np.max(x)
-    return x - (m + np.log(np.sum(np.exp(x - m))))
+    """x - logsumexp(x) as (x - max) - log(sum(exp(x - max))), for x with a finite largest entry: the sum is >= 1,
+    so the result is <= 0, -inf only where x is -inf or x - max overflows, and never NaN."""
+    d = x - np.max(x)
+    return d - np.log(np.sum(np.exp(d)))
 
 
-def process_logits(logits: np.ndarray, params: SamplingParams, context=()) -> np.ndarray:
-    """Bias, penalties over the last repeat_last_n ids of `context`, temperature: float64 (vocab,)."""
+def finite_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A float64 copy of the model's logits (vocab,) clamped to [-LIMIT, LIMIT], and the mask of those that were
+    -inf (None if none were), which the caller makes -inf again after bias and penalties. LogitsError on a NaN or
+    on a row of -inf."""
     z = np.array(logits, dtype=np.float64)
-    apply_logit_bias(z, params.logit_bias)
-    window = np.asarray(context[len(context) - params.repeat_last_n:] if params.repeat_last_n else [], np.int64)
-    apply_penalties(z, window, params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
-    if not params.greedy:
-        z /= params.temperature
+    lo, hi = z.min(), z.max()  # NaN if any is
+    if -LIMIT <= lo and hi <= LIMIT:  # the usual case: all finite, nothing to clamp
+        return z, None
+    nan = np.isnan(z)
+    if nan.any():
+        raise LogitsError(f"the model's logits hold {int(nan.sum())} NaN of {len(z)} (the first at token id "
+                          f"{int(np.argmax(nan))}): no token can be sampled")
+    forbidden = z == -np.inf
+    if forbidden.all():
+        raise LogitsError(f"all {len(z)} of the model's logits are -inf: no token can be sampled")
+    np.clip(z, -LIMIT, LIMIT, out=z)
+    return z, forbidden if forbidden.any() else None
+
+
+def shift_scale(z: np.ndarray, forbidden: np.ndarray | None, temperature: float) -> np.ndarray:
+    """In place on finite float64 logits z: -inf where forbidden, then (z - max z) / temperature (temperature 0:
+    no division). The largest becomes 0 and the rest lie in [-inf, 0], so no temperature > 0 can overflow them."""
+    if forbidden is not None:
+        z[forbidden] = -np.inf
+    z -= z.max()
+    if temperature:
+        with np.errstate(over="ignore"):  # (z - max) / 1e-310: -inf, the T -> 0 limit
+            z /= temperature
     return z
 
 
-def filter_probs(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
-    """Zero out the candidates that top-k, top-p and min-p remove; return renormalised probabilities."""
+def process_logits(logits: np.ndarray, params: SamplingParams, context=()) -> np.ndarray:
+    """Bias, penalties over the last repeat_last_n ids of `context`, temperature: float64 (vocab,), shifted so
+    that the largest is 0 (the same distribution as z / T; see the module docstring for extreme values)."""
+    z, forbidden = finite_logits(logits)
+    apply_logit_bias(z, params.logit_bias)
+    window = np.asarray(context[len(context) - params.repeat_last_n:] if params.repeat_last_n else [], np.int64)
+    apply_penalties(z, window, params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
+    return shift_scale(z, forbidden, 0.0 if params.greedy else params.temperature)
+
+
+def filter_probs(probs: np.ndarray, top_k: int, top_p: float, min_p: float, z: np.ndarray | None = None) -> np.ndarray:
+    """Zero out the candidates that top-k, top-p and min-p remove; return renormalised probabilities.
+
+    Top-k and top-p rank the candidates by z, the logits the probabilities came from (default: the probabilities),
+    ties by lower index: at a huge temperature exp((z - max) / T) rounds to 1 for every token, so only the logits
+    still tell the k best from the rest."""
     p = probs.astype(np.float64)
+    key = p if z is None else z
     if 0 < top_k < len(p):
-        kth = np.partition(p, len(p) - top_k)[len(p) - top_k]
-        p = np.where(p >= kth, p, 0.0)
-        # ties at the k-th value may keep a few more than k; drop the extra ones by index order
-        keep = np.flatnonzero(p)
-        if len(keep) > top_k:
-            order = keep[np.argsort(-p[keep], kind="stable")]
-            p[order[top_k:]] = 0.0
+        kth = np.partition(key, len(p) - top_k)[len(p) - top_k]
+        keep = np.flatnonzero(key >= kth)
+        if len(keep) > top_k:  # ties at the k-th value keep a few more than k: drop the extra ones by index order
+            p[keep[np.argsort(-key[keep], kind="stable")][top_k:]] = 0.0
+        p[key < kth] = 0.0
     if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
+        order = np.argsort(-key, kind="stable")
         cum = np.cumsum(p[order]) / p.sum()
         cut = int(np.searchsorted(cum, top_p)) + 1  # smallest prefix whose mass reaches top_p
         p[order[cut:]] = 0.0
-    if min_p > 0.0:
-        p = np.where(p >= min_p * p.max(), p, 0.0)
+    if min_p > 0.0:  # (min_p <= 1 keeps the largest whatever its value)
+        p = np.where(p >= min(min_p, 1.0) * p.max(), p, 0.0)
     return p / p.sum()
 
 
 def draw(probs: np.ndarray, coin: float) -> int:
-    """The index where the cumulative probability first exceeds coin (in [0, 1))."""
+    """The index where the cumulative probability first exceeds coin (in [0, 1)) times the total: always an index
+    with probability > 0 (should rounding leave the target unpassed, the last such)."""
     cdf = np.cumsum(probs)
-    return int(min(np.searchsorted(cdf, coin * cdf[-1], side="right"), len(probs) - 1))
+    i = int(np.searchsorted(cdf, min(max(coin, 0.0), 1.0) * cdf[-1], side="right"))
+    return i if i < len(probs) else int(np.flatnonzero(probs)[-1])
 
 
 def sample_plain(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float, coin: float) -> int:
     """The draw of sample_token for raw logits (vocab,) with temperature > 0 and no bias or penalties: what the GPU's
-    sampler (kernels/cuda_sample.py) computes, and its fallback."""
-    z = np.asarray(logits, np.float64) / float(temperature)
-    return draw(filter_probs(softmax(z), int(top_k), float(top_p), float(min_p)), float(coin))
+    sampler (kernels/cuda_sample.py) computes, and its fallback. Probabilities are exp((z - max z) / T)."""
+    z = shift_scale(*finite_logits(logits), float(temperature))
+    return draw(filter_probs(softmax(z), int(top_k), float(top_p), float(min_p), z), float(coin))
 
 
 def top_logprobs(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
@@ -134,7 +189,7 @@ def sample_token(logits: np.ndarray, params: SamplingParams, context=(), coin: f
     if params.greedy:
         tok = int(np.argmax(z))
     else:
-        tok = draw(filter_probs(softmax(z), params.top_k, params.top_p, params.min_p), coin)
+        tok = draw(filter_probs(softmax(z), params.top_k, params.top_p, params.min_p, z), coin)
     if not want_logprob and top_logprobs_n <= 0:
         return Sampled(tok, 0.0, [])
     lp = log_softmax(z)
