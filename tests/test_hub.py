@@ -22,6 +22,8 @@ from urllib.parse import unquote
 import pytest
 
 from minirs import MinirsError, hub
+from minirs.hub import download as hub_download
+from minirs.hub import http as hub_http
 
 REPO = "org/model"
 GATED = "org/gated"
@@ -192,11 +194,11 @@ def fake(tmp_path, monkeypatch):
                  "HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                  "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(hub, "RETRIES", 3)
-    monkeypatch.setattr(hub, "BACKOFF_S", 0.01)
-    monkeypatch.setattr(hub, "BACKOFF_MAX_S", 0.02)
-    monkeypatch.setattr(hub, "TIMEOUT_S", (2.0, 5.0))
-    monkeypatch.setattr(hub, "CHUNK", 16 * 1024)
+    monkeypatch.setattr(hub_http, "RETRIES", 3)
+    monkeypatch.setattr(hub_http, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(hub_http, "BACKOFF_MAX_S", 0.02)
+    monkeypatch.setattr(hub_http, "TIMEOUT_S", (2.0, 5.0))
+    monkeypatch.setattr(hub_download, "CHUNK", 16 * 1024)
     yield f
     f.stop()
 
@@ -247,7 +249,7 @@ def test_two_files_of_one_commit_share_the_snapshot(fake, tmp_path):
 
 def test_cached_file_is_reused_with_the_server_stopped(fake, tmp_path, monkeypatch):
     sleeps = []
-    monkeypatch.setattr(hub, "_sleep", sleeps.append)
+    monkeypatch.setattr(hub_http, "_sleep", sleeps.append)
     first = download()
     fake.stop()
     assert download() == first and first.read_bytes() == GGUF
@@ -324,7 +326,7 @@ def test_dropped_connection_resumes_with_range(fake, tmp_path):
 
 
 def test_interrupted_download_resumes_on_the_next_call(fake, tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "RETRIES", 0)
+    monkeypatch.setattr(hub_http, "RETRIES", 0)
     fake.drop_once.add(sha256(GGUF))
     with pytest.raises(hub.DownloadError, match="next call resumes"):
         download()
@@ -444,7 +446,7 @@ def test_file_not_found_names_repo_and_file(fake):
 
 def test_network_failure_after_retries(fake, monkeypatch, tmp_path):
     sleeps = []
-    monkeypatch.setattr(hub, "_sleep", sleeps.append)
+    monkeypatch.setattr(hub_http, "_sleep", sleeps.append)
     with socket.socket() as s:    # a port on 127.0.0.1 that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -457,7 +459,7 @@ def test_network_failure_after_retries(fake, monkeypatch, tmp_path):
 
 def test_server_errors_are_retried(fake, monkeypatch):
     sleeps = []
-    monkeypatch.setattr(hub, "_sleep", sleeps.append)
+    monkeypatch.setattr(hub_http, "_sleep", sleeps.append)
     fake.fail_status[:] = [503, 502]
     assert download().read_bytes() == GGUF
     assert len(sleeps) == 2
@@ -504,7 +506,7 @@ def test_disk_full_keeps_nothing(fake, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         f.write(chunk)
 
-    monkeypatch.setattr(hub, "_write_chunk", write)
+    monkeypatch.setattr(hub_download, "_write_chunk", write)
     with pytest.raises(hub.DiskFullError, match=r"disk full while writing org/model:model.gguf"):
         download()
     assert data_files(storage(tmp_path)) == []

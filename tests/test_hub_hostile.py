@@ -9,6 +9,7 @@ import pytest
 
 import minirs
 from minirs import hub
+from minirs.hub import cache as hub_cache
 from tests import test_hub
 from tests.test_hub import COMMIT, COMMIT2, CONFIG, GGUF, REPO, data_files, download, storage
 
@@ -142,12 +143,12 @@ def test_garbled_ref_is_ignored_and_rewritten(fake, tmp_path):
 
 def test_cache_path_stays_inside_its_root(tmp_path):
     root = tmp_path / "models--org--model"
-    assert hub._cache_path(root, "refs", "refs/pr/1") == root / "refs" / "refs" / "pr" / "1"
+    assert hub_cache._cache_path(root, "refs", "refs/pr/1") == root / "refs" / "refs" / "pr" / "1"
     for parts in (("refs", "/tmp/x"), ("blobs", ".."), ("snapshots", "../../x"), ("..",)):
         with pytest.raises(hub.FetchError, match="outside the cache folder"):
-            hub._cache_path(root, *parts)
+            hub_cache._cache_path(root, *parts)
     (tmp_path / "elsewhere").mkdir()
     root.mkdir()
     (root / "refs").symlink_to(tmp_path / "elsewhere")    # a planted link out of the cache
     with pytest.raises(hub.FetchError, match="outside the cache folder"):
-        hub._cache_path(root, "refs", "main")
+        hub_cache._cache_path(root, "refs", "main")
