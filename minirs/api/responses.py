@@ -4,6 +4,7 @@
     for chunk in chat_chunks(job, rid, model, tokenizer, request, timeout): ...
 """
 
+import math
 import time
 
 from minirs.api.types import (
@@ -42,10 +43,17 @@ def usage(job: Job, now: float | None = None) -> Usage:
                  total_time_sec=total, total_prompt_time_sec=ps, total_completion_time_sec=ds)
 
 
+LOGPROB_FLOOR = -9999.0  # what OpenAI reports for an impossible token: -inf is no JSON number
+
+
+def _finite(lp: float) -> float:
+    return lp if math.isfinite(lp) else LOGPROB_FLOOR
+
+
 def logprob_entry(tokenizer, entry) -> ResponseLogprob:
     tok, lp, top = entry
-    return ResponseLogprob(token=tokenizer.decode([tok]), logprob=lp, bytes=list(tokenizer.token_to_bytes(tok)),
-                           top_logprobs=[TopLogprob(i, v, tokenizer.decode([i])) for i, v in top])
+    return ResponseLogprob(token=tokenizer.decode([tok]), logprob=_finite(lp), bytes=list(tokenizer.token_to_bytes(tok)),
+                           top_logprobs=[TopLogprob(i, _finite(v), tokenizer.decode([i])) for i, v in top])
 
 
 def logprobs(tokenizer, seq, wanted: bool) -> Logprobs | None:
