@@ -28,7 +28,7 @@ def get_backend(device: str = "auto"):
             raise DeviceError("the CUDA backend is not part of this minirs build yet; use --device cpu")
         if not cuda_available():
             raise DeviceError("--device cuda: no CUDA GPU is usable (is cupy-cuda12x/13x installed and a GPU present?)")
-        from minirs.kernels.cuda import CudaBackend
+        from minirs.kernels.cuda.backend import CudaBackend
         return CudaBackend()
     from minirs.kernels.cpu import CpuBackend
     return CpuBackend()

@@ -19,14 +19,14 @@ matmuls round with the batch (cuBLAS in CUDA prefill): then each prefill chunk r
 boundaries fixed by the sequence alone.
 
 On CUDA, row_invariant also keeps every GEMV on the dp4a kernels (backend.batch_invariant): without it, batches
-of 2 or more tokens run on the tensor cores (cuda_mma), 2.3-4.2x as fast at 16 tokens, and a row's last bits
+of 2 or more tokens run on the tensor cores (cuda/mma.py), 2.3-4.2x as fast at 16 tokens, and a row's last bits
 then differ from the same row decoded alone.
 
 CUDA graphs. On a backend with `decode_step` (CUDA), the decode rows of a step go through one captured CUDA
 graph: the batch is padded to the next size of GRAPH_BUCKETS with dummy rows (token 0 at position 0 in a spare
 KV slot that no sequence owns), so six graphs serve every batch size and a step costs one graph launch instead of
 hundreds of Python kernel launches. The GPU's decode kernels compute each row identically whatever the batch
-(cuda_matmul's GEMVs), so dummy rows and other requests never change a row's logits. Prefill chunks run eagerly
+(cuda/mmvq.py's GEMVs), so dummy rows and other requests never change a row's logits. Prefill chunks run eagerly
 between replays: each alone with `row_invariant` (then a request's tokens are identical alone and batched), else
 all chunks of a step in one forward (cuBLAS for more than GEMV_MAX_N tokens: faster, rounds with the batch).
 """
@@ -46,7 +46,7 @@ from minirs.kv_cache import KVCache
 from minirs.sampling import Sampled, SamplingParams, sample_token
 from minirs.sampling.stop import StopText
 
-GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as CUDA graphs (32 = cuda_matmul.GEMV_MAX_N)
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as CUDA graphs (32 = cuda/quantize.GEMV_MAX_N)
 
 
 @dataclass
