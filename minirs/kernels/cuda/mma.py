@@ -40,9 +40,8 @@ So batched rows are bit-identical to the row computed alone by this kernel. They
 int8 there, float16 here), which is why the scheduler's row_invariant mode keeps dp4a for every n
 (CudaBackend.batch_invariant). Needs an even number of 32-blocks per row (the 4- and 8-byte copies of scales).
 
-Replayed on an H100 (bench/gpu_check.py --mma, us, dp4a -> tensor cores, 16 tokens): 7B Q4_0 q/k/v 6144x4096
-48.5 -> 15.1, 4096x4096 35.1 -> 15.5, gate/up 28672x4096 167.5 -> 39.5, down 4096x14336 97.0 -> 26.2, Q6_K output
-32000x4096 211.1 -> 67.1; at 4 tokens 16.4 -> 14.2 (6144x4096) and 54.4 -> 34.7 (28672x4096).
+On an H100 at 16 tokens it is 2.3-4.2x the dp4a GEMVs on 7B shapes (bench/gpu_check.py --mma; BENCHMARKS.md,
+session 7, has the table).
 """
 
 from numba import cuda, float32, int32, uint16, uint32, uint64

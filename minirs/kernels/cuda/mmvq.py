@@ -41,12 +41,9 @@ def gemv_warps(w: "GMatrix") -> int:
     A small matrix in one warp per row group leaves the GPU short of loads in flight (4096 x 4096 Q4_0: 1,024
     warps, 7.4 us), so the warps double until there are ~2,048 of them (5.1 us), then grow one at a time while the
     whole grid still fits in one wave of resident warps (wave: the kernel's registers decide how many an SM holds),
-    as long as every lane of the block has two 32-blocks of a row to read. Timed on an H100 (bench/gpu_check.py
-    --sweep, one token, us): 6144 x 4096 Q4_0 10.1 -> 7.2 (2 warps), 4096 x 14336 Q4_0 30.7 -> 19.3 (2) -> 16.9 (3:
-    3,072 warps of 72 registers, one wave of 3,696), Q4_K 18.5 -> 15.7 (2; 3 would take two waves of its 96-register
-    warps: 17.7), 28672 x 4096 stays at one warp (29.0 us). It depends on the matrix (and the GPU) only, never on
-    the batch: the split-K sum order is part of a row's result, and a row must not change with the rows batched
-    with it."""
+    as long as every lane of the block has two 32-blocks of a row to read (H100 timings of each shape: BENCHMARKS.md,
+    session 5, bench/gpu_check.py --sweep). It depends on the matrix (and the GPU) only, never on the batch: the
+    split-K sum order is part of a row's result, and a row must not change with the rows batched with it."""
     groups, nb = -(-w.n_out // R), w.n_in // 32
     nw = 1
     while nw < 4 and groups * nw < 2048 and 64 * nw <= nb:
