@@ -19,7 +19,7 @@ from minirs.kernels.cuda.launch import kernels
 from minirs.kernels.cuda.norm import _block_sum
 from minirs.kernels.cuda.quantize import GEMV_MAX_N, gemv_input
 
-ATT_WARPS = 16  # most warps per block in attention (CudaBackend.attention picks: decode att_warps, prefill 4-8)
+ATT_WARPS = 16  # most warps per block in attention (launch_attention picks: decode `warps`, prefill 4-8)
 ATT_CHUNK = 32  # fewest keys per block in split (flash-decoding) attention
 ATT_DECODE_WARPS = 4  # warps per block of decode attention (bench/gpu_check.py: 4 beat 8 and 16 at ctx 128-4096)
 ATT_SPLITS = 32  # most blocks per (token, head) in split attention (attn_combine takes one chunk per lane)
