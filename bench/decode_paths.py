@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run(path: Path) -> dict[str, np.ndarray]:
     from minirs.generate import Generator
-    from minirs.kernels.cuda import CudaBackend
+    from minirs.kernels.cuda.backend import CudaBackend
     from minirs.kv_cache import KVCache
     from minirs.load import load_model
     be = CudaBackend()

@@ -70,19 +70,20 @@ def graph_time(stream, fn, reps=20) -> float:
 
 def _weights(qt, n_out, n_in, rng, copies=3):
     from minirs.formats.model_file import Tensor
-    from minirs.kernels.cuda_weights import GMatrix
+    from minirs.kernels.cuda.weights import GMatrix
     from minirs.models.synthetic import random_tensor_bytes
     return [GMatrix.from_tensor(Tensor("w", qt, (n_out, n_in), random_tensor_bytes(qt, (n_out, n_in), rng)
                                        .reshape(-1))) for _ in range(copies)]
 
 
 def gemv_sweep():
-    """The quantized GEMV for several block shapes (nw warps x tt tokens per block, cuda_matmul.gemv_kernels) on
-    the shapes of the presets' matrices; the model uses nw = cuda_matmul.gemv_warps(w) and tt = 1 for
+    """The quantized GEMV for several block shapes (nw warps x tt tokens per block, mmvq.gemv_kernels) on
+    the shapes of the presets' matrices; the model uses nw = mmvq.gemv_warps(w) and tt = 1 for
     one token, TT for more. Weight copies rotate past the L2 cache."""
     import cupy as cp
-    from minirs.kernels import cuda_matmul as cm
-    from minirs.kernels.cuda import CudaBackend
+    from minirs.kernels.cuda import mmvq
+    from minirs.kernels.cuda.backend import CudaBackend
+    from minirs.kernels.cuda.quantize import quantize
     be = CudaBackend()
     rng = np.random.default_rng(0)
     shapes = [("Q4_0", 6144, 4096), ("Q4_0", 4096, 4096), ("Q4_0", 28672, 4096), ("Q4_0", 4096, 14336),
@@ -99,12 +100,12 @@ def gemv_sweep():
         log("| matrix | " + " | ".join(f"{nw}x{tt}" for nw, tt in vs) + " |")
         for qt, n_out, n_in in shapes:
             ws = _weights(qt, n_out, n_in, rng)
-            xq, xd, xs = cm.quantize(cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32)), be.nbs)
+            xq, xd, xs = quantize(cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32)), be.nbs)
             y = cp.empty((n, n_out), cp.float32)
             cells = []
             for nw, tt in vs:
                 t = graph_time(be.stream, _sweep_call(ws, nw, tt, (xq.view(cp.int64), xd, xs), y, be.nbs))
-                mark = "*" if nw == cm.gemv_warps(ws[0]) else ""
+                mark = "*" if nw == mmvq.gemv_warps(ws[0]) else ""
                 cells.append(f"{t:.1f}{mark}")
             log(f"| {qt} {n_out}x{n_in} | " + " | ".join(cells) + " |")
             ws = None
@@ -119,29 +120,29 @@ MMA_SHAPES = [("Q4_0", 6144, 4096), ("Q4_0", 4096, 4096), ("Q4_0", 28672, 4096),
 
 
 def mma_timings():
-    """Replayed us of the dp4a and the tensor-core GEMV (cuda_mma) for 7B and SmolLM2 shapes and n tokens
-    (MMA_N, default 1,2,4,8,16,32), each given its input form; MMA_WAVE: values of cuda_mma.MMA_WAVE to time."""
+    """Replayed us of the dp4a and the tensor-core GEMV (cuda/mma.py) for 7B and SmolLM2 shapes and n tokens
+    (MMA_N, default 1,2,4,8,16,32), each given its input form; MMA_WAVE: values of mma.MMA_WAVE to time."""
     import cupy as cp
 
-    from minirs.kernels import cuda_matmul as cm
-    from minirs.kernels import cuda_mma
-    from minirs.kernels.cuda import CudaBackend
-    from minirs.kernels.cuda_mma import mma_splits
+    from minirs.kernels.cuda import matmul as cm
+    from minirs.kernels.cuda import mma
+    from minirs.kernels.cuda.backend import CudaBackend
+    from minirs.kernels.cuda.mma import mma_splits
+    from minirs.kernels.cuda.quantize import quantize, to_half
     be = CudaBackend()
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     rng = np.random.default_rng(0)
     ns = [int(v) for v in os.environ.get("MMA_N", "1,2,4,8,16,32").split(",")]
-    waves = [int(v) for v in os.environ.get("MMA_WAVE", str(cuda_mma.MMA_WAVE)).split(",")]
+    waves = [int(v) for v in os.environ.get("MMA_WAVE", str(mma.MMA_WAVE)).split(",")]
     log(f"# GEMV us, dp4a / tensor cores (K splits), n = {ns}, MMA_WAVE = {waves}")
     for (qt, n_out, n_in), wave in itertools.product(MMA_SHAPES, waves):
-        cuda_mma.MMA_WAVE = wave
+        mma.MMA_WAVE = wave
         ws = _weights(qt, n_out, n_in, rng)
         row = []
         for n in ns:
             x = cp.asarray(rng.standard_normal((n, n_in)).astype(np.float32))
-            xq = cm.quantize(x, be.nbs)
-            xh = cp.empty((n, n_in), cp.float16)  # the tensor cores' form, as the op before a GEMV writes it
-            cuda_mma.K["half_x"][-(-n * n_in // 256), 256, be.nbs](x, xh)
+            xq = quantize(x, be.nbs)
+            xh = to_half(x, be.nbs)  # the tensor cores' form, as the op before a GEMV writes it
             y = cp.empty((n, n_out), cp.float32)
             it = itertools.count()
             t = [graph_time(be.stream, lambda: cm._gemv(ws[next(it) % 3], x, f, y, be.nbs, False, cm._no_ep(), m))
@@ -156,7 +157,8 @@ def _sweep_call(ws, nw, tt, xquant, y, stream):
     import math
     import cupy as cp
     from numba import cuda
-    from minirs.kernels import cuda_matmul as cm
+    from minirs.kernels.cuda import mmvq as cm
+    from minirs.kernels.cuda.matmul import _no_ep
     it = iter(range(10**9))
     xq, xd, xs = xquant
     n, n_out = y.shape
@@ -169,7 +171,7 @@ def _sweep_call(ws, nw, tt, xquant, y, stream):
         _SWEEP_KERNELS[key] = cuda.jit(cm._GEMV_SIGS[f"gemv_{w0.family}"])(fn)
     kernel = _SWEEP_KERNELS[key]
 
-    ep = cm._no_ep()  # no attention epilogue
+    ep = _no_ep()  # no attention epilogue
 
     def call():
         w = ws[next(it) % len(ws)]
@@ -183,8 +185,9 @@ def _sweep_call(ws, nw, tt, xquant, y, stream):
 def micro_timings():
     """Kernel times replayed from a graph (launch cost excluded), 7B shapes, rotating weight copies past L2."""
     import cupy as cp
-    from minirs.kernels.cuda import CudaBackend
-    from minirs.kernels.cuda_matmul import gmatmul, quantize
+    from minirs.kernels.cuda.backend import CudaBackend
+    from minirs.kernels.cuda.matmul import gmatmul
+    from minirs.kernels.cuda.quantize import quantize
 
     be = CudaBackend()
     rng = np.random.default_rng(0)
@@ -238,8 +241,8 @@ def micro_timings():
                   lambda: be.attention(q, kc, kc, sl, ps, 0, 0.088, 0.0), ctx * hkv * d * 4)
     be.att_chunk, be.att_warps = chunk, warps
     # prefill pieces, 7B shapes, 512 tokens (eager, as prefill runs; events around 5 runs)
-    from minirs.kernels.cuda_blas import gemm_nt
-    from minirs.kernels.cuda_matmul import dequant_f16
+    from minirs.kernels.cuda.blas import gemm_nt
+    from minirs.kernels.cuda.dequant import dequant_f16
 
     def evtime(name, fn, reps=5):
         fn()
@@ -272,13 +275,13 @@ def micro_timings():
 
 
 def sample_timings():
-    """GPU sampling (cuda_sample's two kernels), replayed from a graph: vocabularies of SmolLM2 and Gemma-3, 1 and
+    """GPU sampling (cuda/sample.py's two kernels), replayed from a graph: vocabularies of SmolLM2 and Gemma-3, 1 and
     16 rows, top-k 40 + top-p 0.9, top-p 0.9 alone, no filter (temperature 0.8, logits ~ N(0, 3^2)); how many rows
     the GPU decided (the rest go to the host)."""
     import cupy as cp
 
-    from minirs.kernels import cuda_sample
-    from minirs.kernels.cuda import CudaBackend
+    from minirs.kernels.cuda.backend import CudaBackend
+    from minirs.kernels.cuda.sample import pack
 
     be = CudaBackend()
     rng = np.random.default_rng(0)
@@ -286,7 +289,7 @@ def sample_timings():
         if k and p == 1.0:
             continue
         x = cp.asarray(rng.standard_normal((n, V)).astype(np.float32) * 3)
-        prm = cp.asarray(cuda_sample.pack(np.full(n, 0.8), np.full(n, k), np.full(n, p), np.zeros(n), rng.random(n)))
+        prm = cp.asarray(pack(np.full(n, 0.8), np.full(n, k), np.full(n, p), np.zeros(n), rng.random(n)))
         us = graph_time(be.stream, lambda x=x, prm=prm: be.sample_ids(x, prm))
         decided = int((be.sample_ids(x, prm) >= 0).sum())
         log(f"time sample V={V} n={n} top_k {k} top_p {p}: {us:8.1f} us  ({decided} of {n} rows decided)")
@@ -296,7 +299,7 @@ def prefill_profile(folder: Path, preset: str):
     """Where a pp512 forward spends its time: whole forward, and by op (host timer after a sync per op)."""
     import time as _t
     from minirs.formats import load_model_file
-    from minirs.kernels.cuda import CudaBackend
+    from minirs.kernels.cuda.backend import CudaBackend
     from minirs.kv_cache import KVCache
     from minirs.load import load_model
 

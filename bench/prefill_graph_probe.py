@@ -4,7 +4,7 @@
 
 A design measurement, not a product path. Eager prefill is host-bound (Python issues every kernel and cuBLAS
 call). Here a chunk of n tokens from position 0 runs through the decode-graph machinery (CudaBackend.decode_step
-with n rows, so positions and slots are device buffers): the matmuls take the dequantize + cuda_blas path, which
+with n rows, so positions and slots are device buffers): the matmuls take the dequantize + cuda/blas.py path, which
 can be captured, and attention takes the attention kernel (a block per token and head) instead of the eager
 path's cuBLAS attention. Two things are patched for the probe: the graph returns the last row's logits only, as
 a prefill does (DecodeGraph._forward), and take_rows accepts that slice. Prints the eager forward and the graph
@@ -33,7 +33,7 @@ def _median_ms(fn, reps: int = 5) -> float:
 def probe(path: Path, ns) -> None:
     import cupy as cp
 
-    from minirs.kernels import cuda
+    from minirs.kernels.cuda import backend, graph
     from minirs.kv_cache import KVCache
     from minirs.load import load_model
 
@@ -42,8 +42,8 @@ def probe(path: Path, ns) -> None:
         self.be.join_side()
         return logits
 
-    cuda.DecodeGraph._forward = last_row_forward
-    be = cuda.CudaBackend()
+    graph.DecodeGraph._forward = last_row_forward
+    be = backend.CudaBackend()
     take = be.take_rows
     be.take_rows = lambda x, rows: cp.ascontiguousarray(x[rows]) if isinstance(rows, slice) else take(x, rows)
     model = load_model(path, backend=be)

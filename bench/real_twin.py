@@ -5,7 +5,7 @@
 
 Runs the procedure of the real-model tests (tests/helpers_real.py: one prefill, then 24 greedy tokens one decode
 step at a time, against tests/golden/logits_smollm2.npz) with the float32 CPU backend, with
-cuda_numerics.GpuNumericsCpu (the CPU backend with the CUDA backend's int8 / float16 roundings) and, with --cuda,
+cuda/numerics.GpuNumericsCpu (the CPU backend with the CUDA backend's int8 / float16 roundings) and, with --cuda,
 the CUDA backend. It prints two tables:
 
 - per prompt, the relative error of the last-position logits and where free-running greedy leaves the reference;
@@ -31,10 +31,10 @@ GREEDY_PROMPTS = 3
 
 def backends(cuda: bool):
     from minirs.kernels.cpu import CpuBackend
-    from minirs.kernels.cuda_numerics import GpuNumericsCpu
+    from minirs.kernels.cuda.numerics import GpuNumericsCpu
     out = [("CPU float32", CpuBackend()), ("CPU twin of the GPU", GpuNumericsCpu())]
     if cuda:
-        from minirs.kernels.cuda import CudaBackend
+        from minirs.kernels.cuda.backend import CudaBackend
         out.append(("CUDA", CudaBackend()))
     return out
 

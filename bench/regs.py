@@ -33,8 +33,11 @@ def regs(fn, sig) -> str:
 
 
 def main(subs):
-    from minirs.kernels import cuda_matmul, cuda_mma, cuda_ops, cuda_sample
-    for mod in (cuda_matmul, cuda_mma, cuda_ops, cuda_sample):
+    import importlib
+
+    import minirs.kernels.cuda as pkg
+    files = sorted(p.stem for p in Path(pkg.__file__).parent.glob("*.py") if "\nSIGS" in p.read_text())
+    for mod in (importlib.import_module(f"minirs.kernels.cuda.{name}") for name in files):  # the kernel files
         for fn, sigs in mod.SIGS.items():
             if subs and not any(s in fn.__name__ for s in subs):
                 continue

@@ -3,7 +3,7 @@ models (SmolLM2 and Gemma-3 shapes) on the GPU against the CPU path. Skips clean
 
 The quantized GEMVs quantize x to int8 per 32-block (as llama.cpp does), so they match the float twin to ~1e-2
 relative; the rest match to float32 rounding. Whole models are compared with the CPU path that rounds as the GPU
-does (kernels/cuda_numerics.py), since a random-weight model amplifies the int8 error a hundredfold on some
+does (kernels/cuda/numerics.py), since a random-weight model amplifies the int8 error a hundredfold on some
 tokens. bench/gpu_check.py runs the same checks with timings.
 """
 
@@ -24,7 +24,7 @@ def rel(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def be():
-    from minirs.kernels.cuda import CudaBackend
+    from minirs.kernels.cuda.backend import CudaBackend
     return CudaBackend()
 
 
@@ -48,12 +48,12 @@ def test_matmul_and_embed_match_twin(be, qtype):
 
 
 def test_cublas_gemm_writes_float32_and_accumulates(be):
-    """cuda_blas.gemm_nt (the prefill GEMM): float16 inputs, float32 sums and a float32 result, not one rounded to
+    """blas.gemm_nt (the prefill GEMM): float16 inputs, float32 sums and a float32 result, not one rounded to
     float16 (that would be ~1e-4 off), and += with accumulate, also replayed from a CUDA graph; other dtypes and
     strided arrays are refused."""
     import cupy as cp
 
-    from minirs.kernels.cuda_blas import gemm_nt
+    from minirs.kernels.cuda.blas import gemm_nt
     rng = np.random.default_rng()
     x = rng.standard_normal((70, 576)).astype(np.float16)
     w = rng.standard_normal((300, 576)).astype(np.float16)
@@ -99,7 +99,7 @@ def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in, mma_min_n):
     dp4a GEMVs and with the tensor-core ones."""
     import cupy as cp
     from minirs.formats.model_file import Tensor
-    from minirs.kernels.cuda_matmul import GEMV_MAX_N
+    from minirs.kernels.cuda.quantize import GEMV_MAX_N
     from minirs.models.synthetic import random_tensor_bytes
     rng = np.random.default_rng()
     w = be.matrix(Tensor("w", qtype, (72, n_in), random_tensor_bytes(qtype, (72, n_in), rng).reshape(-1)))
@@ -111,7 +111,7 @@ def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in, mma_min_n):
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 def test_tensor_core_gemv_matches_twin(be, qtype):
-    """The tensor-core GEMV (cuda_mma: W dequantized to float16 in registers, x in float16) against the float
+    """The tensor-core GEMV (kernels/cuda/mma.py: W dequantized to float16 in registers, x in float16) against the float
     twin from the gguf dequantizer. For the legacy 32-block types each element of W is the float16 rounding of the
     twin's, so with W and x both rounded to float16 the products match up to float32 summation order (1e-5);
     the k-quants' block scales are rounded to float16 at load time, hence the looser bound against the exact twin
@@ -121,7 +121,7 @@ def test_tensor_core_gemv_matches_twin(be, qtype):
     import cupy as cp
     from minirs.formats.model_file import Tensor
     from minirs.formats.quants import dequantize
-    from minirs.kernels import cuda_matmul as cm
+    from minirs.kernels.cuda import matmul as cm
     from minirs.models.synthetic import random_tensor_bytes
     rng = np.random.default_rng()
     short = 576 if qtype[-1] != "K" else 768  # k-quants: whole 256-blocks
@@ -171,10 +171,10 @@ def test_elementwise_ops_match_twins(be):
 
 
 def _assert_gemv_form(form, x):
-    """The GEMV form a fused kernel wrote (cuda_matmul.gemv_input) matches its float output x: the int8 form
-    (xq, xd, xs) as cuda_numerics.quantize_x makes it, or the tensor cores' float16 with each 4 elements stored as
+    """The GEMV form a fused kernel wrote (quantize.gemv_input) matches its float output x: the int8 form
+    (xq, xd, xs) as numerics.quantize_x makes it, or the tensor cores' float16 with each 4 elements stored as
     (x0, x2, x1, x3)."""
-    from minirs.kernels.cuda_numerics import quantize_x
+    from minirs.kernels.cuda.numerics import quantize_x
     if not isinstance(form, tuple):
         x16 = np.clip(x, -65504, 65504).astype(np.float16)  # clamped, not inf
         want = x16.reshape(x.shape[0], -1, 4)[:, :, [0, 2, 1, 3]].reshape(x.shape)
@@ -355,12 +355,12 @@ def test_fused_qkv_projection(be, qtype, rot, n, mma_min_n):
 def test_model_on_gpu_matches_cpu(be, preset, tmp_path):
     """Teacher-forced on the CPU's greedy tokens, the GPU's distance from the float32 CPU must be of the size the
     CPU twin with the GPU's roundings shows (int8 rounding is chaotic, so they are two draws of one error, not
-    equal: cuda_numerics); greedy argmax must agree wherever the CPU's top-2 margin exceeds twice the design
+    equal: kernels/cuda/numerics.py); greedy argmax must agree wherever the CPU's top-2 margin exceeds twice the design
     error (the twin's distance from the CPU): elsewhere a near-tie may flip and prove nothing."""
     from minirs.formats import load_model_file
     from minirs.generate import Generator
     from minirs.kernels.cpu import CpuBackend
-    from minirs.kernels.cuda_numerics import GpuNumericsCpu
+    from minirs.kernels.cuda.numerics import GpuNumericsCpu
     from minirs.load import load_model
     from minirs.models.synthetic import write_random_gguf
     from minirs.sampling import SamplingParams
@@ -459,7 +459,7 @@ def test_attention_small_head_dim(be, d):
 
 
 def test_decode_step_samples_on_the_device(be, tmp_path):
-    """decode_step(sample=...) draws each row on the GPU (cuda_sample) exactly as the host sampler draws from the
+    """decode_step(sample=...) draws each row on the GPU (cuda/sample.py) exactly as the host sampler draws from the
     same step's logits: temperature, top-k, top-p, min-p and the coin, row by row (49152-token vocabulary); rows
     the GPU leaves undecided (top_k > C) are drawn on the host."""
     import cupy as cp
@@ -481,7 +481,7 @@ def test_decode_step_samples_on_the_device(be, tmp_path):
 
 
 # The real SmolLM2 on the GPU against transformers (the golden of test_models_real.py, with its procedure:
-# helpers_real). The GPU's roundings by design (cuda_numerics: int8 x in the GEMVs, float16 in cuBLAS and the KV
+# helpers_real). The GPU's roundings by design (cuda/numerics.py: int8 x in the GEMVs, float16 in cuBLAS and the KV
 # cache) put the CPU twin with those roundings 9.9e-3 .. 4.5e-2 (max |error| / max |logit|) from the reference on
 # these prompts, and move its greedy margins, teacher-forced on the reference's tokens, by up to 0.57 over the 72
 # steps (`python bench/real_twin.py`). A greedy step the reference takes by a margin above REAL_MARGIN_TOL must

@@ -29,9 +29,20 @@ def _nvvm_ok() -> bool:
 pytestmark = pytest.mark.skipif(not _nvvm_ok(), reason="numba.cuda.compile_ptx needs NVVM: pip install 'numba-cuda[cu12]'")
 
 
+# The op-family files of minirs/kernels/cuda/ that hold kernels (each has SIGS and K = kernels(SIGS)), and how many
+# (kernel, signature) pairs they compile in all: a kernel that leaves SIGS, or a family file missing here, fails.
+FAMILIES = ("quantize", "norm", "rope", "activation", "attention", "mmvq", "mma", "mmv_float", "dequant", "moe",
+            "argmax", "prefetch", "sample")
+N_KERNELS = 109
+
+
+def _families():
+    import importlib
+    return [importlib.import_module(f"minirs.kernels.cuda.{name}") for name in FAMILIES]
+
+
 def _all_kernels():
-    from minirs.kernels import cuda_matmul, cuda_mma, cuda_ops, cuda_sample
-    for mod in (cuda_ops, cuda_matmul, cuda_mma, cuda_sample):
+    for mod in _families():
         for fn, sigs in mod.SIGS.items():
             for sig in sigs:
                 yield pytest.param(fn, sig, id=f"{fn.__name__}:{sig[5:40]}")
@@ -86,11 +97,11 @@ def before_wait(ptx: str) -> list[str]:
 @pytest.mark.parametrize("fn,sig", list(_all_kernels()))
 def test_kernel_compiles_for_sm90(fn, sig):
     """Every kernel compiles for sm_90, and on every path waits for the kernel before it (programmatic dependent
-    launch: cuda_intrinsics.wait_prior_kernel) before it touches device memory or returns: with PDL it may start
+    launch: intrinsics.wait_prior_kernel) before it touches device memory or returns: with PDL it may start
     while that kernel still runs."""
     from numba import cuda
 
-    from minirs.kernels.cuda_launch import dependent_launch
+    from minirs.kernels.cuda.launch import dependent_launch
     ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
     assert ".entry" in ptx and "sm_90" in ptx
     if dependent_launch():  # (off: a GPU without PDL here, or MINIRS_PDL=0)
@@ -104,8 +115,8 @@ def test_before_wait_follows_control_flow():
     whose body the compiler places after the wait), a load in a branch, a return before the wait."""
     from numba import cuda
 
-    from minirs.kernels.cuda_intrinsics import wait_prior_kernel
-    from minirs.kernels.cuda_launch import dependent_launch
+    from minirs.kernels.cuda.intrinsics import wait_prior_kernel
+    from minirs.kernels.cuda.launch import dependent_launch
     if not dependent_launch():
         pytest.skip("dependent launch is off here")
 
@@ -139,7 +150,13 @@ def test_before_wait_follows_control_flow():
 
 
 def test_every_kernel_has_a_signature():
-    """A kernel added to K without a CI signature would escape this test."""
-    from minirs.kernels import cuda_matmul, cuda_mma, cuda_ops, cuda_sample
-    for mod in (cuda_ops, cuda_matmul, cuda_mma, cuda_sample):
+    """A kernel added to K without a CI signature would escape this test; so would a kernel file not in
+    FAMILIES, or a kernel that left SIGS (N_KERNELS)."""
+    import pathlib
+
+    import minirs.kernels.cuda as pkg
+    for mod in _families():
         assert set(mod.K) == {f.__name__ for f in mod.SIGS}
+    assert sum(len(sigs) for mod in _families() for sigs in mod.SIGS.values()) == N_KERNELS
+    with_kernels = {p.stem for p in pathlib.Path(pkg.__file__).parent.glob("*.py") if "\nSIGS" in p.read_text()}
+    assert with_kernels == set(FAMILIES)

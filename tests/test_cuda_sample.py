@@ -1,4 +1,4 @@
-"""GPU sampling (kernels/cuda_sample.py) against the host sampler it replaces (minirs.sampling.sample_plain): the
+"""GPU sampling (kernels/cuda/sample.py) against the host sampler it replaces (minirs.sampling.sample_plain): the
 same token for the same logits, parameters and coin, or -1 (the host decides) only where the kernels may say so.
 Runs in the CUDA simulator (small SLICE and C, no GPU needed) and, where there is one, on the GPU."""
 
@@ -34,7 +34,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
                 self._allocations[key] = np.empty(shape, dt)
             return self._allocations[key]
     kernelapi.FakeCUDAShared.array = _locked_array
-from minirs.kernels import cuda_sample as cs
+from minirs.kernels.cuda import sample as cs
 from minirs.sampling import sample_plain
 
 rng = np.random.default_rng(int(sys.argv[1]))

@@ -5,7 +5,7 @@ one scale (and offset) per 32-group, or q8 int8 elements with one per 16-group; 
 m and h None when the type has none. Every block layout is written next to its decoder. The same code runs on
 the GPU (xp=cupy, rows uploaded raw: a 7B Q4_K loads in seconds) and on the host (xp=numpy), where the CPU
 matmul (kernels/cpu/weights.py) uses it too before tiling the rows its own way.
-(The legacy 32-block types are re-laid out on the GPU too, in cuda_weights.GMatrix.from_tensor.)
+(The legacy 32-block types are re-laid out on the GPU too, in kernels/cuda/weights.GMatrix.from_tensor.)
 """
 
 import numpy as np

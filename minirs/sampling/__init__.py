@@ -168,7 +168,7 @@ def draw(probs: np.ndarray, coin: float) -> int:
 
 def sample_plain(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float, coin: float) -> int:
     """The draw of sample_token for raw logits (vocab,) with temperature > 0 and no bias or penalties: what the GPU's
-    sampler (kernels/cuda_sample.py) computes, and its fallback. Probabilities are exp((z - max z) / T)."""
+    sampler (kernels/cuda/sample.py) computes, and its fallback. Probabilities are exp((z - max z) / T)."""
     z = shift_scale(*finite_logits(logits), float(temperature))
     return draw(filter_probs(softmax(z), int(top_k), float(top_p), float(min_p), z), float(coin))
 

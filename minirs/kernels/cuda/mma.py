@@ -1,9 +1,9 @@
 """Batched decode GEMVs on the float16 tensor cores: y = x @ W.T for 2 to GEMV_MAX_N tokens, W quantized (the q4 / q5
-and q8 families of cuda_matmul), x in float16 (written by the op before the GEMV, cuda_matmul.gemv_input, or else
+and q8 families of matmul.py), x in float16 (written by the op before the GEMV, quantize.gemv_input, or else
 by half_x).
 
-The dp4a GEMVs (cuda_matmul) pay ~15 instructions per (row, 32-block, token), so 16 tokens cost ~5-15x one token.
-`mma.sync.aligned.m16n8k16` (cuda_intrinsics.mma_f16) multiplies a 16 x 16 float16 tile of W by a 16 x 8 tile of
+The dp4a GEMVs (mmvq) pay ~15 instructions per (row, 32-block, token), so 16 tokens cost ~5-15x one token.
+`mma.sync.aligned.m16n8k16` (intrinsics.mma_f16) multiplies a 16 x 16 float16 tile of W by a 16 x 8 tile of
 x and adds it to 16 x 8 float32 sums in one warp instruction. Each lane dequantizes its share of W to float16 once,
      w = d * (q - off) + m       (d, m: the block's scale and offset; off: 8 / 16 for Q4_0 / Q5_0, else 0)
 and the accumulators stay in the tensor cores' float32 across all of K: the work per 32-block of 16 rows is fixed
@@ -31,7 +31,7 @@ per chunk it only adds offsets (index arithmetic redone per chunk was a third of
 and tokens are padded so that a fragment read hits distinct banks, and shared-memory offsets are uint64, so that
 base + constant folds into each load. Small matrices split K over gridDim.y blocks (mma_splits, up to one wave of
 MMA_WAVE blocks per SM), each summing a contiguous span of whole chunks (split_span) and writing its partial sums;
-the last block of a row group to finish (a threadfence and an atomic count, as cuda_ops' split attention) adds them
+the last block of a row group to finish (a threadfence and an atomic count, as attention.py's split attention) adds them
 in split order and writes y. The order never depends on which block finishes last.
 
 A row's value depends only on its row of W and its token of x, never on n, on the other tokens or on the row's
@@ -40,24 +40,24 @@ So batched rows are bit-identical to the row computed alone by this kernel. They
 int8 there, float16 here), which is why the scheduler's row_invariant mode keeps dp4a for every n
 (CudaBackend.batch_invariant). Needs an even number of 32-blocks per row (the 4- and 8-byte copies of scales).
 
-Replayed on an H100 (bench/gpu_check.py --mma, us, dp4a -> tensor cores, 16 tokens): 7B Q4_0 q/k/v 6144x4096
-48.5 -> 15.1, 4096x4096 35.1 -> 15.5, gate/up 28672x4096 167.5 -> 39.5, down 4096x14336 97.0 -> 26.2, Q6_K output
-32000x4096 211.1 -> 67.1; at 4 tokens 16.4 -> 14.2 (6144x4096) and 54.4 -> 34.7 (28672x4096).
+On an H100 at 16 tokens it is 2.3-4.2x the dp4a GEMVs on 7B shapes (bench/gpu_check.py --mma; BENCHMARKS.md,
+session 7, has the table).
 """
 
 from numba import cuda, float32, int32, uint16, uint32, uint64
 
-from minirs.kernels import cuda_matmul as cm
-from minirs.kernels.cuda_intrinsics import addr_of, cp_async, cp_async_commit, cp_async_wait0, cp_async_wait1, h2fma, \
+from minirs.kernels.cuda.intrinsics import addr_of, cp_async, cp_async_commit, cp_async_wait0, cp_async_wait1, h2fma, \
     h2sub, ld_volatile, mma_f16, shared_addr, wait_prior_kernel
-from minirs.kernels.cuda_launch import kernels
+from minirs.kernels.cuda.launch import kernels
+from minirs.kernels.cuda.mmvq import Q8_FLAVOURS, Q45_FLAVOURS, _put
+from minirs.kernels.cuda.quantize import to_half
+from minirs.kernels.cuda.rope import EP_SIG, attn_put
 
 MW = 4  # warps per block
 BR = 16 * MW  # rows per block
 NT = 128  # threads per block
-MMA_GROUPS = (2, 4)  # token groups of 8 per kernel: n <= 16, n <= 32 (= cuda_matmul.GEMV_MAX_N)
+MMA_GROUPS = (2, 4)  # token groups of 8 per kernel: n <= 16, n <= 32 (= quantize.GEMV_MAX_N)
 SMEM_MAX = 48 * 1024  # static shared memory per block
-HALF_X_THREADS = 256
 MMA_WAVE = 4  # resident blocks per SM (shared memory; bench/gpu_check.py --mma times other values)
 
 LO2 = uint32(0x000F000F)  # nibble 0 of each 16-bit half of a word
@@ -138,25 +138,13 @@ def _q8_pairs(w):
     return (u & BYTE2) | F1024, ((u >> uint32(8)) & BYTE2) | F1024
 
 
-def half_x(x, xh):
-    """xh = x (n, k) in float16, clamped to its range, each 4 elements stored as (x0, x2, x1, x3) (the fragment
-    order of gemv_mma's B; cuda_matmul.half_pos). A thread per element. For inputs whose producer did not write
-    this form itself (cuda_matmul.gemv_input)."""
-    wait_prior_kernel()
-    i = cuda.grid(1)
-    k = x.shape[1]
-    if i < x.shape[0] * k:
-        t, j = i // k, i % k
-        xh[t, cm.half_pos(j)] = cm.half_clamped(x[t, j])
-
-
 for _f in (_pair, _deq, _q4_pairs, _q8_pairs, split_span):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 
 
 def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
     """The tensor-core GEMV for up to 8 * mg tokens and one weight flavour: q45 (f1: has_h, q5 fifth bits) or q8
-    (f1: g16, groups of 16); has_m: group offsets. Flags are compile-time (as cuda_matmul.gemv_kernels). Returns
+    (f1: g16, groups of 16); has_m: group offsets. Flags are compile-time (as mmvq.gemv_kernels). Returns
     a plain Python kernel."""
     has_h = q45 and f1
     g16 = (not q45) and f1
@@ -292,7 +280,7 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
 
     def finish(acc, y, scratch, count, n, add, ep):
         """With one split, acc is the result; with several, write acc to scratch[s], and the row group's last
-        block adds scratch[0..S-1] in order. Then y (+)= it, or the q/k/v epilogue (cuda_matmul.attn_put) with
+        block adds scratch[0..S-1] in order. Then y (+)= it, or the q/k/v epilogue (rope.attn_put) with
         the RoPE partner row r ^ 1 from lane ^ 4."""
         lane = cuda.threadIdx.x & 31
         row0 = cuda.blockIdx.x * BR + (cuda.threadIdx.x >> 5) * 16 + (lane >> 2)
@@ -335,9 +323,9 @@ def mma_kernel(mg: int, q45: bool, f1: bool, has_m: bool):
                 r = row0 + 8 * (i >> 1)
                 if t < n and r < rows:
                     if nk > 0:
-                        cm.attn_put(y, t, r, v, vp, ep)
+                        attn_put(y, t, r, v, vp, ep)
                     else:
-                        cm._put(y, t, r, v, add)
+                        _put(y, t, r, v, add)
 
     copies = cuda.jit(device=True, inline=True)(copies)
     issue = cuda.jit(device=True, inline=True)(issue)
@@ -392,12 +380,11 @@ def mma_name(w, mg: int) -> str:
 
 _A = "[:, ::1]"
 SIG = (f"void(int64{_A}, uint32{_A}, float16{_A}, float16{_A}, int64{_A}, float32{_A}, int32, boolean, "
-       f"float32[:, :, ::1], int32[::1], {cm._EP})")
+       f"float32[:, :, ::1], int32[::1], {EP_SIG})")
 SIGS = {mma_kernel(mg, q45, f1, hm): [SIG] for mg in MMA_GROUPS
-        for q45, flavours in ((True, cm.Q45_FLAVOURS), (False, cm.Q8_FLAVOURS)) for f1, hm in flavours}
+        for q45, flavours in ((True, Q45_FLAVOURS), (False, Q8_FLAVOURS)) for f1, hm in flavours}
 assert all(_layout(mg, q45, f1, hm)["bytes"] <= SMEM_MAX for mg in MMA_GROUPS
-           for q45, flavours in ((True, cm.Q45_FLAVOURS), (False, cm.Q8_FLAVOURS)) for f1, hm in flavours)
-SIGS[half_x] = [f"void(float32[:, :], float16{_A})"]
+           for q45, flavours in ((True, Q45_FLAVOURS), (False, Q8_FLAVOURS)) for f1, hm in flavours)
 K = kernels(SIGS)
 
 _SCRATCH = {}  # (stream, rows, splits) -> (scratch, count): the split-K partial sums and the row groups' counters
@@ -406,15 +393,14 @@ _SMS = []
 
 def gemv_mma(w, x, xh, y, stream, add: bool, ep) -> None:
     """y (n, rows) (+)= x @ W.T on the tensor cores, x (n, n_in) float32 and xh its float16 form (None: made here
-    by half_x); ep: the q/k/v epilogue's arguments, as cuda_matmul._gemv. For the shapes of
-    cuda_matmul.on_tensor_cores (an even number of 32-blocks per row)."""
+    by half_x); ep: the q/k/v epilogue's arguments, as matmul._gemv. For the shapes of
+    matmul.on_tensor_cores (an even number of 32-blocks per row)."""
     import cupy as cp
     n = y.shape[0]
     assert (w.n_in // 32) % 2 == 0, w.n_in
     mg = next(g for g in MMA_GROUPS if 8 * g >= n)
     if xh is None:
-        xh = cp.empty((n, w.n_in), cp.float16)
-        K["half_x"][-(-n * w.n_in // HALF_X_THREADS), HALF_X_THREADS, stream](x, xh)
+        xh = to_half(x, stream)
     if not _SMS:
         _SMS.append(cp.cuda.Device().attributes["MultiProcessorCount"])
     S = mma_splits(w.n_out, w.n_in, _SMS[0])

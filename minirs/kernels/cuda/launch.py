@@ -14,7 +14,7 @@ matching overload) goes through the dispatcher as usual, so the result is always
 data.
 
 On sm_90+ every fast launch asks for programmatic dependent launch (dependent_launch): the kernel may start while
-the previous one in the stream still runs, and waits for it inside (cuda_intrinsics.wait_prior_kernel).
+the previous one in the stream still runs, and waits for it inside (intrinsics.wait_prior_kernel).
 """
 
 import ctypes
@@ -110,7 +110,7 @@ def _config(grid, block, pdl: bool):
 @functools.cache
 def dependent_launch() -> bool:
     """Launch kernels with programmatic dependent launch (PDL): a kernel may start while the one before it in the
-    stream still runs, and waits for it inside (cuda_intrinsics.wait_prior_kernel, which every kernel calls
+    stream still runs, and waits for it inside (intrinsics.wait_prior_kernel, which every kernel calls
     first). On for GPUs of compute capability 9.0+ with a cuda.core that can ask for it; MINIRS_PDL=0 turns it
     off. With no GPU (compile_ptx for sm_90, the CI check) the kernels are compiled with it."""
     if os.environ.get("MINIRS_PDL", "1") == "0" or not FAST:

@@ -35,8 +35,8 @@ import os
 import numpy as np
 from numba import cuda, float32, float64, int32
 
-from minirs.kernels.cuda_intrinsics import wait_prior_kernel
-from minirs.kernels.cuda_launch import kernels
+from minirs.kernels.cuda.intrinsics import wait_prior_kernel
+from minirs.kernels.cuda.launch import kernels
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 TH = 16 if SIM else 256  # threads of sample_slices (>= C)

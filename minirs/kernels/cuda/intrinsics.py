@@ -13,7 +13,7 @@ from llvmlite import ir
 from numba import float32, types
 from numba.cuda import cgutils
 
-from minirs.kernels.cuda_launch import dependent_launch
+from minirs.kernels.cuda.launch import dependent_launch
 
 try:
     from numba.cuda.extending import intrinsic
@@ -41,7 +41,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: 
 
     def mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
         raise RuntimeError("mma_f16 is a warp-wide tensor-core instruction: the CUDA simulator, which runs lanes "
-                           "one by one and has no warp shuffles, cannot run it (cuda_mma's kernels need a GPU)")
+                           "one by one and has no warp shuffles, cannot run it (mma.py's kernels need a GPU)")
 
     def _pair(v):
         return np.array([int(v) & 0xFFFFFFFF], np.uint32).view(np.float16)
@@ -57,7 +57,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the simulator runs Python: 
 
     def _no_addresses(*args):
         raise RuntimeError("raw device addresses (addr_of, shared_addr, cp_async) do not exist in the CUDA "
-                           "simulator, which runs Python (cuda_mma's kernels need a GPU)")
+                           "simulator, which runs Python (mma.py's kernels need a GPU)")
 
     addr_of = shared_addr = cp_async = _no_addresses
 
@@ -245,7 +245,7 @@ else:
 
     @intrinsic
     def wait_prior_kernel(typingctx):
-        """Programmatic dependent launch (PDL, sm_90+; cuda_launch.dependent_launch): wait until the kernel before
+        """Programmatic dependent launch (PDL, sm_90+; launch.dependent_launch): wait until the kernel before
         this one in the stream has finished and its writes are visible (griddepcontrol.wait), then let the kernel
         after this one start launching (griddepcontrol.launch_dependents). Every kernel calls it before it touches
         device memory (only weight prefetches may come first), so a kernel's blocks are placed on the SMs and start

@@ -1,5 +1,5 @@
 """The weights of the CUDA backend: GGML blocks re-laid out at load time into the GPU families the GEMVs and
-dequantizers of cuda_matmul read (its module docstring has the table), kept quantized on the GPU.
+dequantizers read (matmul.py's module docstring has the table), kept quantized on the GPU.
 
     w = GMatrix.from_tensor(tensor)       # once per weight: upload, re-lay the blocks out for coalesced reads
     ex = GExperts.from_tensor(t3)         # MoE: the stacked experts (n_exp, n_out, n_in), one GMatrix of rows

@@ -19,11 +19,11 @@ import numpy as np
 
 from minirs.kernels.cpu import CpuBackend
 
-GEMV_MAX_N = 32  # as cuda_matmul.GEMV_MAX_N
+GEMV_MAX_N = 32  # as quantize.GEMV_MAX_N
 
 
 def quantize_x(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The twin of cuda_matmul.quantize_x: x (n, k) -> xq (n, k) int8 = rint(x / d), d (n, k/32) = max|x| / 127
+    """The twin of quantize.quantize_x: x (n, k) -> xq (n, k) int8 = rint(x / d), d (n, k/32) = max|x| / 127
     per 32-block (float32 math, round half to even), xs (n, k/16) int32 sums of xq per 16."""
     n, k = x.shape
     xb = np.asarray(x, np.float32).reshape(n, k // 32, 32)

@@ -2,7 +2,7 @@
 
     gemm_nt(x16, w16, out, accumulate)   # out (n, m) float32 = (or +=) x16 (n, k) @ w16 (m, k).T
 
-Prefill multiplies x by W dequantized to float16 (cuda_matmul.dequant_f16). `cupy.matmul` on two float16 arrays
+Prefill multiplies x by W dequantized to float16 (dequant.dequant_f16). `cupy.matmul` on two float16 arrays
 writes float16, so its product was rounded to float16 and took one more pass to become float32, and one more to
 be added into the residual stream. cublasGemmEx takes float16 A and B, accumulates in float32 and writes float32
 C, with C = A B + beta C adding in place. So one call does what three passes did, and the product is not rounded.
