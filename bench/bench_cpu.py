@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=256, help="prefill chunk size (default 256)")
     args = ap.parse_args(argv)
 
-    from minirs.fetch import smollm2_path
     from minirs.engine.kv_cache import KVCache
+    from minirs.fetch import smollm2_path
     from minirs.load import load_model
 
     path = args.gguf or smollm2_path()

@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run(path: Path) -> dict[str, np.ndarray]:
+    from minirs.engine import ModelRunner
+    from minirs.engine.kv_cache import KVCache
     from minirs.generate import Generator
     from minirs.kernels.cuda.backend import CudaBackend
-    from minirs.kv_cache import KVCache
     from minirs.load import load_model
     be = CudaBackend()
     model = load_model(path, backend=be)
@@ -37,10 +38,10 @@ def run(path: Path) -> dict[str, np.ndarray]:
     out = {"prefill": gen.prefill([int(t) for t in rng.integers(0, vocab, 60)])}
     for i in range(6):
         out[f"decode_{i}"] = gen.decode((int(np.argmax(out["prefill"])) + i) % vocab, 60 + i)
-    cache = KVCache(model.config, be, 5, 64, 8)
+    runner = ModelRunner(model, KVCache(model.config, be, 6, 64, 8), spare_slot=5)  # 5 rows padded to 8
     toks, slots = rng.integers(0, vocab, 5), np.arange(5)
     for i in range(4):
-        out[f"batch_{i}"] = be.decode_step(model, cache, (toks + i) % vocab, slots, np.full(5, i))
+        out[f"batch_{i}"] = runner.decode((toks + i) % vocab, slots, np.full(5, i))
     return out
 
 

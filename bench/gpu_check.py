@@ -81,6 +81,7 @@ def gemv_sweep():
     the shapes of the presets' matrices; the model uses nw = mmvq.gemv_warps(w) and tt = 1 for
     one token, TT for more. Weight copies rotate past the L2 cache."""
     import cupy as cp
+
     from minirs.kernels.cuda import mmvq
     from minirs.kernels.cuda.backend import CudaBackend
     from minirs.kernels.cuda.quantize import quantize
@@ -155,8 +156,10 @@ def mma_timings():
 def _sweep_call(ws, nw, tt, xquant, y, stream):
     """A call of one GEMV variant that takes the next of the weight copies each time."""
     import math
+
     import cupy as cp
     from numba import cuda
+
     from minirs.kernels.cuda import mmvq as cm
     from minirs.kernels.cuda.matmul import _no_ep
     it = iter(range(10**9))
@@ -185,6 +188,7 @@ def _sweep_call(ws, nw, tt, xquant, y, stream):
 def micro_timings():
     """Kernel times replayed from a graph (launch cost excluded), 7B shapes, rotating weight copies past L2."""
     import cupy as cp
+
     from minirs.kernels.cuda.backend import CudaBackend
     from minirs.kernels.cuda.matmul import gmatmul
     from minirs.kernels.cuda.quantize import quantize
@@ -218,7 +222,7 @@ def micro_timings():
     inv = cp.asarray(1.0 / 10000.0 ** (np.arange(0, 128, 2) / 128))
     sl, ps = cp.zeros(1, cp.int64), cp.full(1, 100, cp.int64)
     timed("attn_inputs 32/8x128 (rope + cache write)",
-          lambda: be.attn_inputs(qkv[:, :4096], qkv[:, 4096:5120], qkv[:, 5120:], (None,) * 3, None, 1e-5, ps, inv,
+          lambda: be._attn_inputs(qkv[:, :4096], qkv[:, 4096:5120], qkv[:, 5120:], (None,) * 3, None, 1e-5, ps, inv,
                                  True, kc, kc, sl), 6144 * 8)
     wq = _weights("Q4_0", 6144, 4096, rng)
     xq1 = cp.asarray(rng.standard_normal((1, 4096)).astype(np.float32))
@@ -298,9 +302,10 @@ def sample_timings():
 def prefill_profile(folder: Path, preset: str):
     """Where a pp512 forward spends its time: whole forward, and by op (host timer after a sync per op)."""
     import time as _t
+
+    from minirs.engine.kv_cache import KVCache
     from minirs.formats import load_model_file
     from minirs.kernels.cuda.backend import CudaBackend
-    from minirs.kv_cache import KVCache
     from minirs.load import load_model
 
     be = CudaBackend()
@@ -335,9 +340,9 @@ def prefill_profile(folder: Path, preset: str):
 def batched_checks(folder: Path, presets, n_req: int = 16, max_tokens: int = 24):
     """The engine on the GPU: each request's greedy tokens (and logprobs) alone vs batched with the others
     (row_invariant: prefill chunks alone, decode rows through the bucketed CUDA graphs); must be identical."""
+    from minirs.engine import Engine, GenParams, Job
     from minirs.load import load_model
     from minirs.models.synthetic import write_random_gguf
-    from minirs.scheduler import Engine, GenParams, Job
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_batch import _Ids
 
@@ -374,6 +379,7 @@ def batch_bench(folder: Path, preset: str, n: int = 16, max_tokens: int = 64):
     import statistics
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_batch import PresetRunner, run_batch, time_split
+
     from minirs.load import load_model
     model = load_model(folder / f"{preset}.gguf", device="cuda")
     rows = []

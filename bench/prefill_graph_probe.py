@@ -3,11 +3,11 @@
     python bench/prefill_graph_probe.py [--preset smollm2-135m --preset gemma3-270m ...] [--n 128 --n 512]
 
 A design measurement, not a product path. Eager prefill is host-bound (Python issues every kernel and cuBLAS
-call). Here a chunk of n tokens from position 0 runs through the decode-graph machinery (CudaBackend.decode_step
+call). Here a chunk of n tokens from position 0 runs through the decode-graph machinery (backend.capture
 with n rows, so positions and slots are device buffers): the matmuls take the dequantize + cuda/blas.py path, which
 can be captured, and attention takes the attention kernel (a block per token and head) instead of the eager
-path's cuBLAS attention. Two things are patched for the probe: the graph returns the last row's logits only, as
-a prefill does (DecodeGraph._forward), and take_rows accepts that slice. Prints the eager forward and the graph
+path's cuBLAS attention. The captured function returns the last row's logits only, as a prefill does, and
+take_rows is patched to accept that slice. Prints the eager forward and the graph
 replay per chunk, and how far apart their last rows are (max |difference| / max |logit|).
 """
 
@@ -33,17 +33,11 @@ def _median_ms(fn, reps: int = 5) -> float:
 def probe(path: Path, ns) -> None:
     import cupy as cp
 
-    from minirs.kernels.cuda import backend, graph
-    from minirs.kv_cache import KVCache
+    from minirs.engine.kv_cache import KVCache
+    from minirs.kernels.cuda.backend import CudaBackend
     from minirs.load import load_model
 
-    def last_row_forward(self):
-        logits = self.model.forward(self.tok, self.slots, self.pos, self.cache, logit_rows=slice(self.n - 1, self.n))
-        self.be.join_side()
-        return logits
-
-    graph.DecodeGraph._forward = last_row_forward
-    be = backend.CudaBackend()
+    be = CudaBackend()
     take = be.take_rows
     be.take_rows = lambda x, rows: cp.ascontiguousarray(x[rows]) if isinstance(rows, slice) else take(x, rows)
     model = load_model(path, backend=be)
@@ -52,7 +46,8 @@ def probe(path: Path, ns) -> None:
 
 
 def _chunk(model, be, cache, n: int, name: str) -> None:
-    """One table row: a chunk of n tokens from position 0, eager and from the graph."""
+    """One table row: a chunk of n tokens from position 0, eager and from a captured graph (the chunk's forward
+    handed to backend.capture with its ids, slots and positions as device inputs, the last row's logits out)."""
     import cupy as cp
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, n)
     slots, pos = np.zeros(n, np.int64), np.arange(n, dtype=np.int64)
@@ -63,8 +58,11 @@ def _chunk(model, be, cache, n: int, name: str) -> None:
         return out
     ref = cp.asnumpy(eager()[0])  # compiles
     te = _median_ms(eager)
-    out = be.decode_step(model, cache, ids, slots, pos)  # runs once, captures
-    tg = _median_ms(lambda: be.decode_step(model, cache, ids, slots, pos))
+    step = be.capture(lambda inp: model.forward(inp[0], inp[1], inp[2], cache, logit_rows=slice(n - 1, n)),
+                      lambda out, inp: be.to_numpy(out), [np.zeros((3, n), np.int64)])
+    inputs = np.stack([ids, slots, pos])
+    out = step(inputs)  # runs once, captures
+    tg = _median_ms(lambda: step(inputs))
     diff = np.abs(out[-1] - ref).max() / np.abs(ref).max()
     print(f"| {name} | {n} | {te:.2f} | {n / te * 1e3:,.0f} | {tg:.2f} | {n / tg * 1e3:,.0f} | {diff:.1e} |", flush=True)
 

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def run(preset: str, ctx: int, folder: Path, batch: int = 1) -> None:
     import cupy as cp
 
-    from minirs.kv_cache import KVCache
+    from minirs.engine import ModelRunner
+    from minirs.engine.kv_cache import KVCache
     from minirs.load import load_model
     from minirs.models.synthetic import write_random_gguf
 
@@ -39,12 +40,14 @@ def run(preset: str, ctx: int, folder: Path, batch: int = 1) -> None:
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, ctx)
     for s in range(batch):
         model.forward(ids, np.full(ctx, s, np.int64), np.arange(ctx), cache, logit_rows=[ctx - 1])
+    runner = ModelRunner(model, cache)  # batch: a bucket size (no padding, no spare slot)
     args = (np.ones(batch, np.int64), np.arange(batch, dtype=np.int64), np.full(batch, ctx, np.int64))
+    greedy = [(0.0, 1, 1.0, 0.0, 0.0)] * batch
     for _ in range(3):  # eager run, capture, replay
-        be.decode_step(model, cache, *args, greedy=True)
+        runner.decode(*args, greedy)
     be.stream.synchronize()
     cp.cuda.runtime.profilerStart()
-    be.decode_step(model, cache, *args, greedy=True)
+    runner.decode(*args, greedy)
     be.stream.synchronize()
     cp.cuda.runtime.profilerStop()
 

@@ -10,6 +10,7 @@ tokens. bench/gpu_check.py runs the same checks with timings.
 import numpy as np
 import pytest
 
+from minirs.kernels.backend import Stack
 from minirs.load import cuda_available
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA GPU")]
@@ -31,6 +32,7 @@ def be():
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_matmul_and_embed_match_twin(be, qtype):
     import cupy as cp
+
     from minirs.formats.model_file import Tensor
     from minirs.formats.quants import dequantize
     from minirs.models.synthetic import random_tensor_bytes
@@ -98,6 +100,7 @@ def test_gemv_rows_do_not_depend_on_the_batch(be, qtype, n_in, mma_min_n):
     computed alone, for every batch size up to GEMV_MAX_N and both block shapes (short and long rows), with the
     dp4a GEMVs and with the tensor-core ones."""
     import cupy as cp
+
     from minirs.formats.model_file import Tensor
     from minirs.kernels.cuda.quantize import GEMV_MAX_N
     from minirs.models.synthetic import random_tensor_bytes
@@ -119,6 +122,7 @@ def test_tensor_core_gemv_matches_twin(be, qtype):
     768), long K (split over blocks); n: one token, partial and full groups of 8, up to GEMV_MAX_N; the
     accumulating form too."""
     import cupy as cp
+
     from minirs.formats.model_file import Tensor
     from minirs.formats.quants import dequantize
     from minirs.kernels.cuda import matmul as cm
@@ -144,23 +148,25 @@ def test_tensor_core_gemv_matches_twin(be, qtype):
 
 def test_elementwise_ops_match_twins(be):
     import cupy as cp
+
     from minirs.kernels import ref
+    from minirs.kernels.cuda.rope import launch_rope
     rng = np.random.default_rng()
     x = rng.standard_normal((7, 576)).astype(np.float32)
     w = (1 + 0.1 * rng.standard_normal(576)).astype(np.float32)
-    assert rel(cp.asnumpy(be.rmsnorm(cp.asarray(x), cp.asarray(w), 1e-5)), ref.rmsnorm(x, w, 1e-5)) < 1e-5
+    assert rel(cp.asnumpy(be.rmsnorm(cp.asarray(x), cp.asarray(w), 1e-5).x), ref.rmsnorm(x, w, 1e-5)) < 1e-5
     for neox in (False, True):
         q = rng.standard_normal((5, 4, 64)).astype(np.float32)
         pos = rng.integers(0, 30000, 5)
         inv = 1.0 / 10000.0 ** (np.arange(0, 64, 2) / 64)
         qd = cp.asarray(q)
-        be.rope_(qd, pos, cp.asarray(inv), neox)
+        launch_rope(qd, be._ix(pos), cp.asarray(inv), neox, be.nbs)
         assert rel(cp.asnumpy(qd), ref.rope(q, pos, inv, neox)) < 1e-5
     for act in ("silu", "gelu"):
         a, b = rng.standard_normal((2, 4, 1000)).astype(np.float32)
-        assert rel(cp.asnumpy(be.gated_act(cp.asarray(a), cp.asarray(b), act)), ref.gated_act(a, b, act)) < 1e-5
+        assert rel(cp.asnumpy(be.gated_act(cp.asarray(a), cp.asarray(b), act).x), ref.gated_act(a, b, act)) < 1e-5
         gu = cp.asarray(np.concatenate([a, b], axis=1))  # a fused gate_up output: gate and up are column views
-        assert rel(cp.asnumpy(be.gated_act(gu[:, :1000], gu[:, 1000:], act)), ref.gated_act(a, b, act)) < 1e-5
+        assert rel(cp.asnumpy(be.gated_act(gu[:, :1000], gu[:, 1000:], act).x), ref.gated_act(a, b, act)) < 1e-5
     for V in (7, 2048, 50000, 262144):  # one slice, exactly one, many; ties in and across slices; -inf rows
         logits = rng.standard_normal((5, V)).astype(np.float32)
         logits[1] = np.round(logits[1])  # many equal maxima
@@ -168,6 +174,11 @@ def test_elementwise_ops_match_twins(be):
         logits[3] = -np.inf
         logits[4, V // 2:] = np.inf
         assert np.array_equal(cp.asnumpy(be.argmax(cp.asarray(logits))), logits.argmax(-1)), V
+
+
+def _form(a):
+    """The GEMV form an op's Act carries: the int8 tuple, the float16 array, or None."""
+    return a.q if a.q is not None else a.h
 
 
 def _assert_gemv_form(form, x):
@@ -192,19 +203,20 @@ def test_fused_producers_write_the_gemv_form(be, mma_min_n):
     """rmsnorm, the gated activation and decode attention write their output's GEMV form too: int8 for dp4a,
     float16 for the tensor cores (mma_min_n)."""
     import cupy as cp
+
     from minirs.kernels import ref
     rng = np.random.default_rng()
     for d in (576, 640, 4096):
         x = rng.standard_normal((3, d)).astype(np.float32)
         w = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
         out = be.rmsnorm(cp.asarray(x), cp.asarray(w), 1e-6)
-        assert rel(out.get(), ref.rmsnorm(x, w, 1e-6)) < 1e-5
-        _assert_gemv_form(be._quant_of(out), out.get())
+        assert rel(out.x.get(), ref.rmsnorm(x, w, 1e-6)) < 1e-5
+        _assert_gemv_form(_form(out), out.x.get())
     a, b = rng.standard_normal((2, 2, 1536)).astype(np.float32)
     a[0, :3], b[0, :3] = 1e3, (1e3, -1e3, 10.0)  # outputs past float16's range, and one inside it
     out = be.gated_act(cp.asarray(a), cp.asarray(b), "silu")
-    assert rel(out.get(), ref.gated_act(a, b, "silu")) < 1e-5
-    _assert_gemv_form(be._quant_of(out), out.get())
+    assert rel(out.x.get(), ref.gated_act(a, b, "silu")) < 1e-5
+    _assert_gemv_form(_form(out), out.x.get())
     kc, vc = (cp.asarray(rng.standard_normal((2, 2, 64, 128)).astype(np.float16)) for _ in range(2))
     for n, chunk in ((1, 8), (5, 8), (5, 64)):  # split attention, and one block per (token, head)
         be.att_chunk, old = chunk, be.att_chunk
@@ -213,7 +225,7 @@ def test_fused_producers_write_the_gemv_form(be, mma_min_n):
                                np.arange(n) % 2, np.full(n, 40), 0, 0.1, 0.0)
         finally:
             be.att_chunk = old
-        _assert_gemv_form(be._quant_of(out.reshape(n, -1)), out.get().reshape(n, -1))
+        _assert_gemv_form(_form(out), out.x.get())
 
 
 @pytest.mark.parametrize("h,hkv,d,L,window,softcap", [(8, 2, 64, 64, 0, 0.0), (4, 1, 256, 40, 16, 0.0),
@@ -221,7 +233,9 @@ def test_fused_producers_write_the_gemv_form(be, mma_min_n):
 def test_kv_write_and_attention_match_twin(be, h, hkv, d, L, window, softcap):
     """6 tokens: split (flash-decoding) attention where the cache is longer than one chunk."""
     import cupy as cp
+
     from minirs.kernels import ref
+    from minirs.kernels.cuda.attention import launch_kv_write
     rng = np.random.default_rng()
     kc = rng.standard_normal((2, hkv, L, d)).astype(np.float16)
     vc = rng.standard_normal((2, hkv, L, d)).astype(np.float16)
@@ -231,7 +245,8 @@ def test_kv_write_and_attention_match_twin(be, h, hkv, d, L, window, softcap):
     q = rng.standard_normal((6, h, d)).astype(np.float32)
     k, v = rng.standard_normal((2, 6, hkv, d)).astype(np.float32)
     kcd, vcd = cp.asarray(kc), cp.asarray(vc)
-    be.kv_write(kcd, vcd, slots[first], pos[first], cp.asarray(k[first]), cp.asarray(v[first]))
+    launch_kv_write(kcd, vcd, be._ix(slots[first]), be._ix(pos[first]), cp.asarray(k[first]), cp.asarray(v[first]),
+                    be.nbs)
     for t in first:
         kc[slots[t], :, pos[t] % L], vc[slots[t], :, pos[t] % L] = k[t], v[t]
     assert np.array_equal(cp.asnumpy(kcd), kc)
@@ -239,22 +254,24 @@ def test_kv_write_and_attention_match_twin(be, h, hkv, d, L, window, softcap):
     chunk = be.att_chunk
     try:
         for be.att_chunk in (8, 32, 256):  # split over many blocks, a few, or one block per (token, head)
-            o = cp.asnumpy(be.attention(cp.asarray(q), kcd, vcd, slots, pos, window, 1 / np.sqrt(d), softcap))
+            a = be.attention(cp.asarray(q), kcd, vcd, slots, pos, window, 1 / np.sqrt(d), softcap)
+            o = cp.asnumpy(a.x).reshape(want.shape)
             assert rel(o, want) < 1e-4, be.att_chunk
-            _assert_gemv_form(be._xquant[3], o.reshape(6, -1))  # also o's form for Wo
+            _assert_gemv_form(_form(a), o.reshape(6, -1))  # also o's form for Wo
     finally:
         be.att_chunk = chunk
     for n in (12, 40):  # 12 tokens: the attention kernel; 40: cuBLAS per slot (the kernel where the ring wrapped)
         qp = rng.standard_normal((n, h, d)).astype(np.float32)
         sp, pp = np.resize(slots, n), np.resize(pos, n)
-        o = cp.asnumpy(be.attention(cp.asarray(qp), kcd, vcd, sp, pp, window, 1 / np.sqrt(d), softcap))
-        assert rel(o, ref.attention(qp, kc, vc, sp, pp, window, 1 / np.sqrt(d), softcap)) < 1e-4, n
+        o = cp.asnumpy(be.attention(cp.asarray(qp), kcd, vcd, sp, pp, window, 1 / np.sqrt(d), softcap).x)
+        assert rel(o.reshape(qp.shape), ref.attention(qp, kc, vc, sp, pp, window, 1 / np.sqrt(d), softcap)) < 1e-4, n
 
 
 def test_prefill_attention_gemm_one_sequence(be):
     """A 300-token prompt of one sequence after 20 cached tokens (the cuBLAS path's usual case: consecutive rows
     and positions), with a sliding window, against the twin."""
     import cupy as cp
+
     from minirs.kernels import ref
     rng = np.random.default_rng()
     h, hkv, d, L = 8, 2, 64, 400
@@ -264,7 +281,7 @@ def test_prefill_attention_gemm_one_sequence(be):
     slots, pos = np.full(300, 2), np.arange(20, 320)
     for window in (0, 64):
         o = be.attention(cp.asarray(q), cp.asarray(kc), cp.asarray(vc), slots, pos, window, 0.125, 0.0)
-        assert rel(o.get(), ref.attention(q, kc, vc, slots, pos, window, 0.125, 0.0)) < 1e-4, window
+        assert rel(o.x.get().reshape(q.shape), ref.attention(q, kc, vc, slots, pos, window, 0.125, 0.0)) < 1e-4, window
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "Q4_K", "Q6_K", "F16"])
@@ -272,6 +289,7 @@ def test_stacked_and_accumulating_matmuls(be, qtype):
     """stack_matrices (q/k/v -> qkv) gives each part's rows exactly, and matmul_add_ adds the product into the
     residual stream, in the GEMV and in the cuBLAS path."""
     import cupy as cp
+
     from minirs.formats.model_file import Tensor
     from minirs.models.synthetic import random_tensor_bytes
     rng = np.random.default_rng()
@@ -294,7 +312,22 @@ def test_stacked_and_accumulating_matmuls(be, qtype):
     other = "Q8_0" if qtype != "Q8_0" else "Q4_0"
     mixed = parts[:2] + [be.matrix(Tensor("w", other, (64, 512), random_tensor_bytes(other, (64, 512), rng)
                                           .reshape(-1)))]
-    assert be.stack_matrices(mixed) is None
+    assert isinstance(be.stack_matrices(mixed), Stack)
+
+
+def _attn_inputs_twin(q, k, v, biases, norms, eps, pos, inv, neox, kc, vc, slots):
+    """The NumPy statement of qkv_attn_inputs after the projection: biases, per-head q/k RMSNorm, RoPE, cache writes."""
+    from minirs.kernels import ref
+    n, d = q.shape[0], kc.shape[3]
+    if biases[0] is not None:
+        q, k, v = (ref.add_bias(a, b) for a, b in zip((q, k, v), biases))
+    q, k, v = q.reshape(n, -1, d), k.reshape(n, -1, d), v.reshape(n, -1, d)
+    if norms is not None:
+        q, k = ref.rmsnorm(q, norms[0], eps), ref.rmsnorm(k, norms[1], eps)
+    q, k = ref.rope(q, pos, inv, neox), ref.rope(k, pos, inv, neox)
+    for t in range(n):
+        kc[slots[t], :, pos[t] % kc.shape[2]], vc[slots[t], :, pos[t] % vc.shape[2]] = k[t], v[t]
+    return q
 
 
 @pytest.mark.parametrize("bias,norm,neox,rot", [(False, False, False, 64), (True, False, True, 64),
@@ -303,7 +336,6 @@ def test_attn_inputs_match_cpu(be, bias, norm, neox, rot):
     """The fused bias + q/k RMSNorm + RoPE + cache write kernel against the CPU backend's separate ops, with
     q/k/v as column views of one qkv output, and partial rotary dims (rot < head_dim, phi2)."""
     import cupy as cp
-    from minirs.kernels.cpu import CpuBackend
     rng = np.random.default_rng()
     n, h, hkv, d, L = 5, 8, 2, 64, 50
     qkv = rng.standard_normal((n, (h + 2 * hkv) * d)).astype(np.float32)
@@ -313,11 +345,11 @@ def test_attn_inputs_match_cpu(be, bias, norm, neox, rot):
     inv = 1.0 / 10000.0 ** (np.arange(0, rot, 2) / rot)
     slots, pos = np.array([0, 1, 1, 0, 1]), np.array([3, 7, 49, 60, 8])
     kc, vc = np.zeros((2, 2, hkv, L, d), np.float32)
-    ref_q = CpuBackend().attn_inputs(q, k, v, biases, norms, 1e-6, pos, inv, neox, kc, vc, slots)
+    ref_q = _attn_inputs_twin(q, k, v, biases, norms, 1e-6, pos, inv, neox, kc, vc, slots)
     g = cp.asarray(qkv)
     dev = lambda a: None if a is None else cp.asarray(a)  # noqa: E731
     kcd, vcd = cp.zeros((2, 2, hkv, L, d), cp.float16)
-    gq = be.attn_inputs(g[:, :h * d], g[:, h * d:(h + hkv) * d], g[:, (h + hkv) * d:], tuple(dev(b) for b in biases),
+    gq = be._attn_inputs(g[:, :h * d], g[:, h * d:(h + hkv) * d], g[:, (h + hkv) * d:], tuple(dev(b) for b in biases),
                         None if norms is None else tuple(dev(w) for w in norms), 1e-6, pos, cp.asarray(inv), neox,
                         kcd, vcd, slots)
     assert rel(gq.get(), ref_q) < 1e-5
@@ -330,6 +362,7 @@ def test_fused_qkv_projection(be, qtype, rot, n, mma_min_n):
     """The q/k/v GEMV whose epilogue rotates q and k and writes the caches (decode, llama family) against the
     plain GEMV followed by attn_inputs: the same sums, rotated by the same formula (partial rotary too)."""
     import cupy as cp
+
     from minirs.formats.model_file import Tensor
     from minirs.models.synthetic import random_tensor_bytes
     rng = np.random.default_rng()
@@ -343,7 +376,7 @@ def test_fused_qkv_projection(be, qtype, rot, n, mma_min_n):
     args = (h * d, hkv * d, (None,) * 3, None, 1e-6, pos, inv, False)
     fused = be.qkv_attn_inputs(w, x, *args, caches[0], caches[1], slots)
     qkv = be.matmul(w, x)
-    ref = be.attn_inputs(qkv[:, :h * d], qkv[:, h * d:(h + hkv) * d], qkv[:, (h + hkv) * d:], (None,) * 3, None,
+    ref = be._attn_inputs(qkv[:, :h * d], qkv[:, h * d:(h + hkv) * d], qkv[:, (h + hkv) * d:], (None,) * 3, None,
                          1e-6, pos, inv, False, caches[2], caches[3], slots)
     assert rel(fused.get(), ref.get()) < 1e-6
     assert rel(caches[0].get(), caches[2].get()) < 1e-3 and np.array_equal(caches[1].get(), caches[3].get())
@@ -391,26 +424,25 @@ def test_model_on_gpu_matches_cpu(be, preset, tmp_path):
 
 
 def test_phi2_qwen2_ops_match_twins(be):
-    """LayerNorm (with bias, and its form for the GEMVs), in-place bias (which drops a stale form), act."""
+    """LayerNorm (with bias, and its form for the GEMVs), in-place bias, act."""
     import cupy as cp
+
     from minirs.kernels import ref
     rng = np.random.default_rng()
     for n, d in ((3, 64), (5, 2560), (40, 96)):
         x = (rng.standard_normal((n, d)) + 2).astype(np.float32)
         w, b = (1 + 0.1 * rng.standard_normal((2, d))).astype(np.float32)
         out = be.layernorm(cp.asarray(x), cp.asarray(w), cp.asarray(b), 1e-5)
-        assert rel(out.get(), ref.layernorm(x, w, b, 1e-5)) < 1e-5, (n, d)
+        assert rel(out.x.get(), ref.layernorm(x, w, b, 1e-5)) < 1e-5, (n, d)
         if n <= 32:
-            _assert_gemv_form(be._quant_of(out), out.get())
-            be.add_bias_(out, cp.asarray(b))
-            assert be._quant_of(out) is None
+            _assert_gemv_form(_form(out), out.x.get())
     x = rng.standard_normal((4, 1000)).astype(np.float32)
     b = rng.standard_normal(1000).astype(np.float32)
     xd = cp.asarray(x)
     be.add_bias_(xd, cp.asarray(b))
     assert np.array_equal(xd.get(), ref.add_bias(x, b))
     for act in ("silu", "gelu"):
-        assert rel(be.act(cp.asarray(x), act).get(), ref.act(x, act)) < 1e-5
+        assert rel(be.act(cp.asarray(x), act).x.get(), ref.act(x, act)) < 1e-5
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K", "Q6_K", "Q8_0", "F16", "F32"])
@@ -418,6 +450,7 @@ def test_moe_ops_match_twins(be, qtype):
     """Router top-k softmax, the expert GEMV (2-D x shared by a token's experts, 3-D x one row per pair) and the
     prefill path (cuBLAS per expert), and the weighted sum."""
     import cupy as cp
+
     from minirs.formats.model_file import Tensor
     from minirs.formats.quants import dequantize
     from minirs.kernels import ref
@@ -446,6 +479,7 @@ def test_moe_ops_match_twins(be, qtype):
 def test_attention_small_head_dim(be, d):
     """head_dim below 32 (the tiny golden models): the lanes past d idle; split decode and prefill."""
     import cupy as cp
+
     from minirs.kernels import ref
     rng = np.random.default_rng()
     h, hkv, L = 4, 2, 64
@@ -455,29 +489,31 @@ def test_attention_small_head_dim(be, d):
         q = rng.standard_normal((n, h, d)).astype(np.float32)
         slots, pos = np.zeros(n, np.int64), rng.integers(0, L, n)
         o = be.attention(cp.asarray(q), cp.asarray(kc), cp.asarray(vc), slots, pos, 0, 1 / np.sqrt(d), 0.0)
-        assert rel(o.get(), ref.attention(q, kc, vc, slots, pos, 0, 1 / np.sqrt(d), 0.0)) < 1e-4, n
+        assert rel(o.x.get().reshape(q.shape), ref.attention(q, kc, vc, slots, pos, 0, 1 / np.sqrt(d), 0.0)) < 1e-4, n
 
 
-def test_decode_step_samples_on_the_device(be, tmp_path):
-    """decode_step(sample=...) draws each row on the GPU (cuda/sample.py) exactly as the host sampler draws from the
-    same step's logits: temperature, top-k, top-p, min-p and the coin, row by row (49152-token vocabulary); rows
-    the GPU leaves undecided (top_k > C) are drawn on the host."""
-    import cupy as cp
-    from minirs.kv_cache import KVCache
+def test_decoder_samples_on_the_device(be, tmp_path):
+    """The engine's captured decode step with picks draws each row on the GPU (cuda/sample.py) exactly as the host
+    sampler draws from the same step's logits: temperature, top-k, top-p, min-p and the coin, row by row
+    (49152-token vocabulary); rows the GPU leaves undecided (top_k > C) are drawn on the host."""
+    from minirs.engine import ModelRunner
+    from minirs.engine.kv_cache import KVCache
     from minirs.load import load_model
     from minirs.models.synthetic import write_random_gguf
     from minirs.sampling import sample_plain
     model = load_model(write_random_gguf(tmp_path / "s.gguf", "smollm2-135m"), backend=be)
-    cache = KVCache(model.config, be, 6, 64, 8)
+    runner = ModelRunner(model, KVCache(model.config, be, 7, 64, 8), spare_slot=6)
     rng = np.random.default_rng(5)
     toks, slots, pos = rng.integers(0, model.config.vocab_size, 6), np.arange(6), np.zeros(6, np.int64)
-    logits = be.decode_step(model, cache, toks, slots, pos)
+    logits = runner.decode(toks, slots, pos)  # padded to 8 rows, the spare slot's
     params = (np.array([0.7, 1.0, 1.3, 0.9, 1.0, 0.8]), np.array([0, 40, 0, 5, 1, 500]),
               np.array([1.0, 1.0, 0.9, 0.5, 1.0, 0.9]), np.array([0.0, 0.0, 0.0, 0.05, 0.0, 0.0]), rng.random(6))
-    want = [sample_plain(logits[i], *(p[i] for p in params)) for i in range(6)]
+    picks = list(zip(*params))
+    want = [sample_plain(logits[i], *picks[i]) for i in range(6)]
     for _ in range(2):  # the first call captures the graph, the second replays it
-        assert list(be.decode_step(model, cache, toks, slots, pos, sample=params)) == want
-    assert list(be.sample_rows(cp.asarray(logits), *params)) == want
+        assert list(runner.decode(toks, slots, pos, picks)) == want
+    greedy = [(0.0, 1, 1.0, 0.0, 0.0)] * 6  # the argmax step
+    assert list(runner.decode(toks, slots, pos, greedy)) == list(np.argmax(logits, axis=-1))
 
 
 # The real SmolLM2 on the GPU against transformers (the golden of test_models_real.py, with its procedure:

@@ -52,8 +52,8 @@ def _finite(lp: float) -> float:
 
 def logprob_entry(tokenizer, entry) -> ResponseLogprob:
     tok, lp, top = entry
-    return ResponseLogprob(token=tokenizer.decode([tok]), logprob=_finite(lp), bytes=list(tokenizer.token_to_bytes(tok)),
-                           top_logprobs=[TopLogprob(i, _finite(v), tokenizer.decode([i])) for i, v in top])
+    return ResponseLogprob(token=tokenizer.decode([tok]), logprob=_finite(lp),
+                           bytes=list(tokenizer.token_to_bytes(tok)), top_logprobs=[TopLogprob(i, _finite(v), tokenizer.decode([i])) for i, v in top])
 
 
 def logprobs(tokenizer, seq, wanted: bool) -> Logprobs | None:

@@ -108,8 +108,12 @@ class CpuBackend:
             q, k = self.rmsnorm(q, norms[0], eps).x, self.rmsnorm(k, norms[1], eps).x
         rope.rope_(q, pos, inv_freq, neox)
         rope.rope_(k, pos, inv_freq, neox)
-        attention.kv_write(kc, vc, slots, pos, k, v)
+        self.kv_write(kc, vc, slots, pos, k, v)
         return q
+
+    def kv_write(self, kc, vc, slots, pos, k, v) -> None:
+        """k and v (n, hkv, hd) into the caches at (slots, pos) (a method: the GPU-numerics twin rounds them)."""
+        attention.kv_write(kc, vc, slots, pos, k, v)
 
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap) -> Act:
         out = attention.attention(q, kc, vc, slots, pos, window, scale, softcap, np.empty_like(q))

@@ -5,8 +5,8 @@ PTX by tests/test_cuda_compile.py) and the launchers that size the grid and laun
 
 | file          | what it holds                                                                                  |
 | ------------- | ---------------------------------------------------------------------------------------------- |
-| backend.py    | CudaBackend: the model's ops (kernels/cpu.py's interface) on the GPU, through the launchers      |
-| graph.py      | DecodeGraph: a decode step captured in a CUDA graph and replayed                                 |
+| backend.py    | CudaBackend: kernels/backend.py's interface on the GPU, through the launchers                   |
+| graph.py      | StepGraph: a step, handed in as a function, captured in a CUDA graph and replayed               |
 | launch.py     | FastKernel / LazyKernel / kernels(SIGS): launching compiled kernels cheaply, PDL                 |
 | intrinsics.py | inline PTX: dp4a, mma.sync, cp.async, prefetch, griddepcontrol (wait_prior_kernel)               |
 | weights.py    | GMatrix, GExperts: GGML blocks re-laid out into the GPU weight families                          |

@@ -24,8 +24,9 @@ import os
 from numba.cuda import types
 
 try:  # the pieces of numba-cuda's own launch path (numba/cuda/dispatcher.py)
-    from cuda.core import LaunchConfig, launch
     from numba.cuda._compat import CUDA_CORE_GE_1_0
+
+    from cuda.core import LaunchConfig, launch
     FAST = True
 except ImportError:  # another numba-cuda layout: the dispatcher's path only
     FAST = False

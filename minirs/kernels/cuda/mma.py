@@ -46,8 +46,19 @@ session 7, has the table).
 
 from numba import cuda, float32, int32, uint16, uint32, uint64
 
-from minirs.kernels.cuda.intrinsics import addr_of, cp_async, cp_async_commit, cp_async_wait0, cp_async_wait1, h2fma, \
-    h2sub, ld_volatile, mma_f16, shared_addr, wait_prior_kernel
+from minirs.kernels.cuda.intrinsics import (
+    addr_of,
+    cp_async,
+    cp_async_commit,
+    cp_async_wait0,
+    cp_async_wait1,
+    h2fma,
+    h2sub,
+    ld_volatile,
+    mma_f16,
+    shared_addr,
+    wait_prior_kernel,
+)
 from minirs.kernels.cuda.launch import kernels
 from minirs.kernels.cuda.mmvq import Q8_FLAVOURS, Q45_FLAVOURS, _put
 from minirs.kernels.cuda.quantize import to_half

@@ -17,6 +17,7 @@ No CuPy here; it runs anywhere.
 
 import numpy as np
 
+from minirs.kernels.backend import values
 from minirs.kernels.cpu import CpuBackend
 
 GEMV_MAX_N = 32  # as quantize.GEMV_MAX_N
@@ -53,11 +54,12 @@ class GpuNumericsCpu(CpuBackend):
             return dequantize_x(*quantize_x(x2)[:2]).reshape(x.shape)
         return x.astype(np.float16).astype(np.float32)
 
-    def matmul(self, w, x: np.ndarray) -> np.ndarray:
+    def matmul(self, w, x) -> np.ndarray:
+        x = values(x)
         return super().matmul(w, self._round_x(w, x, x.shape[0]))
 
-    def matmul_id(self, experts, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        return super().matmul_id(experts, self._round_x(experts[0], x, ids.shape[0]), ids)
+    def matmul_id(self, experts, x, ids: np.ndarray) -> np.ndarray:
+        return super().matmul_id(experts, self._round_x(experts[0], values(x), ids.shape[0]), ids)
 
     def kv_write(self, kc, vc, slots, pos, k, v) -> None:
         f16 = lambda a: np.ascontiguousarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
