@@ -62,9 +62,8 @@ class ModelRunner:
         inputs = np.array([list(tokens) + [0] * pad, list(slots) + [self.spare_slot] * pad, list(pos) + [0] * pad],
                           np.int64)
         mode = "logits" if picks is None else "argmax" if all(p[0] == 0 for p in picks) else "sample"
-        prm = _pack(picks or [], size)
-        out = self._step(size, mode)(inputs, prm)
-        return out[:n]
+        args = (inputs, _pack(picks, size)) if mode == "sample" else (inputs,)  # only a draw reads parameters
+        return self._step(size, mode)(*args)[:n]
 
     def captured(self, size: int, mode: str):
         """The captured step of a bucket size and mode ("logits", "argmax" or "sample"), capturing it on first use
@@ -81,7 +80,7 @@ class ModelRunner:
     def _capture(self, size: int, mode: str):
         model, cache, be = self.model, self.cache, self.backend
 
-        def step(inputs, prm):  # device inputs: (3, size) ids / slots / positions, (size, 5) sampling parameters
+        def step(inputs, prm=None):  # device inputs: (3, size) ids / slots / positions, (size, 5) parameters
             logits = model.forward(inputs[0], inputs[1], inputs[2], cache)
             if mode == "argmax":
                 return be.argmax(logits), logits
@@ -89,14 +88,15 @@ class ModelRunner:
                 return be.sample_ids(logits, prm), logits
             return None, logits
 
-        def finish(out, inputs, prm) -> np.ndarray:
+        def finish(out, inputs, prm=None) -> np.ndarray:
             ids, logits = out
             if mode == "logits":
                 return be.to_numpy(logits)
             ids = be.to_numpy(ids)
             return ids if mode == "argmax" else be.finish_sampling(ids, logits, prm)
 
-        return be.capture(step, finish, [np.zeros((3, size), np.int64), np.zeros((size, 5), np.float64)])
+        shapes = [np.zeros((3, size), np.int64)] + ([np.zeros((size, 5), np.float64)] if mode == "sample" else [])
+        return be.capture(step, finish, shapes)
 
 
 def _pack(picks: list, n: int) -> np.ndarray:
