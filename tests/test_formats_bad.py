@@ -80,7 +80,7 @@ def test_gguf_absurd_counts(gguf_file, field, count):
 def test_gguf_string_and_array_lengths_past_end(gguf_file):
     path, data, fields = gguf_file
     key_len_off = fields["kv"][0][1]
-    expect_error(_put(bytearray(data), key_len_off, "<Q", 1 << 62, path), "length .* needs|file ends")
+    expect_error(_put(bytearray(data), key_len_off, "<Q", 1 << 62, path), "bytes long .GGUF allows 65,535")
     tokens = next(kv for kv in fields["kv"] if kv[0] == "tokenizer.ggml.tokens")
     expect_error(_put(bytearray(data), tokens[3] + 4, "<Q", 1 << 40, path), "array of 1099511627776 strings")
     first_token_len = tokens[3] + 12
