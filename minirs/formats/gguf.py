@@ -90,9 +90,9 @@ class StringArray(Sequence[str]):
             starts = self._starts
             first, stop = int(starts[lo]) - 8, int(starts[hi]) - 8
             keep = np.ones(stop - first, dtype=bool)
-            lengths = starts[lo:hi] - 8 - first
+            prefixes = starts[lo:hi] - 8 - first  # where each string's length is, in the window
             for k in range(7):
-                keep[lengths + k] = False
+                keep[prefixes + k] = False
             joined = self._buf[first:stop][keep]
             if np.count_nonzero(joined == 0) == hi - lo:
                 try:
