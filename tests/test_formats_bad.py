@@ -259,6 +259,7 @@ def test_safetensors_bad_headers(tmp_path):
     expect_error(_st(p, {**ok, "b": {"dtype": "F16", "shape": [8], "data_offsets": [16, 32]}}), "overlap")
     expect_error(_st(p, {**ok, "__metadata__": {"k": 1}}), "__metadata__")
     expect_error(_st(p, b"{" * 100_000 + b"}" * 100_000), "not valid JSON")
+    expect_error(_st(p, b'{"a": {"shape": [' + b"1" * 5000 + b"]}}"), "not valid JSON .ValueError: Exceeds the limit")
     expect_error(_st(p, b"\xff\xfe{}"), "not valid JSON|unknown file format")
 
 
@@ -279,6 +280,8 @@ def test_safetensors_bad_folders(tmp_path):
     index.write_text(original)
     (folder / "config.json").write_text("[1,")
     expect_error(folder, "config.json: not valid JSON")
+    (folder / "config.json").write_text('{"vocab_size": ' + "1" * 5000 + "}")
+    expect_error(folder, "config.json: not valid JSON .ValueError")
     (folder / "config.json").write_text("{}")
     shard = min(folder.glob("*.safetensors"))
     write_safetensors_file(shard, {"model.norm.weight": np.zeros(3, np.float32)})

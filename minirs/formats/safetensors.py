@@ -72,7 +72,7 @@ def read_safetensors_file(path: Path, buf: np.ndarray | None = None) -> tuple[di
         raise _fail(path, f"header of {n} bytes runs past the end of the file ({size} bytes)")
     try:
         header = json.loads(buf[8:8 + n].tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: a decode error, bad JSON, an int over 4,300 digits
         raise _fail(path, f"header is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(header, dict):
         raise _fail(path, f"header is a JSON {type(header).__name__}, not an object")
@@ -138,7 +138,9 @@ def _read_json(path: Path):
         if path.stat().st_size > MAX_HEADER:
             raise _fail(path, f"larger than the {MAX_HEADER}-byte limit for JSON files")
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except FormatError:
+        raise
+    except (ValueError, RecursionError) as e:  # ValueError: a decode error, bad JSON, an int over 4,300 digits
         raise _fail(path, f"not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     except OSError as e:
         raise _fail(path, f"cannot read ({e.strerror})") from None
