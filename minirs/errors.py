@@ -1,4 +1,7 @@
-"""The exceptions minirs raises. Every error a user can cause is a MinirsError that names what was wrong."""
+"""The exceptions minirs raises. Every error a user can cause is a MinirsError that names what was wrong;
+`quote` puts a value from a file into a message without letting a huge one through."""
+
+import reprlib
 
 
 class MinirsError(Exception):
@@ -35,3 +38,16 @@ class DeviceError(MinirsError, RuntimeError):
 
 class RequestTimeout(MinirsError, TimeoutError):
     """A request did not finish within its timeout; it was cancelled and its KV slot freed."""
+QUOTE_CHARS = 80
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = QUOTE_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+
+
+def quote(value) -> str:
+    """repr(value), cut short: messages quote what a file holds, and a corrupt length must not make a message of
+    hundreds of megabytes. A long string keeps its first QUOTE_CHARS characters and says how long it was."""
+    if isinstance(value, str | bytes) and len(value) > QUOTE_CHARS:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:QUOTE_CHARS]!r}... ({len(value):,} {unit})"
+    return _REPR.repr(value)

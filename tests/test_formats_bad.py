@@ -6,11 +6,12 @@ import struct
 import time
 import tracemalloc
 
+import gguf
 import numpy as np
 import pytest
 from helpers_files import gguf_fields, write_ggml, write_gguf, write_safetensors_file, write_safetensors_folder
 
-from minirs.errors import FormatError
+from minirs.errors import FormatError, quote
 from minirs.formats import load_model_file
 
 
@@ -80,7 +81,7 @@ def test_gguf_absurd_counts(gguf_file, field, count):
 def test_gguf_string_and_array_lengths_past_end(gguf_file):
     path, data, fields = gguf_file
     key_len_off = fields["kv"][0][1]
-    expect_error(_put(bytearray(data), key_len_off, "<Q", 1 << 62, path), "length .* needs|file ends")
+    expect_error(_put(bytearray(data), key_len_off, "<Q", 1 << 62, path), "bytes long .GGUF allows 65,535")
     tokens = next(kv for kv in fields["kv"] if kv[0] == "tokenizer.ggml.tokens")
     expect_error(_put(bytearray(data), tokens[3] + 4, "<Q", 1 << 40, path), "array of 1099511627776 strings")
     first_token_len = tokens[3] + 12
@@ -124,12 +125,92 @@ def test_gguf_tensor_offsets_sizes_overlap_overflow(gguf_file):
 
 
 def test_gguf_bad_alignment(tmp_path):
-    import gguf
     w = gguf.GGUFWriter(str(tmp_path / "a.gguf"), "llama")
     w.add_uint32("general.alignment", 24)
     w.add_tensor("x", np.zeros(8, np.float32))
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     expect_error(tmp_path / "a.gguf", "alignment must be a power of two")
+
+
+# --- allocation bounded by the bytes read (issue 20) ---------------------------------------------------------
+def _traced(fn):
+    """(fn()'s result or the FormatError it raised, tracemalloc peak in bytes)."""
+    tracemalloc.start()
+    try:
+        try:
+            out = fn()
+        except FormatError as e:
+            out = e
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _gguf_before_data(path, tokens, data_bytes=8 << 20):
+    """A GGUF whose vocabulary is `tokens`, then one tensor of `data_bytes` random bytes: what a corrupt length
+    reads into, as in a real file."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_tensor("token_embd.weight", np.random.default_rng(0).integers(0, 1 << 32, data_bytes // 4, np.uint32)
+                 .view(np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    data = bytearray(path.read_bytes())
+    return data, gguf_fields(bytes(data))
+
+
+def test_gguf_empty_tokens_cost_8_bytes_each(tmp_path):
+    """65,536 empty tokens before 8 MB of data: the bulk parser used to grow NumPy windows over the whole file
+    (Gemma 3 with every token empty opened with +958 MB); the offsets are 8 bytes a string."""
+    n = 65536
+    _gguf_before_data(tmp_path / "e.gguf", [""] * n)
+    mf, peak = _traced(lambda: load_model_file(tmp_path / "e.gguf"))
+    assert peak < 8 * n + (256 << 10), f"allocated {peak} bytes for {n} empty strings"
+    tokens = mf.metadata["tokenizer.ggml.tokens"]
+    assert len(tokens) == n and tokens[n - 1] == "" and list(tokens) == [""] * n
+
+
+def test_gguf_flipped_tensor_name_length(tmp_path):
+    """Bit 20 of a tensor name's length set: the name used to swallow 1 MB of tensor data and be quoted whole
+    (a 242-million-character message and +2.5 GB for Gemma 3)."""
+    path = tmp_path / "n.gguf"
+    data, fields = _gguf_before_data(path, [f"tok{i}" for i in range(100)])
+    _put(data, fields["tensors"][0][1], "<Q", len(fields["tensors"][0][0]) | 1 << 20, path)
+    e, peak = _traced(lambda: load_model_file(path))
+    assert isinstance(e, FormatError) and "bytes long (GGUF allows 64)" in str(e)
+    assert len(str(e)) < 300 and peak < 256 << 10, (len(str(e)), peak)
+
+
+def test_gguf_flipped_token_length(tmp_path):
+    """Bit 20 of token 10's length set: the bulk parser grew its windows over the file and the loop decoded the
+    1 MB string before the next length failed (+639 MB for Gemma 3)."""
+    path = tmp_path / "t.gguf"
+    data, fields = _gguf_before_data(path, [f"tok{i}" for i in range(1000)])
+    tokens = next(kv for kv in fields["kv"] if kv[0] == "tokenizer.ggml.tokens")
+    pos = tokens[3] + 12
+    for _ in range(10):
+        pos += 8 + struct.unpack_from("<Q", data, pos)[0]
+    _put(data, pos, "<Q", 5 | 1 << 20, path)
+    e, peak = _traced(lambda: load_model_file(path))
+    assert isinstance(e, FormatError) and "tokenizer.ggml.tokens" in str(e)
+    assert peak < 256 << 10, peak
+
+
+def test_messages_quote_a_short_prefix(tmp_path):
+    """A 5,000-character key that appears twice is quoted by its first 80 characters and its length."""
+    w = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")
+    w.add_string("k" * 4999 + "a", "x")
+    w.add_string("k" * 4999 + "b", "y")
+    w.add_tensor("x", np.zeros(4, np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    path = tmp_path / "k.gguf"
+    data = bytearray(path.read_bytes())
+    second = next(kv for kv in gguf_fields(bytes(data))["kv"] if kv[0].endswith("b"))
+    data[second[2] - 1] = ord("a")
+    path.write_bytes(bytes(data))
+    e = expect_error(path, "appears twice")
+    assert "(5,000 characters)" in str(e) and len(str(e)) < 300
+    assert quote("é" * 10**6).endswith("... (1,000,000 characters)") and len(quote(list(range(10**6)))) < 120
 
 
 # --- legacy GGML ---------------------------------------------------------------------------------------------
@@ -178,6 +259,7 @@ def test_safetensors_bad_headers(tmp_path):
     expect_error(_st(p, {**ok, "b": {"dtype": "F16", "shape": [8], "data_offsets": [16, 32]}}), "overlap")
     expect_error(_st(p, {**ok, "__metadata__": {"k": 1}}), "__metadata__")
     expect_error(_st(p, b"{" * 100_000 + b"}" * 100_000), "not valid JSON")
+    expect_error(_st(p, b'{"a": {"shape": [' + b"1" * 5000 + b"]}}"), "not valid JSON .ValueError: Exceeds the limit")
     expect_error(_st(p, b"\xff\xfe{}"), "not valid JSON|unknown file format")
 
 
@@ -198,6 +280,8 @@ def test_safetensors_bad_folders(tmp_path):
     index.write_text(original)
     (folder / "config.json").write_text("[1,")
     expect_error(folder, "config.json: not valid JSON")
+    (folder / "config.json").write_text('{"vocab_size": ' + "1" * 5000 + "}")
+    expect_error(folder, "config.json: not valid JSON .ValueError")
     (folder / "config.json").write_text("{}")
     shard = min(folder.glob("*.safetensors"))
     write_safetensors_file(shard, {"model.norm.weight": np.zeros(3, np.float32)})

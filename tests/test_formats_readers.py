@@ -14,7 +14,7 @@ from helpers_files import (
 )
 
 from minirs.errors import FormatError
-from minirs.formats import dequantize, load_model_file
+from minirs.formats import StringArray, dequantize, load_model_file
 
 
 def test_gguf_helper_file_matches_gguf_reader(tmp_path):
@@ -32,31 +32,37 @@ def test_gguf_helper_file_matches_gguf_reader(tmp_path):
         assert np.array_equal(dequantize(t), gguf.quants.dequantize(rt.data, rt.tensor_type).reshape(t.shape))
 
 
-def test_gguf_bulk_strings_match_plain_loop(smollm2_path, gemma3_path, monkeypatch):
-    """The bulk string-array parser returns exactly what the plain loop (its slow twin) does on both real
-    vocabularies (gguf's own reader agrees with the loop on the small files above, and is too slow here)."""
-    import minirs.formats.gguf as reader
-    fast = [load_model_file(p).metadata for p in (smollm2_path, gemma3_path)]
-    monkeypatch.setattr(reader, "_string_array_fast", lambda *a: None)
-    for md, path in zip(fast, (smollm2_path, gemma3_path), strict=True):
-        slow = load_model_file(path).metadata
-        for key, value in slow.items():
-            if isinstance(value, list):
-                assert md[key] == value, key
-    assert len(fast[1]["tokenizer.ggml.tokens"]) == 262144 and fast[1]["tokenizer.ggml.tokens"][2] == "<bos>"
+def test_gguf_bulk_strings_match_plain_loop(smollm2_path, gemma3_path):
+    """A StringArray's bulk decode (iteration) returns exactly what reading each string alone (its slow twin)
+    does, on both real vocabularies and SmolLM2's merges."""
+    md = [load_model_file(p).metadata for p in (smollm2_path, gemma3_path)]
+    for arr in (md[0]["tokenizer.ggml.tokens"], md[0]["tokenizer.ggml.merges"], md[1]["tokenizer.ggml.tokens"]):
+        assert isinstance(arr, StringArray)
+        assert list(arr) == [arr[i] for i in range(len(arr))]
+    assert len(md[1]["tokenizer.ggml.tokens"]) == 262144 and md[1]["tokenizer.ggml.tokens"][2] == "<bos>"
 
 
+@pytest.mark.parametrize("chunk", [1 << 20, 16])
 @pytest.mark.parametrize("tokens", [["", "", "a"], ["x" * 300, "", "y\x00z", ""], ["\xff\u2581é", "b"] * 50,
-                                    [""] * 10, ["ok", "bad"]])
-def test_gguf_string_array_edge_cases(tmp_path, tokens):
-    """Empty strings, NULs, long and non-ASCII strings: the fast path or its fallback gets them right."""
+                                    [""] * 10, ["ok", "bad"], [b"\xff\xfe", "ok", b"a\xc3", "é"]])
+def test_gguf_string_array_edge_cases(tmp_path, monkeypatch, tokens, chunk):
+    """Empty strings, NULs, long, non-ASCII and invalid UTF-8 strings: the bulk decode or its fallback gets them
+    right, in one window or many (chunk 16), and the StringArray reads like a list."""
+    import minirs.formats.gguf as reader
+    monkeypatch.setattr(reader, "DECODE_CHUNK", chunk)
     w = gguf.GGUFWriter(str(tmp_path / "s.gguf"), "llama")
     w.add_token_list(tokens)
     w.add_string("after", "end")
     w.add_tensor("x", np.zeros(4, np.float32))
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     mf = load_model_file(tmp_path / "s.gguf")
-    assert mf.metadata["tokenizer.ggml.tokens"] == tokens and mf.metadata["after"] == "end"
+    want = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t for t in tokens]
+    got = mf.metadata["tokenizer.ggml.tokens"]
+    assert got == want and list(got) == want and mf.metadata["after"] == "end"
+    assert got[-1] == want[-1] and got[1:3] == want[1:3] and got[::-2] == want[::-2] and want[0] in got
+    with pytest.raises(IndexError):
+        got[len(want)]
+    assert repr(got).startswith(f"StringArray({len(want)} strings: [")
 
 
 def test_ggjt_v3_loads_like_gguf(tmp_path):

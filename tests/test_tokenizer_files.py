@@ -18,7 +18,7 @@ def test_smollm2_tokenizer_json_matches_gguf(tmp_path, smollm2_path):
     md = load_model_file(smollm2_path).metadata
     tokens, types = md["tokenizer.ggml.tokens"], md["tokenizer.ggml.token_type"]
     spec = {
-        "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": md["tokenizer.ggml.merges"],
+        "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": list(md["tokenizer.ggml.merges"]),
                   "byte_fallback": False, "ignore_merges": False},
         "added_tokens": [{"id": i, "content": t, "special": True} for i, t in enumerate(tokens) if types[i] == 3],
         "normalizer": None,

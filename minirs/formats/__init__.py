@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from minirs.errors import FormatError
+from minirs.formats.gguf import StringArray
 from minirs.formats.model_file import ModelFile, Tensor
 from minirs.formats.quantize import quantize
 from minirs.formats.quants import dequantize
@@ -23,6 +24,7 @@ __all__ = [
     "FormatError",
     "ModelFile",
     "QType",
+    "StringArray",
     "Tensor",
     "dequantize",
     "load_model_file",

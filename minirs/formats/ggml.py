@@ -20,11 +20,12 @@ are accepted; the rest is refused with a message saying how to convert.
 
 import re
 import struct
+from array import array
 from pathlib import Path
 
 import numpy as np
 
-from minirs.errors import FormatError
+from minirs.errors import FormatError, quote
 from minirs.formats.model_file import ModelFile, Tensor
 from minirs.formats.types import QTYPES_BY_ID
 
@@ -33,6 +34,7 @@ VERSIONS = {"ggml": (0,), "ggmf": (1,), "ggjt": (1, 2, 3)}
 DEFAULT_EPS = 5e-6  # llama.cpp's LLAMA_DEFAULT_RMS_EPS in the ggjt days (LLaMA 2 wants 1e-5)
 CONTEXT_LENGTH = 2048  # what the converter assumes; the old header does not say
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6
+MAX_NAME = 64  # GGML_MAX_NAME was never above 64 (it was 32, then 48, in the ggjt days)
 
 _NAMES = {"tok_embeddings.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
           "output.weight": "output.weight"}
@@ -71,6 +73,26 @@ def feed_forward_length(n_embd: int, n_mult: int) -> int:
     return ((2 * (4 * n_embd) // 3 + n_mult - 1) // n_mult) * n_mult
 
 
+def _vocab_texts(mv: memoryview, starts, types: np.ndarray) -> list[str]:
+    """The texts of the tokens whose bytes start at `starts` (each after its u32 length), as
+    convert-llama-ggml-to-gguf.py makes them: the specials named, control and byte tokens typed in `types`,
+    spaces as U+2581."""
+    tokens = []
+    for i, pos in enumerate(starts):
+        (n,) = struct.unpack_from("<I", mv, pos - 4)
+        text = bytes(mv[pos:pos + n])
+        if i <= 2:
+            text, types[i] = [b"<unk>", b"<s>", b"</s>"][i], [TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_CONTROL][i]
+        elif n == 0:
+            types[i] = TOKEN_CONTROL
+        elif i <= 258 and n == 1:
+            text, types[i] = f"<0x{text[0]:02X}>".encode(), TOKEN_BYTE
+        else:
+            text = text.replace(b" ", "\u2581".encode())
+        tokens.append(text.decode("utf-8", "replace"))
+    return tokens
+
+
 def read_ggml(path: Path, buf: np.ndarray, gqa: int = 1, eps: float = DEFAULT_EPS) -> ModelFile:
     """Parse a legacy GGML/GGMF/GGJT file already mapped as `buf` (uint8)."""
     size = len(buf)
@@ -107,7 +129,10 @@ def read_ggml(path: Path, buf: np.ndarray, gqa: int = 1, eps: float = DEFAULT_EP
     entry = 8 if has_score else 4
     if pos + n_vocab * entry > size:
         raise fail(f"vocab of {n_vocab} tokens cannot fit in the rest of the file")
-    tokens, scores, types = [], np.zeros(n_vocab, dtype=np.float32), np.full(n_vocab, TOKEN_NORMAL, np.int32)
+    # Here only where each token lies is noted; the texts are decoded once the whole file has parsed, so that a
+    # corrupt length costs no decoding: the field after it, thrown off, is where the error shows.
+    starts = array("q")
+    scores, types = np.zeros(n_vocab, dtype=np.float32), np.full(n_vocab, TOKEN_NORMAL, np.int32)
     for i in range(n_vocab):
         if pos + entry > size:
             raise fail(f"vocab entry {i} runs past the end of the file")
@@ -115,35 +140,25 @@ def read_ggml(path: Path, buf: np.ndarray, gqa: int = 1, eps: float = DEFAULT_EP
         pos += 4
         if pos + n + entry - 4 > size:
             raise fail(f"vocab entry {i} of length {n} runs past the end of the file")
-        text = bytes(mv[pos:pos + n])
+        starts.append(pos)
         pos += n
         if has_score:
             (scores[i],) = struct.unpack_from("<f", mv, pos)
             pos += 4
-        # as convert-llama-ggml-to-gguf.py: name the specials, type controls and bytes, spaces -> U+2581
-        if i <= 2:
-            text, types[i] = [b"<unk>", b"<s>", b"</s>"][i], [TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_CONTROL][i]
-        elif n == 0:
-            types[i] = TOKEN_CONTROL
-        elif i <= 258 and n == 1:
-            text, types[i] = f"<0x{text[0]:02X}>".encode(), TOKEN_BYTE
-        else:
-            text = text.replace(b" ", "\u2581".encode())
-        tokens.append(text.decode("utf-8", "replace"))
 
     tensors: dict[str, Tensor] = {}
     while pos < size:
         n_dims, name_len, type_id = ints(3, "tensor record header")
         if not 1 <= n_dims <= 4:
             raise fail(f"tensor record has {n_dims} dimensions (1..4 allowed)")
-        if not 0 < name_len <= size - pos:
-            raise fail(f"tensor name length {name_len} is impossible")
+        if not 0 < name_len <= min(MAX_NAME, size - pos):
+            raise fail(f"tensor name length {name_len} is impossible (ggml's names are at most {MAX_NAME} bytes)")
         ne = ints(n_dims, "tensor dims")
         if pos + name_len > size:
             raise fail(f"tensor name of length {name_len} runs past the end of the file")
         old_name = bytes(mv[pos:pos + name_len]).decode("utf-8", "replace")
         pos += name_len
-        what = f"tensor {old_name!r}"
+        what = f"tensor {quote(old_name)}"
         qt = QTYPES_BY_ID.get(type_id)
         if qt is None or qt.id > 15:  # the i-quants and integer types came after GGUF
             raise fail(f"{what} has unknown or unsupported type id {type_id}")
@@ -169,6 +184,7 @@ def read_ggml(path: Path, buf: np.ndarray, gqa: int = 1, eps: float = DEFAULT_EP
         tensors[name] = Tensor(name, qt.name, tuple(reversed(ne)), buf[pos:pos + nbytes])
         pos += nbytes
 
+    tokens = _vocab_texts(mv, starts, types)
     n_ff = feed_forward_length(n_embd, n_mult)
     if "blk.0.ffn_gate.weight" in tensors:  # the tensor knows better (70B-style models break the formula)
         n_ff = tensors["blk.0.ffn_gate.weight"].shape[0]

@@ -9,24 +9,32 @@ Layout (little-endian):
     padding to `general.alignment` (default 32), then the tensor data; each offset is relative to that start.
 
 The file is memory-mapped; tensors are views into the map. Every count, length and offset is checked against
-the file size before it is used, so a hostile file raises FormatError instead of allocating or crashing.
+the bytes left in the file before anything is allocated or sliced, so a hostile file raises FormatError instead
+of allocating or crashing; what the reader allocates grows only with the bytes it has read. Keys and tensor names
+are held to the spec's limits (65,535 and 64 bytes), string values are decoded only once the whole header has
+parsed, and messages quote at most a short prefix of any name (`minirs.errors.quote`).
 
-Opening is dominated by the tokenizer's string arrays (262k tokens for Gemma 3). They are split in bulk with
-NumPy (`_string_array`), falling back to a plain loop for the rare arrays the fast path cannot prove correct.
+String arrays (Gemma 3's 262,144 tokens, a BPE vocabulary's merges) become a `StringArray`: the map plus one
+offset per string, 8 bytes a string however the file spells them, decoded to str when read.
 """
 
 import itertools
 import struct
+from array import array
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from minirs.errors import FormatError
+from minirs.errors import FormatError, quote
 from minirs.formats.model_file import ModelFile, Tensor
 from minirs.formats.types import QTYPES_BY_ID
 
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4
+MAX_KEY = 65_535  # GGUF spec: a key is at most 2^16 - 1 bytes
+MAX_NAME = 64  # GGUF spec: a tensor name is at most 64 bytes (llama.cpp's GGML_MAX_NAME)
+DECODE_CHUNK = 1 << 20  # StringArray decodes at most this many bytes of strings at once
 
 # value type id -> (struct format, size) for scalar types
 _SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
@@ -41,52 +49,80 @@ def _decode(raw) -> str:
     return str(raw, "utf-8", "replace")
 
 
-def _string_array_fast(buf: np.ndarray, pos: int, count: int) -> tuple[list[str], int] | None:
-    """Split `count` length-prefixed strings starting at `pos` in bulk, or return None if it cannot.
+class StringArray(Sequence[str]):
+    """A GGUF string array read in place: string i is buf[starts[i]:starts[i + 1] - 8] (the next string's u64
+    length lies between the two), decoded as UTF-8 when it is read, invalid bytes as U+FFFD.
 
-    A length prefix whose value is below 2^24 has zero bytes 3..7: every such position in a window is a
-    candidate. The one or two positions just before a prefix are candidates too, so only the last of each run
-    of adjacent candidates is kept. The first `count` candidates must then chain exactly (each one's
-    8 + length reaches the next), which proves they are the true prefixes; anything else (a string of 16 MB or
-    more, NULs inside strings, two empty strings in a row) falls back to the loop. Replacing each 8-byte prefix
-    by one NUL byte lets one UTF-8 decode and one str.split do the rest, provided no string holds a NUL and the
-    decode is strict (so every string is valid UTF-8 on its own: ASCII cannot sit inside a multi-byte char).
+    It holds 8 bytes a string (the offsets, never more than the file spent on the strings' lengths) and a view of
+    the map, where a list of short str costs ~60 bytes a string. Iterating (and `tolist`) decodes in bulk,
+    DECODE_CHUNK bytes at a time; which str objects to keep is the caller's choice. Equal to a list or tuple of
+    the same strings.
     """
-    size = len(buf)
-    span = count * 16 + 4096  # a guess at the array's byte length; grown until the chain fits
-    while True:
-        end = min(size, pos + span)
-        win = buf[pos:end]
-        n = len(win) - 7
-        if n <= 0:
-            return None
-        z = win == 0
-        ok = z[3:3 + n] & z[4:4 + n] & z[5:5 + n] & z[6:6 + n] & z[7:7 + n]
-        # a short string's prefix at s makes s-2, s-1 and s candidates: keep the last of each run
-        ok[:-1] &= ~ok[1:]
-        cand = np.flatnonzero(ok)
-        length = win[cand].astype(np.int64) | win[cand + 1].astype(np.int64) << 8 | win[cand + 2].astype(np.int64) << 16
-        nxt = cand + 8 + length
-        if len(cand) >= count and (nxt[count - 1] < len(win) or end == size):
-            break
-        if end == size:
-            return None
-        span *= 4
-    cand, nxt = cand[:count], nxt[:count]
-    if count == 0 or cand[0] != 0 or nxt[-1] > len(win) or not np.array_equal(nxt[:-1], cand[1:]):
-        return None
-    stop = int(nxt[-1])
-    keep = np.ones(stop, dtype=bool)
-    for k in range(7):  # drop prefix bytes 0..6; byte 7 (always 0 here) becomes the separator
-        keep[cand + k] = False
-    joined = win[:stop][keep]
-    if np.count_nonzero(joined == 0) != count:
-        return None
-    try:
-        text = joined.tobytes().decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return text.split("\x00")[1:], pos + stop
+
+    def __init__(self, buf: np.ndarray, starts: np.ndarray):
+        self._buf, self._mv, self._starts = buf, memoryview(buf), starts  # starts: (len + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError(f"StringArray index {index} out of range for {n} strings")
+        return _decode(self._mv[int(self._starts[i]):int(self._starts[i + 1]) - 8])
+
+    def __iter__(self) -> Iterator[str]:
+        starts, lo, n = self._starts, 0, len(self)
+        while lo < n:
+            hi = int(np.searchsorted(starts, starts[lo] + DECODE_CHUNK, "right")) - 1
+            hi = min(max(hi, lo + 1), n)
+            yield from self._decode_range(lo, hi)
+            lo = hi
+
+    def _decode_range(self, lo: int, hi: int) -> list[str]:
+        """Strings lo..hi-1 with one UTF-8 decode: the 8-byte lengths between them are cut to their last byte,
+        always 0 (lengths are below 2^56), which then separates the strings. That needs no NUL inside a string and
+        every string valid UTF-8 on its own (a NUL cannot sit inside a multi-byte character); else one by one."""
+        if hi - lo > 1:
+            starts = self._starts
+            first, stop = int(starts[lo]) - 8, int(starts[hi]) - 8
+            keep = np.ones(stop - first, dtype=bool)
+            prefixes = starts[lo:hi] - 8 - first  # where each string's length is, in the window
+            for k in range(7):
+                keep[prefixes + k] = False
+            joined = self._buf[first:stop][keep]
+            if np.count_nonzero(joined == 0) == hi - lo:
+                try:
+                    return joined.tobytes().decode("utf-8").split("\x00")[1:]
+                except UnicodeDecodeError:
+                    pass
+        return [self[i] for i in range(lo, hi)]
+
+    def tolist(self) -> list[str]:
+        return list(self)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, StringArray | list | tuple):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # mutable-sequence-like equality, as list
+
+    def __repr__(self) -> str:
+        head = ", ".join(quote(s) for s in self[:3])
+        return f"StringArray({len(self):,} strings: [{head}{', ...' if len(self) > 3 else ''}])"
+
+
+class _Text:
+    """A string value's place in the file, decoded once the whole header has parsed (see read_gguf)."""
+
+    __slots__ = ("start", "stop")
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
 
 
 class _Cursor:
@@ -114,41 +150,48 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return self.scalar("<Q", 8, what)
 
-    def string(self, what: str) -> str:
+    def span(self, what: str, limit: int | None = None) -> _Text:
+        """Skip a string, checking its length against `limit` and the bytes left; where its bytes are."""
         n = self.u64(f"{what} length")
+        if limit is not None and n > limit:
+            raise self.fail(f"{what} is {n:,} bytes long (GGUF allows {limit:,})")
         self.need(n, f"{what} of length {n}")
-        s = _decode(self.mv[self.pos:self.pos + n])
         self.pos += n
-        return s
+        return _Text(self.pos - n, self.pos)
 
-    def strings(self, count: int, what: str) -> list[str]:
-        # Each string takes at least its 8-byte length: refuse counts the rest of the file cannot hold.
+    def string(self, what: str, limit: int) -> str:
+        text = self.span(what, limit)
+        return _decode(self.mv[text.start:text.stop])
+
+    def strings(self, count: int, what: str) -> StringArray:
+        # Each string takes at least its 8-byte length: refuse counts the rest of the file cannot hold. The offsets
+        # grow with the strings actually read, so a count that only looks possible costs nothing more.
         self.need(count * 8, f"{what}: array of {count} strings")
-        fast = _string_array_fast(self.buf, self.pos, count)
-        if fast is not None:
-            out, self.pos = fast
-            return out
-        mv, p, size, out = self.mv, self.pos, self.size, [""] * count
+        mv, p, size = self.mv, self.pos, self.size
+        starts = array("q")
+        add = starts.append
         for i in range(count):
             if p + 8 > size:
                 self.pos = p
                 raise self.fail(f"{what}[{i}]: string length runs past the end of the file ({size} bytes)")
             (n,) = _U64(mv, p)
             p += 8
-            if p + n > size:
+            if n > size - p:
                 self.pos = p
-                raise self.fail(f"{what}[{i}]: string of length {n} runs past the end of the file ({size} bytes)")
-            out[i] = _decode(mv[p:p + n])
+                raise self.fail(f"{what}[{i}]: string of length {n} runs past the end of the file "
+                                f"({size} bytes)")
+            add(p)
             p += n
+        add(p + 8)
         self.pos = p
-        return out
+        return StringArray(self.buf, np.frombuffer(starts, dtype=np.int64))
 
     def value(self, vtype: int, what: str):
         if vtype in _SCALARS:
             fmt, size = _SCALARS[vtype]
             return self.scalar(fmt, size, what)
         if vtype == _STRING:
-            return self.string(what)
+            return self.span(what)
         if vtype == _ARRAY:
             etype = self.u32(f"{what} element type")
             count = self.u64(f"{what} element count")
@@ -186,28 +229,34 @@ def read_gguf(path: Path, buf: np.ndarray) -> ModelFile:
 
     metadata: dict = {}
     for i in range(n_kv):
-        key = cur.string(f"metadata key #{i}")
+        key = cur.string(f"metadata key #{i}", MAX_KEY)
         if key in metadata:
-            raise cur.fail(f"metadata key {key!r} appears twice")
-        vtype = cur.u32(f"type of {key!r}")
-        metadata[key] = cur.value(vtype, f"metadata {key!r}")
+            raise cur.fail(f"metadata key {quote(key)} appears twice")
+        vtype = cur.u32(f"type of {quote(key)}")
+        metadata[key] = cur.value(vtype, f"metadata {quote(key)}")
 
     infos = []
     for i in range(n_tensors):
-        name = cur.string(f"tensor name #{i}")
-        n_dims = cur.u32(f"tensor {name!r} n_dims")
+        name = cur.string(f"tensor name #{i}", MAX_NAME)
+        what = f"tensor {quote(name)}"
+        n_dims = cur.u32(f"{what} n_dims")
         if not 1 <= n_dims <= MAX_DIMS:
-            raise cur.fail(f"tensor {name!r} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
-        cur.need(8 * n_dims + 12, f"tensor {name!r} record")
+            raise cur.fail(f"{what} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
+        cur.need(8 * n_dims + 12, f"{what} record")
         ne = list(struct.unpack_from(f"<{n_dims}Q", cur.mv, cur.pos))
         cur.pos += 8 * n_dims
-        type_id = cur.u32(f"tensor {name!r} type")
-        offset = cur.u64(f"tensor {name!r} offset")
+        type_id = cur.u32(f"{what} type")
+        offset = cur.u64(f"{what} offset")
         infos.append((name, ne, type_id, offset))
+
+    # The header parsed: only now decode the string values, so that a corrupt length costs no decoding.
+    for key, value in metadata.items():
+        if type(value) is _Text:
+            metadata[key] = _decode(cur.mv[value.start:value.stop])
 
     alignment = metadata.get("general.alignment", 32)
     if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
-        raise cur.fail(f"general.alignment must be a power of two, got {alignment!r}")
+        raise cur.fail(f"general.alignment must be a power of two, got {quote(alignment)}")
     data_start = (cur.pos + alignment - 1) // alignment * alignment
 
     tensors = {}
@@ -215,23 +264,23 @@ def read_gguf(path: Path, buf: np.ndarray) -> ModelFile:
     for name, ne, type_id, offset in infos:
         qt = QTYPES_BY_ID.get(type_id)
         if qt is None:
-            raise cur.fail(f"tensor {name!r} has unknown type id {type_id}")
+            raise cur.fail(f"tensor {quote(name)} has unknown type id {type_id}")
         if name in tensors:
-            raise cur.fail(f"tensor {name!r} appears twice")
+            raise cur.fail(f"tensor {quote(name)} appears twice")
         n = 1
         for d in ne:
             if d == 0 or d > cur.size * 8:
-                raise cur.fail(f"tensor {name!r} has dimension {d}, impossible for a {cur.size}-byte file")
+                raise cur.fail(f"tensor {quote(name)} has dimension {d}, impossible for a {cur.size}-byte file")
             n *= d
         if n >= 1 << 63:
-            raise cur.fail(f"tensor {name!r}: element count {n} (dims {ne}) overflows int64")
+            raise cur.fail(f"tensor {quote(name)}: element count {n} (dims {ne}) overflows int64")
         if ne[0] % qt.block_size:
-            raise cur.fail(f"tensor {name!r}: row length {ne[0]} is not a multiple of {qt.name}'s block "
+            raise cur.fail(f"tensor {quote(name)}: row length {ne[0]} is not a multiple of {qt.name}'s block "
                            f"size {qt.block_size}")
         nbytes = n // qt.block_size * qt.type_size
         start = data_start + offset
         if offset % alignment or start + nbytes > cur.size:
-            raise cur.fail(f"tensor {name!r} ({qt.name}, {nbytes} bytes at offset {offset}) lies outside the "
+            raise cur.fail(f"tensor {quote(name)} ({qt.name}, {nbytes} bytes at offset {offset}) lies outside the "
                            f"file's data ({max(cur.size - data_start, 0)} bytes) or is misaligned")
         spans.append((start, start + nbytes, name))
         tensors[name] = Tensor(name, qt.name, tuple(int(d) for d in reversed(ne)), buf[start:start + nbytes])
@@ -239,5 +288,5 @@ def read_gguf(path: Path, buf: np.ndarray) -> ModelFile:
     spans.sort()
     for (_, e0, a), (s1, _, b) in itertools.pairwise(spans):
         if s1 < e0:
-            raise cur.fail(f"tensors {a!r} and {b!r} overlap")
+            raise cur.fail(f"tensors {quote(a)} and {quote(b)} overlap")
     return ModelFile(path=path, format="gguf", version=version, metadata=metadata, tensors=tensors)

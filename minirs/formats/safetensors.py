@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minirs.errors import FormatError
+from minirs.errors import FormatError, quote
 from minirs.formats.model_file import ModelFile, Tensor
 from minirs.formats.types import QTYPES
 
@@ -72,7 +72,7 @@ def read_safetensors_file(path: Path, buf: np.ndarray | None = None) -> tuple[di
         raise _fail(path, f"header of {n} bytes runs past the end of the file ({size} bytes)")
     try:
         header = json.loads(buf[8:8 + n].tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: a decode error, bad JSON, an int over 4,300 digits
         raise _fail(path, f"header is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(header, dict):
         raise _fail(path, f"header is a JSON {type(header).__name__}, not an object")
@@ -84,17 +84,17 @@ def read_safetensors_file(path: Path, buf: np.ndarray | None = None) -> tuple[di
     data_size = size - data_start
     tensors, spans = {}, []
     for name, info in header.items():
-        what = f"tensor {name!r}"
+        what = f"tensor {quote(name)}"
         if not isinstance(info, dict):
             raise _fail(path, f"{what}: entry is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in DTYPES:
-            raise _fail(path, f"{what}: unsupported dtype {dtype!r} (minirs reads {', '.join(DTYPES)})")
+            raise _fail(path, f"{what}: unsupported dtype {quote(dtype)} (minirs reads {', '.join(DTYPES)})")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) or len(shape) > 8:
-            raise _fail(path, f"{what}: shape {shape!r} is not a list of at most 8 non-negative integers")
+            raise _fail(path, f"{what}: shape {quote(shape)} is not a list of at most 8 non-negative integers")
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1]):
-            raise _fail(path, f"{what}: data_offsets {offsets!r} must be [begin, end] with 0 <= begin <= end")
+            raise _fail(path, f"{what}: data_offsets {quote(offsets)} must be [begin, end] with 0 <= begin <= end")
         count = 1
         for d in shape:
             count *= d
@@ -112,7 +112,7 @@ def read_safetensors_file(path: Path, buf: np.ndarray | None = None) -> tuple[di
     spans.sort()
     for (_, e0, a), (s1, _, b) in itertools.pairwise(spans):  # sorted non-empty spans: neighbours suffice
         if s1 < e0:
-            raise _fail(path, f"tensors {a!r} and {b!r} overlap")
+            raise _fail(path, f"tensors {quote(a)} and {quote(b)} overlap")
     return tensors, meta
 
 
@@ -138,7 +138,9 @@ def _read_json(path: Path):
         if path.stat().st_size > MAX_HEADER:
             raise _fail(path, f"larger than the {MAX_HEADER}-byte limit for JSON files")
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except FormatError:
+        raise
+    except (ValueError, RecursionError) as e:  # ValueError: a decode error, bad JSON, an int over 4,300 digits
         raise _fail(path, f"not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     except OSError as e:
         raise _fail(path, f"cannot read ({e.strerror})") from None
@@ -170,7 +172,7 @@ def read_safetensors(path: Path, buf: np.ndarray | None = None) -> ModelFile:
         shards = sorted(set(weight_map.values()))
         for s in shards:
             if Path(s).name != s:
-                raise _fail(index, f"shard name {s!r} is not a plain file name in the folder")
+                raise _fail(index, f"shard name {quote(s)} is not a plain file name in the folder")
         if isinstance(idx.get("metadata"), dict):
             metadata["safetensors.index_metadata"] = idx["metadata"]
     else:
@@ -183,17 +185,17 @@ def read_safetensors(path: Path, buf: np.ndarray | None = None) -> ModelFile:
     for shard in shards:
         shard_path = path / shard
         if not shard_path.is_file():
-            raise _fail(index, f"shard {shard!r} does not exist")
+            raise _fail(index, f"shard {quote(shard)} does not exist")
         part, meta = read_safetensors_file(shard_path)
         metadata.setdefault("safetensors.metadata", meta)
         for name, t in part.items():
             if name in tensors:
-                raise _fail(shard_path, f"tensor {name!r} is also in another shard")
+                raise _fail(shard_path, f"tensor {quote(name)} is also in another shard")
             if weight_map is not None and weight_map.get(name) != shard:
-                raise _fail(shard_path, f"tensor {name!r} is not listed for this shard in {INDEX_FILE}")
+                raise _fail(shard_path, f"tensor {quote(name)} is not listed for this shard in {INDEX_FILE}")
             tensors[name] = t
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
-            raise _fail(index, f"{len(missing)} tensors listed but not found in their shards, e.g. {missing[0]!r}")
+            raise _fail(index, f"{len(missing)} tensors listed but not found in their shards, e.g. {quote(missing[0])}")
     return ModelFile(path=path, format="safetensors", version=1, metadata=metadata, tensors=tensors)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minirs.formats import ModelFile, dequantize
+from minirs.formats import ModelFile, StringArray, dequantize
 from minirs.models.hf import KEEP_F32, quantize_model_file, read_hf_folder
 
 
@@ -27,8 +27,8 @@ def _add_metadata(w, key: str, value) -> None:
         w.add_float32(key, value)
     elif isinstance(value, str):
         w.add_string(key, value)
-    elif isinstance(value, list):
-        w.add_array(key, value)
+    elif isinstance(value, list | StringArray):
+        w.add_array(key, list(value))
     else:
         raise TypeError(f"metadata {key!r}: cannot write a {type(value).__name__}")
 

@@ -74,6 +74,7 @@ class Tokenizer:
         tokens = md.get("tokenizer.ggml.tokens")
         if kind is None or tokens is None:
             raise TokenizerError(f"{where}: no tokenizer.ggml.model / tokenizer.ggml.tokens in the metadata")
+        tokens = list(tokens)  # a GGUF reader's StringArray decodes on every read: decode it once, here
         n = len(tokens)
         types = md.get("tokenizer.ggml.token_type")
         types = np.asarray(types, dtype=np.int32) if types is not None else np.full(n, NORMAL, np.int32)
@@ -100,7 +101,7 @@ class Tokenizer:
         eos_ids += [i for i, t in enumerate(tokens) if t in END_OF_TURN_TEXTS and types[i] == CONTROL]
         from minirs.tokenizer.chat import resolve_template
         template = resolve_template(chat_template) if chat_template else md.get("tokenizer.chat_template")
-        return cls(model, list(tokens), types, bos_id=_opt_int(md.get("tokenizer.ggml.bos_token_id")),
+        return cls(model, tokens, types, bos_id=_opt_int(md.get("tokenizer.ggml.bos_token_id")),
                    eos_ids=list(dict.fromkeys(eos_ids)),
                    add_bos=bool(md.get("tokenizer.ggml.add_bos_token", add_bos_default)),
                    add_eos=bool(md.get("tokenizer.ggml.add_eos_token", False)),
