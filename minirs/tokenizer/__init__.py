@@ -15,12 +15,15 @@ tokens (type 3, e.g. <|im_start|>) only with `parse_special=True`, so that text 
 """
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from minirs.errors import TokenizerError
+from minirs.tokenizer import checks
 from minirs.tokenizer.bpe import ByteLevelBPE, bytes_to_unicode
+from minirs.tokenizer.checks import short_repr
 from minirs.tokenizer.pretokenize import IGNORE_MERGES, pretokenizer
 from minirs.tokenizer.spm import SPACE, SentencePieceBPE, respell
 from minirs.tokenizer.stream import StreamDecoder
@@ -169,7 +172,7 @@ class Tokenizer:
         """Token ids of `text`; BOS (and EOS) per the file when `add_special_tokens`; `parse_special` matches
         control tokens written in the text (e.g. a rendered chat prompt) instead of spelling them out."""
         if not isinstance(text, str):
-            raise TypeError(f"encode() takes a str, not {type(text).__name__}")
+            raise TokenizerError(f"encode() takes a str, not {short_repr(text)} (a {type(text).__name__})")
         ids: list[int] = []
         if add_special_tokens and self.add_bos and self.bos_id is not None:
             ids.append(self.bos_id)
@@ -214,11 +217,14 @@ class Tokenizer:
                 pass
         return respell(t).replace(SPACE, " ").encode("utf-8")
 
+    def check_id(self, token_id, what: str = "token id") -> int:
+        """`token_id` as an int if it is one (a Python or NumPy integer, not a bool) inside the vocabulary; otherwise
+        a TokenizerError that names it. A float such as 1.5 is refused rather than truncated to token 1."""
+        return checks.token_id(token_id, len(self.tokens), what)
+
     def token_to_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for: what the engine appends to its output when it samples `token_id`."""
-        if not 0 <= token_id < len(self.tokens):
-            raise TokenizerError(f"token id {token_id} is out of range for a vocabulary of {len(self.tokens)}")
-        return self.token_bytes_table[token_id]
+        return self.token_bytes_table[self.check_id(token_id)]
 
     @property
     def strips_leading_space(self) -> bool:
@@ -226,9 +232,13 @@ class Tokenizer:
         return self.kind == "spm" and self.model.add_space_prefix
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        """The text of `ids`; invalid UTF-8 (e.g. a cut multi-byte character) becomes U+FFFD."""
+        """The text of `ids` (an iterable of token ids, e.g. a list or an integer NumPy array); invalid UTF-8 (e.g.
+        a cut multi-byte character) becomes U+FFFD."""
+        if isinstance(ids, (str, bytes, dict)) or not isinstance(ids, Iterable):
+            raise TokenizerError(f"decode() takes an iterable of token ids, not {short_repr(ids)} "
+                                 f"(a {type(ids).__name__})")
         stream = self.stream_decoder(skip_special_tokens)
-        return "".join([stream.feed(int(i)) for i in ids]) + stream.flush()
+        return "".join([stream.feed(self.check_id(t, f"ids[{k}]")) for k, t in enumerate(ids)]) + stream.flush()
 
     def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
         """An incremental decoder: feed ids one at a time, get text that never splits a character."""
@@ -251,4 +261,3 @@ class Tokenizer:
 
 def _opt_int(v) -> int | None:
     return None if v is None else int(v)
-
