@@ -23,6 +23,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from minirs.errors import TemplateError
+from minirs.tokenizer.checks import short_repr
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n' }}{% endfor %}"
@@ -118,23 +119,63 @@ BUILTIN_TEMPLATES = {
 def resolve_template(value: str) -> str:
     """A chat_template option: a built-in name, a path to a template file (.jinja or tokenizer_config.json), or
     the template itself."""
+    if not isinstance(value, str):
+        raise TemplateError(f"chat_template must be a str (a template, a file or a built-in name), not "
+                            f"{short_repr(value)} (a {type(value).__name__})")
     if value in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[value]
     if "{{" in value or "{%" in value:
         return value
-    path = Path(value)
-    if path.is_file():
+    if _is_file(value):
+        return _read_template_file(Path(value))
+    raise TemplateError(f"chat template {short_repr(value)} is not a Jinja template, an existing file, or a built-in "
+                        f"name ({', '.join(BUILTIN_TEMPLATES)})")
+
+
+def read_template(chat_template: str | None) -> str | None:
+    """A chat_template argument as given to the Runner: None, a literal Jinja template, or a path to a .jinja file
+    or to a tokenizer_config-style .json file whose "chat_template" is a string. A path is read; anything else is
+    returned as it is (a built-in name is resolved later by `resolve_template`).
+
+    Anything holding "{%" or "{{" is a literal and never touches the file system, and a path check that fails (a
+    name too long for the OS, a NUL byte) means "not a file": a literal template is never an OSError."""
+    if chat_template is None:
+        return None
+    if not isinstance(chat_template, str):
+        raise TemplateError(f"chat_template must be a str or None, not {short_repr(chat_template)} "
+                            f"(a {type(chat_template).__name__})")
+    if "{{" in chat_template or "{%" in chat_template or not _is_file(chat_template):
+        return chat_template
+    return _read_template_file(Path(chat_template))
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # ENAMETOOLONG, a NUL byte...: no such file
+        return False
+
+
+def _read_template_file(path: Path) -> str:
+    """The template in a .jinja (or any text) file, or the "chat_template" of a tokenizer_config-style .json file: a
+    string, or HF's list of named templates, of which the one named "default"."""
+    try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            try:
-                text = json.loads(text)["chat_template"]
-            except (ValueError, KeyError) as e:
-                raise TemplateError(f"{path}: no chat_template in this JSON file") from e
-            if isinstance(text, list):  # [{"name": "default", "template": ...}, ...]
-                text = {t["name"]: t["template"] for t in text}.get("default")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TemplateError(f"chat template file {path}: cannot read it ({e})") from None
+    if path.suffix != ".json":
         return text
-    raise TemplateError(f"chat template {value!r} is not a Jinja template, an existing file, or a built-in name "
-                        f"({', '.join(BUILTIN_TEMPLATES)})")
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise TemplateError(f"chat template file {path}: not valid JSON ({e})") from None
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    if not isinstance(template, str):
+        raise TemplateError(f"chat template file {path}: no 'chat_template' string in it (found {short_repr(template)})")
+    return template
 
 
 class _GenerationTag(Extension):
