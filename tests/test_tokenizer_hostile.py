@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from minirs.errors import TokenizerError
+from minirs.errors import MinirsError, TokenizerError
 from minirs.formats import ModelFile
 from minirs.tokenizer import Tokenizer
 from minirs.tokenizer.bpe import bytes_to_unicode
+from minirs.tokenizer.checks import FLAGS, SPECIAL_IDS
 
 BYTES = [bytes_to_unicode()[b] for b in range(256)]
 MERGES = ["h e", "l l", "he ll", "Ġ w", "o r"]
@@ -102,3 +105,141 @@ def test_token_to_bytes_and_stream_feed_check_ids(tiny, bad):
     with pytest.raises(TokenizerError, match="token id"):
         stream.feed(bad)
     assert tiny.token_to_bytes(np.int64(104)) == b"h" and stream.feed(np.uint8(104)) == "h"
+
+
+# ----- item 3: tokenizer metadata of the wrong type or length -------------------------------------------------------
+
+N = len(tiny_metadata()["tokenizer.ggml.tokens"])
+BOS = "tokenizer.ggml.bos_token_id"
+
+BAD_METADATA = [  # (key, value, what the error says)
+    (BOS, "1", r"bos_token_id must be an integer token id, not '1' \(a str\)"),
+    (BOS, float("nan"), r"bos_token_id must be an integer token id, not nan"),
+    ("tokenizer.ggml.eos_token_id", float("inf"), r"eos_token_id must be an integer token id, not inf"),
+    ("tokenizer.ggml.eos_token_id", 2.0, r"not 2.0 \(a float\)"),
+    (BOS, np.array([1, 2], dtype=np.int32), r"bos_token_id must be an integer token id, not array"),
+    (BOS, True, r"not True \(a bool\)"),
+    ("tokenizer.ggml.unknown_token_id", ["a"], r"unknown_token_id must be an integer"),
+    ("tokenizer.ggml.token_type", np.ones(N - 5, dtype=np.int32), rf"token_type has {N - 5} entries but .* has {N}"),
+    ("tokenizer.ggml.token_type", np.ones(N, dtype=np.float32), r"token_type must be an array of integers"),
+    ("tokenizer.ggml.token_type", ["1"] * N, r"token_type must be an array of integers"),
+    ("tokenizer.ggml.token_type", np.full(N, 2**40, dtype=np.int64), r"token_type holds a value outside int32"),
+    ("tokenizer.ggml.merges", np.arange(5, dtype=np.int32), r"merges must be an array of strings, not array"),
+    ("tokenizer.ggml.merges", ["h e", 7], r"merges\[1\] must be a string, not 7"),
+    ("tokenizer.ggml.merges", ["a b c"], r"merge 'a b c' is not two space-separated pieces"),
+    ("tokenizer.ggml.tokens", np.arange(N, dtype=np.int32), r"tokens must be an array of strings"),
+    ("tokenizer.ggml.tokens", [], r"tokens is empty"),
+    ("tokenizer.ggml.tokens", "abc", r"tokens must be an array of strings, not 'abc'"),
+    ("tokenizer.ggml.model", np.array([1, 2]), r"tokenizer.ggml.model must be a string"),
+    ("tokenizer.ggml.model", "bert", r"'bert' is not supported"),
+    ("tokenizer.ggml.pre", 5, r"tokenizer.ggml.pre must be a string, not 5"),
+    ("tokenizer.ggml.add_bos_token", "false", r"add_bos_token must be a bool, not 'false'"),
+    ("tokenizer.ggml.add_bos_token", np.array([True, False]), r"add_bos_token must be a bool"),
+    ("tokenizer.chat_template", 12345, r"chat_template must be a string, not 12345 \(a int\)"),
+    ("tokenizer.ggml.scores", np.zeros(3, dtype=np.float32), r"scores has 3 entries"),
+    ("tokenizer.ggml.scores", ["x"] * N, r"scores must be an array of numbers"),
+    ("general.architecture", 7, r"general.architecture must be a string"),
+]
+
+
+@pytest.mark.parametrize("key, value, match", BAD_METADATA, ids=[f"{k.split('.')[-1]}-{i}" for i, (k, _, _)
+                                                                 in enumerate(BAD_METADATA)])
+def test_bad_metadata_is_a_tokenizer_error(key, value, match):
+    md = tiny_metadata()
+    md[key] = value
+    with pytest.raises(TokenizerError, match=match) as info:
+        load(md)
+    assert "hostile.gguf" in str(info.value)
+
+
+def test_llama_kind_checks_its_keys_too():
+    md = tiny_metadata() | {"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": np.arange(N, dtype=np.float32)}
+    assert load(md).encode("hello")
+    with pytest.raises(TokenizerError, match="add_space_prefix must be a bool"):
+        load(md | {"tokenizer.ggml.add_space_prefix": "yes"})
+    with pytest.raises(TokenizerError, match="unknown_token_id must be an integer"):
+        load(md | {"tokenizer.ggml.unknown_token_id": 1.5})
+
+
+@pytest.mark.parametrize("key", sorted(SPECIAL_IDS.values()))
+@pytest.mark.parametrize("value", [N, N + 1000, -1, 2**63])
+def test_special_id_outside_the_vocabulary_is_dropped(key, value, caplog):
+    """As llama.cpp does ("bad special token"): warned about and ignored, never used as an index later."""
+    tok = load(tiny_metadata() | {key: value})
+    assert "outside the vocabulary" in caplog.text
+    assert all(0 <= i < N for i in tok.eos_ids)
+    assert tok.bos_id is None or 0 <= tok.bos_id < N
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}])  # reads bos_token and eos_token
+    assert tok.decode(tok.encode(text, parse_special=True)) == text
+
+
+def test_eos_past_the_vocabulary_does_not_break_the_chat_template():
+    tok = load(tiny_metadata() | {"tokenizer.ggml.eos_token_id": N + 5})
+    assert tok.eos_ids == [N - 1]  # only <|im_end|>, found as an end-of-turn control token
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}]).endswith("<|im_start|><|im_end|>")
+    md = tiny_metadata() | {"tokenizer.ggml.eos_token_id": N + 5}
+    md["tokenizer.ggml.token_type"] = np.ones(N, dtype=np.int32)  # no control tokens: no end of turn either
+    tok = load(md)
+    assert tok.eos_token is None and tok.apply_chat_template([{"role": "user", "content": "hi"}]).endswith(
+        "<|im_start|>")
+
+
+def test_bad_metadata_in_a_written_gguf(tmp_path):
+    """The same check on metadata as the GGUF reader returns it from a file."""
+    import gguf
+    path = tmp_path / "bad.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    md = tiny_metadata()
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(md["tokenizer.ggml.tokens"])
+    w.add_token_types([1] * (N - 7))  # short
+    w.add_token_merges(md["tokenizer.ggml.merges"])
+    w.add_string(BOS, "<|im_start|>")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(TokenizerError, match=f"token_type has {N - 7} entries"):
+        Tokenizer.from_gguf(path)
+
+
+# The fuzz test: every tokenizer key gets values of every wrong kind; each load must work or be a MinirsError, and
+# a tokenizer that loads must encode, decode and render its template with at most a MinirsError.
+KEYS = ["tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges", "tokenizer.ggml.scores", "tokenizer.chat_template", "general.architecture",
+        *SPECIAL_IDS.values(), *FLAGS.values()]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64), st.floats(allow_nan=True),
+                    st.text(max_size=8), st.sampled_from(["gpt2", "llama", "smollm", "gemma3", "{{ 1 }}"]),
+                    st.integers(N - 3, N + 3))
+ARRAYS = st.one_of(
+    st.lists(SCALARS, max_size=6),
+    st.lists(st.text(max_size=4), min_size=N - 2, max_size=N + 2),
+    st.builds(lambda n, dt: np.arange(n).astype(dt), st.integers(0, N + 2),
+              st.sampled_from([np.int8, np.uint16, np.int32, np.uint64, np.float32, np.float64, np.bool_])),
+    st.builds(lambda n, v: np.full(n, v), st.sampled_from([N - 1, N, N + 1]),
+              st.sampled_from([float("nan"), float("inf"), -1, 2**31, 7])),
+)
+VALUES = st.one_of(SCALARS, ARRAYS, st.dictionaries(st.text(max_size=3), SCALARS, max_size=2),
+                   st.just(b"bytes"), st.just(np.int64(3)), st.just(np.float32(3.0)), st.just(np.array(5)))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(changes=st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3),
+       dropped=st.lists(st.sampled_from(KEYS), max_size=2))
+def test_fuzzed_metadata_loads_or_raises_minirs_error(changes, dropped):
+    md = tiny_metadata()
+    for key in dropped:
+        md.pop(key, None)
+    md.update(changes)
+    try:
+        tok = load(md)
+    except MinirsError:
+        return
+    try:
+        ids = tok.encode("hello <|im_start|> world", parse_special=True)
+        assert all(0 <= i < tok.vocab_size for i in ids)
+        tok.decode(ids, skip_special_tokens=True)
+        tok.decode(range(tok.vocab_size))
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
+    except MinirsError:
+        pass

@@ -68,48 +68,37 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, source, chat_template: str | None = None) -> "Tokenizer":
-        """Build from a GGUF path or an already loaded `ModelFile`; `chat_template` overrides the file's."""
+        """Build from a GGUF path or an already loaded `ModelFile`; `chat_template` overrides the file's.
+        The metadata is checked first (`checks.gguf_fields`): a value of the wrong type is a TokenizerError."""
         from minirs.formats import ModelFile, load_model_file
         mf = source if isinstance(source, ModelFile) else load_model_file(source)
-        md = mf.metadata
         where = str(mf.path)
-        kind = md.get("tokenizer.ggml.model")
-        tokens = md.get("tokenizer.ggml.tokens")
-        if kind is None or tokens is None:
-            raise TokenizerError(f"{where}: no tokenizer.ggml.model / tokenizer.ggml.tokens in the metadata")
-        n = len(tokens)
-        types = md.get("tokenizer.ggml.token_type")
-        types = np.asarray(types, dtype=np.int32) if types is not None else np.full(n, NORMAL, np.int32)
-        if kind == "gpt2":
-            merges = md.get("tokenizer.ggml.merges")
-            if merges is None:
+        f = checks.gguf_fields(mf.metadata, where)
+        tokens, types, n = f.tokens, f.types, len(f.tokens)
+        if f.kind == "gpt2":
+            if f.merges is None:
                 raise TokenizerError(f"{where}: gpt2 tokenizer without tokenizer.ggml.merges")
-            pre = str(md.get("tokenizer.ggml.pre", "default"))
-            model = ByteLevelBPE.from_vocab(tokens, merges, pretokenizer(pre), ignore_merges=pre in IGNORE_MERGES)
+            try:
+                model = ByteLevelBPE.from_vocab(tokens, f.merges, pretokenizer(f.pre),
+                                                ignore_merges=f.pre in IGNORE_MERGES)
+            except TokenizerError as e:
+                raise TokenizerError(f"{where}: {e}") from None
             add_bos_default = False
-        elif kind == "llama":
-            arch = str(md.get("general.architecture", ""))
-            scores = md.get("tokenizer.ggml.scores")
+        elif f.kind == "llama":
             blocked = {i for i in range(n) if types[i] == CONTROL}
-            model = SentencePieceBPE([respell(t) for t in tokens], scores, blocked, md.get(
-                "tokenizer.ggml.unknown_token_id"), bool(md.get("tokenizer.ggml.add_space_prefix", True)),
-                by_position=arch in ("gemma", "gemma2", "gemma3"))
+            model = SentencePieceBPE([respell(t) for t in tokens], f.scores, blocked, f.unk_id,
+                                     f.add_space_prefix is not False,
+                                     by_position=f.architecture in ("gemma", "gemma2", "gemma3"))
             add_bos_default = True
         else:
-            raise TokenizerError(f"{where}: tokenizer.ggml.model {kind!r} is not supported (gpt2 and llama are)")
-        eos = md.get("tokenizer.ggml.eos_token_id")
-        eos_ids = [int(i) for i in (eos, md.get("tokenizer.ggml.eot_token_id"), md.get("tokenizer.ggml.eom_token_id"))
-                   if i is not None]
+            raise TokenizerError(f"{where}: tokenizer.ggml.model {f.kind!r} is not supported (gpt2 and llama are)")
+        eos_ids = [i for i in (f.eos_id, f.eot_id, f.eom_id) if i is not None]
         eos_ids += [i for i, t in enumerate(tokens) if t in END_OF_TURN_TEXTS and types[i] == CONTROL]
         from minirs.tokenizer.chat import resolve_template
-        template = resolve_template(chat_template) if chat_template else md.get("tokenizer.chat_template")
-        return cls(model, list(tokens), types, bos_id=_opt_int(md.get("tokenizer.ggml.bos_token_id")),
-                   eos_ids=list(dict.fromkeys(eos_ids)),
-                   add_bos=bool(md.get("tokenizer.ggml.add_bos_token", add_bos_default)),
-                   add_eos=bool(md.get("tokenizer.ggml.add_eos_token", False)),
-                   chat_template=template,
-                   unk_id=_opt_int(md.get("tokenizer.ggml.unknown_token_id")),
-                   pad_id=_opt_int(md.get("tokenizer.ggml.padding_token_id")), source=where)
+        template = resolve_template(chat_template) if chat_template else f.chat_template
+        return cls(model, tokens, types, bos_id=f.bos_id, eos_ids=list(dict.fromkeys(eos_ids)),
+                   add_bos=add_bos_default if f.add_bos is None else f.add_bos, add_eos=bool(f.add_eos),
+                   chat_template=template, unk_id=f.unk_id, pad_id=f.pad_id, source=where)
 
     @classmethod
     def from_files(cls, folder, chat_template: str | None = None) -> "Tokenizer":
@@ -258,6 +247,3 @@ class Tokenizer:
         return render(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
                       bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
 
-
-def _opt_int(v) -> int | None:
-    return None if v is None else int(v)
