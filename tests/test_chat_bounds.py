@@ -3,11 +3,13 @@ from untrusted model files that try to exhaust time, memory or the stack. Every 
 TemplateError, while ordinary templates (tests/test_chat.py) keep rendering exactly."""
 
 import json
+import time
+import tracemalloc
 
 import pytest
 
 from minirs.errors import TemplateError
-from minirs.tokenizer.chat import read_template, resolve_template
+from minirs.tokenizer.chat import read_template, render, resolve_template
 
 # SmolLM2-135M-Instruct's own template: 368 characters and not one "/", so all of it is a single path component.
 SMOLLM2 = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
@@ -69,3 +71,70 @@ def test_read_template_refuses_non_strings(value):
         read_template(value)
     with pytest.raises(TemplateError, match="must be a str"):
         resolve_template(value)
+
+
+# ----- item 8: templates that try to exhaust time, memory or the stack --------------------------------------------
+
+BOMBS = {
+    "range_list": "{{ range(200000) | list | length }}",
+    "recursive_macro": "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}",
+    "nested_parentheses": "{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}",
+    "nested_expressions": "{{ " + "-" * 5000 + "1 }}",
+    "huge_repeat": "{{ 'a' * 10**12 }}",
+    "huge_repeat_list": "{{ ([1] * 10**9) | length }}",
+    "doubled_plus": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}"
+                    "{{ ns.s | length }}",
+    "doubled_tilde": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
+                     "{{ ns.s | length }}",
+    "doubled_join": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = [ns.s, ns.s] | join %}"
+                    "{% endfor %}{{ ns.s | length }}",
+    "doubled_method": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s.replace('a', ns.s) %}"
+                      "{% endfor %}{{ ns.s | length }}",
+    "doubled_format": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = '%s%s' | format(ns.s, ns.s) %}"
+                      "{% endfor %}{{ ns.s | length }}",
+    "power": "{{ 9 ** (9 ** 9) }}",
+    "product": "{% set ns = namespace(x=3) %}{% for i in range(64) %}{% set ns.x = ns.x * ns.x %}{% endfor %}{{ 1 }}",
+    "nested_ranges": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "nested_string_loops": "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+    "output_flood": "{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{{ s }}{% endfor %}",
+    "repeated_references": "{% set s = 'x' * 1000000 %}{{ ([s] * 100000) | join }}",
+    "repeated_references_json": "{% set s = 'x' * 1000000 %}{{ ([s] * 100000) | tojson }}",
+    "repeated_references_print": "{% set s = 'x' * 1000000 %}{{ [s] * 100000 }}",
+    "join_separator": "{% set s = 'x' * 1000000 %}{{ ([''] * 100000) | join(s) }}",
+    "join_method": "{% set s = 'x' * 1000000 %}{{ s.join([''] * 100000) }}",
+    "width": "{{ 'a'.center(10**9) }}",
+    "width_filter": "{{ 'a' | center(999999999) }}",
+    "percent_width": "{{ '%999999999d' % 1 }}",
+    "format_width": "{{ '{:>999999999}'.format(1) }}",
+    "indent": "{% set s = '\n' * 1000000 %}{{ s | indent(1000000) }}",
+    "recursive_loop": "{% for x in [[1]] recursive %}{{ loop([[x]]) }}{% endfor %}",
+    "lipsum": "{{ lipsum(10**6) }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_template_bombs_are_template_errors(name):
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(TemplateError):
+            render(BOMBS[name], [{"role": "user", "content": "hi"}])
+        elapsed = time.monotonic() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 2.5, f"{name}: {elapsed:.1f} s"
+    assert peak < 300 * 2**20, f"{name}: {peak / 2**20:.0f} MiB"
+
+
+def test_limits_leave_room_for_real_use():
+    """Big but honest renders pass: a 4 MB message, 5,000 messages, long joins, widths, ranges and formats."""
+    messages = [{"role": "user", "content": "x" * 4_000_000}] + [{"role": "user", "content": f"m{i}"}
+                                                                   for i in range(5000)]
+    out = render("{% for m in messages %}{{ m.role ~ ': ' ~ m.content | trim }}\n{% endfor %}", messages)
+    assert len(out) > 4_000_000
+    out = render("{{ messages | map(attribute='content') | join('\n') | length }} {{ range(100000) | list | length }}"
+                 " {{ '%5d|%-3s|{:>4}'.format(7) }} {{ 'ab' * 3 }} {{ 2 ** 100 }} {{ '%05.1f' % 3.14159 }}",
+                 messages)
+    joined = len("\n".join(m["content"] for m in messages))
+    assert out == f"{joined} 100000 %5d|%-3s|   7 ababab 1267650600228229401496703205376 003.1"

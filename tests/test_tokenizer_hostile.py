@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minirs.errors import MinirsError, TokenizerError
+from minirs.errors import MinirsError, TemplateError, TokenizerError
 from minirs.formats import ModelFile
 from minirs.tokenizer import Tokenizer
 from minirs.tokenizer.bpe import bytes_to_unicode
@@ -182,6 +182,12 @@ def test_eos_past_the_vocabulary_does_not_break_the_chat_template():
     tok = load(md)
     assert tok.eos_token is None and tok.apply_chat_template([{"role": "user", "content": "hi"}]).endswith(
         "<|im_start|>")
+
+
+def test_deeply_nested_template_loads_and_fails_as_template_error():
+    tok = load(tiny_metadata() | {"tokenizer.chat_template": "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"})
+    with pytest.raises(TemplateError):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
 def test_bad_metadata_in_a_written_gguf(tmp_path):

@@ -7,7 +7,8 @@ literal, or one of the built-ins below for files that carry none. They render wi
 
 Templates come from untrusted files. They render in Jinja2's ImmutableSandboxedEnvironment, and reaching for an
 unsafe attribute (`''.__class__.__mro__`..., the attack behind CVE-2024-34359 in llama-cpp-python) stops the render
-at once with a `TemplateError`, rather than yielding an undefined value the template could keep probing.
+at once with a `TemplateError`, rather than yielding an undefined value the template could keep probing. The sandbox
+is also bounded in time, size and depth (`sandbox.py`), so a template bomb is a `TemplateError` too.
 
     render(BUILTIN_TEMPLATES["chatml"], [{"role": "user", "content": "Hi"}])
     # '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import jinja2
 from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
 from minirs.errors import TemplateError
+from minirs.tokenizer import sandbox
 from minirs.tokenizer.checks import short_repr
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -188,13 +190,6 @@ class _GenerationTag(Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, but touching an unsafe attribute fails the render instead of giving Undefined."""
-
-    def unsafe_undefined(self, obj, attribute):
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
-
-
 def _raise_exception(message):
     raise TemplateError(f"chat template refused the messages: {message}")
 
@@ -209,29 +204,50 @@ def _strftime_now(fmt):
 
 @lru_cache(maxsize=32)
 def compile_template(source: str) -> jinja2.Template:
-    """Parse a template once (as transformers does: trim_blocks, lstrip_blocks, loop controls)."""
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationTag])
-    env.filters["tojson"] = _tojson
+    """Parse a template once (as transformers does: trim_blocks, lstrip_blocks, loop controls) in the bounded
+    sandbox (`sandbox.py`)."""
+    if not isinstance(source, str):
+        raise TemplateError(f"chat template must be a str, not {short_repr(source)} (a {type(source).__name__})")
+    if len(source) > sandbox.MAX_SOURCE_CHARS:
+        raise TemplateError(f"chat template of {len(source)} characters is too long "
+                            f"(limit {sandbox.MAX_SOURCE_CHARS})")
+    env = sandbox.Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationTag])
+    env.add_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"chat template has a syntax error at line {e.lineno}: {e.message}") from None
+    except (RecursionError, MemoryError, OverflowError, SyntaxError) as e:  # deep nesting; Python's parser limits
+        raise TemplateError(f"chat template is too deeply nested or too large to compile ({type(e).__name__})") \
+            from None
 
 
 def render(template: str, messages: list[dict], add_generation_prompt: bool = True, tools=None,
            bos_token: str = "", eos_token: str = "", **kwargs) -> str:
-    """Render a chat template in the sandbox; any failure or forbidden access is a TemplateError."""
+    """Render a chat template in the bounded sandbox; any failure, forbidden access or exhausted limit (time,
+    size, depth) is a TemplateError."""
     compiled = compile_template(template)
+    out, total = [], 0
     try:
-        return compiled.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, **kwargs)
+        with sandbox.deadline():
+            for piece in compiled.generate(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                           bos_token=bos_token, eos_token=eos_token, **kwargs):
+                total += len(piece)
+                if total > sandbox.MAX_CHARS:
+                    raise TemplateError(f"chat template output is longer than {sandbox.MAX_CHARS} characters")
+                sandbox.tick()
+                out.append(piece)
     except TemplateError:
         raise
     except SecurityError as e:
         raise TemplateError(f"chat template tried something the sandbox forbids: {e}") from None
     except jinja2.TemplateError as e:
         raise TemplateError(f"chat template failed to render: {e}") from None
+    except (RecursionError, MemoryError, OverflowError) as e:
+        raise TemplateError(f"chat template exhausted a resource: {type(e).__name__}: {short_repr(str(e), 200)}") \
+            from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
         raise TemplateError(f"chat template failed to render: {type(e).__name__}: {e}") from None
+    return "".join(out)
