@@ -5,6 +5,7 @@ that names the problem; none may crash with a raw Python error or reach an index
 The tokenizers are tiny (a byte-level BPE of 256 bytes, a few merges and two control tokens) and built from a
 metadata dict on a `ModelFile`, so the fuzz test runs hundreds of loads in seconds."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,90 @@ def test_fuzzed_metadata_loads_or_raises_minirs_error(changes, dropped):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
     except MinirsError:
         pass
+
+
+# ----- the same for a Hugging Face folder (Tokenizer.from_files) ---------------------------------------------------
+
+def write_folder(folder: Path, spec=None, config=None, generation=None) -> Path:
+    """The tiny tokenizer as tokenizer.json (byte-level BPE) + tokenizer_config.json (+ generation_config.json)."""
+    md = tiny_metadata()
+    tokens = md["tokenizer.ggml.tokens"]
+    if spec is None:
+        spec = {"model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens[:-2])}, "merges": MERGES},
+                "added_tokens": [{"id": N - 2 + k, "content": t, "special": True} for k, t in enumerate(SPECIAL)],
+                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}}
+    if config is None:
+        config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": TEMPLATE}
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    if generation is not None:
+        (folder / "generation_config.json").write_text(json.dumps(generation))
+    return folder
+
+
+def test_tiny_folder_works(tmp_path):
+    tok = Tokenizer.from_files(write_folder(tmp_path, generation={"eos_token_id": [N - 1, 0]}))
+    assert tok.encode("hello world") == load(tiny_metadata()).encode("hello world")
+    assert tok.bos_id == N - 2 and tok.eos_ids == [N - 1, 0]
+
+
+def _spec_with(change):
+    spec = {"model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tiny_metadata()["tokenizer.ggml.tokens"])},
+                      "merges": list(MERGES)},
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}}
+    change(spec)
+    return spec
+
+
+BAD_FOLDERS = [  # (tokenizer.json, tokenizer_config.json, generation_config.json, what the error says)
+    (None, ["not", "an", "object"], None, r"tokenizer_config.json: expected a JSON object"),
+    (None, {"bos_token": ["<|im_start|>"]}, None, r"bos_token must be a string or \{\"content\": string\}"),
+    (None, {"eos_token": {"content": 5}}, None, r"eos_token must be a string"),
+    (None, {"add_bos_token": "yes"}, None, r"add_bos_token must be true or false, not 'yes'"),
+    (None, {"add_eos_token": 1}, None, r"add_eos_token must be true or false, not 1"),
+    (None, {"chat_template": 5}, None, r"chat_template must be a string, not 5"),
+    (None, {"chat_template": [{"name": "default"}]}, None, r"chat_template list entries must be"),
+    (None, {"chat_template": ["x"]}, None, r"chat_template list entries must be"),
+    (None, {}, {"eos_token_id": "2"}, r"generation_config.json: eos_token_id must be an integer token id, not '2'"),
+    (None, {}, {"eos_token_id": [2, 1.5]}, r"eos_token_id\[1\] must be an integer token id, not 1.5"),
+    (None, {}, ["eos"], r"generation_config.json: expected a JSON object"),
+    (_spec_with(lambda s: s["model"]["vocab"].update(big=10**12)), {}, None, r"token id 1000000000000 is far past"),
+    (_spec_with(lambda s: s["model"]["vocab"].update(neg=-1)), {}, None, r"model.vocab\['neg'\] = -1 is not a token"),
+    (_spec_with(lambda s: s["model"]["vocab"].update(f=1.5)), {}, None, r"model.vocab\['f'\] = 1.5 is not a token"),
+    (_spec_with(lambda s: s.update(added_tokens=[{"id": 3}])), {}, None, r"added_tokens\[0\] = .* needs an int id"),
+    (_spec_with(lambda s: s.update(added_tokens=[{"id": "3", "content": "x"}])), {}, None, r"needs an int id"),
+    (_spec_with(lambda s: s["model"].update(vocab=[1, 2])), {}, None, r"model.vocab must be an object"),
+    (_spec_with(lambda s: s["model"].update(vocab={})), {}, None, r"the vocabulary is empty"),
+    (_spec_with(lambda s: s["model"].update(merges=[5, 6])), {}, None, r"malformed tokenizer.json|model.merges must"),
+    (_spec_with(lambda s: s["model"].update(merges=[["a", 5]])), {}, None, r"model.merges must be"),
+    (_spec_with(lambda s: s.update(model="BPE")), {}, None, r"malformed tokenizer.json \(AttributeError"),
+    (_spec_with(lambda s: s.update(post_processor={"type": "TemplateProcessing", "single": []})), {}, None, None),
+    (["tokenizer.json as a list"], {}, None, r"tokenizer.json: expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("spec, config, generation, match", BAD_FOLDERS)
+def test_bad_folder_is_a_tokenizer_error(tmp_path, spec, config, generation, match):
+    write_folder(tmp_path, spec, config, generation)
+    if match is None:
+        assert Tokenizer.from_files(tmp_path).encode("hello")
+        return
+    with pytest.raises(TokenizerError, match=match):
+        Tokenizer.from_files(tmp_path)
+
+
+def test_folder_eos_outside_the_vocabulary_is_dropped(tmp_path, caplog):
+    tok = Tokenizer.from_files(write_folder(tmp_path, generation={"eos_token_id": [N + 3, -1, N - 1]}))
+    assert tok.eos_ids == [N - 1] and "outside the vocabulary" in caplog.text
+
+
+def test_broken_sentencepiece_models(tmp_path):
+    from test_tokenizer_files import _model_proto, _pb
+    good = _model_proto()
+    for k, data in enumerate([good[:len(good) // 2] + b"\xff", good[:-3], _pb(1, 5) + good, _pb(1, _pb(1, b"\xff\xfe"))
+                              + good, _pb(1, _pb(3, 2**40)) + good, good + _pb(2, _pb(41, b"x"))]):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        (folder / "tokenizer.model").write_bytes(data)
+        with pytest.raises(TokenizerError, match="SentencePiece"):
+            Tokenizer.from_files(folder)
