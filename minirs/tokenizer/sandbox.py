@@ -10,13 +10,17 @@ grow a value or spend time passes a check, and a failed check is a TemplateError
     MAX_CHARS characters or items, and integer products and powers of more than MAX_POWER_BITS bits;
   * every call (globals, methods, macros) and every filter refuses integer arguments above MAX_INT_ARG (widths,
     counts) and inputs that expand to more than MAX_CHARS characters (`size`, counting a repeated reference each
-    time, so `[s] * 100000 | join` is refused before it is built); `replace` and `indent` are bounded by their result;
+    time, so `[s] * 100000 | join` is refused before it is built); join, replace, indent, wordwrap, expandtabs and
+    format widths are bounded by the size of their result, tojson's indent by 64;
   * every `for` loop iterates through `Bounded.loop`, `range` holds at most MAX_RANGE items, and the output at most
     MAX_CHARS characters;
   * a wall-clock deadline (MAX_SECONDS per render) is checked at every loop step, call, filter, operator and output;
   * RecursionError, MemoryError and OverflowError (a recursive macro, 3,000 nested parentheses) become TemplateError.
 
-The limits are far above what real chat templates use (tests/test_chat.py renders them unchanged).
+The limits are far above what real chat templates use (tests/test_chat.py renders them unchanged). What is not
+covered: a single builtin call whose cost is not its input or output size (none is known among Jinja's filters and
+str's methods; the deadline is checked only between calls), and memory held by many values each under the limits
+(at most about MAX_SECONDS of allocation).
 """
 
 import math
@@ -34,6 +38,7 @@ from jinja2.runtime import Context, str_join
 from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment, SecurityError
 
 from minirs.errors import TemplateError
+from minirs.tokenizer.checks import short_repr
 
 MAX_SECONDS = 1.0          # wall-clock time of one render
 MAX_CHARS = 1 << 24        # characters of any string, items of any list, and the whole output
@@ -42,8 +47,9 @@ MAX_POWER_BITS = 1 << 16   # bits of the result of an integer `**` or `*`
 MAX_SOURCE_CHARS = 1 << 20  # characters of a template's source
 
 _deadline: ContextVar[float] = ContextVar("minirs_template_deadline", default=math.inf)
-# the width and precision of a %-format and the spec of a {}-format
-_FORMAT_SPECS = re.compile(r"%[#0 +\-]*(\d*)(?:\.(\d*))?|\{[^{}]*?:([^{}]*)\}")
+# the width and precision of a %-format; the spec of a {}-format
+_PERCENT_SPEC = re.compile(r"%[#0 +\-]*(\d*)(?:\.(\d*))?")
+_BRACE_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")
 
 
 @contextmanager
@@ -64,9 +70,12 @@ def tick() -> None:
 def size(value) -> int:
     """Characters (strings) plus items (containers) that `value` expands to when printed, joined or serialised,
     counting a repeated reference each time; the count stops soon after passing MAX_CHARS."""
-    total, stack = 0, [value]
+    total, stack, visits = 0, [value], 0
     while stack and total <= MAX_CHARS:
         v = stack.pop()
+        visits += 1
+        if visits & 0xFFFF == 0:  # a wide structure of many small items can take a while: keep the deadline
+            tick()
         if isinstance(v, (str, bytes)):
             total += len(v)
         elif isinstance(v, dict):
@@ -115,14 +124,13 @@ def _join_size(sep, items) -> int:
     return size(items) + max(n - 1, 0) * size(sep)
 
 
-def _check_format(fmt, args) -> None:
-    """`%` and str.format: a width or precision in the format string is a size too."""
+def _check_format(fmt, args, braces: bool = False) -> None:
+    """`%` (and the format filter) or str.format (`braces`): a width or precision in the format is a size too."""
     if isinstance(fmt, str):
-        for m in _FORMAT_SPECS.finditer(fmt):
-            for number in re.findall(r"\d+", "".join(g or "" for g in m.groups()) if m.group(3) is None
-                                     else m.group(3)):
-                if len(number) > 7 or int(number) > MAX_INT_ARG:
-                    raise TemplateError(f"chat template format {fmt[:40]!r} holds a width above {MAX_INT_ARG}")
+        specs = _BRACE_SPEC.finditer(fmt) if braces else _PERCENT_SPEC.finditer(fmt)
+        numbers = [n for m in specs for g in m.groups() if g for n in re.findall(r"\d+", g)]
+        if any(len(n) > 7 or int(n) > MAX_INT_ARG for n in numbers):
+            raise TemplateError(f"chat template format {fmt[:40]!r} holds a width above {MAX_INT_ARG}")
     _check_args("a format", args if isinstance(args, tuple) else (args,), {}, expanding=True)
 
 
@@ -148,6 +156,11 @@ def _bounded_filter(name: str, func):
             _refuse_big("the result of indent", len(values[0]) + (values[0].count("\n") + 1) * int(width or 0))
         if name == "format" and values:
             _check_format(values[0], tuple(values[1:]))
+        if name == "tojson":
+            indent = kwargs.get("indent", values[1] if len(values) > 1 else None)
+            width = len(indent) if isinstance(indent, str) else indent
+            if isinstance(width, (int, float)) and width > 64:  # each line of the result is indented
+                raise TemplateError(f"chat template asked tojson for an indent of {short_repr(indent)} (limit 64)")
         if name == "join" and values:
             sep = values[1] if len(values) > 1 else kwargs.get("d", "")
             _refuse_big("the result of join", _join_size(sep, values[0]))
@@ -220,7 +233,7 @@ class Bounded(ImmutableSandboxedEnvironment):
         super().__init__(**options, finalize=self._finalize)
         self.binop_table = {**self.binop_table, "*": _multiply, "**": _power, "+": _add, "%": _modulo}
         self.globals.pop("lipsum", None)  # lipsum(n) writes n paragraphs; no chat template uses it
-        self.globals["range"] = self._range
+        self.globals["range"] = self.range
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
 
     def add_filter(self, name: str, func) -> None:
@@ -242,7 +255,7 @@ class Bounded(ImmutableSandboxedEnvironment):
             if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
                 _refuse_big("the result of replace()", _replace_size(owner, *args[:3]))
             if name == "format":
-                _check_format(owner, args)
+                _check_format(owner, args, braces=True)
             if name == "join" and args:
                 _refuse_big("the result of join()", _join_size(owner, args[0]))
             if name == "expandtabs":
@@ -250,7 +263,7 @@ class Bounded(ImmutableSandboxedEnvironment):
         return _check_result(f"{name}()", super().call(context, obj, *args, **kwargs))
 
     @staticmethod
-    def _range(*args):
+    def range(*args):
         r = range(*args)
         if len(r) > MAX_RANGE:
             raise TemplateError(f"chat template asked for range{args}: ranges are limited to {MAX_RANGE} items")
