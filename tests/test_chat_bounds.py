@@ -195,3 +195,10 @@ MORE_BOMBS = [
 @pytest.mark.parametrize("template", MORE_BOMBS)
 def test_more_bombs(template):
     assert_fails_fast(template)
+
+
+def test_many_values_under_the_limits_add_up_to_an_error():
+    """Each result is 4M characters, under MAX_CHARS, but join holds every one: the render's budget stops it."""
+    assert_fails_fast("{% set s = 'x' * 1000000 %}{{ range(100000) | map('replace', '', s) | join | length }}")
+    assert_fails_fast("{% set s = 'x' * 1000000 %}{{ range(100000) | map('string') | map('center', 1000000) "
+                      "| join | length }}")

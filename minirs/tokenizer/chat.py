@@ -231,7 +231,7 @@ def render(template: str, messages: list[dict], add_generation_prompt: bool = Tr
     compiled = compile_template(template)
     out, total = [], 0
     try:
-        with sandbox.deadline():
+        with sandbox.budget():
             for piece in compiled.generate(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                            bos_token=bos_token, eos_token=eos_token, **kwargs):
                 total += len(piece)

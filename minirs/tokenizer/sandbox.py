@@ -14,16 +14,15 @@ grow a value or spend time passes a check, and a failed check is a TemplateError
     format widths are bounded by the size of their result, tojson's indent by 64;
   * every `for` loop iterates through `Bounded.loop`, `range` holds at most MAX_RANGE items, and the output at most
     MAX_CHARS characters;
-  * a wall-clock deadline (MAX_SECONDS per render) is checked at every loop step, call, filter, operator and output;
+  * a wall-clock deadline (MAX_SECONDS per render) is checked at every loop step, call, filter, operator and output,
+    and all the values built through these checks add up to at most MAX_BUILT characters or items per render;
   * RecursionError, MemoryError and OverflowError (a recursive macro, 3,000 nested parentheses) become TemplateError.
 
-The limits are far above what real chat templates use (tests/test_chat.py renders them unchanged). What is not
-covered: a single builtin call whose cost is not its input or output size (none is known among Jinja's filters and
-str's methods; the deadline is checked only between calls), and memory held by many values each under the limits
-(at most about MAX_SECONDS of allocation).
+The limits are far above what real chat templates use (tests/test_chat.py renders them unchanged). Not covered: a
+single builtin call whose cost is not bounded by its input or output size (none is known among Jinja's filters and
+str's methods; the deadline is checked between calls, not inside one).
 """
 
-import math
 import re
 import time
 from contextlib import contextmanager
@@ -46,25 +45,49 @@ MAX_INT_ARG = 1_000_000    # an integer argument to a call or filter (a width, a
 MAX_POWER_BITS = 1 << 16   # bits of the result of an integer `**` or `*`
 MAX_SOURCE_CHARS = 1 << 20  # characters of a template's source
 
-_deadline: ContextVar[float] = ContextVar("minirs_template_deadline", default=math.inf)
+MAX_BUILT = 8 * MAX_CHARS  # characters and items of all the values one render builds through the checks below
+
+
+class _Budget:
+    """What one render may still spend: wall-clock time, and characters or items of the values it builds (so that
+    many values, each under MAX_CHARS, cannot add up to gigabytes before the deadline)."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+        self.built = 0
+
+
+_budget: ContextVar[_Budget | None] = ContextVar("minirs_template_budget", default=None)
 # the width and precision of a %-format; the spec of a {}-format
 _PERCENT_SPEC = re.compile(r"%[#0 +\-]*(\d*)(?:\.(\d*))?")
 _BRACE_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")
 
 
 @contextmanager
-def deadline(seconds: float = MAX_SECONDS):
-    """Give the renders inside this block `seconds` of wall-clock time (per thread: a ContextVar)."""
-    token = _deadline.set(time.monotonic() + seconds)
+def budget(seconds: float = MAX_SECONDS):
+    """Give the renders inside this block `seconds` of wall-clock time and MAX_BUILT characters to build (per thread
+    and task: a ContextVar). Outside such a block only the per-value limits apply."""
+    token = _budget.set(_Budget(seconds))
     try:
         yield
     finally:
-        _deadline.reset(token)
+        _budget.reset(token)
 
 
 def tick() -> None:
-    if time.monotonic() > _deadline.get():
+    b = _budget.get()
+    if b is not None and time.monotonic() > b.deadline:
         raise TemplateError(f"chat template ran longer than {MAX_SECONDS} s")
+
+
+def _built(value):
+    """Count a value a check let through against the render's budget; return it."""
+    b = _budget.get()
+    if b is not None and isinstance(value, (str, list, tuple, dict)):
+        b.built += len(value)
+        if b.built > MAX_BUILT:
+            raise TemplateError(f"chat template built more than {MAX_BUILT} characters or items in all")
+    return value
 
 
 def size(value) -> int:
@@ -95,14 +118,14 @@ def size(value) -> int:
 def _refuse_big(what: str, n: int) -> None:
     if n > MAX_CHARS:
         raise TemplateError(f"chat template tried to build {what} of {n} or more characters or items "
-                                 f"(limit {MAX_CHARS})")
+                            f"(limit {MAX_CHARS})")
 
 
 def _check_args(name: str, args, kwargs, expanding: bool) -> None:
     for a in (*args, *kwargs.values()):
         if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_INT_ARG:
             raise TemplateError(f"chat template passed {a} to {name}: integer arguments are limited to "
-                                     f"{MAX_INT_ARG}")
+                                f"{MAX_INT_ARG}")
     if expanding:
         _refuse_big(f"the input of {name}", sum(size(a) for a in (*args, *kwargs.values())))
 
@@ -110,7 +133,7 @@ def _check_args(name: str, args, kwargs, expanding: bool) -> None:
 def _check_result(name: str, result):
     if isinstance(result, (str, list, tuple, dict)):
         _refuse_big(f"the result of {name}", len(result))
-    return result
+    return _built(result)
 
 
 def _replace_size(s: str, old: str, new: str, count: int = -1) -> int:
@@ -189,20 +212,20 @@ def _multiply(left, right):
     for seq, n in ((left, right), (right, left)):
         if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
             _refuse_big("a repeated sequence", len(seq) * max(n, 0))
-    return left * right
+    return _built(left * right)
 
 
 def _add(left, right):
     if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
         _refuse_big("a concatenation", len(left) + len(right))
-    return left + right
+    return _built(left + right)
 
 
 def _modulo(left, right):
     if isinstance(left, str):
         _check_format(left, right)
         _refuse_big("a formatted string", len(left) + size(right))
-    return left % right
+    return _built(left % right)
 
 
 class _BoundedCodeGenerator(CodeGenerator):
@@ -272,17 +295,15 @@ class Bounded(ImmutableSandboxedEnvironment):
     @staticmethod
     def loop(iterable):
         """Every for loop's iterable: the deadline is checked at each step."""
-        deadline_ = _deadline.get()
         for item in iterable:
-            if time.monotonic() > deadline_:
-                raise TemplateError(f"chat template ran longer than {MAX_SECONDS} s (in a loop)")
+            tick()
             yield item
 
     @staticmethod
     def concat(parts) -> str:
         tick()
         _refuse_big("a concatenation (~)", sum(size(p) for p in parts))
-        return str_join(parts)
+        return _built(str_join(parts))
 
     @staticmethod
     def _finalize(value):
