@@ -202,3 +202,20 @@ def test_many_values_under_the_limits_add_up_to_an_error():
     assert_fails_fast("{% set s = 'x' * 1000000 %}{{ range(100000) | map('replace', '', s) | join | length }}")
     assert_fails_fast("{% set s = 'x' * 1000000 %}{{ range(100000) | map('string') | map('center', 1000000) "
                       "| join | length }}")
+
+
+def test_filters_are_not_run_at_compile_time():
+    """Jinja's optimizer folds a filter of constants into the compiled code, where no render budget applies; a
+    million-item constant then took Python 20 s to compile."""
+    assert_fails_fast("{% for x in ((1.5 | center(1000000)) | sort) %}{{ x }}{% endfor %}")
+    assert render("{{ 'a' | upper }}{{ [3, 1] | sort | join }}", []) == "A13"
+
+
+@pytest.mark.parametrize("template", [
+    "{{ ('x' * 1000000) | wordwrap(3) | length }}",  # textwrap is superlinear: a minute for one call
+    "{{ ('a ' * 1000000) | urlize | length }}",
+    "{{ ('ab' * 1000000) | list | sort | join | length }}",
+    "{{ ((range(100000) | list) * 100) | map('string') | list | length }}",
+])
+def test_filters_that_work_per_item_take_a_bounded_input(template):
+    assert_fails_fast(template)

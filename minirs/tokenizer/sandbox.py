@@ -12,8 +12,9 @@ grow a value or spend time passes a check, and a failed check is a TemplateError
     counts) and inputs that expand to more than MAX_CHARS characters (`size`, counting a repeated reference each
     time, so `[s] * 100000 | join` is refused before it is built); join, replace, indent, wordwrap, expandtabs and
     format widths are bounded by the size of their result, tojson's indent by 64;
-  * every `for` loop iterates through `Bounded.loop`, `range` holds at most MAX_RANGE items, and the output at most
-    MAX_CHARS characters;
+  * every `for` loop iterates through `Bounded.loop`, `range` holds at most MAX_RANGE items, a filter that runs
+    Python code per item (sort, map, groupby, wordwrap...) takes at most MAX_RANGE items, the output at most MAX_CHARS
+    characters;
   * a wall-clock deadline (MAX_SECONDS per render) is checked at every loop step, call, filter, operator and output,
     and all the values built through these checks add up to at most MAX_BUILT characters or items per render;
   * RecursionError, MemoryError and OverflowError (a recursive macro, 3,000 nested parentheses) become TemplateError.
@@ -25,16 +26,16 @@ str's methods; the deadline is checked between calls, not inside one).
 
 import re
 import time
+from collections.abc import Sized
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import wraps
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, optimizeconst
-from jinja2.environment import Environment
-from jinja2.nodes import EvalContext
-from jinja2.runtime import Context, str_join
+from jinja2.runtime import str_join
 from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import _PassArg, pass_context
 
 from minirs.errors import TemplateError
 from minirs.tokenizer.checks import short_repr
@@ -160,16 +161,27 @@ def _check_format(fmt, args, braces: bool = False) -> None:
 # filters that build a string or list from their whole input
 _EXPANDING_FILTERS = {"join", "tojson", "format", "string", "pprint", "sum", "xmlattr", "urlencode", "center",
                       "indent", "wordwrap", "replace", "list", "batch", "slice", "map", "items", "dictsort"}
+# filters that run Python code per item (a key, an attribute, a test; wordwrap and urlize per word or character):
+# one call over 16M items would take a minute (wordwrap is superlinear), and the deadline is only checked between
+# calls, so their input is limited to MAX_RANGE items or characters
+_PER_ITEM_FILTERS = {"sort", "unique", "groupby", "map", "select", "reject", "selectattr", "rejectattr", "sum", "min",
+                     "max", "dictsort", "batch", "slice", "list", "wordwrap", "urlize"}
 _EXPANDING_METHODS = {"join", "format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs"}
 
 
 def _bounded_filter(name: str, func):
     expanding = name in _EXPANDING_FILTERS
+    passes = _PassArg.from_obj(func)  # what Jinja hands the filter first: context, eval context, environment, none
 
-    @wraps(func)  # keeps jinja_pass_arg (pass_context, pass_environment...)
-    def bounded(*args, **kwargs):
+    # pass_context also stops the optimizer from running the filter at compile time, outside any render's budget
+    # (it folded `1.5 | center(1000000) | sort` into a million-item literal for Python to compile)
+    @pass_context
+    @wraps(func)
+    def bounded(context, *values, **kwargs):
         tick()
-        values = [a for a in args if not _is_jinja_internal(a)]
+        if name in _PER_ITEM_FILTERS and values and isinstance(values[0], Sized) and len(values[0]) > MAX_RANGE:
+            raise TemplateError(f"chat template applied the {name} filter to {len(values[0])} items or characters "
+                                f"(limit {MAX_RANGE})")
         _check_args(f"the {name} filter", values, kwargs, expanding)
         if name == "replace" and len(values) >= 3 and all(isinstance(v, str) for v in values[:3]):
             _refuse_big("the result of replace", _replace_size(*values[:3]))
@@ -190,13 +202,11 @@ def _bounded_filter(name: str, func):
         if name == "wordwrap" and values and isinstance(values[0], str):
             wrap = kwargs.get("wrapstring") or (values[3] if len(values) > 3 else None) or "\n"
             _refuse_big("the result of wordwrap", len(values[0]) * (1 + len(str(wrap))))
-        return _check_result(f"the {name} filter", func(*args, **kwargs))
+        first = {_PassArg.context: (context,), _PassArg.eval_context: (context.eval_ctx,),
+                 _PassArg.environment: (context.environment,)}.get(passes, ())
+        return _check_result(f"the {name} filter", func(*first, *values, **kwargs))
 
     return bounded
-
-
-def _is_jinja_internal(value) -> bool:
-    return isinstance(value, (Environment, EvalContext, Context))
 
 
 def _power(base, exp):
