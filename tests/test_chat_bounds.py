@@ -7,6 +7,8 @@ import time
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minirs.errors import TemplateError
 from minirs.tokenizer.chat import read_template, render, resolve_template
@@ -219,3 +221,40 @@ def test_filters_are_not_run_at_compile_time():
 ])
 def test_filters_that_work_per_item_take_a_bounded_input(template):
     assert_fails_fast(template)
+
+
+# Random compositions of values, filters, operators and methods over a 100,000-character string and a 10,000-item
+# list: whatever they build, a render is a string or a TemplateError, within the time limit.
+ATOMS = ["s", "l", "n", "'ab'", "messages", "range(1000)", "[s, s]", "{'a': s}", "none", "1.5", "10**6", "-1", "ns.x"]
+FILTERS = ["list", "join", "join(s)", "tojson", "string", "length", "upper", "replace('a', s)", "center(1000000)",
+           "indent(999)", "wordwrap(3)", "format(s)", "sum", "sort", "reverse", "unique", "batch(1000)", "slice(7)",
+           "first", "last", "map('string')", "selectattr('role')", "items", "dictsort", "trim", "truncate(5)", "int",
+           "urlencode", "xmlattr", "pprint", "title", "wordcount", "striptags", "escape", "min", "max",
+           "groupby('role')", "default(s)", "select", "tojson(indent=2)", "urlize"]
+OPERATORS = ["+", "*", "~", "%", "**", "-", "//", "/", "in", "==", "and", "or"]
+METHODS = ["split()", "join(l)", "replace(s, s)", "format(s)", "center(99999)", "upper()", "startswith(s)"]
+
+
+def _expressions():
+    return st.recursive(
+        st.sampled_from(ATOMS),
+        lambda inner: st.one_of(
+            st.builds(lambda e, f: f"({e} | {f})", inner, st.sampled_from(FILTERS)),
+            st.builds(lambda a, op, b: f"({a} {op} {b})", inner, st.sampled_from(OPERATORS), inner),
+            st.builds(lambda e, m: f"{e}.{m}", inner, st.sampled_from(METHODS))),
+        max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(expr=_expressions(), shape=st.sampled_from([
+    "{{{{ {} }}}}", "{{% for i in range(100) %}}{{% set ns.x = {} %}}{{% endfor %}}{{{{ ns.x | length }}}}",
+    "{{% for x in {} %}}{{{{ x }}}}{{% endfor %}}"]))
+def test_random_templates_render_or_fail_fast(expr, shape):
+    template = ("{% set s = 'x' * 100000 %}{% set l = range(10000) | list %}{% set n = 12345 %}"
+                "{% set ns = namespace(x=s) %}" + shape.format(expr))
+    start = time.monotonic()
+    try:
+        assert isinstance(render(template, [{"role": "user", "content": "hi"}]), str)
+    except TemplateError:
+        pass
+    assert time.monotonic() - start < 2.5, template
