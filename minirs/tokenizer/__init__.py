@@ -12,6 +12,11 @@ handles what is common: special tokens, BOS/EOS, decoding to bytes, and chat tem
 
 Special tokens: user-defined tokens (type 4) are always matched whole in the text, as llama.cpp does; control
 tokens (type 3, e.g. <|im_start|>) only with `parse_special=True`, so that text from a user cannot forge them.
+
+Model files are untrusted: their tokenizer metadata is checked before use (`checks.py`: a value of the wrong type or
+length is a TokenizerError naming the key; a special id outside the vocabulary is dropped with a warning, as in
+llama.cpp), and chat templates render in a sandbox bounded in time and size (`sandbox.py`). Arguments are checked
+too: encode takes a str, decode an iterable of int token ids inside the vocabulary.
 """
 
 import re
