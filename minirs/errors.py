@@ -38,6 +38,8 @@ class DeviceError(MinirsError, RuntimeError):
 
 class RequestTimeout(MinirsError, TimeoutError):
     """A request did not finish within its timeout; it was cancelled and its KV slot freed."""
+
+
 QUOTE_CHARS = 80
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = QUOTE_CHARS

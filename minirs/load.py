@@ -11,14 +11,13 @@ tokenizer must fit the model: no token id at or past the embedding's rows (check
 row that does not exist).
 """
 
-import json
 import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from minirs.errors import DeviceError, FetchError, MinirsError, ModelError, TemplateError
+from minirs.errors import DeviceError, FetchError, MinirsError, ModelError
 from minirs.formats import ModelFile, load_model_file
 
 
@@ -123,35 +122,12 @@ def load_model(source, device: str = "auto", progress: bool = False, backend=Non
         raise MinirsError(f"{mf.path}: cannot build the model: {e}") from e
 
 
-def read_template(chat_template: str | None) -> str | None:
-    """A literal Jinja template, or a path to a .jinja file or to a tokenizer_config-style .json file."""
-    if chat_template is None:
-        return None
-    if not isinstance(chat_template, str):
-        raise TemplateError(f"chat_template: expected a string, got {type(chat_template).__name__}")
-    if "{{" in chat_template or "{%" in chat_template:
-        return chat_template  # a literal template, never a file name
-    p = Path(chat_template)
-    try:
-        is_file = p.is_file()
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
-        is_file = False
-    if not is_file:
-        return chat_template
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".json":
-        tmpl = json.loads(text).get("chat_template")
-        if not isinstance(tmpl, str):
-            raise TemplateError(f"chat_template file {p}: no 'chat_template' string in it")
-        return tmpl
-    return text
-
-
 def load_tokenizer(mf: ModelFile, path: Path, chat_template: str | None = None, folder: Path | None = None):
     """The tokenizer of a model: from `folder` (tokenizer.json / tokenizer.model) when given, else from a GGUF's
     metadata or the files beside an HF folder's weights."""
     from minirs.errors import TokenizerError
     from minirs.tokenizer import Tokenizer
+    from minirs.tokenizer.chat import read_template
     template = read_template(chat_template)
     if folder is None and mf.format in ("hf", "safetensors"):  # an HF folder: the tokenizer lives beside the weights
         folder = path if path.is_dir() else path.parent

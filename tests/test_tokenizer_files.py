@@ -131,5 +131,5 @@ def test_gguf_without_tokenizer_is_an_error(tmp_path):
 
 
 def test_encode_takes_text(smollm2_path):
-    with pytest.raises(TypeError, match="str"):
+    with pytest.raises(TokenizerError, match="str"):
         Tokenizer.from_gguf(smollm2_path).encode(b"bytes")

@@ -12,15 +12,23 @@ handles what is common: special tokens, BOS/EOS, decoding to bytes, and chat tem
 
 Special tokens: user-defined tokens (type 4) are always matched whole in the text, as llama.cpp does; control
 tokens (type 3, e.g. <|im_start|>) only with `parse_special=True`, so that text from a user cannot forge them.
+
+Model files are untrusted: their tokenizer metadata is checked before use (`checks.py`: a value of the wrong type or
+length is a TokenizerError naming the key; a special id outside the vocabulary is dropped with a warning, as in
+llama.cpp), and chat templates render in a sandbox bounded in time and size (`sandbox.py`). Arguments are checked
+too: encode takes a str, decode an iterable of int token ids inside the vocabulary.
 """
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from minirs.errors import TokenizerError
+from minirs.tokenizer import checks
 from minirs.tokenizer.bpe import ByteLevelBPE, bytes_to_unicode
+from minirs.tokenizer.checks import short_repr
 from minirs.tokenizer.pretokenize import IGNORE_MERGES, pretokenizer
 from minirs.tokenizer.spm import SPACE, SentencePieceBPE, respell
 from minirs.tokenizer.stream import StreamDecoder
@@ -65,49 +73,37 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, source, chat_template: str | None = None) -> "Tokenizer":
-        """Build from a GGUF path or an already loaded `ModelFile`; `chat_template` overrides the file's."""
+        """Build from a GGUF path or an already loaded `ModelFile`; `chat_template` overrides the file's.
+        The metadata is checked first (`checks.gguf_fields`): a value of the wrong type is a TokenizerError."""
         from minirs.formats import ModelFile, load_model_file
         mf = source if isinstance(source, ModelFile) else load_model_file(source)
-        md = mf.metadata
         where = str(mf.path)
-        kind = md.get("tokenizer.ggml.model")
-        tokens = md.get("tokenizer.ggml.tokens")
-        if kind is None or tokens is None:
-            raise TokenizerError(f"{where}: no tokenizer.ggml.model / tokenizer.ggml.tokens in the metadata")
-        tokens = list(tokens)  # a GGUF reader's StringArray decodes on every read: decode it once, here
-        n = len(tokens)
-        types = md.get("tokenizer.ggml.token_type")
-        types = np.asarray(types, dtype=np.int32) if types is not None else np.full(n, NORMAL, np.int32)
-        if kind == "gpt2":
-            merges = md.get("tokenizer.ggml.merges")
-            if merges is None:
+        f = checks.gguf_fields(mf.metadata, where)
+        tokens, types, n = f.tokens, f.types, len(f.tokens)
+        if f.kind == "gpt2":
+            if f.merges is None:
                 raise TokenizerError(f"{where}: gpt2 tokenizer without tokenizer.ggml.merges")
-            pre = str(md.get("tokenizer.ggml.pre", "default"))
-            model = ByteLevelBPE.from_vocab(tokens, merges, pretokenizer(pre), ignore_merges=pre in IGNORE_MERGES)
+            try:
+                model = ByteLevelBPE.from_vocab(tokens, f.merges, pretokenizer(f.pre),
+                                                ignore_merges=f.pre in IGNORE_MERGES)
+            except TokenizerError as e:
+                raise TokenizerError(f"{where}: {e}") from None
             add_bos_default = False
-        elif kind == "llama":
-            arch = str(md.get("general.architecture", ""))
-            scores = md.get("tokenizer.ggml.scores")
+        elif f.kind == "llama":
             blocked = {i for i in range(n) if types[i] == CONTROL}
-            model = SentencePieceBPE([respell(t) for t in tokens], scores, blocked, md.get(
-                "tokenizer.ggml.unknown_token_id"), bool(md.get("tokenizer.ggml.add_space_prefix", True)),
-                by_position=arch in ("gemma", "gemma2", "gemma3"))
+            model = SentencePieceBPE([respell(t) for t in tokens], f.scores, blocked, f.unk_id,
+                                     f.add_space_prefix is not False,
+                                     by_position=f.architecture in ("gemma", "gemma2", "gemma3"))
             add_bos_default = True
         else:
-            raise TokenizerError(f"{where}: tokenizer.ggml.model {kind!r} is not supported (gpt2 and llama are)")
-        eos = md.get("tokenizer.ggml.eos_token_id")
-        eos_ids = [int(i) for i in (eos, md.get("tokenizer.ggml.eot_token_id"), md.get("tokenizer.ggml.eom_token_id"))
-                   if i is not None]
+            raise TokenizerError(f"{where}: tokenizer.ggml.model {f.kind!r} is not supported (gpt2 and llama are)")
+        eos_ids = [i for i in (f.eos_id, f.eot_id, f.eom_id) if i is not None]
         eos_ids += [i for i, t in enumerate(tokens) if t in END_OF_TURN_TEXTS and types[i] == CONTROL]
         from minirs.tokenizer.chat import resolve_template
-        template = resolve_template(chat_template) if chat_template else md.get("tokenizer.chat_template")
-        return cls(model, tokens, types, bos_id=_opt_int(md.get("tokenizer.ggml.bos_token_id")),
-                   eos_ids=list(dict.fromkeys(eos_ids)),
-                   add_bos=bool(md.get("tokenizer.ggml.add_bos_token", add_bos_default)),
-                   add_eos=bool(md.get("tokenizer.ggml.add_eos_token", False)),
-                   chat_template=template,
-                   unk_id=_opt_int(md.get("tokenizer.ggml.unknown_token_id")),
-                   pad_id=_opt_int(md.get("tokenizer.ggml.padding_token_id")), source=where)
+        template = resolve_template(chat_template) if chat_template else f.chat_template
+        return cls(model, tokens, types, bos_id=f.bos_id, eos_ids=list(dict.fromkeys(eos_ids)),
+                   add_bos=add_bos_default if f.add_bos is None else f.add_bos, add_eos=bool(f.add_eos),
+                   chat_template=template, unk_id=f.unk_id, pad_id=f.pad_id, source=where)
 
     @classmethod
     def from_files(cls, folder, chat_template: str | None = None) -> "Tokenizer":
@@ -170,7 +166,7 @@ class Tokenizer:
         """Token ids of `text`; BOS (and EOS) per the file when `add_special_tokens`; `parse_special` matches
         control tokens written in the text (e.g. a rendered chat prompt) instead of spelling them out."""
         if not isinstance(text, str):
-            raise TypeError(f"encode() takes a str, not {type(text).__name__}")
+            raise TokenizerError(f"encode() takes a str, not {short_repr(text)} (a {type(text).__name__})")
         ids: list[int] = []
         if add_special_tokens and self.add_bos and self.bos_id is not None:
             ids.append(self.bos_id)
@@ -215,11 +211,14 @@ class Tokenizer:
                 pass
         return respell(t).replace(SPACE, " ").encode("utf-8")
 
+    def check_id(self, token_id, what: str = "token id") -> int:
+        """`token_id` as an int if it is one (a Python or NumPy integer, not a bool) inside the vocabulary; otherwise
+        a TokenizerError that names it. A float such as 1.5 is refused rather than truncated to token 1."""
+        return checks.token_id(token_id, len(self.tokens), what)
+
     def token_to_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for: what the engine appends to its output when it samples `token_id`."""
-        if not 0 <= token_id < len(self.tokens):
-            raise TokenizerError(f"token id {token_id} is out of range for a vocabulary of {len(self.tokens)}")
-        return self.token_bytes_table[token_id]
+        return self.token_bytes_table[self.check_id(token_id)]
 
     @property
     def strips_leading_space(self) -> bool:
@@ -227,9 +226,13 @@ class Tokenizer:
         return self.kind == "spm" and self.model.add_space_prefix
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        """The text of `ids`; invalid UTF-8 (e.g. a cut multi-byte character) becomes U+FFFD."""
+        """The text of `ids` (an iterable of token ids, e.g. a list or an integer NumPy array); invalid UTF-8 (e.g.
+        a cut multi-byte character) becomes U+FFFD."""
+        if isinstance(ids, (str, bytes, dict)) or not isinstance(ids, Iterable):
+            raise TokenizerError(f"decode() takes an iterable of token ids, not {short_repr(ids)} "
+                                 f"(a {type(ids).__name__})")
         stream = self.stream_decoder(skip_special_tokens)
-        return "".join([stream.feed(int(i)) for i in ids]) + stream.flush()
+        return "".join([stream.feed(self.check_id(t, f"ids[{k}]")) for k, t in enumerate(ids)]) + stream.flush()
 
     def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
         """An incremental decoder: feed ids one at a time, get text that never splits a character."""
@@ -248,8 +251,4 @@ class Tokenizer:
                                 f"(a Jinja template, a file, or a built-in name such as 'chatml')")
         return render(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
                       bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
-
-
-def _opt_int(v) -> int | None:
-    return None if v is None else int(v)
 

@@ -7,7 +7,8 @@ literal, or one of the built-ins below for files that carry none. They render wi
 
 Templates come from untrusted files. They render in Jinja2's ImmutableSandboxedEnvironment, and reaching for an
 unsafe attribute (`''.__class__.__mro__`..., the attack behind CVE-2024-34359 in llama-cpp-python) stops the render
-at once with a `TemplateError`, rather than yielding an undefined value the template could keep probing.
+at once with a `TemplateError`, rather than yielding an undefined value the template could keep probing. The sandbox
+is also bounded in time, size and depth (`sandbox.py`), so a template bomb is a `TemplateError` too.
 
     render(BUILTIN_TEMPLATES["chatml"], [{"role": "user", "content": "Hi"}])
     # '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import jinja2
 from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
 from minirs.errors import TemplateError
+from minirs.tokenizer import sandbox
+from minirs.tokenizer.checks import short_repr
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n' }}{% endfor %}"
@@ -118,23 +121,63 @@ BUILTIN_TEMPLATES = {
 def resolve_template(value: str) -> str:
     """A chat_template option: a built-in name, a path to a template file (.jinja or tokenizer_config.json), or
     the template itself."""
+    if not isinstance(value, str):
+        raise TemplateError(f"chat_template must be a str (a template, a file or a built-in name), not "
+                            f"{short_repr(value)} (a {type(value).__name__})")
     if value in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[value]
     if "{{" in value or "{%" in value:
         return value
-    path = Path(value)
-    if path.is_file():
+    if _is_file(value):
+        return _read_template_file(Path(value))
+    raise TemplateError(f"chat template {short_repr(value)} is not a Jinja template, an existing file, or a built-in "
+                        f"name ({', '.join(BUILTIN_TEMPLATES)})")
+
+
+def read_template(chat_template: str | None) -> str | None:
+    """A chat_template argument as given to the Runner: None, a literal Jinja template, or a path to a .jinja file
+    or to a tokenizer_config-style .json file whose "chat_template" is a string. A path is read; anything else is
+    returned as it is (a built-in name is resolved later by `resolve_template`).
+
+    Anything holding "{%" or "{{" is a literal and never touches the file system, and a path check that fails (a
+    name too long for the OS, a NUL byte) means "not a file": a literal template is never an OSError."""
+    if chat_template is None:
+        return None
+    if not isinstance(chat_template, str):
+        raise TemplateError(f"chat_template must be a str or None, not {short_repr(chat_template)} "
+                            f"(a {type(chat_template).__name__})")
+    if "{{" in chat_template or "{%" in chat_template or not _is_file(chat_template):
+        return chat_template
+    return _read_template_file(Path(chat_template))
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # ENAMETOOLONG, a NUL byte...: no such file
+        return False
+
+
+def _read_template_file(path: Path) -> str:
+    """The template in a .jinja (or any text) file, or the "chat_template" of a tokenizer_config-style .json file: a
+    string, or HF's list of named templates, of which the one named "default"."""
+    try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            try:
-                text = json.loads(text)["chat_template"]
-            except (ValueError, KeyError) as e:
-                raise TemplateError(f"{path}: no chat_template in this JSON file") from e
-            if isinstance(text, list):  # [{"name": "default", "template": ...}, ...]
-                text = {t["name"]: t["template"] for t in text}.get("default")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TemplateError(f"chat template file {path}: cannot read it ({e})") from None
+    if path.suffix != ".json":
         return text
-    raise TemplateError(f"chat template {value!r} is not a Jinja template, an existing file, or a built-in name "
-                        f"({', '.join(BUILTIN_TEMPLATES)})")
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise TemplateError(f"chat template file {path}: not valid JSON ({e})") from None
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    if not isinstance(template, str):
+        raise TemplateError(f"chat template file {path}: no 'chat_template' string in it (found {short_repr(template)})")
+    return template
 
 
 class _GenerationTag(Extension):
@@ -145,13 +188,6 @@ class _GenerationTag(Extension):
     def parse(self, parser):
         next(parser.stream)
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, but touching an unsafe attribute fails the render instead of giving Undefined."""
-
-    def unsafe_undefined(self, obj, attribute):
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
 
 
 def _raise_exception(message):
@@ -168,29 +204,50 @@ def _strftime_now(fmt):
 
 @lru_cache(maxsize=32)
 def compile_template(source: str) -> jinja2.Template:
-    """Parse a template once (as transformers does: trim_blocks, lstrip_blocks, loop controls)."""
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationTag])
-    env.filters["tojson"] = _tojson
+    """Parse a template once (as transformers does: trim_blocks, lstrip_blocks, loop controls) in the bounded
+    sandbox (`sandbox.py`)."""
+    if not isinstance(source, str):
+        raise TemplateError(f"chat template must be a str, not {short_repr(source)} (a {type(source).__name__})")
+    if len(source) > sandbox.MAX_SOURCE_CHARS:
+        raise TemplateError(f"chat template of {len(source)} characters is too long "
+                            f"(limit {sandbox.MAX_SOURCE_CHARS})")
+    env = sandbox.Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationTag])
+    env.add_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"chat template has a syntax error at line {e.lineno}: {e.message}") from None
+    except (RecursionError, MemoryError, OverflowError, SyntaxError) as e:  # deep nesting; Python's parser limits
+        raise TemplateError(f"chat template is too deeply nested or too large to compile ({type(e).__name__})") \
+            from None
 
 
 def render(template: str, messages: list[dict], add_generation_prompt: bool = True, tools=None,
            bos_token: str = "", eos_token: str = "", **kwargs) -> str:
-    """Render a chat template in the sandbox; any failure or forbidden access is a TemplateError."""
+    """Render a chat template in the bounded sandbox; any failure, forbidden access or exhausted limit (time,
+    size, depth) is a TemplateError."""
     compiled = compile_template(template)
+    out, total = [], 0
     try:
-        return compiled.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, **kwargs)
+        with sandbox.budget():
+            for piece in compiled.generate(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                           bos_token=bos_token, eos_token=eos_token, **kwargs):
+                total += len(piece)
+                if total > sandbox.MAX_CHARS:
+                    raise TemplateError(f"chat template output is longer than {sandbox.MAX_CHARS} characters")
+                sandbox.tick()
+                out.append(piece)
     except TemplateError:
         raise
     except SecurityError as e:
         raise TemplateError(f"chat template tried something the sandbox forbids: {e}") from None
     except jinja2.TemplateError as e:
         raise TemplateError(f"chat template failed to render: {e}") from None
+    except (RecursionError, MemoryError, OverflowError) as e:
+        raise TemplateError(f"chat template exhausted a resource: {type(e).__name__}: {short_repr(str(e), 200)}") \
+            from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
         raise TemplateError(f"chat template failed to render: {type(e).__name__}: {e}") from None
+    return "".join(out)

@@ -23,6 +23,7 @@ import numpy as np
 
 from minirs.errors import TokenizerError
 from minirs.tokenizer.bpe import ByteLevelBPE
+from minirs.tokenizer.checks import short_repr, special_id
 from minirs.tokenizer.pretokenize import GPT2, PreTokenizer
 from minirs.tokenizer.spm import SPACE, SentencePieceBPE
 
@@ -33,7 +34,7 @@ def load_folder(cls, folder: Path, chat_template: str | None):
     """Build a `Tokenizer` (class `cls`) from the files in `folder`."""
     if not folder.is_dir():
         raise TokenizerError(f"{folder}: not a folder")
-    config = _read_json(folder / "tokenizer_config.json") or {}
+    config = _json_object(folder / "tokenizer_config.json")
     if (folder / "tokenizer.json").exists():
         parts = _from_tokenizer_json(folder / "tokenizer.json", config)
     else:
@@ -42,25 +43,30 @@ def load_folder(cls, folder: Path, chat_template: str | None):
             raise TokenizerError(f"{folder}: no tokenizer.json, tokenizer.model or tokenizer.model.v3")
         parts = _from_sentencepiece(models[0], config)
     model, tokens, types, bos_id, eos_id, unk_id, add_bos = parts
+    n = len(tokens)
+    where = folder / "tokenizer_config.json"
+    bos_id, eos_id, unk_id = (special_id(i, key, n, str(folder)) for i, key in
+                              ((bos_id, "bos id"), (eos_id, "eos id"), (unk_id, "unk id")))
 
     index = {t: i for i, t in enumerate(tokens)}
-    bos_id = index.get(_token_text(config.get("bos_token")), bos_id)
-    eos_id = index.get(_token_text(config.get("eos_token")), eos_id)
+    bos_id = index.get(_token_text(config.get("bos_token"), "bos_token", where), bos_id)
+    eos_id = index.get(_token_text(config.get("eos_token"), "eos_token", where), eos_id)
     eos_ids = [eos_id] if eos_id is not None else []
-    gen = _read_json(folder / "generation_config.json") or {}
-    extra = gen.get("eos_token_id")
-    eos_ids += extra if isinstance(extra, list) else ([extra] if extra is not None else [])
+    gen_path = folder / "generation_config.json"
+    extra = _json_object(gen_path).get("eos_token_id")
+    for i, value in enumerate(extra if isinstance(extra, list) else [extra]):
+        key = f"eos_token_id[{i}]" if isinstance(extra, list) else "eos_token_id"
+        eos_ids.append(special_id(value, key, n, str(gen_path)))
+    eos_ids = [i for i in eos_ids if i is not None]
     from minirs.tokenizer import END_OF_TURN_TEXTS
     eos_ids += [i for i, t in enumerate(tokens) if t in END_OF_TURN_TEXTS and types[i] == CONTROL]
     from minirs.tokenizer.chat import resolve_template
-    template = resolve_template(chat_template) if chat_template else config.get("chat_template")
-    if isinstance(template, list):
-        template = {t["name"]: t["template"] for t in template}.get("default")
+    template = resolve_template(chat_template) if chat_template else _config_template(config, where)
     if template is None and (folder / "chat_template.jinja").exists():
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    add_bos = config.get("add_bos_token", add_bos)
-    return cls(model, tokens, types, bos_id=bos_id, eos_ids=list(dict.fromkeys(int(i) for i in eos_ids)),
-               add_bos=bool(add_bos), add_eos=bool(config.get("add_eos_token", False)), chat_template=template,
+    add_bos = _config_flag(config, "add_bos_token", where, add_bos)
+    return cls(model, tokens, types, bos_id=bos_id, eos_ids=list(dict.fromkeys(eos_ids)),
+               add_bos=add_bos, add_eos=_config_flag(config, "add_eos_token", where, False), chat_template=template,
                unk_id=unk_id, source=str(folder))
 
 
@@ -73,8 +79,45 @@ def _read_json(path: Path):
         raise TokenizerError(f"{path}: not valid JSON ({e})") from None
 
 
-def _token_text(value) -> str | None:
-    return value.get("content") if isinstance(value, dict) else value
+def _json_object(path: Path) -> dict:
+    """A JSON file that must hold an object; {} if the file does not exist."""
+    value = _read_json(path)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, found {short_repr(value)}")
+    return value
+
+
+def _token_text(value, key: str, where: Path) -> str | None:
+    """A special token of tokenizer_config.json: a string, or an AddedToken object {"content": ...}."""
+    text = value.get("content") if isinstance(value, dict) else value
+    if text is not None and not isinstance(text, str):
+        raise TokenizerError(f"{where}: {key} must be a string or {{\"content\": string}}, not {short_repr(value)}")
+    return text
+
+
+def _config_flag(config: dict, key: str, where: Path, default: bool) -> bool:
+    value = config.get(key)
+    if value is None:
+        return bool(default)
+    if not isinstance(value, bool):
+        raise TokenizerError(f"{where}: {key} must be true or false, not {short_repr(value)}")
+    return value
+
+
+def _config_template(config: dict, where: Path) -> str | None:
+    """tokenizer_config.json's chat_template: a string, or a list of {"name", "template"} of which "default"."""
+    value = config.get("chat_template")
+    if isinstance(value, list):
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+                   for t in value):
+            raise TokenizerError(f"{where}: chat_template list entries must be {{\"name\": string, \"template\": "
+                                 f"string}}, not {short_repr(value)}")
+        value = next((t["template"] for t in value if t["name"] == "default"), None)
+    if value is not None and not isinstance(value, str):
+        raise TokenizerError(f"{where}: chat_template must be a string, not {short_repr(value)}")
+    return value
 
 
 # ----- tokenizer.json --------------------------------------------------------------------------------------------
@@ -114,13 +157,39 @@ def _escape(s: str) -> str:
 
 
 def _from_tokenizer_json(path: Path, config: dict):
-    spec = _read_json(path)
+    try:
+        return _tokenizer_json_parts(path, _json_object(path))
+    except (KeyError, TypeError, AttributeError, IndexError) as e:  # any other shape than the tokenizers library's
+        raise TokenizerError(f"{path}: malformed tokenizer.json ({type(e).__name__}: {short_repr(str(e))})") from None
+
+
+def _check_vocab(path: Path, vocab, added) -> int:
+    """The vocabulary size of model.vocab plus added_tokens, whose ids must be ints that (almost) fill 0..size-1."""
+    if not isinstance(vocab, dict) or not isinstance(added, list):
+        raise TokenizerError(f"{path}: model.vocab must be an object and added_tokens a list")
+    for t, i in vocab.items():
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise TokenizerError(f"{path}: model.vocab[{short_repr(t)}] = {short_repr(i)} is not a token id")
+    for k, a in enumerate(added):
+        if not (isinstance(a, dict) and isinstance(a.get("content"), str) and isinstance(a.get("id"), int)
+                and not isinstance(a.get("id"), bool) and a["id"] >= 0):
+            raise TokenizerError(f"{path}: added_tokens[{k}] = {short_repr(a)} needs an int id and a string content")
+    count = len(vocab) + len(added)
+    size = max([*vocab.values(), *(a["id"] for a in added)], default=-1) + 1
+    if size == 0:
+        raise TokenizerError(f"{path}: the vocabulary is empty")
+    if size > 2 * count + 1024:  # a few holes are normal; a huge id would allocate a huge token list
+        raise TokenizerError(f"{path}: token id {size - 1} is far past the {count} tokens the file defines")
+    return size
+
+
+def _tokenizer_json_parts(path: Path, spec: dict):
     model = spec.get("model", {})
     if model.get("type") != "BPE":
         raise TokenizerError(f"{path}: model type {model.get('type')!r} is not supported (BPE is)")
     vocab: dict[str, int] = model["vocab"]
     added = spec.get("added_tokens", [])
-    size = max([*vocab.values(), *(a["id"] for a in added)]) + 1
+    size = _check_vocab(path, vocab, added)
     tokens = [""] * size
     types = np.full(size, NORMAL, np.int32)
     for t, i in vocab.items():
@@ -129,6 +198,8 @@ def _from_tokenizer_json(path: Path, config: dict):
         tokens[a["id"]] = a["content"]
         types[a["id"]] = CONTROL if a.get("special") else USER_DEFINED
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+    if not all(len(m) == 2 and all(isinstance(p, str) for p in m) for m in merges):
+        raise TokenizerError(f"{path}: model.merges must be \"a b\" strings or [a, b] pairs of strings")
     unk_id = vocab.get(model.get("unk_token")) if model.get("unk_token") else None
 
     if model.get("byte_fallback"):
@@ -155,7 +226,7 @@ def _post_processor_bos(post, tokens) -> int | None:
     """The special token a TemplateProcessing puts first, if any (how tokenizer.json says "add BOS")."""
     for step in ([post] if post and post.get("type") != "Sequence" else (post or {}).get("processors", [])):
         single = step.get("single") if step else None
-        if single and "SpecialToken" in single[0]:
+        if single and isinstance(single, list) and "SpecialToken" in single[0]:
             name = single[0]["SpecialToken"]["id"]
             return tokens.index(name) if name in tokens else None
     return None
@@ -232,7 +303,17 @@ def read_sentencepiece_model(data: bytes) -> dict:
 
 
 def _from_sentencepiece(path: Path, config: dict):
-    spec = read_sentencepiece_model(path.read_bytes())
+    try:
+        spec = read_sentencepiece_model(path.read_bytes())
+    except (IndexError, UnicodeDecodeError, struct.error, TypeError, AttributeError) as e:
+        # a length or varint past the end, bad UTF-8, a field of another wire type than the schema's
+        raise TokenizerError(f"{path}: not a valid SentencePiece model ({type(e).__name__}: {e})") from None
+    if not spec["pieces"]:
+        raise TokenizerError(f"{path}: no pieces in the SentencePiece model")
+    for key in ("model_type", "unk_id", "bos_id", "eos_id", "types"):
+        values = spec[key] if key == "types" else [spec[key]]
+        if not all(isinstance(v, int) and -2**31 <= v < 2**31 for v in values):
+            raise TokenizerError(f"{path}: SentencePiece {key} is not a 32-bit integer ({short_repr(spec[key])})")
     if spec["model_type"] != 2:
         raise TokenizerError(f"{path}: SentencePiece model type {spec['model_type']} is not supported (BPE = 2 is)")
     if spec["normalizer"] not in ("identity", ""):

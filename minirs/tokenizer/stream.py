@@ -25,9 +25,10 @@ class StreamDecoder:
 
     def feed(self, token_id: int) -> str:
         tok = self.tokenizer
+        token_id = tok.check_id(token_id)
         if self.skip_special_tokens and tok.is_special(token_id):
             return ""
-        data = tok.token_to_bytes(token_id)
+        data = tok.token_bytes_table[token_id]
         if not self._started:
             self._started = True
             if tok.strips_leading_space and data.startswith(b" ") and not tok.is_special(token_id):
