@@ -11,7 +11,6 @@ import gc
 import threading
 import time
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,17 +18,10 @@ from hypothesis import strategies as st
 
 from minirs import ChatCompletionRequest, CompletionRequest, MinirsError, RequestError, Runner, Which
 from minirs.errors import ModelError, RequestTimeout
+from test_api import single_threaded  # noqa: F401 - the same one-Numba-thread fixture (autouse)
 
 T = 300
 Q = [{"role": "user", "content": "Tell me a long story about a dragon."}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +205,16 @@ def test_fuzzed_fields_give_a_request_error_or_a_response(runner, fields, comple
     except RequestError:
         return
     assert 1 <= len(res.choices) and all(c.finish_reason in ("stop", "length") for c in res.choices)
+
+
+# ----- 9: a literal chat template that looks like a long file name -----------------------------------------------
+
+def test_a_long_literal_template_is_a_template_not_a_path(which, runner):
+    template = runner.tokenizer.chat_template  # SmolLM2's own: 368 characters without a '/'
+    assert len(template) > 255 and "/" not in template
+    r = Runner(which, device="cpu", max_seqs=1, chat_template=template)
+    try:
+        assert r.tokenizer.chat_template == template
+        assert r.send_chat_completion_request(chat(max_tokens=2), T).choices[0].finish_reason in ("stop", "length")
+    finally:
+        r.shutdown()

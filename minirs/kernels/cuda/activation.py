@@ -13,6 +13,7 @@ from numba import cuda, float32
 
 from minirs.kernels.cuda.intrinsics import wait_prior_kernel
 from minirs.kernels.cuda.launch import kernels
+from minirs.kernels.cuda.quantize import FORM_SIG as _Q
 from minirs.kernels.cuda.quantize import gemv_input
 
 
@@ -69,7 +70,6 @@ def act(x, gelu, out):
 
 
 _A2 = "[:, ::1]"
-_Q = f"int8{_A2}, float32{_A2}, int32{_A2}, float16{_A2}, boolean"  # xq, xd, xs, xh, half (gemv_input)
 SIGS = {
     gated_act: [f"void(float32[:, :], float32[:, :], boolean, float32{_A2})"],
     gated_act_q: [f"void(float32[:, :], float32[:, :], boolean, float32{_A2}, {_Q})"],

@@ -17,6 +17,7 @@ from numba import cuda, float32, int32
 from minirs.kernels.cuda.intrinsics import ld_half2, ld_volatile, wait_prior_kernel
 from minirs.kernels.cuda.launch import kernels
 from minirs.kernels.cuda.norm import _block_sum
+from minirs.kernels.cuda.quantize import FORM_SIG as _Q
 from minirs.kernels.cuda.quantize import GEMV_MAX_N, gemv_input
 
 ATT_WARPS = 16  # most warps per block in attention (launch_attention picks: decode `warps`, prefill 4-8)
@@ -272,7 +273,6 @@ def softmax_masked_(s, qpos, q0, nq, k0, window, scale, softcap):
 
 
 _A2, _A3, _A4 = "[:, ::1]", "[:, :, ::1]", "[:, :, :, ::1]"
-_Q = f"int8{_A2}, float32{_A2}, int32{_A2}, float16{_A2}, boolean"  # xq, xd, xs, xh, half (gemv_input)
 SIGS = {
     kv_write: [f"void(float16{_A4}, float16{_A4}, int64[::1], int64[::1], float32{_A3}, float32{_A3})"],
     attention: [f"void(float32{_A3}, float16{_A4}, float16{_A4}, int64[::1], int64[::1], int64, float32, float32, "

@@ -15,6 +15,7 @@ from numba import cuda, float32
 from minirs.errors import ModelError
 from minirs.kernels.cuda.intrinsics import wait_prior_kernel
 from minirs.kernels.cuda.launch import kernels
+from minirs.kernels.cuda.quantize import FORM_SIG as _Q
 from minirs.kernels.cuda.quantize import gemv_input
 
 RMS_MAXE = 8  # elements per thread in rmsnorm: rows up to 8 * 1024
@@ -171,7 +172,6 @@ def layernorm_q(x, w, b, eps, out, xq, xd, xs, xh, half):
 
 
 _A2 = "[:, ::1]"
-_Q = f"int8{_A2}, float32{_A2}, int32{_A2}, float16{_A2}, boolean"  # xq, xd, xs, xh, half (gemv_input)
 SIGS = {
     rmsnorm: [f"void(float32{_A2}, float32[::1], float32, float32{_A2})"],
     rmsnorm_q: [f"void(float32{_A2}, float32[::1], float32, float32{_A2}, {_Q})"],

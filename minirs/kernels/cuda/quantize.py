@@ -18,6 +18,8 @@ from numba.cuda import libdevice
 from minirs.kernels.cuda.intrinsics import wait_prior_kernel
 from minirs.kernels.cuda.launch import kernels
 
+# the kernel signature of a GEMV form as its producers take it (gemv_input): xq, xd, xs, xh, half
+FORM_SIG = "int8[:, ::1], float32[:, ::1], int32[:, ::1], float16[:, ::1], boolean"
 GEMV_MAX_N = 32  # n <= this: GEMV kernels (graph-capturable, so batched decode too); larger n: dequantize + cuBLAS
 HALF_X_THREADS = 256
 
