@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minirs.errors import DeviceError, FetchError, MinirsError, ModelError
-from minirs.formats import ModelFile, load_model_file
+from minirs.formats import ModelFile
+from minirs.models.source import open_model
 
 
 @dataclass
@@ -83,20 +84,6 @@ def resolve(source, filename: str | None = None, revision: str | None = None, to
                      "'org/name@revision:file.gguf', or a hub repo id 'org/name'")
 
 
-def open_model(source, gqa: int | None = None) -> ModelFile:
-    """A model file path (GGUF, GGML, safetensors) or a Hugging Face folder (config.json + safetensors) as a
-    ModelFile with GGUF names; an open ModelFile is returned as it is."""
-    if isinstance(source, ModelFile):
-        if source.format == "safetensors" and "hf.config" in source.metadata:  # HF names: map them
-            from minirs.models.hf import read_hf_folder
-            return read_hf_folder(source)
-        return source
-    if Path(source).is_dir() and (Path(source) / "config.json").is_file():
-        from minirs.models.hf import read_hf_folder
-        return read_hf_folder(source)
-    return load_model_file(source, gqa=gqa) if gqa else load_model_file(source)
-
-
 def load_model(source, device: str = "auto", progress: bool = False, backend=None, isq: str | None = None):
     """A Transformer from a model file path, a Hugging Face folder or an open ModelFile, on a device (or backend).
 
@@ -153,9 +140,11 @@ def check_vocab(tokenizer, model) -> None:
 def load(source, *, filename: str | None = None, device: str = "auto", backend=None, tokenizer: bool = True,
          tokenizer_folder=None, chat_template: str | None = None, isq: str | None = None, gqa: int | None = None,
          revision: str | None = None, token_source: str = "cache", token_source_value: str | None = None,
-         progress: bool = False) -> Loaded:
+         progress: bool = False, warm_up: bool = True) -> Loaded:
     """Resolve a source (resolve), open it, build the model on the device and, unless tokenizer=False, its
-    tokenizer (checked against the model's vocabulary). The device is checked first: it fails fastest."""
+    tokenizer (checked against the model's vocabulary). The device is checked first: it fails fastest. On the CPU,
+    a first run compiles the kernels right away, with a notice (minirs.warmup; warm_up=False leaves it to the first
+    forward)."""
     backend = backend or get_backend(device)
     path = resolve(source, filename, revision, token_source, token_source_value, progress)
     mf = source if isinstance(source, ModelFile) else open_model(path, gqa=gqa)
@@ -164,4 +153,7 @@ def load(source, *, filename: str | None = None, device: str = "auto", backend=N
     model = load_model(mf, backend=backend, device=device, progress=progress, isq=isq)
     if tok is not None:
         check_vocab(tok, model)
+    if warm_up and not isq:
+        from minirs.warmup import warm_up as compile_kernels
+        compile_kernels(model)
     return Loaded(model, tok, path.name, path)
