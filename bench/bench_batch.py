@@ -96,8 +96,10 @@ class PresetRunner:
         from minirs.load import load_model
         from minirs.models.synthetic import write_random_gguf
         if model is None:  # a model already loaded (of that preset) may be passed in, e.g. one per mode
-            path = write_random_gguf(Path(tempfile.mkdtemp()) / f"{preset}.gguf", preset, seed=0)
-            model = load_model(path, device=device)
+            # the folder goes once the model is loaded: the model maps the file, and the mapping outlives the
+            # unlink (POSIX); the disk space comes back when the model is freed, even if the run crashes
+            with tempfile.TemporaryDirectory(prefix="minirs-bench-") as tmp:
+                model = load_model(write_random_gguf(Path(tmp) / f"{preset}.gguf", preset, seed=0), device=device)
         self.model = model
         self.tokenizer = _Ids()
         self.engine = Engine(self.model, self.tokenizer, max_seqs=max_seqs, row_invariant=row_invariant)

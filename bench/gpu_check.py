@@ -2,6 +2,7 @@
 timings, a GEMV block-shape sweep, a by-op profile of a 7B prefill, and the batched engine (exactness alone vs
 batched, and bench_batch's throughput table). Prints a short summary last; logs go to $OUT (or ./gpu_out).
 Correctness of every kernel and model is checked by the tests (`pytest tests/test_cuda*.py`), not here.
+The random-weight GGUFs stay in --dir (default /tmp/minirs-models), reused by later runs.
 
     PYTHONUNBUFFERED=1 python bench/gpu_check.py [--bench-presets a,b] [--no-batch] [--no-micro] [--sweep] [--profile]
     python bench/gpu_check.py --bench-presets "" --no-batch --no-micro --sample   # the sampling timings alone
@@ -404,7 +405,9 @@ def batch_bench(folder: Path, preset: str, n: int = 16, max_tokens: int = 64):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench-presets", default="smollm2-135m,gemma3-270m,llama-7b-q4_0,llama-7b-q4_k")
-    ap.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"))
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"),
+                    help="random-weight GGUFs are written here once and reused by later runs "
+                    "(delete the folder to free the space)")
     ap.add_argument("--no-batch", action="store_true", help="skip the batched-engine checks and batch bench")
     ap.add_argument("--no-micro", action="store_true", help="skip the kernel micro timings")
     ap.add_argument("--sample", action="store_true", help="time GPU sampling (also part of the micro timings)")

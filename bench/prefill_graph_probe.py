@@ -9,6 +9,7 @@ can be captured, and attention takes the attention kernel (a block per token and
 path's cuBLAS attention. The captured function returns the last row's logits only, as a prefill does, and
 take_rows is patched to accept that slice. Prints the eager forward and the graph
 replay per chunk, and how far apart their last rows are (max |difference| / max |logit|).
+The random-weight GGUFs stay in --dir (default /tmp/minirs-models), reused by later runs.
 """
 
 import argparse
@@ -71,7 +72,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", action="append", help="random-weight presets (default: smollm2, gemma3, 7B Q4_0)")
     ap.add_argument("--n", action="append", type=int, help="chunk lengths (default 128 and 512)")
-    ap.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"))
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"),
+                    help="random-weight GGUFs are written here once and reused by later runs "
+                    "(delete the folder to free the space)")
     args = ap.parse_args()
     from minirs.models.synthetic import write_random_gguf
     args.dir.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,9 @@ def main() -> None:
     r.add_argument("--preset", default="llama-7b-q4_0")
     r.add_argument("--ctx", type=int, default=128)
     r.add_argument("--batch", type=int, default=1, help="decode rows (one cache slot each)")
-    r.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"))
+    r.add_argument("--dir", type=Path, default=Path("/tmp/minirs-models"),
+                   help="random-weight GGUFs are written here once and reused by later runs "
+                   "(delete the folder to free the space)")
     s = sub.add_parser("summary")
     s.add_argument("csv", type=Path)
     a = ap.parse_args()

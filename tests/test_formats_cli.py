@@ -32,3 +32,14 @@ def test_error_is_one_line_and_nonzero(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "absurd counts" in r.stderr
+
+
+def test_reader_that_stops_early_is_no_error(tmp_path):
+    """`python -m minirs.formats FILE --tensors | head`: the pipe closes before the table is written."""
+    path = write_ggml(tmp_path / "m.bin")
+    p = subprocess.Popen([sys.executable, "-m", "minirs.formats", str(path), "--tensors"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first write: that write fails with EPIPE
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert (p.wait(timeout=60), err) == (0, "")

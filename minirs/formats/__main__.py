@@ -5,6 +5,7 @@ length, tokenizer kind and whether a chat template is present; --tensors adds th
 """
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -67,11 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=None, help="legacy GGML only: RMS norm epsilon (default 5e-6)")
     args = p.parse_args(argv)
     try:
-        mf = load_model_file(args.file, gqa=args.gqa, eps=args.eps)
-        print(summary(mf, args.tensors))
+        text = summary(load_model_file(args.file, gqa=args.gqa, eps=args.eps), args.tensors)
     except (MinirsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # the reader stopped early (`| head`), which is not an error; stdout goes to devnull so that the flush at
+        # exit does not fail again (the recipe in Python's signal module docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
