@@ -102,6 +102,9 @@ ninf = np.full(V, -np.inf, np.float32)
 ninf[::7] = base[0, ::7]  # most forbidden, the rest finite
 tie = row()
 tie[[5, V - 9]] = tie.max() + 1  # two largest, equal
+near = np.full(V, -5.0, np.float32)
+near[100] = 1.0
+near[[10, 70, 130]] = np.float32(2e-16) + np.float32(2 ** -75) * np.arange(3)  # distinct, 2 ulps apart
 cases = [  # (logits, (temperature, top_k, top_p, min_p, coin), may be left to the host)
     (row(), (1e-310, 0, 1.0, 0.0, 0.3), False),  # (x - max) / T: the largest wins, no inf - inf
     (tie, (1e-310, 0, 1.0, 0.0, 0.2), False),  # ... ties at the largest share its mass: the coin picks one
@@ -123,6 +126,10 @@ cases = [  # (logits, (temperature, top_k, top_p, min_p, coin), may be left to t
     (row(i60=np.nan, i17=np.inf), (1.0, 1, 1.0, 0.0, 0.0), False),
     (np.full(V, -np.inf, np.float32), (1.0, 0, 1.0, 0.0, 0.5), False),  # all -inf: LogitsError
     (np.full(V, -np.inf, np.float32), (1.0, 5, 0.9, 0.0, 0.5), False),
+    (near, (1.0, 2, 1.0, 0.0, 0.1), True),  # x - 1 rounds the three to one z: the host keeps id 10, not 130
+    (near, (1.0, 3, 1.0, 0.0, 0.1), True),
+    (near, (1.0, 0, 0.5, 0.0, 0.1), True),
+    (near, (1.0, 1, 1.0, 0.0, 0.1), False),  # the tie lies past the top-k cut: decided
 ]
 x = np.stack([c[0] for c in cases])
 prm = cs.pack(*np.array([c[1] for c in cases]).T)

@@ -1,15 +1,17 @@
 """Sampling on the GPU: temperature, top-k, top-p and min-p, then one draw, so that only token ids come back.
 
-The host twin is minirs.sampling.sample_plain, `draw(filter_probs(softmax(x / T), top_k, top_p, min_p), coin)`,
+The host twin is minirs.sampling.sample_plain, `draw(filter_probs(softmax((x - max) / T), top_k, top_p, min_p), coin)`,
 and the rules are its rules. Probabilities are e_i = exp((x_i - max_j x_j) / T) in float64, the host's formula
 (shift_scale; CUDA's exp and NumPy's may differ in the last ulp): the largest is 0 before the division, so no T
 overflows it (T = 1e-310 gives the T -> 0 limit, the largest logit, where x / T - max / T was inf - inf = NaN).
 Extreme logits follow finite_logits: +inf counts as LIMIT (the largest value: it wins, ties by index), -inf has no
 mass, and a row with a NaN or with every logit -inf gets -1, so that the host's twin raises LogitsError for it (the
-engine ends that request alone). Order is by logit, ties by lower index: top-k keeps
-the k first, top-p the shortest prefix whose mass reaches top_p of the mass left by top-k (of the row when top-k is
-off), min-p those with e_i >= min_p (e of the largest is 1), and the draw takes the first index in vocabulary
-order whose cumulative kept mass exceeds coin * (kept mass).
+engine ends that request alone). Order is by logit, ties by lower index: top-k keeps the k first, top-p the shortest
+prefix whose mass reaches top_p of the mass left by top-k (of the row when top-k is off), min-p those with
+e_i >= min_p (e of the largest is 1), and the draw takes the first index in vocabulary order whose cumulative kept
+mass exceeds coin * (kept mass). The host ranks by z_i = (x_i - max) / T, which is the logit order unless rounding
+gives two distinct logits one z (a logit 2^-30 of the largest, T past ~1e300, finite logits beside a +inf at T past
+~1e305): where the kernels see such a tie with mass before a cut, the row gets -1.
 
 Two kernels and no full sort:
 
@@ -353,25 +355,41 @@ def sample_pick(x, prm, cv, ci, ssum, out):
                 mv[p], mi[p] = cv[r, s, j], ci[r, s, j]
             else:
                 mv[p], mi[p] = -math.inf, V + p
+    if tid == 0:
+        iv[1] = 0  # (set before _merge's barriers: the flag below is raised after them)
     cuda.syncthreads()
     _merge(mv, mi, M, tid)
 
-    # the cumulative mass in merged order; the cuts
+    # the cumulative mass in merged order; the cuts. The host ranks by z = (x - max) / T, ties by id, and z can tie
+    # where the logits do not (x - max rounds away a logit 2^-30 of the largest; (x - max) / T goes subnormal past
+    # T ~ 1e300): two neighbours of the merged order with distinct logits, one z and some mass, before the top-k
+    # cut (top-p: anywhere), leave the row to the host. (A tie with a logit below the exact bound goes unseen.)
+    ranked = k if top_k_on else M if top_p_on else 0  # the merged prefix whose order decides the cuts
     cum = cuda.local.array(EPT, float64)
     run = 0.0
     for e in range(EPT):
         p = tid * EPT + e
         if p < M and mi[p] < V:
-            run += math.exp((_wide(mv[p]) - m) / tmp)
+            z = (_wide(mv[p]) - m) / tmp
+            w = math.exp(z)
+            run += w
+            if p < ranked and w > 0.0 and p + 1 < M and mi[p + 1] < V and mv[p + 1] != mv[p]:
+                if (_wide(mv[p + 1]) - m) / tmp == z:
+                    iv[1] = 1
         cum[e] = run
     fsc[tid] = run
     if tid == 0:
         iv[0] = NONE
     _scan(fsc, tid, PT)
+    z_ties = iv[1] != 0
     before = fsc[tid - 1] if tid > 0 else 0.0
     if top_k_on and tid * EPT <= k - 1 < tid * EPT + EPT:
         fv[2] = before + cum[k - 1 - tid * EPT]  # the mass left by top-k
     cuda.syncthreads()
+    if z_ties:
+        if tid == 0:
+            out[r] = -1
+        return
     keep = k if top_k_on else M  # the kept prefix of the merged order
     if top_p_on:
         need = top_p * fv[2]
