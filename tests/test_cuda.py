@@ -168,12 +168,15 @@ def test_elementwise_ops_match_twins(be):
         gu = cp.asarray(np.concatenate([a, b], axis=1))  # a fused gate_up output: gate and up are column views
         assert rel(cp.asnumpy(be.gated_act(gu[:, :1000], gu[:, 1000:], act).x), ref.gated_act(a, b, act)) < 1e-5
     for V in (7, 2048, 50000, 262144):  # one slice, exactly one, many; ties in and across slices; -inf rows
-        logits = rng.standard_normal((5, V)).astype(np.float32)
+        logits = rng.standard_normal((7, V)).astype(np.float32)
         logits[1] = np.round(logits[1])  # many equal maxima
         logits[2, ::3] = logits[2].max() + 1  # equal maxima in every slice
         logits[3] = -np.inf
         logits[4, V // 2:] = np.inf
-        assert np.array_equal(cp.asnumpy(be.argmax(cp.asarray(logits))), logits.argmax(-1)), V
+        logits[5, ::2] = np.nan  # NaN is skipped (argmax.py's docstring): the largest of the others
+        logits[6] = np.nan  # NaN only: 0, as for a row of -inf
+        want = np.where(np.isnan(logits), -np.inf, logits).argmax(-1)
+        assert np.array_equal(cp.asnumpy(be.argmax(cp.asarray(logits))), want), V
 
 
 def _form(a):

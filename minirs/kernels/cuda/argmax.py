@@ -4,6 +4,15 @@
 
 Two kernels: argmax_part splits each row into slices of ARGMAX_SPAN logits (a block each, so a row is read by many
 SMs at once), argmax_pick picks among the slices' winners.
+
+Extreme values, against the host's greedy draw (sample_token: np.argmax of finite_logits, +inf clamped to LIMIT):
+- +inf is the largest value: the first +inf wins, the host's id;
+- a NaN is never larger than anything (every comparison with it is false), so it is skipped: a row with a NaN gets
+  the first of its largest other logits, and a row of NaN and -inf only gets 0, as a row of -inf only does
+  (np.argmax's answer for that). The host raises LogitsError for both rows instead, but a device argmax has no
+  way to refuse a row: the engine's all-greedy step (ModelRunner, mode "argmax") takes the id as it is. Greedy
+  rows of a step that also samples go through sample.py (top_k = 1), which leaves such rows to the host (-1),
+  and the host raises.
 """
 
 import math

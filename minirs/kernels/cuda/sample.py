@@ -1,11 +1,17 @@
 """Sampling on the GPU: temperature, top-k, top-p and min-p, then one draw, so that only token ids come back.
 
-The host twin is minirs.sampling.sample_plain, `draw(filter_probs(softmax(x / T), top_k, top_p, min_p), coin)`,
-and the rules are its rules. Probabilities are e_i = exp(x_i / T - max_j x_j / T) in float64 (the host's
-formula; CUDA's exp and NumPy's may differ in the last ulp). Order is by logit, ties by lower index: top-k keeps
-the k first, top-p the shortest prefix whose mass reaches top_p of the mass left by top-k (of the row when top-k is
-off), min-p those with e_i >= min_p (e of the largest is 1), and the draw takes the first index in vocabulary
-order whose cumulative kept mass exceeds coin * (kept mass).
+The host twin is minirs.sampling.sample_plain, `draw(filter_probs(softmax((x - max) / T), top_k, top_p, min_p), coin)`,
+and the rules are its rules. Probabilities are e_i = exp((x_i - max_j x_j) / T) in float64, the host's formula
+(shift_scale; CUDA's exp and NumPy's may differ in the last ulp): the largest is 0 before the division, so no T
+overflows it (T = 1e-310 gives the T -> 0 limit, the largest logit, where x / T - max / T was inf - inf = NaN).
+Extreme logits follow finite_logits: +inf counts as LIMIT (the largest value: it wins, ties by index), -inf has no
+mass, and a row with a NaN or with every logit -inf gets -1, so that the host's twin raises LogitsError for it (the
+engine ends that request alone). Order is by logit, ties by lower index: top-k keeps the k first, top-p the shortest
+prefix whose mass reaches top_p of the mass left by top-k (of the row when top-k is off), min-p those with
+e_i >= min_p (e of the largest is 1), and the draw takes the first index in vocabulary order whose cumulative kept
+mass exceeds coin * (kept mass). The host ranks by z_i = (x_i - max) / T, which is the logit order unless rounding
+gives two distinct logits one z (a logit 2^-30 of the largest, T past ~1e300, finite logits beside a +inf at T past
+~1e305): where the kernels see such a tie with mass before a cut, the row gets -1.
 
 Two kernels and no full sort:
 
@@ -25,8 +31,8 @@ k best. Top-p without top-k, or min-p alone, is decided when its cut lies above 
 the draw needs no order: the slices' masses locate the slice, one pass over that slice the element.
 
 Masses are float64 and every sum has a fixed order (thread order, then block prefix scans; the only atomics are
-minima and maxima of positions), so a row and a coin always give the same token. No warp shuffles, so the CUDA simulator runs the kernels as they are
-(tests/test_cuda_sample.py), with small sizes.
+minima and maxima of positions), so a row and a coin always give the same token. No warp shuffles, so the CUDA
+simulator runs the kernels as they are (tests/test_cuda_sample.py), with small sizes.
 """
 
 import math
@@ -37,6 +43,7 @@ from numba import cuda, float32, float64, int32
 
 from minirs.kernels.cuda.intrinsics import wait_prior_kernel
 from minirs.kernels.cuda.launch import kernels
+from minirs.sampling.penalties import LIMIT
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 TH = 16 if SIM else 256  # threads of sample_slices (>= C)
@@ -86,6 +93,12 @@ def finish_on_host(ids: np.ndarray, rows: np.ndarray, prm: np.ndarray) -> np.nda
     return ids
 
 
+def _wide(v):
+    """float64(v), +inf as LIMIT: the host's clamp (finite_logits), so a +inf logit is the largest and
+    (v - top) / T is never inf - inf."""
+    return LIMIT if v == math.inf else float64(v)
+
+
 def _before(v1, i1, v2, i2):
     """Whether element (logit v1, index i1) comes before (v2, i2): larger logit, or equal and lower index."""
     return v1 > v2 or (v1 == v2 and i1 < i2)
@@ -108,7 +121,8 @@ def _scan(a, tid, n):
 def sample_slices(x, prm, cv, ci, ssum):
     """For slice s of row r (x[r, s*SLICE : (s+1)*SLICE] of logits x (n, V)): its C best elements in order,
     cv[r, s, j] (logit) and ci[r, s, j] (index), sentinels (-inf, index >= V) where the slice is shorter; and
-    ssum[r, s] = sum_i exp(x_i / T - top / T), top the slice's largest logit, T = prm[r, TEMP]."""
+    ssum[r, s] = sum_i exp((x_i - top) / T), top the slice's largest logit, T = prm[r, TEMP] (NaN if the slice
+    holds a NaN, which counts as -inf in its candidates)."""
     wait_prior_kernel()
     r, s = cuda.blockIdx.x, cuda.blockIdx.y
     tid = cuda.threadIdx.x
@@ -124,9 +138,13 @@ def sample_slices(x, prm, cv, ci, ssum):
     vals = cuda.local.array(PER, float32)
     for j in range(PER):  # coalesced loads, all issued before any is used (clamped to the row: no branch)
         vals[j] = x[r, min(base + j * TH + tid, V - 1)]
+    bad = False  # a NaN in my chunk
     for j in range(PER):
         i = j * TH + tid
-        sv[i + i // PER] = vals[j] if base + i < V else float32(-math.inf)
+        v = vals[j] if base + i < V else float32(-math.inf)
+        if v != v:
+            bad, v = True, float32(-math.inf)
+        sv[i + i // PER] = v
     cuda.syncthreads()
     own = tid * (PER + 1)
     first = base + tid * PER  # the row index of my chunk's first logit
@@ -146,16 +164,16 @@ def sample_slices(x, prm, cv, ci, ssum):
     cuda.syncthreads()
     t0, top = res[0], res[1]
     tmp = prm[r, TEMP]
-    ztop = float64(top) / tmp
+    wtop = _wide(top)
     above, ties, mass = 0, 0, 0.0
     for j in range(PER):
         if first + j < V:
             v = sv[own + j]
             above += v > t0
             ties += v == t0
-            mass += math.exp(float64(v) / tmp - ztop) if top > -math.inf else 0.0
+            mass += math.exp((_wide(v) - wtop) / tmp) if top > -math.inf else 0.0
     cnt[tid] = above * 65536 + ties
-    fs[tid] = mass
+    fs[tid] = math.nan if bad else mass  # the scan carries a NaN to ssum: sample_pick leaves the row to the host
     _scan(cnt, tid, TH)
     _scan(fs, tid, TH)
     if tid == 0:
@@ -220,7 +238,7 @@ def _merge(mv, mi, M, tid):
 
 
 def _draw_slice(x, r, s, tmp, m, target, fsc, iv, tid):
-    """The first index of slice s of row r whose cumulative mass exp(x_i / tmp - m), added to the masses of the
+    """The first index of slice s of row r whose cumulative mass exp((x_i - m) / tmp), added to the masses of the
     slices before it, exceeds target (those are already in target: it is relative to the slice's start)."""
     V = x.shape[1]
     first = s * SLICE + tid * EPS
@@ -230,7 +248,7 @@ def _draw_slice(x, r, s, tmp, m, target, fsc, iv, tid):
     run = 0.0
     for e in range(EPS):
         if first + e < V:
-            run += math.exp(float64(vals[e]) / tmp - m)
+            run += math.exp((_wide(vals[e]) - m) / tmp)
     fsc[tid] = run
     if tid == 0:
         iv[0], iv[1] = NONE, -1
@@ -238,7 +256,7 @@ def _draw_slice(x, r, s, tmp, m, target, fsc, iv, tid):
     acc = fsc[tid - 1] if tid > 0 else 0.0
     for e in range(EPS):
         if first + e < V:
-            w = math.exp(float64(vals[e]) / tmp - m)
+            w = math.exp((_wide(vals[e]) - m) / tmp)
             acc += w
             if acc > target:
                 cuda.atomic.min(iv, 0, int32(first + e))
@@ -251,7 +269,8 @@ def _draw_slice(x, r, s, tmp, m, target, fsc, iv, tid):
 def sample_pick(x, prm, cv, ci, ssum, out):
     """out[r] = the token drawn from row r of logits x (n, V) with prm[r] = (temperature > 0, top_k (<= 0 or >= V:
     off), top_p (>= 1: off), min_p (<= 0: off), coin in [0, 1)), from sample_slices' candidates cv/ci (n, S, C)
-    and slice masses ssum (n, S); -1 where the candidates cannot decide the row."""
+    and slice masses ssum (n, S); -1 where the candidates cannot decide the row, and in a row the host refuses (a
+    NaN, or every logit -inf: sample_plain raises LogitsError there)."""
     wait_prior_kernel()
     r = cuda.blockIdx.x
     tid = cuda.threadIdx.x
@@ -275,14 +294,26 @@ def sample_pick(x, prm, cv, ci, ssum, out):
             out[r] = -1
         return
     if tid == 0:  # the row's largest logit, the exact bound, then each slice's mass and the row's
-        hi, bound = float32(-math.inf), float32(-math.inf)
+        hi, bound, nan = float32(-math.inf), float32(-math.inf), False
         for s in range(S):
             hi, bound = max(hi, cv[r, s, 0]), max(bound, cv[r, s, C - 1])
+            nan = nan or ssum[r, s] != ssum[r, s]
         fv[0], fv[1] = hi, bound
+        iv[0] = nan or hi == -math.inf
     cuda.syncthreads()
-    m = fv[0] / tmp
+    if iv[0]:  # a NaN or a row of -inf: the host's twin raises LogitsError for it
+        if tid == 0:
+            out[r] = -1
+        return
+    m = _wide(fv[0])  # probabilities are exp((x_i - m) / T), as the host's: never inf - inf, whatever T
+    if fv[0] == math.inf and (top_k_on or top_p_on) and math.exp(-LIMIT / tmp) > 0.0:
+        # +inf at a temperature past ~1e305: the finite logits keep mass but share one (x - LIMIT) / T, which the
+        # host ranks by id, not by logit
+        if tid == 0:
+            out[r] = -1
+        return
     for s in range(tid, S, PT):
-        sm[s] = ssum[r, s] * math.exp(float64(cv[r, s, 0]) / tmp - m) if cv[r, s, 0] > -math.inf else 0.0
+        sm[s] = ssum[r, s] * math.exp((_wide(cv[r, s, 0]) - m) / tmp) if cv[r, s, 0] > -math.inf else 0.0
     cuda.syncthreads()
     if tid == 0:
         total = 0.0
@@ -324,25 +355,41 @@ def sample_pick(x, prm, cv, ci, ssum, out):
                 mv[p], mi[p] = cv[r, s, j], ci[r, s, j]
             else:
                 mv[p], mi[p] = -math.inf, V + p
+    if tid == 0:
+        iv[1] = 0  # (set before _merge's barriers: the flag below is raised after them)
     cuda.syncthreads()
     _merge(mv, mi, M, tid)
 
-    # the cumulative mass in merged order; the cuts
+    # the cumulative mass in merged order; the cuts. The host ranks by z = (x - max) / T, ties by id, and z can tie
+    # where the logits do not (x - max rounds away a logit 2^-30 of the largest; (x - max) / T goes subnormal past
+    # T ~ 1e300): two neighbours of the merged order with distinct logits, one z and some mass, before the top-k
+    # cut (top-p: anywhere), leave the row to the host. (A tie with a logit below the exact bound goes unseen.)
+    ranked = k if top_k_on else M if top_p_on else 0  # the merged prefix whose order decides the cuts
     cum = cuda.local.array(EPT, float64)
     run = 0.0
     for e in range(EPT):
         p = tid * EPT + e
         if p < M and mi[p] < V:
-            run += math.exp(float64(mv[p]) / tmp - m)
+            z = (_wide(mv[p]) - m) / tmp
+            w = math.exp(z)
+            run += w
+            if p < ranked and w > 0.0 and p + 1 < M and mi[p + 1] < V and mv[p + 1] != mv[p]:
+                if (_wide(mv[p + 1]) - m) / tmp == z:
+                    iv[1] = 1
         cum[e] = run
     fsc[tid] = run
     if tid == 0:
         iv[0] = NONE
     _scan(fsc, tid, PT)
+    z_ties = iv[1] != 0
     before = fsc[tid - 1] if tid > 0 else 0.0
     if top_k_on and tid * EPT <= k - 1 < tid * EPT + EPT:
         fv[2] = before + cum[k - 1 - tid * EPT]  # the mass left by top-k
     cuda.syncthreads()
+    if z_ties:
+        if tid == 0:
+            out[r] = -1
+        return
     keep = k if top_k_on else M  # the kept prefix of the merged order
     if top_p_on:
         need = top_p * fv[2]
@@ -359,7 +406,7 @@ def sample_pick(x, prm, cv, ci, ssum, out):
                 out[r] = -1
             return
         keep = cut + 1
-    elif not top_k_on and math.exp(fv[1] / tmp - m) >= min_p:  # min-p alone, reaching below the exact bound
+    elif not top_k_on and math.exp((_wide(fv[1]) - m) / tmp) >= min_p:  # min-p alone, reaching below the exact bound
         if tid == 0:
             out[r] = -1
         return
@@ -374,7 +421,7 @@ def sample_pick(x, prm, cv, ci, ssum, out):
         if s < S:
             v, i = cv[r, s, j], ci[r, s, j]
             if i < V and (keep == M or not _before(last_v, last_i, v, i)):
-                w = math.exp(float64(v) / tmp - m)
+                w = math.exp((_wide(v) - m) / tmp)
                 if w < min_p:
                     w = 0.0
         run += w
@@ -404,7 +451,7 @@ def sample_pick(x, prm, cv, ci, ssum, out):
         v, i = cv[r, s, tid], ci[r, s, tid]
         w = -1.0  # not kept
         if i < V and (keep == M or not _before(last_v, last_i, v, i)):
-            w = math.exp(float64(v) / tmp - m)
+            w = math.exp((_wide(v) - m) / tmp)
             if w < min_p:
                 w = -1.0
         lv[tid], li[tid], lw[tid] = v, i, w
@@ -430,6 +477,6 @@ SIGS = {
     sample_pick: ["void(float32[:, ::1], float64[:, ::1], float32[:, :, ::1], int32[:, :, ::1], float64[:, ::1], "
                   "int64[::1])"],
 }
-for _f in (_before, _scan, _merge, _draw_slice):
+for _f in (_wide, _before, _scan, _merge, _draw_slice):
     globals()[_f.__name__] = cuda.jit(device=True, inline=True)(_f)
 K = kernels(SIGS)
