@@ -185,9 +185,16 @@ def _say(args, msg: str) -> None:
         print(f"minirs: {msg}", file=sys.stderr)
 
 
+def _no_template(name: str) -> MinirsError:
+    from minirs.tokenizer.chat import BUILTIN_TEMPLATES
+    return MinirsError(f"{name} has no chat template: add --raw for plain text completion, or --chat-template NAME "
+                       f"with a built-in one ({', '.join(BUILTIN_TEMPLATES)}), a file or a Jinja string")
+
+
 def _run(args) -> int:
     from minirs.engine import Engine
-    from minirs.load import load
+    from minirs.formats import load_model_file
+    from minirs.load import get_backend, load, resolve
 
     t0 = time.perf_counter()
     if args.model is not None:
@@ -197,14 +204,17 @@ def _run(args) -> int:
         source = smollm2_path()
     else:
         source = args.gguf
-    loaded = load(source, device=args.device, chat_template=args.chat_template, isq=args.isq,
-                  token_source=args.token_source, progress=sys.stderr.isatty() and not args.quiet)
+    progress = sys.stderr.isatty() and not args.quiet
+    backend = get_backend(args.device)  # the device first: it fails fastest
+    path = resolve(source, token_source=args.token_source, progress=progress)
+    chat = not args.raw and args.chat_template is None
+    if chat and path.is_file() and path.suffix == ".gguf" and "tokenizer.chat_template" not in \
+            load_model_file(path).metadata:  # say so before loading the weights
+        raise _no_template(path.name)
+    loaded = load(path, backend=backend, chat_template=args.chat_template, isq=args.isq, progress=progress)
     model, tok = loaded.model, loaded.tokenizer
-    if not args.raw and tok.chat_template is None:
-        from minirs.tokenizer.chat import BUILTIN_TEMPLATES
-        raise MinirsError(f"{loaded.name} has no chat template: add --raw for plain text completion, or "
-                          f"--chat-template NAME with a built-in one ({', '.join(BUILTIN_TEMPLATES)}), a file or "
-                          "a Jinja string")
+    if chat and tok.chat_template is None:
+        raise _no_template(loaded.name)
     params = sampling_params(args, model_sampling(loaded.path))
     ctx = args.ctx_size or min(model.config.context_length, CTX_CAP)
     # the API's engine with one sequence slot: a chat's next turn reuses the history its slot still holds
