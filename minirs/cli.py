@@ -25,7 +25,7 @@ from minirs.errors import MinirsError
 
 # Used when neither the flag nor the model names a value. Chosen by bench/cli_defaults.py: the README question
 # answered cleanly by SmolLM2-135M-Instruct over 20 seeds (BENCHMARKS.md, "CLI sampling defaults").
-DEFAULTS = {"temperature": 0.2, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repeat_penalty": 1.0,
+DEFAULTS = {"temperature": 0.1, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repeat_penalty": 1.1,
             "presence_penalty": 0.0, "frequency_penalty": 0.0}
 # GGUF keys (llama.cpp's gguf.Keys.General.SAMPLING_*) and generation_config.json keys for each sampling flag
 GGUF_SAMPLING = {"temperature": "general.sampling.temp", "top_k": "general.sampling.top_k",
