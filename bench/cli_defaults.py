@@ -4,8 +4,8 @@
 
 Asks the README's question through the CLI's own chat path (minirs.cli: chat_ids, answer, --max-tokens 256) once
 per seed for each candidate setting, and counts the clean answers: they mention Paris, are English (at most 2% of
-the letters outside ASCII) and do not loop (no 4-word sequence three times, and the answer ends before
---max-tokens). Prints a Markdown table for BENCHMARKS.md ("CLI sampling defaults").
+the letters outside ASCII, no French article or "est"/"et") and do not loop (no 4-word sequence three times, and
+the answer ends before --max-tokens). Prints a Markdown table for BENCHMARKS.md ("CLI sampling defaults").
 """
 
 import argparse
@@ -25,7 +25,8 @@ QUESTION = "What is the capital of France?"
 # (temperature, top_p, min_p, repeat penalty); top_k 40 throughout, as the CLI's DEFAULTS
 CANDIDATES = [(0.7, 0.95, 0.05, 1.0), (0.7, 0.9, 0.05, 1.1), (0.3, 0.9, 0.05, 1.0), (0.3, 0.9, 0.05, 1.1),
               (0.2, 0.9, 0.05, 1.0), (0.2, 0.9, 0.05, 1.1), (0.2, 0.9, 0.1, 1.1), (0.1, 0.9, 0.05, 1.1),
-              (0.2, 0.8, 0.05, 1.1), (0.2, 0.8, 0.1, 1.1), (0.3, 0.8, 0.1, 1.1), (0.1, 0.9, 0.05, 1.0)]
+              (0.2, 0.8, 0.05, 1.1), (0.2, 0.8, 0.1, 1.1), (0.3, 0.8, 0.1, 1.1), (0.1, 0.9, 0.05, 1.0),
+              (0.1, 0.9, 0.1, 1.1), (0.1, 0.8, 0.1, 1.1), (0.05, 0.9, 0.05, 1.1), (0.0, 1.0, 0.0, 1.1)]
 
 
 def loops(text: str) -> bool:
@@ -34,9 +35,13 @@ def loops(text: str) -> bool:
     return bool(grams) and grams.most_common(1)[0][1] >= 3
 
 
+FRENCH = re.compile(r"(?:^|[^\w'])(?:l'|la|le|les|du|des|est|et|une|je)(?=[^\w']|$)", re.IGNORECASE)
+
+
 def english(text: str) -> bool:
+    """At most 2% of the letters outside ASCII, and none of the French words this model drifts into."""
     letters = [c for c in text if c.isalpha()]
-    return not letters or sum(not c.isascii() for c in letters) <= 0.02 * len(letters)
+    return (not letters or sum(not c.isascii() for c in letters) <= 0.02 * len(letters)) and not FRENCH.search(text)
 
 
 def main() -> int:

@@ -23,9 +23,11 @@ from pathlib import Path
 
 from minirs.errors import MinirsError
 
-# Used when neither the flag nor the model names a value. Chosen by bench/cli_defaults.py: the README question
-# answered cleanly by SmolLM2-135M-Instruct over 20 seeds (BENCHMARKS.md, "CLI sampling defaults").
-DEFAULTS = {"temperature": 0.1, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repeat_penalty": 1.1,
+# Used when neither the flag nor the model names a value. Chosen by bench/cli_defaults.py (BENCHMARKS.md, "CLI
+# sampling defaults"): on SmolLM2-135M-Instruct only greedy decoding with a repeat penalty answered the README
+# question in clean English for all 20 seeds (even temperature 0.05 drifted into French twice). top-k, top-p and
+# min-p apply once --temperature is raised.
+DEFAULTS = {"temperature": 0.0, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repeat_penalty": 1.1,
             "presence_penalty": 0.0, "frequency_penalty": 0.0}
 # GGUF keys (llama.cpp's gguf.Keys.General.SAMPLING_*) and generation_config.json keys for each sampling flag
 GGUF_SAMPLING = {"temperature": "general.sampling.temp", "top_k": "general.sampling.top_k",
@@ -58,6 +60,14 @@ def _finite(lo=-math.inf, hi=math.inf, lo_open=False):
     return lambda v: math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
 
 
+# each sampling flag's type, check and range as its error message says it
+RANGES = {"temperature": (float, _finite(0), ">= 0"), "top_k": (int, lambda v: v >= 0, ">= 0"),
+          "top_p": (float, _finite(0, 1, lo_open=True), "in (0, 1]"), "min_p": (float, _finite(0, 1), "in [0, 1]"),
+          "repeat_penalty": (float, _finite(0, lo_open=True), "> 0"),
+          "presence_penalty": (float, _finite(-2, 2), "in [-2, 2]"),
+          "frequency_penalty": (float, _finite(-2, 2), "in [-2, 2]")}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """One line, exit code 2: the type functions' messages as they are, argparse's own with a pointer."""
@@ -88,21 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_number("--max-tokens", int, lambda v: v >= 1, ">= 1"), default=256,
                    help="most tokens to generate per answer (default 256)")
     d = DEFAULTS
-    p.add_argument("--temperature", type=_number("--temperature", float, _finite(0), ">= 0"), default=None,
+    p.add_argument("--temperature", type=_number("--temperature", *RANGES["temperature"]), default=None,
                    help=f"sampling temperature, 0 = greedy (default: the model's or {d['temperature']})")
-    p.add_argument("--top-k", type=_number("--top-k", int, lambda v: v >= 0, ">= 0"), default=None,
+    p.add_argument("--top-k", type=_number("--top-k", *RANGES["top_k"]), default=None,
                    help=f"keep the k most likely tokens, 0 = off (default: the model's or {d['top_k']})")
-    p.add_argument("--top-p", type=_number("--top-p", float, _finite(0, 1, lo_open=True), "in (0, 1]"), default=None,
+    p.add_argument("--top-p", type=_number("--top-p", *RANGES["top_p"]), default=None,
                    help=f"nucleus sampling mass, 1 = off (default: the model's or {d['top_p']})")
-    p.add_argument("--min-p", type=_number("--min-p", float, _finite(0, 1), "in [0, 1]"), default=None,
+    p.add_argument("--min-p", type=_number("--min-p", *RANGES["min_p"]), default=None,
                    help=f"drop tokens below min_p * p_max, 0 = off (default: the model's or {d['min_p']})")
-    p.add_argument("--repeat-penalty", type=_number("--repeat-penalty", float, _finite(0, lo_open=True), "> 0"),
+    p.add_argument("--repeat-penalty", type=_number("--repeat-penalty", *RANGES["repeat_penalty"]),
                    default=None, help="penalise the ids among the last 64 tokens: positive logits divided by "
                    f"this, negative ones multiplied, 1 = off (default: the model's or {d['repeat_penalty']})")
-    p.add_argument("--presence-penalty", type=_number("--presence-penalty", float, _finite(-2, 2), "in [-2, 2]"),
+    p.add_argument("--presence-penalty", type=_number("--presence-penalty", *RANGES["presence_penalty"]),
                    default=None, help="subtract this from the logit of every id among the last 64 tokens, "
                    f"0 = off (default {d['presence_penalty']})")
-    p.add_argument("--frequency-penalty", type=_number("--frequency-penalty", float, _finite(-2, 2), "in [-2, 2]"),
+    p.add_argument("--frequency-penalty", type=_number("--frequency-penalty", *RANGES["frequency_penalty"]),
                    default=None, help="subtract this times its count among the last 64 tokens from each id's "
                    f"logit, 0 = off (default {d['frequency_penalty']})")
     p.add_argument("--seed", type=_number("--seed", int, lambda v: v >= 0, ">= 0"), default=None,
@@ -154,7 +164,7 @@ def model_sampling(path: Path) -> dict:
         from minirs.formats import load_model_file
         md = load_model_file(path).metadata
         found = {flag: md[key] for flag, key in GGUF_SAMPLING.items() if key in md}
-    else:
+    elif path.is_dir() or path.suffix == ".safetensors":
         cfg = (path if path.is_dir() else path.parent) / "generation_config.json"
         try:
             gen = json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
@@ -163,7 +173,10 @@ def model_sampling(path: Path) -> dict:
         if isinstance(gen, dict) and gen.get("do_sample") is False:
             gen = {**gen, "temperature": 0.0}
         found = {flag: gen[key] for flag, key in HF_SAMPLING.items() if isinstance(gen, dict) and key in gen}
-    return {k: v for k, v in found.items() if isinstance(v, int | float) and math.isfinite(v)}
+    else:  # a legacy GGML file states nothing
+        found = {}
+    # a value out of the flag's range is ignored, as if the model stated none
+    return {k: v for k, v in found.items() if isinstance(v, int | float) and RANGES[k][1](v)}
 
 
 def sampling_params(args, recommended: dict):

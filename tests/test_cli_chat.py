@@ -85,5 +85,7 @@ def test_sampling_defaults_come_from_the_flag_then_the_model(tmp_path):
     assert model_sampling(folder) == {"temperature": 0.3, "top_p": 0.8, "top_k": 5, "repeat_penalty": 1.05}
     (folder / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.6}))
     assert model_sampling(folder) == {"temperature": 0.0}
+    (folder / "generation_config.json").write_text(json.dumps({"top_p": 0.0, "temperature": -1, "top_k": 7}))
+    assert model_sampling(folder) == {"top_k": 7}  # out of the flags' ranges: ignored, as if unstated
     assert sampling_params(argparse.Namespace(**{k: None for k in DEFAULTS}, seed=None), {}).temperature == \
         DEFAULTS["temperature"]
