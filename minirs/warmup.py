@@ -22,13 +22,14 @@ PREFILL_ROWS = 16  # a prefill chunk this long takes every batched kernel (gated
 
 
 def kernels(model) -> list:
-    """The Numba dispatchers (with an on-disk cache) that a CPU model's forward calls: the matmul, decode and
-    dequantization kernels of its weights' families, and the norm, activation, RoPE and attention kernels."""
+    """The Numba dispatchers (with an on-disk cache) that a CPU model's prefill and decode call (run_path runs
+    exactly these): the batched and one-token matmuls of its weights' families, the embedding's dequantizer, and
+    the norm, activation, RoPE and attention kernels (MoE: the router too)."""
     from minirs.kernels.backend import Stack
     from minirs.kernels.cpu import activation, attention, dequant, matmul, moe, norm, rope
     from minirs.kernels.cpu.weights import QMatrix
     cfg = model.config
-    mats = [model.token_embd, model.output] + [w for lw in model.layers for w in vars(lw).values()]
+    mats = [model.output] + [w for lw in model.layers for w in vars(lw).values()]
     flat = []
     for w in mats:
         flat += list(w.parts) if isinstance(w, Stack) else w if isinstance(w, list) else [w]
@@ -38,8 +39,10 @@ def kernels(model) -> list:
     found += [activation.gated_act, activation.gated_act_rows] if cfg.gated_ffn or cfg.n_experts else [activation.act]
     found += [moe.topk_softmax] if cfg.n_experts else []
     for fam in families:
-        found += [matmul._mm_float] if fam == "float" else [
-            getattr(matmul, f"_mm_{fam}"), getattr(matmul, f"_mv_{fam}"), getattr(dequant, f"_deq_{fam}")]
+        batched_and_one = [getattr(matmul, f"_mm_{fam}"), getattr(matmul, f"_mv_{fam}")] if fam != "float" else []
+        found += batched_and_one or [matmul._mm_float]
+    if model.token_embd.family != "float":
+        found.append(getattr(dequant, f"_deq_{model.token_embd.family}"))
     return found
 
 
@@ -52,12 +55,13 @@ def cached(model) -> bool:
 
 
 def run_path(model, part: str) -> None:
-    """Run the model once the way `part` ("prefill" or "decode") does, on a throwaway one-slot cache."""
+    """Run the model once the way `part` ("prefill" or "decode") does, on a throwaway one-slot cache (prefill asks
+    for every row's logits, so the output projection takes its batched kernel too)."""
     from minirs.engine.kv_cache import KVCache
     n = PREFILL_ROWS if part == "prefill" else 1
     cache = KVCache(model.config, model.backend, 1, PREFILL_ROWS + 2, PREFILL_ROWS)
     ids = np.arange(n, dtype=np.int64) % model.config.vocab_size
-    model.forward(ids, np.zeros(n, np.int64), np.arange(n, dtype=np.int64), cache, logit_rows=[n - 1])
+    model.forward(ids, np.zeros(n, np.int64), np.arange(n, dtype=np.int64), cache)
 
 
 def warm_up(model, log=None) -> float:
