@@ -286,7 +286,7 @@ def sample_timings():
     import cupy as cp
 
     from minirs.kernels.cuda.backend import CudaBackend
-    from minirs.kernels.cuda.sample import pack
+    from minirs.sampling.rows import pack
 
     be = CudaBackend()
     rng = np.random.default_rng(0)

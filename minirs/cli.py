@@ -14,7 +14,6 @@ generation_config.json), else DEFAULTS, measured on SmolLM2 by bench/cli_default
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -56,16 +55,16 @@ def _number(flag: str, kind, ok, rng: str):
     return parse
 
 
-def _finite(lo=-math.inf, hi=math.inf, lo_open=False):
-    return lambda v: math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+def _sampling(name: str):
+    """A float flag checked against the API's table (api/validation.RANGES): one range per field everywhere."""
+    from minirs.api.validation import in_range, range_text
+    return float, lambda v: in_range(name, v), range_text(name)
 
 
 # each sampling flag's type, check and range as its error message says it
-RANGES = {"temperature": (float, _finite(0), ">= 0"), "top_k": (int, lambda v: v >= 0, ">= 0"),
-          "top_p": (float, _finite(0, 1, lo_open=True), "in (0, 1]"), "min_p": (float, _finite(0, 1), "in [0, 1]"),
-          "repeat_penalty": (float, _finite(0, lo_open=True), "> 0"),
-          "presence_penalty": (float, _finite(-2, 2), "in [-2, 2]"),
-          "frequency_penalty": (float, _finite(-2, 2), "in [-2, 2]")}
+RANGES = {"temperature": _sampling("temperature"), "top_k": (int, lambda v: v >= 0, ">= 0"),
+          "top_p": _sampling("top_p"), "min_p": _sampling("min_p"), "repeat_penalty": _sampling("repetition_penalty"),
+          "presence_penalty": _sampling("presence_penalty"), "frequency_penalty": _sampling("frequency_penalty")}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minirs.engine.kv_cache import KVCache
 from minirs.errors import MinirsError
 from minirs.formats import Tensor, dequantize
-from minirs.engine.kv_cache import KVCache
 from minirs.load import load_model, open_model
 from minirs.models.convert import convert
 

@@ -44,8 +44,8 @@ def test_default_sampling_answers_the_readme_question(smollm2_path):
 
 
 @pytest.mark.parametrize("flag, value, says", [
-    ("--temperature", "-1", "--temperature must be >= 0 (got -1)"),
-    ("--temperature", "inf", "--temperature must be >= 0"),
+    ("--temperature", "-1", "--temperature must be in [0, 100] (got -1)"),
+    ("--temperature", "inf", "--temperature must be in [0, 100]"),
     ("--top-p", "1.5", "--top-p must be in (0, 1]"),
     ("--top-p", "0", "--top-p must be in (0, 1]"),
     ("--top-k", "-1", "--top-k must be an integer >= 0"),
@@ -55,7 +55,7 @@ def test_default_sampling_answers_the_readme_question(smollm2_path):
     ("--seed", "x", "--seed must be an integer >= 0 (got 'x')"),
     ("--max-tokens", "0", "--max-tokens must be an integer >= 1"),
     ("--ctx-size", "8", "--ctx-size must be an integer >= 16"),
-    ("--repeat-penalty", "0", "--repeat-penalty must be > 0"),
+    ("--repeat-penalty", "0", "--repeat-penalty must be in [0.01, 100]"),
     ("--presence-penalty", "2.5", "--presence-penalty must be in [-2, 2]"),
     ("--frequency-penalty", "nan", "--frequency-penalty must be in [-2, 2]"),
 ])
@@ -70,7 +70,7 @@ def test_bad_flag_values_are_one_line_and_exit_2(capsys, flag, value, says):
 def test_bad_flag_in_a_real_process():
     r = run_cli("--temperature", "-1", "--prompt", "x")
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == "minirs: error: --temperature must be >= 0 (got -1)\n"
+    assert r.stderr == "minirs: error: --temperature must be in [0, 100] (got -1)\n"
 
 
 def test_chat_once_and_interactive(smollm2_path):

@@ -35,6 +35,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
             return self._allocations[key]
     kernelapi.FakeCUDAShared.array = _locked_array
 from minirs.kernels.cuda import sample as cs
+from minirs.sampling.rows import pack
 from minirs.sampling import LogitsError, sample_plain
 
 rng = np.random.default_rng(int(sys.argv[1]))
@@ -65,7 +66,7 @@ def params(n, V):
     min_p = rng.choice([0.0, 0.0, 0.05, 0.3], n)
     coin = rng.random(n)
     coin[:2] = 0.0, 1 - 1e-12
-    return cs.pack(temp, top_k, top_p, min_p, coin)
+    return pack(temp, top_k, top_p, min_p, coin)
 
 
 for V in [int(v) for v in sys.argv[2].split(",")]:
@@ -132,7 +133,7 @@ cases = [  # (logits, (temperature, top_k, top_p, min_p, coin), may be left to t
     (near, (1.0, 1, 1.0, 0.0, 0.1), False),  # the tie lies past the top-k cut: decided
 ]
 x = np.stack([c[0] for c in cases])
-prm = cs.pack(*np.array([c[1] for c in cases]).T)
+prm = pack(*np.array([c[1] for c in cases]).T)
 out = cs.sample_ids(x, prm)
 for i, (z, p, may_defer) in enumerate(cases):
     try:
@@ -142,7 +143,7 @@ for i, (z, p, may_defer) in enumerate(cases):
     assert out[i] == want or (out[i] == -1 and may_defer), (i, int(out[i]), want, p)
 
 ok = (rng.standard_normal((len(cases), V)) * 2).astype(np.float32)
-ok_prm = cs.pack(rng.choice([0.6, 1.0, 1.5], len(cases)), rng.choice([0, 1, 3, 5], len(cases)),
+ok_prm = pack(rng.choice([0.6, 1.0, 1.5], len(cases)), rng.choice([0, 1, 3, 5], len(cases)),
                  np.ones(len(cases)), np.zeros(len(cases)), rng.random(len(cases)))
 alone = cs.sample_ids(ok, ok_prm)
 both, both_prm = np.empty((2 * len(cases), V), np.float32), np.empty((2 * len(cases), 5))

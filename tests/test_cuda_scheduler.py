@@ -7,12 +7,12 @@ exactly its tokens alone.
 
 import numpy as np
 import pytest
+from test_scheduler import StubTokenizer
 
 from minirs.engine import GRAPH_BUCKETS, Engine, GenParams, Job
 from minirs.kernels.cpu import CpuBackend
 from minirs.load import load_model
 from minirs.models.synthetic import write_random_gguf
-from test_scheduler import StubTokenizer
 
 TIMEOUT = 120
 

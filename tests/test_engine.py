@@ -7,8 +7,8 @@ same logits as one full prefill, and chunked prefill must equal unchunked.
 import numpy as np
 import pytest
 
-from minirs.generate import Generator
 from minirs.engine.kv_cache import KVCache
+from minirs.generate import Generator
 from minirs.load import load_model
 from minirs.models.synthetic import PRESETS, Preset, write_random_gguf
 from minirs.sampling import SamplingParams

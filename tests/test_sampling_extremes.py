@@ -122,9 +122,9 @@ def test_nan_logits_raise_a_minirs_error(temperature):
 
 def test_nan_logits_end_only_their_request(tmp_path):
     """The engine confines a LogitsError to the request whose logits were NaN; the batch goes on."""
+    from minirs.engine import Engine, GenParams, Job
     from minirs.load import load_model
     from minirs.models.synthetic import write_random_gguf
-    from minirs.engine import Engine, GenParams, Job
 
     class Letters:
         eos_ids = ()

@@ -10,11 +10,11 @@ import threading
 import numpy as np
 import pytest
 
+from minirs.engine import Engine, GenParams, Job
 from minirs.errors import RequestError
 from minirs.load import load_model
 from minirs.models.synthetic import write_random_gguf
 from minirs.sampling import SamplingParams
-from minirs.engine import Engine, GenParams, Job
 
 TIMEOUT = 120
 

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from minirs.api import responses, validation
 from minirs.api.types import ChatCompletionRequest, CompletionRequest, Which
 from minirs.engine import Engine, Job
-from minirs.errors import MinirsError, RequestError, TokenizerError
+from minirs.errors import MinirsError, RequestError, TokenizerError, quote
 
 
 class Runner:
@@ -95,7 +95,7 @@ class Runner:
         elif isinstance(request.prompt, list) and request.prompt:
             ids = validation.token_ids("prompt", request.prompt, self.limits.vocab)
         else:
-            raise RequestError(f"invalid prompt: {validation.short(request.prompt)} (expected a non-empty string or "
+            raise RequestError(f"invalid prompt: {quote(request.prompt)} (expected a non-empty string or "
                                "token ids)")
         job = self._submit(request, ids, params)
         rid, model = f"cmpl-{uuid.uuid4().hex}", self._model_name(request)
@@ -215,7 +215,7 @@ def _timeout(v) -> float | None:
     if v is None:
         return None
     if not validation.is_number(v) or v <= 0:
-        raise RequestError(f"invalid timeout: {validation.short(v)} (a number of seconds > 0, or None)")
+        raise RequestError(f"invalid timeout: {quote(v)} (a number of seconds > 0, or None)")
     return float(v)
 
 

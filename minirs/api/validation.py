@@ -10,22 +10,19 @@ import math
 from dataclasses import dataclass
 
 from minirs.engine import GenParams
-from minirs.errors import RequestError
+from minirs.errors import RequestError, quote
 from minirs.sampling import SamplingParams
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_TOP_LOGPROBS = 20
 MAX_SEED = 2 ** 64 - 1
-MAX_TEMPERATURE = 1e4  # a larger temperature is a uniform draw already
-MAX_BIAS = 1e4  # |logit_bias| beyond this bans or forces a token just the same
-MAX_PENALTY = 1e4  # |frequency_penalty|, |presence_penalty|; repetition_penalty in [1/MAX_PENALTY, MAX_PENALTY]
+# What each sampling number may be, for the API and the CLI alike: (low, high, low excluded). Sampling itself stays
+# well defined for any finite value (minirs/sampling clamps extremes); these bounds keep requests meaningful, as
+# OpenAI's do for the penalties and the bias.
+RANGES = {"temperature": (0.0, 100.0, False), "top_p": (0.0, 1.0, True), "min_p": (0.0, 1.0, False),
+          "repetition_penalty": (0.01, 100.0, False), "frequency_penalty": (-2.0, 2.0, False),
+          "presence_penalty": (-2.0, 2.0, False), "logit_bias": (-100.0, 100.0, False)}
 MAX_SEQS = 1024  # Runner(max_seqs=): each sequence holds a KV slot of the whole context
-
-
-def short(v, n: int = 80) -> str:
-    """A repr of v cut to n characters: error messages quote what was given, never megabytes of it."""
-    r = repr(v)
-    return r if len(r) <= n else r[:n - 3] + "..."
 
 
 def is_int(v) -> bool:
@@ -37,15 +34,26 @@ def is_number(v) -> bool:
 
 
 def _bad(field: str, v, allowed: str) -> RequestError:
-    return RequestError(f"invalid {field}: {short(v)} ({allowed})")
+    return RequestError(f"invalid {field}: {quote(v)} ({allowed})")
 
 
-def number(field: str, v, low: float, high: float, default: float, low_open: bool = False) -> float:
-    """v as a float in [low, high] ((low, high] with low_open), default for None."""
+def in_range(name: str, v) -> bool:
+    """Whether v is a finite number inside RANGES[name]."""
+    low, high, low_open = RANGES[name]
+    return is_number(v) and low <= v <= high and not (low_open and v == low)
+
+
+def range_text(name: str) -> str:
+    low, high, low_open = RANGES[name]
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+
+def number(field: str, v, default: float, name: str | None = None) -> float:
+    """v as a float inside RANGES[name or field], default for None."""
     if v is None:
         return default
-    if not is_number(v) or v > high or v < low or (low_open and v == low):
-        raise _bad(field, v, f"a number in {'(' if low_open else '['}{low:g}, {high:g}]")
+    if not in_range(name or field, v):
+        raise _bad(field, v, f"a number {range_text(name or field)}")
     return float(v)
 
 
@@ -73,7 +81,7 @@ def token_ids(field: str, ids, vocab: int) -> list[int]:
         raise _bad(field, ids, "a list of token ids")
     for t in ids:
         if not is_int(t) or not 0 <= t < vocab:
-            raise RequestError(f"invalid {field}: token id {short(t)} is outside the vocabulary (size {vocab})")
+            raise RequestError(f"invalid {field}: token id {quote(t)} is outside the vocabulary (size {vocab})")
     return [int(t) for t in ids]
 
 
@@ -105,10 +113,10 @@ def logit_bias(v, vocab: int) -> dict[int, float]:
         except (TypeError, ValueError):
             tok = None
         if tok is None:
-            raise RequestError(f"invalid logit_bias key: {short(k)} (expected a token id)")
+            raise RequestError(f"invalid logit_bias key: {quote(k)} (expected a token id)")
         if not 0 <= tok < vocab:
-            raise RequestError(f"invalid logit_bias: token id {short(k)} is outside the vocabulary (size {vocab})")
-        bias[tok] = number(f"logit_bias[{tok}]", b, -MAX_BIAS, MAX_BIAS, 0.0)
+            raise RequestError(f"invalid logit_bias: token id {quote(k)} is outside the vocabulary (size {vocab})")
+        bias[tok] = number(f"logit_bias[{tok}]", b, 0.0, "logit_bias")
     return bias
 
 
@@ -131,14 +139,14 @@ def gen_params(req, n, logprobs, limits: Limits, n_field: str = "n_choices") -> 
     top_lp = integer("top_logprobs", req.top_logprobs, 0, MAX_TOP_LOGPROBS, 0)
     seed = integer("seed", req.seed, 0, MAX_SEED, None)
     sampling = SamplingParams(
-        temperature=number("temperature", req.temperature, 0.0, MAX_TEMPERATURE, 0.0),
+        temperature=number("temperature", req.temperature, 0.0),
         top_k=integer("top_k", req.top_k, 0, 2 ** 31, 0),
-        top_p=number("top_p", req.top_p, 0.0, 1.0, 1.0, low_open=True),
-        min_p=number("min_p", req.min_p, 0.0, 1.0, 0.0),
+        top_p=number("top_p", req.top_p, 1.0),
+        min_p=number("min_p", req.min_p, 0.0),
         seed=seed if seed is not None else limits.seed,
-        repetition_penalty=number("repetition_penalty", req.repetition_penalty, 1 / MAX_PENALTY, MAX_PENALTY, 1.0),
-        frequency_penalty=number("frequency_penalty", req.frequency_penalty, -MAX_PENALTY, MAX_PENALTY, 0.0),
-        presence_penalty=number("presence_penalty", req.presence_penalty, -MAX_PENALTY, MAX_PENALTY, 0.0),
+        repetition_penalty=number("repetition_penalty", req.repetition_penalty, 1.0),
+        frequency_penalty=number("frequency_penalty", req.frequency_penalty, 0.0),
+        presence_penalty=number("presence_penalty", req.presence_penalty, 0.0),
         repeat_last_n=limits.repeat_last_n, logit_bias=logit_bias(req.logit_bias, limits.vocab))
     stop_ids = token_ids("stop_token_ids", req.stop_token_ids, limits.vocab) if req.stop_token_ids is not None else []
     return GenParams(sampling=sampling, max_tokens=max_tokens, stop_ids=limits.eos_ids | frozenset(stop_ids),

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minirs.errors import TokenizerError
+from minirs.errors import TokenizerError, quote
 from minirs.tokenizer import checks
 from minirs.tokenizer.bpe import ByteLevelBPE, bytes_to_unicode
-from minirs.tokenizer.checks import short_repr
 from minirs.tokenizer.pretokenize import IGNORE_MERGES, pretokenizer
 from minirs.tokenizer.spm import SPACE, SentencePieceBPE, respell
 from minirs.tokenizer.stream import StreamDecoder
@@ -166,7 +165,7 @@ class Tokenizer:
         """Token ids of `text`; BOS (and EOS) per the file when `add_special_tokens`; `parse_special` matches
         control tokens written in the text (e.g. a rendered chat prompt) instead of spelling them out."""
         if not isinstance(text, str):
-            raise TokenizerError(f"encode() takes a str, not {short_repr(text)} (a {type(text).__name__})")
+            raise TokenizerError(f"encode() takes a str, not {quote(text)} (a {type(text).__name__})")
         ids: list[int] = []
         if add_special_tokens and self.add_bos and self.bos_id is not None:
             ids.append(self.bos_id)
@@ -229,7 +228,7 @@ class Tokenizer:
         """The text of `ids` (an iterable of token ids, e.g. a list or an integer NumPy array); invalid UTF-8 (e.g.
         a cut multi-byte character) becomes U+FFFD."""
         if isinstance(ids, (str, bytes, dict)) or not isinstance(ids, Iterable):
-            raise TokenizerError(f"decode() takes an iterable of token ids, not {short_repr(ids)} "
+            raise TokenizerError(f"decode() takes an iterable of token ids, not {quote(ids)} "
                                  f"(a {type(ids).__name__})")
         stream = self.stream_decoder(skip_special_tokens)
         return "".join([stream.feed(self.check_id(t, f"ids[{k}]")) for k, t in enumerate(ids)]) + stream.flush()

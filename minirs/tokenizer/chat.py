@@ -23,9 +23,8 @@ import jinja2
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import SecurityError
 
-from minirs.errors import TemplateError
+from minirs.errors import TemplateError, quote
 from minirs.tokenizer import sandbox
-from minirs.tokenizer.checks import short_repr
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n' }}{% endfor %}"
@@ -123,14 +122,14 @@ def resolve_template(value: str) -> str:
     the template itself."""
     if not isinstance(value, str):
         raise TemplateError(f"chat_template must be a str (a template, a file or a built-in name), not "
-                            f"{short_repr(value)} (a {type(value).__name__})")
+                            f"{quote(value)} (a {type(value).__name__})")
     if value in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[value]
     if "{{" in value or "{%" in value:
         return value
     if _is_file(value):
         return _read_template_file(Path(value))
-    raise TemplateError(f"chat template {short_repr(value)} is not a Jinja template, an existing file, or a built-in "
+    raise TemplateError(f"chat template {quote(value)} is not a Jinja template, an existing file, or a built-in "
                         f"name ({', '.join(BUILTIN_TEMPLATES)})")
 
 
@@ -144,7 +143,7 @@ def read_template(chat_template: str | None) -> str | None:
     if chat_template is None:
         return None
     if not isinstance(chat_template, str):
-        raise TemplateError(f"chat_template must be a str or None, not {short_repr(chat_template)} "
+        raise TemplateError(f"chat_template must be a str or None, not {quote(chat_template)} "
                             f"(a {type(chat_template).__name__})")
     if "{{" in chat_template or "{%" in chat_template or not _is_file(chat_template):
         return chat_template
@@ -176,7 +175,7 @@ def _read_template_file(path: Path) -> str:
         template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
                         None)
     if not isinstance(template, str):
-        raise TemplateError(f"chat template file {path}: no 'chat_template' string in it (found {short_repr(template)})")
+        raise TemplateError(f"chat template file {path}: no 'chat_template' string in it (found {quote(template)})")
     return template
 
 
@@ -207,7 +206,7 @@ def compile_template(source: str) -> jinja2.Template:
     """Parse a template once (as transformers does: trim_blocks, lstrip_blocks, loop controls) in the bounded
     sandbox (`sandbox.py`)."""
     if not isinstance(source, str):
-        raise TemplateError(f"chat template must be a str, not {short_repr(source)} (a {type(source).__name__})")
+        raise TemplateError(f"chat template must be a str, not {quote(source)} (a {type(source).__name__})")
     if len(source) > sandbox.MAX_SOURCE_CHARS:
         raise TemplateError(f"chat template of {len(source)} characters is too long "
                             f"(limit {sandbox.MAX_SOURCE_CHARS})")
@@ -246,7 +245,7 @@ def render(template: str, messages: list[dict], add_generation_prompt: bool = Tr
     except jinja2.TemplateError as e:
         raise TemplateError(f"chat template failed to render: {e}") from None
     except (RecursionError, MemoryError, OverflowError) as e:
-        raise TemplateError(f"chat template exhausted a resource: {type(e).__name__}: {short_repr(str(e), 200)}") \
+        raise TemplateError(f"chat template exhausted a resource: {type(e).__name__}: {quote(str(e))}") \
             from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
         raise TemplateError(f"chat template failed to render: {type(e).__name__}: {e}") from None

@@ -7,22 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minirs.errors import TokenizerError
+from minirs.errors import TokenizerError, quote
 from minirs.formats.gguf import StringArray
 
 log = logging.getLogger("minirs.tokenizer")
 
 
-def short_repr(value, limit: int = 60) -> str:
-    """A repr short enough for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def token_id(value, vocab_size: int, what: str = "token id") -> int:
     """`value` as an int if it is one (a Python or NumPy integer, not a bool) inside the vocabulary."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TokenizerError(f"{what} {short_repr(value)} is a {type(value).__name__}, not an integer token id")
+        raise TokenizerError(f"{what} {quote(value)} is a {type(value).__name__}, not an integer token id")
     if not 0 <= value < vocab_size:
         raise TokenizerError(f"{what} {int(value)} is out of range for a vocabulary of {vocab_size}")
     return int(value)
@@ -101,7 +95,7 @@ def special_id(value, key: str, vocab_size: int, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TokenizerError(f"{where}: {key} must be an integer token id, not {short_repr(value)} "
+        raise TokenizerError(f"{where}: {key} must be an integer token id, not {quote(value)} "
                              f"(a {type(value).__name__})")
     if not 0 <= value < vocab_size:
         log.warning("%s: %s = %d is outside the vocabulary of %d tokens; ignoring it", where, key, value, vocab_size)
@@ -114,7 +108,7 @@ def _text(md: dict, key: str, where: str, default: str | None = None) -> str | N
     if value is None:
         return default
     if not isinstance(value, str):
-        raise TokenizerError(f"{where}: {key} must be a string, not {short_repr(value)} (a {type(value).__name__})")
+        raise TokenizerError(f"{where}: {key} must be a string, not {quote(value)} (a {type(value).__name__})")
     return value
 
 
@@ -124,7 +118,7 @@ def _flag(md: dict, key: str, where: str) -> bool | None:
         return None
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
         return bool(value)
-    raise TokenizerError(f"{where}: {key} must be a bool, not {short_repr(value)} (a {type(value).__name__})")
+    raise TokenizerError(f"{where}: {key} must be a bool, not {quote(value)} (a {type(value).__name__})")
 
 
 def _strings(md: dict, key: str, where: str) -> list[str]:
@@ -132,11 +126,11 @@ def _strings(md: dict, key: str, where: str) -> list[str]:
     if isinstance(value, StringArray):  # a GGUF reader's array decodes on every read: decode it once, here
         value = list(value)
     if not isinstance(value, (list, tuple)):
-        raise TokenizerError(f"{where}: {key} must be an array of strings, not {short_repr(value)} "
+        raise TokenizerError(f"{where}: {key} must be an array of strings, not {quote(value)} "
                              f"(a {type(value).__name__})")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise TokenizerError(f"{where}: {key}[{i}] must be a string, not {short_repr(item)} "
+            raise TokenizerError(f"{where}: {key}[{i}] must be a string, not {quote(item)} "
                                  f"(a {type(item).__name__})")
     return list(value)
 
@@ -150,7 +144,7 @@ def _numbers(md: dict, key: str, where: str, n: int, kinds: str, what: str) -> n
         value = np.asarray(value) if value else np.zeros(0, np.int64)
     if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in kinds:
         of = f" of {value.dtype}, shape {value.shape}" if isinstance(value, np.ndarray) else ""
-        raise TokenizerError(f"{where}: {key} must be an array of {what}, not {short_repr(value)} "
+        raise TokenizerError(f"{where}: {key} must be an array of {what}, not {quote(value)} "
                              f"(a {type(value).__name__}{of})")
     if len(value) != n:
         raise TokenizerError(f"{where}: {key} has {len(value)} entries but {TOKENS} has {n}")

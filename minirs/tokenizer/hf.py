@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minirs.errors import TokenizerError
+from minirs.errors import TokenizerError, quote
 from minirs.tokenizer.bpe import ByteLevelBPE
-from minirs.tokenizer.checks import short_repr, special_id
+from minirs.tokenizer.checks import special_id
 from minirs.tokenizer.pretokenize import GPT2, PreTokenizer
 from minirs.tokenizer.spm import SPACE, SentencePieceBPE
 
@@ -85,7 +85,7 @@ def _json_object(path: Path) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise TokenizerError(f"{path}: expected a JSON object, found {short_repr(value)}")
+        raise TokenizerError(f"{path}: expected a JSON object, found {quote(value)}")
     return value
 
 
@@ -93,7 +93,7 @@ def _token_text(value, key: str, where: Path) -> str | None:
     """A special token of tokenizer_config.json: a string, or an AddedToken object {"content": ...}."""
     text = value.get("content") if isinstance(value, dict) else value
     if text is not None and not isinstance(text, str):
-        raise TokenizerError(f"{where}: {key} must be a string or {{\"content\": string}}, not {short_repr(value)}")
+        raise TokenizerError(f"{where}: {key} must be a string or {{\"content\": string}}, not {quote(value)}")
     return text
 
 
@@ -102,7 +102,7 @@ def _config_flag(config: dict, key: str, where: Path, default: bool) -> bool:
     if value is None:
         return bool(default)
     if not isinstance(value, bool):
-        raise TokenizerError(f"{where}: {key} must be true or false, not {short_repr(value)}")
+        raise TokenizerError(f"{where}: {key} must be true or false, not {quote(value)}")
     return value
 
 
@@ -113,10 +113,10 @@ def _config_template(config: dict, where: Path) -> str | None:
         if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
                    for t in value):
             raise TokenizerError(f"{where}: chat_template list entries must be {{\"name\": string, \"template\": "
-                                 f"string}}, not {short_repr(value)}")
+                                 f"string}}, not {quote(value)}")
         value = next((t["template"] for t in value if t["name"] == "default"), None)
     if value is not None and not isinstance(value, str):
-        raise TokenizerError(f"{where}: chat_template must be a string, not {short_repr(value)}")
+        raise TokenizerError(f"{where}: chat_template must be a string, not {quote(value)}")
     return value
 
 
@@ -160,7 +160,7 @@ def _from_tokenizer_json(path: Path, config: dict):
     try:
         return _tokenizer_json_parts(path, _json_object(path))
     except (KeyError, TypeError, AttributeError, IndexError) as e:  # any other shape than the tokenizers library's
-        raise TokenizerError(f"{path}: malformed tokenizer.json ({type(e).__name__}: {short_repr(str(e))})") from None
+        raise TokenizerError(f"{path}: malformed tokenizer.json ({type(e).__name__}: {quote(str(e))})") from None
 
 
 def _check_vocab(path: Path, vocab, added) -> int:
@@ -169,11 +169,11 @@ def _check_vocab(path: Path, vocab, added) -> int:
         raise TokenizerError(f"{path}: model.vocab must be an object and added_tokens a list")
     for t, i in vocab.items():
         if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-            raise TokenizerError(f"{path}: model.vocab[{short_repr(t)}] = {short_repr(i)} is not a token id")
+            raise TokenizerError(f"{path}: model.vocab[{quote(t)}] = {quote(i)} is not a token id")
     for k, a in enumerate(added):
         if not (isinstance(a, dict) and isinstance(a.get("content"), str) and isinstance(a.get("id"), int)
                 and not isinstance(a.get("id"), bool) and a["id"] >= 0):
-            raise TokenizerError(f"{path}: added_tokens[{k}] = {short_repr(a)} needs an int id and a string content")
+            raise TokenizerError(f"{path}: added_tokens[{k}] = {quote(a)} needs an int id and a string content")
     count = len(vocab) + len(added)
     size = max([*vocab.values(), *(a["id"] for a in added)], default=-1) + 1
     if size == 0:
@@ -313,7 +313,7 @@ def _from_sentencepiece(path: Path, config: dict):
     for key in ("model_type", "unk_id", "bos_id", "eos_id", "types"):
         values = spec[key] if key == "types" else [spec[key]]
         if not all(isinstance(v, int) and -2**31 <= v < 2**31 for v in values):
-            raise TokenizerError(f"{path}: SentencePiece {key} is not a 32-bit integer ({short_repr(spec[key])})")
+            raise TokenizerError(f"{path}: SentencePiece {key} is not a 32-bit integer ({quote(spec[key])})")
     if spec["model_type"] != 2:
         raise TokenizerError(f"{path}: SentencePiece model type {spec['model_type']} is not supported (BPE = 2 is)")
     if spec["normalizer"] not in ("identity", ""):

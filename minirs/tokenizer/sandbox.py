@@ -37,8 +37,7 @@ from jinja2.runtime import str_join
 from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import _PassArg, pass_context
 
-from minirs.errors import TemplateError
-from minirs.tokenizer.checks import short_repr
+from minirs.errors import TemplateError, quote
 
 MAX_SECONDS = 1.0          # wall-clock time of one render
 MAX_CHARS = 1 << 24        # characters of any string, items of any list, and the whole output
@@ -195,7 +194,7 @@ def _bounded_filter(name: str, func):
             indent = kwargs.get("indent", values[1] if len(values) > 1 else None)
             width = len(indent) if isinstance(indent, str) else indent
             if isinstance(width, (int, float)) and width > 64:  # each line of the result is indented
-                raise TemplateError(f"chat template asked tojson for an indent of {short_repr(indent)} (limit 64)")
+                raise TemplateError(f"chat template asked tojson for an indent of {quote(indent)} (limit 64)")
         if name == "join" and values:
             sep = values[1] if len(values) > 1 else kwargs.get("d", "")
             _refuse_big("the result of join", _join_size(sep, values[0]))

@@ -61,15 +61,9 @@ TEMP, TOP_K, TOP_P, MIN_P, COIN = range(5)  # the columns of the per-row paramet
 NONE = 1 << 30  # "no position yet" for the atomic minima
 
 
-def pack(temperature, top_k, top_p, min_p, coin) -> np.ndarray:
-    """The per-row parameters as sample_pick reads them: (n, 5) float64 (one upload; top_k is exact in float64)."""
-    return np.ascontiguousarray(np.stack([np.asarray(a, np.float64) for a in
-                                          (temperature, top_k, top_p, min_p, coin)], axis=1))
-
-
 def sample_ids(x, prm, stream=0):
-    """Token ids (n,) int64 for logits x (n, V) float32 and parameters prm (n, 5) float64 (pack): the two kernels,
-    -1 in the rows the host must draw (finish_on_host). NumPy arrays (simulator, tests) or CuPy arrays (the ids
+    """Token ids (n,) int64 for logits x (n, V) float32 and parameters prm (n, 5) float64 (sampling.rows.pack): the two kernels,
+    -1 in the rows the host must draw (minirs.sampling.rows.finish). NumPy arrays (simulator, tests) or CuPy arrays (the ids
     stay on the device). Vocabularies past MAXS * SLICE are all left to the host."""
     n, V = x.shape
     S = -(-V // SLICE)
@@ -82,15 +76,6 @@ def sample_ids(x, prm, stream=0):
     K["sample_slices"][(n, S), TH, stream](x, prm, cv, ci, ssum)
     K["sample_pick"][n, PT, stream](x, prm, cv, ci, ssum, out)
     return out
-
-
-def finish_on_host(ids: np.ndarray, rows: np.ndarray, prm: np.ndarray) -> np.ndarray:
-    """ids with each -1 drawn by the host twin from its row's logits (rows: those rows of the logits, in order)."""
-    from minirs.sampling import sample_plain
-    ids = np.array(ids, np.int64)
-    for z, i in zip(rows, np.flatnonzero(ids < 0)):
-        ids[i] = sample_plain(z, *prm[i])
-    return ids
 
 
 def _wide(v):
