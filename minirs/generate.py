@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minirs.engine.kv_cache import KVCache
+from minirs.engine.request import check_prompt
 from minirs.engine.runner import ModelRunner
 from minirs.engine.slots import reusable_prefix
 from minirs.errors import RequestError
@@ -70,15 +71,9 @@ class Generator:
         A stop id ends generation and is not yielded.
         """
         ids = [int(i) for i in ids]
-        if not ids:
-            raise RequestError("the prompt is empty (no tokens)")
+        check_prompt(ids, self.ctx_len, self.model.config.vocab_size)
         if max_tokens <= 0:
             raise RequestError(f"invalid max_tokens: {max_tokens}")
-        if len(ids) >= self.ctx_len:
-            raise RequestError(f"prompt of {len(ids)} tokens does not fit the context of {self.ctx_len} tokens")
-        bad = [i for i in ids if not 0 <= i < self.model.config.vocab_size]
-        if bad:
-            raise RequestError(f"token id {bad[0]} is outside the vocabulary (size {self.model.config.vocab_size})")
         rng = np.random.default_rng(params.seed)
         start = self.reusable_prefix(ids)
         st = self.stats = GenStats(prompt_tokens=len(ids) - start)

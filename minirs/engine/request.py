@@ -16,9 +16,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minirs.errors import RequestTimeout
+from minirs.errors import RequestError, RequestTimeout
 from minirs.sampling import Sampled, SamplingParams, sample_token
 from minirs.sampling.stop import StopText
+
+
+def check_prompt(ids: list[int], ctx_len: int, vocab: int) -> None:
+    """A prompt the engine can run: not empty, shorter than the context, every id a row of the embedding."""
+    if not ids:
+        raise RequestError("the prompt is empty (no tokens)")
+    if len(ids) >= ctx_len:
+        raise RequestError(f"prompt of {len(ids)} tokens does not fit the context of {ctx_len} tokens")
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise RequestError(f"token id {bad} is outside the model's vocabulary (size {vocab})")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from collections import deque
 import numpy as np
 
 from minirs.engine.kv_cache import KVCache
-from minirs.engine.request import Job
+from minirs.engine.request import Job, check_prompt
 from minirs.engine.runner import GRAPH_BUCKETS, ModelRunner
 from minirs.engine.slots import SlotPool
 from minirs.errors import MinirsError, RequestError
@@ -81,14 +81,7 @@ class Engine:
     def submit(self, job: Job) -> Job:
         if job.params.n > self.max_seqs:
             raise RequestError(f"n_choices/best_of of {job.params.n} exceeds max_seqs={self.max_seqs}")
-        if not job.prompt_ids:
-            raise RequestError("the prompt is empty (no tokens)")
-        if len(job.prompt_ids) >= self.ctx_len:
-            raise RequestError(f"prompt of {len(job.prompt_ids)} tokens does not fit the context of "
-                               f"{self.ctx_len} tokens")
-        bad = next((t for t in job.prompt_ids if not 0 <= t < self.vocab), None)
-        if bad is not None:
-            raise RequestError(f"token id {bad} is outside the model's vocabulary (size {self.vocab})")
+        check_prompt(job.prompt_ids, self.ctx_len, self.vocab)
         with self._lock:
             if self._closing:
                 raise MinirsError("the engine is shut down")
