@@ -123,20 +123,9 @@ def test_nan_logits_raise_a_minirs_error(temperature):
 def test_nan_logits_end_only_their_request(tmp_path):
     """The engine confines a LogitsError to the request whose logits were NaN; the batch goes on."""
     from minirs.engine import Engine, GenParams, Job
+    from test_scheduler import StubTokenizer
     from minirs.load import load_model
     from minirs.models.synthetic import write_random_gguf
-
-    class Letters:
-        eos_ids = ()
-
-        def stream_decoder(self, skip_special_tokens=False):
-            class D:
-                def feed(self, t):
-                    return chr(97 + t % 26)
-
-                def flush(self):
-                    return ""
-            return D()
 
     model = load_model(write_random_gguf(tmp_path / "tiny.gguf", "tiny-llama", seed=3), device="cpu")
     forward = model.forward
@@ -149,10 +138,10 @@ def test_nan_logits_end_only_their_request(tmp_path):
                 out[k] = np.nan
         return out
     model.forward = poisoned
-    eng = Engine(model, Letters(), max_seqs=4, graphs=False)
-    good = eng.submit(Job([1, 2, 3, 4, 5], GenParams(max_tokens=20), Letters()))
+    eng = Engine(model, StubTokenizer(), max_seqs=4, graphs=False)
+    good = eng.submit(Job([1, 2, 3, 4, 5], GenParams(max_tokens=20), StubTokenizer()))
     bad = eng.submit(Job([255, 255, 255], GenParams(max_tokens=5, sampling=SamplingParams(temperature=1.0)),
-                         Letters()))
+                         StubTokenizer()))
     with pytest.raises(LogitsError, match="NaN"):
         bad.wait(120)
     assert len(good.wait(120).seqs[0].generated) == 20
