@@ -41,6 +41,9 @@ class GenParams:
     n: int = 1  # sequences to generate from the prompt
     logprobs: bool = False
     top_logprobs: int = 0
+    # (grammar_type, grammar_text) constraining every token: "regex", "json_schema" (the schema as a JSON string),
+    # "lark" or "llguidance"; request grammars, response_format and tool_choice all arrive here (minirs.grammar)
+    grammar: tuple[str, str] | None = None
 
     @property
     def raw_draw(self) -> bool:
