@@ -37,3 +37,10 @@ def test_bad_grammar_flags(smollm2_path, capsys):
     assert err.startswith("minirs: error: invalid --grammar (regex):") and "unclosed group" in err
     assert main(base + ["--grammar", "a+"]) == 1
     assert "--grammar and --grammar-type go together" in capsys.readouterr().err
+
+
+def test_flag_choices_are_the_grammar_types():
+    """cli_grammar keeps its own copy (the CLI parses its flags without importing llguidance)."""
+    from minirs import cli_grammar
+    from minirs.grammar import GRAMMAR_TYPES
+    assert cli_grammar.GRAMMAR_TYPES == GRAMMAR_TYPES
