@@ -231,6 +231,7 @@ def _run(args) -> int:
     ctx = args.ctx_size or min(model.config.context_length, CTX_CAP)
     # the API's engine with one sequence slot: a chat's next turn reuses the history its slot still holds
     engine = Engine(model, tok, max_seqs=1, ctx_len=ctx)
+    loaded.when_compiled(engine.replace_model)  # a first run: off the twins once the kernels have compiled
     _say(args, f"loaded {loaded.name} ({model.config.arch}, {model.backend.name}) in {time.perf_counter() - t0:.2f} s; "
                f"context {engine.ctx_len} tokens; temperature {params.temperature:g}, top-k {params.top_k}, "
                f"top-p {params.top_p:g}, min-p {params.min_p:g}, repeat penalty {params.repetition_penalty:g}")

@@ -65,6 +65,7 @@ class Engine:
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
         self.steps = 0
+        self._next_model = None  # replace_model's model, swapped in before the next step
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closing = False
@@ -90,6 +91,17 @@ class Engine:
                 self._thread.start()
         self.inbox.put(job)
         return job
+
+    def replace_model(self, model) -> None:
+        """Run on `model` from the next step on: the same weights on a backend with the same KV cache layout (a
+        first run moves from the twins to the compiled CPU kernels this way: minirs.warmup). Safe from any thread;
+        sequences in flight carry on from their cache."""
+        old = self.model
+        if model.config != old.config or model.backend.kv_dtype != old.backend.kv_dtype or \
+                model.backend.graphs != old.backend.graphs:
+            raise MinirsError(f"replace_model: {model.backend.name} model does not fit this engine's "
+                              f"{old.backend.name} model and cache (config, KV dtype and graphs must match)")
+        self._next_model = model
 
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._lock:
@@ -118,10 +130,18 @@ class Engine:
                 self.waiting.clear()
                 return
             self.waiting.extend(incoming)
+            if self._next_model is not None:
+                self._swap_model()
             self._admit()
             self._reap()
             if self.active:
                 self._step()
+
+    def _swap_model(self) -> None:
+        model, self._next_model = self._next_model, None
+        self.model = model
+        self.runner = ModelRunner(model, self.cache, self.runner.graphs, spare_slot=self.runner.spare_slot)
+        model.backend.use_in_thread()
 
     def _admit(self) -> None:
         while self.waiting:
