@@ -21,6 +21,7 @@ and the prefill chunks run eagerly between them. A failed step is retried job by
 the forward ends alone and the others go on.
 """
 
+import contextlib
 import queue
 import sys
 import threading
@@ -33,6 +34,7 @@ from minirs.engine.kv_cache import KVCache
 from minirs.engine.request import Job, check_prompt
 from minirs.engine.runner import GRAPH_BUCKETS, ModelRunner
 from minirs.engine.slots import SlotPool
+from minirs.engine.threads import ThreadChooser
 from minirs.errors import MinirsError, RequestError
 from minirs.sampling import Sampled
 
@@ -69,9 +71,10 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closing = False
-        # Numba's thread count is per thread: the engine thread takes the one of the thread that made the engine.
+        # Numba's thread count is per thread: the engine thread chooses among counts up to the one of the thread that
+        # made the engine, by measured step time (threads.py: other processes may hold cores)
         numba = sys.modules.get("numba")
-        self._numba_threads = numba.get_num_threads() if numba is not None else None
+        self._threads = ThreadChooser(numba.get_num_threads()) if numba is not None else None
 
     @property
     def graphs(self) -> bool:
@@ -113,8 +116,6 @@ class Engine:
     # ----- the engine thread ---------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        if self._numba_threads is not None:
-            sys.modules["numba"].set_num_threads(self._numba_threads)
         self.model.backend.use_in_thread()
         while True:
             idle = not self.active and not self.waiting
@@ -199,7 +200,9 @@ class Engine:
         forward rewrites the same KV rows with the same values), so only a job that fails alone ends."""
         self.runner.batch_invariant(self.row_invariant)
         try:
-            self._execute(self._plan(self.active))
+            parts = self._plan(self.active)
+            with self._timed(parts):
+                self._execute(parts)
         except Exception:  # noqa: BLE001 - find the job that breaks the forward
             for job in list(self.active):
                 try:
@@ -207,6 +210,22 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - a failed forward ends the job in it, never the loop
                     self._fail([job], e if isinstance(e, MinirsError) else MinirsError(f"engine step failed: {e!r}"))
         self.steps += 1
+
+    @contextlib.contextmanager
+    def _timed(self, parts: list[tuple]):
+        """Run a step on the CPU thread count the chooser picks for its kind (decode rows, or a step with prefill
+        and its token count to a power of two), and tell it how long the step took."""
+        if self._threads is None or not self.model.backend.numba_threads:
+            yield
+            return
+        tokens = sum(len(ids) for _, ids, _ in parts)
+        prefill = any(p[0].n_cached < len(p[0].job.prompt_ids) for p in parts)
+        key = ("prefill", 1 << max(tokens - 1, 0).bit_length()) if prefill else ("decode", tokens)
+        threads = self._threads.pick(key)
+        sys.modules["numba"].set_num_threads(threads)
+        t0 = time.perf_counter()
+        yield
+        self._threads.record(key, threads, time.perf_counter() - t0)
 
     def _plan(self, jobs: list[Job]) -> list[tuple]:
         """This step's parts: (seq, ids, start) per prefill chunk (ids at positions start..) and per decode row."""

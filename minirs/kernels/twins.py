@@ -29,6 +29,7 @@ def float32_bytes(tensors) -> int:
 
 class TwinsBackend(CpuBackend):
     name = "twins"
+    numba_threads = False  # NumPy's BLAS has threads of its own
 
     # --- weights: decoded once to float32 ---
     def matrix(self, t: Tensor) -> np.ndarray:

@@ -23,6 +23,7 @@ class CpuBackend:
     kv_dtype = np.float32
     graphs = False  # capture() runs the step eagerly each time: there is no launch cost to save
     device_sampling = False  # the logits are on the host already
+    numba_threads = True
 
     def batch_invariant(self, exact: bool) -> None:
         """Every CPU kernel is batch-invariant already."""
