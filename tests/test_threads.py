@@ -18,7 +18,7 @@ def simulate(chooser: ThreadChooser, seconds: dict, steps: int, key="decode") ->
 
 
 def test_it_moves_to_one_thread_when_the_cores_are_taken_and_back_when_they_are_free():
-    chooser = ThreadChooser(2)
+    chooser = ThreadChooser(2, free=lambda: 2.0)
     assert chooser.counts == [2, 1]
     quiet, busy = {2: 0.010, 1: 0.016}, {2: 0.800, 1: 0.063}  # SmolLM2 decode, quiet and beside busy jobs
     n = 4 * EXPLORE
@@ -31,15 +31,23 @@ def test_it_moves_to_one_thread_when_the_cores_are_taken_and_back_when_they_are_
 
 
 def test_kinds_of_steps_are_chosen_apart():
-    chooser = ThreadChooser(4)
+    chooser = ThreadChooser(4, free=lambda: 4.0)
     assert chooser.counts == [4, 2, 1]
     simulate(chooser, {4: 1.0, 2: 0.5, 1: 0.8}, 8 * EXPLORE, key=("decode", 1))
     simulate(chooser, {4: 0.1, 2: 0.5, 1: 0.8}, 8 * EXPLORE, key=("prefill", 256))
     assert chooser.best == {("decode", 1): 2, ("prefill", 256): 4}
 
 
+def test_the_first_guess_follows_the_load_average():
+    assert ThreadChooser(2, free=lambda: 1.9).pick("prefill") == 2  # a quiet machine: all the threads
+    assert ThreadChooser(2, free=lambda: -6.0).pick("prefill") == 1  # 8 jobs on 2 cores: one thread
+    assert ThreadChooser(8, free=lambda: 4.2).pick("prefill") == 4
+    chooser = ThreadChooser(2, free=lambda: -6.0)
+    assert [chooser.pick("decode") for _ in range(2)] == [1, 2]  # the guess first, then the other count once
+
+
 def test_one_core_has_nothing_to_choose():
-    chooser = ThreadChooser(1)
+    chooser = ThreadChooser(1, free=lambda: 1.0)
     assert simulate(chooser, {1: 0.1}, 3 * EXPLORE) == [1] * (3 * EXPLORE)
 
 
