@@ -21,9 +21,11 @@ from dataclasses import asdict, replace
 
 from minirs import tools
 from minirs.api import responses, validation
+from minirs.api.structured import request_grammar
 from minirs.api.types import ChatCompletionRequest, CompletionRequest, Which
 from minirs.engine import Engine, Job
 from minirs.errors import MinirsError, RequestError, TokenizerError, quote
+from minirs.grammar import compile_grammar
 
 
 class Runner:
@@ -66,7 +68,8 @@ class Runner:
         if not isinstance(request, ChatCompletionRequest):
             raise RequestError(f"expected a ChatCompletionRequest, got {type(request).__name__}")
         timeout = _timeout(timeout)
-        params = validation.gen_params(request, request.n_choices, request.logprobs, self.limits)
+        params = validation.gen_params(request, request.n_choices, request.logprobs, self.limits,
+                                       grammar=request_grammar(request, self.tokenizer))
         use = validation.tool_use(request)
         ids = self._prompt_ids(self._chat_prompt(request, use), chat=True)
         params, syntax = self._tool_params(params, use)
@@ -92,7 +95,8 @@ class Runner:
         timeout = _timeout(timeout)
         best_of = validation.best_of(request)
         validation.completion_extras(request)
-        params = validation.gen_params(request, best_of, request.logprobs, self.limits, "best_of")
+        params = validation.gen_params(request, best_of, request.logprobs, self.limits, "best_of",
+                                       grammar=request_grammar(request, self.tokenizer))
         if isinstance(request.prompt, str):
             if not request.prompt:
                 raise RequestError("invalid prompt: '' (empty)")
@@ -161,6 +165,7 @@ class Runner:
                                "(grammar or response_format)")
         chosen = [t for t in use.tools if use.name in (None, t["function"]["name"])]
         grammar = ("lark", tools.call_grammar(chosen, self.tool_syntax, self.tokenizer))
+        compile_grammar(*grammar, self.tokenizer, field="tools")  # a schema llguidance refuses: RequestError here
         return replace(params, keep_special=keep, grammar=grammar), self.tool_syntax
 
     def _prompt_ids(self, text: str, chat: bool) -> list[int]:

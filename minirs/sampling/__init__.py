@@ -5,6 +5,10 @@ scales them, softmax gives probabilities, then top-k, top-p (nucleus) and min-p 
 one token is drawn from what remains, renormalised, with a uniform random number `coin` in [0, 1).
 Temperature 0 means greedy (argmax of the penalised logits).
 
+A grammar's allowed-token mask (minirs.sampling.mask; `mask=` below) comes before all of that: a disallowed token's
+logit becomes -inf, so no bias or penalty brings it back, greedy picks the best allowed token, and the draw and the
+logprobs are those of the masked distribution (renormalised over the allowed tokens).
+
 Log-probabilities are those of the *processed* distribution: log_softmax of the logits after bias,
 penalties and temperature (temperature 1 when greedy), before the top-k / top-p / min-p cut.
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minirs.errors import MinirsError, RequestError
+from minirs.sampling.mask import mask_logits
 from minirs.sampling.penalties import LIMIT, apply_logit_bias, apply_penalties
 
 
@@ -183,8 +188,11 @@ def top_logprobs(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
 
 
 def sample_token(logits: np.ndarray, params: SamplingParams, context=(), coin: float = 0.0,
-                 top_logprobs_n: int = 0, want_logprob: bool = True) -> Sampled:
-    """One token from logits (vocab,), with its logprob under the processed distribution."""
+                 top_logprobs_n: int = 0, want_logprob: bool = True, mask: np.ndarray | None = None) -> Sampled:
+    """One token from logits (vocab,), with its logprob under the processed distribution; `mask` (W,) uint32
+    packed allowed-token bits (minirs.sampling.mask) is applied first."""
+    if mask is not None:
+        logits = mask_logits(np.array(logits), mask)  # a copy: the caller's logits stay as they were
     z = process_logits(logits, params, context)
     if params.greedy:
         tok = int(np.argmax(z))
