@@ -8,7 +8,7 @@ forces one, and tool calls and results in a chat's messages.
 
 from minirs.tools.grammar import call_grammar
 from minirs.tools.messages import for_template, write_calls
-from minirs.tools.parse import CallParser, Parsed, ToolCall, parse
+from minirs.tools.parser import CallParser, Parsed, ToolCall, parse
 from minirs.tools.syntax import HERMES, LLAMA3, MISTRAL, MISTRAL_V11, Syntax, marker_ids, syntax_for
 
 __all__ = ["HERMES", "LLAMA3", "MISTRAL", "MISTRAL_V11", "CallParser", "Parsed", "Syntax", "ToolCall", "call_grammar",

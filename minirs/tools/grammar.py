@@ -50,4 +50,7 @@ def _call(name: str, schema: str, syntax: Syntax, tokenizer) -> str:
     start = _marker(syntax.start, tokenizer)
     if syntax.args_token:  # [TOOL_CALLS]f[ARGS]{...}
         return f"{start} {_lit(name)} {_marker(syntax.args_token, tokenizer)} {args}"
-    return f"{start} {_lit(' [' + _head(name, 'arguments'))} {args} {_lit('}]')}"  # [TOOL_CALLS] [{...}]
+    # [TOOL_CALLS] [{"name": "f", "arguments": {...}}], with the "id" mistral-common writes in v3 prompts or without
+    with_id, close = _lit(', "id": "'), _lit('"}]')
+    end = f"({_lit('}]')} | {with_id} /[a-zA-Z0-9]{{9}}/ {close})"
+    return f"{start} {_lit(' [' + _head(name, 'arguments'))} {args} {end}"

@@ -2,7 +2,8 @@
 
 A template that knows tools (it mentions them: Mistral v3, Qwen2.5, Llama 3.1...) gets the messages as the HF
 templates expect them: an assistant call's `arguments` as an object, not OpenAI's JSON string (templates write
-`arguments | tojson`; mistral-common and vLLM convert the same way). A template that does not (SmolLM2's, plain
+`arguments | tojson`; mistral-common and vLLM convert the same way), and for Mistral a tool result that is JSON
+as its value, as mistral-common encodes it (`_parse_json_content`). A template that does not (SmolLM2's, plain
 ChatML, Gemma's) would drop the tools and the calls silently; it gets them as text instead, in the model's own
 call syntax:
   * the tools, and how to call them, in the system message (a new one first, or appended to the one given);
@@ -33,7 +34,10 @@ def knows_tools(template: str | None) -> bool:
 def for_template(messages: list[dict], tools: list | None, syntax: Syntax, template: str | None):
     """(messages, tools) to render with `template`: see the module docstring."""
     if knows_tools(template):
-        return [_object_arguments(m) for m in messages], tools
+        msgs = [_object_arguments(m) for m in messages]
+        if syntax.name == "mistral":  # mistral-common writes a JSON tool result as the value it holds
+            msgs = [{**m, "content": _json_or_text(m["content"])} if m["role"] == "tool" else m for m in msgs]
+        return msgs, tools
     out = []
     for m in messages:
         if m["role"] == "tool":
@@ -74,6 +78,13 @@ def write_calls(calls: list[dict], syntax: Syntax) -> str:
                        for c in calls)
     return "[TOOL_CALLS] " + json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls],
                                         ensure_ascii=False)
+
+
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _args(value):

@@ -5,7 +5,8 @@ streamed response reassembles to exactly the non-streamed one however the text w
 once it is complete and valid; until then its text is held back (so a call never half-appears), and a call that
 turns out malformed (bad JSON, no name, arguments that are not an object, cut off by max_tokens) comes back as
 content, verbatim. Text that cannot start a call streams at once, except a tail that could be the start of a
-marker, and whitespace, which is held until more content follows (whitespace around calls is no content).
+marker, and trailing whitespace, which waits to see whether content (then it is content) or a call or the end after
+calls (then it is dropped) follows; chunking cannot change that decision.
 
     parser = CallParser(HERMES)
     for piece in pieces: items += parser.feed(piece)   # str (content) or ToolCall, in order
@@ -82,13 +83,15 @@ class CallParser:
                 break  # the rest may still become a call: wait for more text
             n, calls = step
             piece, self.buf = self.buf[:n], self.buf[n:]
-            if calls:
+            if calls:  # whitespace before a call is no content
                 out += calls
+                self.held_ws = ""
                 self.n_calls += len(calls)
                 self.at_start = False
-            elif piece.strip():
-                out.append(self.held_ws + piece)
-                self.held_ws, self.has_content, self.at_start = "", True, False
+            elif piece.strip():  # content; its trailing whitespace waits to see what follows
+                body = piece.rstrip()
+                out.append(self.held_ws + body)
+                self.held_ws, self.has_content, self.at_start = piece[len(body):], True, False
             else:
                 self.held_ws += piece
         return out
