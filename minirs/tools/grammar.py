@@ -3,7 +3,9 @@
 A Lark grammar in llguidance's dialect (docs/syntax.md): the call's fixed text is literal, the arguments are
 `%json{schema}` with the tool's parameter schema, and a marker that is a control token (Mistral's [TOOL_CALLS],
 [ARGS]) is the token itself, `<[id]>`, so it cannot be spelled out of ordinary pieces. One call is generated, to
-any of the tools given (the named one only, for a named tool_choice); the model may end only after it.
+any of the tools given (the named one only, for a named tool_choice); the model may end only after it. The
+arguments have no properties their schema does not declare (unless it sets additionalProperties itself) and are
+laid out as json.dumps writes them.
 
     call_grammar(tools, HERMES, tokenizer)
     # start: call
@@ -21,8 +23,19 @@ def call_grammar(tools: list[dict], syntax: Syntax, tokenizer) -> str:
     return "start: call\ncall: " + "\n    | ".join(alts) + "\n"
 
 
+# JSON written as json.dumps writes it (", " and ": ", no other whitespace): how call arguments look in training
+# data, and a small model cannot wander off into whitespace
+LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
 def _schema(function: dict) -> str:
-    return json.dumps(function.get("parameters") or {"type": "object"}, ensure_ascii=False)
+    """The arguments' schema as the grammar uses it: closed to undeclared properties unless it says otherwise (as
+    OpenAI's strict mode does; a small model would otherwise invent some), laid out as LAYOUT."""
+    schema = dict(function.get("parameters") or {"type": "object"})
+    if "properties" in schema and "additionalProperties" not in schema:
+        schema["additionalProperties"] = False
+    schema["x-guidance"] = {**LAYOUT, **schema.get("x-guidance", {})}
+    return json.dumps(schema, ensure_ascii=False)
 
 
 def _lit(text: str) -> str:
