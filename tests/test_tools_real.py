@@ -14,6 +14,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from minirs import ChatCompletionRequest, RequestError, Runner, Which
+from minirs.load import cuda_available
 
 T = 300  # seconds: nothing may hang
 GOLDEN = Path(__file__).parent / "golden" / "tools_smollm2.json"
@@ -111,3 +112,22 @@ def test_bad_tools_raise_before_the_request_runs(runner, kw, field):
     with pytest.raises(RequestError, match=f"invalid {field}".replace("[", r"\[").replace("]", r"\]")):
         chat(runner, **kw)
     assert chat(runner, max_tokens=2).choices[0].message.content  # the runner still serves
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA GPU")
+def test_required_and_named_calls_on_the_gpu(smollm2_path):
+    """The same forced calls with the model on the GPU (the grammar's mask applied in the device's sampling)."""
+    with Runner(Which.GGUF(quantized_model_id=str(smollm2_path.parent), quantized_filename=smollm2_path.name),
+                device="cuda", seed=1) as gpu:
+        check_call(chat(gpu, tools=TOOLS, tool_choice="required").choices[0], {"get_weather", "add"})
+        named = {"type": "function", "function": {"name": "add"}}
+        whole = chat(gpu, tools=TOOLS, tool_choice=named, messages=[{"role": "user", "content": "What is 2 + 3?"}])
+        check_call(whole.choices[0], {"add"})
+        state = ChatCompletionStreamState()
+        for chunk in chat(gpu, tools=TOOLS, tool_choice=named, stream=True,
+                          messages=[{"role": "user", "content": "What is 2 + 3?"}]):
+            state.handle_chunk(ChatCompletionChunk.model_validate(chunk.to_dict()))
+        streamed = state.get_final_completion().choices[0]
+        assert [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls] == \
+            [(c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls]
