@@ -20,6 +20,7 @@ from minirs import ChatCompletionRequest, RequestError
 from minirs.api import responses, validation
 from minirs.engine import GenParams, Job
 from minirs.engine.request import Delta as Event
+from minirs.errors import TemplateError
 from minirs.grammar.vocab import ll_tokenizer
 from minirs.tokenizer import Tokenizer
 from minirs.tokenizer.chat import BUILTIN_TEMPLATES, render
@@ -387,3 +388,16 @@ def test_round_trip_in_smollm2_template_matches_transformers(smollm2):
                                smollm2.chat_template)
     assert tools is None and msgs == golden["converted"]
     assert smollm2.apply_chat_template(msgs, add_generation_prompt=True) == golden["rendered"]
+
+
+def test_round_trip_in_a_template_that_insists_on_alternation(gemma3_path):
+    """The built-in gemma template refuses roles out of turn (a `tool` role, two user turns in a row); the converted
+    round trip passes it."""
+    gemma3 = Tokenizer.from_gguf(gemma3_path, chat_template="gemma")
+    with pytest.raises(TemplateError, match="alternate"):
+        gemma3.apply_chat_template(validation.messages(ROUND_TRIP))
+    msgs, _ = for_template(validation.messages(ROUND_TRIP[:3] + ROUND_TRIP[2:]), [WEATHER], HERMES,
+                           gemma3.chat_template)  # two results of one call in a row become one user turn
+    text = gemma3.apply_chat_template(msgs, add_generation_prompt=True)
+    assert text.count("<tool_response>") == 2 and text.count("<start_of_turn>user") == 3
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
