@@ -14,7 +14,7 @@ import pytest
 from grammar_helpers import ByteTokenizer
 
 from minirs.grammar import Constraint, compile_grammar, fill_masks
-from minirs.sampling import SamplingParams, sample_token
+from minirs.sampling import LogitsError, SamplingParams, sample_token
 from minirs.sampling.mask import allowed, mask_logits, mask_words
 
 
@@ -56,6 +56,10 @@ def test_sampling_under_the_mask():
     draws = {sample_token(z, SamplingParams(temperature=2.0), coin=c, mask=words).token for c in rng.random(200)}
     assert draws <= set(np.flatnonzero(keep)) and len(draws) > 1
     assert np.isfinite(z).all()  # the caller's logits are not touched
+    dead = z.copy()
+    dead[keep] = -np.inf  # the model rules out every token the grammar allows
+    with pytest.raises(LogitsError, match="grammar allows none"):
+        sample_token(dead, SamplingParams(), mask=words)
 
 
 def test_llguidance_masks_against_re():

@@ -20,14 +20,15 @@ def mask_words(vocab: int) -> int:
 
 def allowed(words: np.ndarray, vocab: int) -> np.ndarray:
     """The boolean allowed-token vector(s) (..., vocab) of packed words (..., W)."""
-    bits = np.unpackbits(np.ascontiguousarray(words, np.uint32).view(np.uint8), axis=-1, bitorder="little")
-    if bits.shape[-1] < vocab:
-        pad = np.zeros(bits.shape[:-1] + (vocab - bits.shape[-1],), np.uint8)
-        bits = np.concatenate([bits, pad], axis=-1)
-    return bits[..., :vocab].astype(bool)
+    words = np.ascontiguousarray(words, np.uint32)
+    have = min(vocab, 32 * words.shape[-1])
+    bits = np.unpackbits(words.view(np.uint8), axis=-1, count=have, bitorder="little").view(bool)
+    if have < vocab:
+        bits = np.concatenate([bits, np.zeros(bits.shape[:-1] + (vocab - have,), bool)], axis=-1)
+    return bits
 
 
 def mask_logits(logits: np.ndarray, words: np.ndarray) -> np.ndarray:
     """logits (V,) or (n, V) with -inf where words (W,) or (n, W) disallow the token; in place, and returned."""
-    logits[~allowed(words, logits.shape[-1])] = -np.inf
+    np.putmask(logits, ~allowed(words, logits.shape[-1]), -np.inf)
     return logits
