@@ -107,6 +107,7 @@ def test_tool_round_trip_renders_as_transformers_does(runner):
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
         "x": {"type": "no-such-type"}}}}}], "tool_choice": "required"}, "tools"),
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
 ])
 def test_bad_tools_raise_before_the_request_runs(runner, kw, field):
     with pytest.raises(RequestError, match=f"invalid {field}".replace("[", r"\[").replace("]", r"\]")):
