@@ -134,10 +134,10 @@ class CallParser:
             if value is None:
                 return None
             return skipped + k, _calls(value)
-        return _mistral_named(buf, final)
+        return _mistral_named(buf)
 
 
-def _mistral_named(buf: str, final: bool):
+def _mistral_named(buf: str):
     """[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}: one call (Mistral tokenizer v11+)."""
     rest = buf[len("[TOOL_CALLS]"):]
     a = rest.find("[ARGS]")
