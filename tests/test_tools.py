@@ -16,7 +16,7 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from minirs import ChatCompletionRequest, RequestError
+from minirs import ChatCompletionRequest, RequestError, ToolChoice
 from minirs.api import responses, validation
 from minirs.engine import GenParams, Job
 from minirs.engine.request import Delta as Event
@@ -332,6 +332,8 @@ def test_tool_use_modes():
     assert (named.mode, named.name) == ("required", "get_time")
     bare = _use(tool_schemas=[json.dumps(WEATHER["function"])])  # mistral.rs: JSON strings of the functions
     assert bare.tools == [WEATHER]
+    assert _use(tools=[WEATHER], tool_choice=ToolChoice.Auto).mode == "auto"  # mistral.rs's enum
+    assert _use(tools=[WEATHER], tool_choice=ToolChoice.NoTools) == validation.ToolUse(None, "none")
 
 
 def test_bad_tool_call_messages_name_the_field():

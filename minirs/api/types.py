@@ -24,6 +24,12 @@ class Architecture(Enum):
     Gemma3 = "gemma3"
 
 
+class ToolChoice(Enum):
+    """mistral.rs's tool_choice values (OpenAI's strings and named-function dicts are accepted too)."""
+    NoTools = "None"
+    Auto = "Auto"
+
+
 class ModelDType(Enum):
     Auto = "auto"
     BF16 = "bf16"
@@ -116,10 +122,10 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = None
     # OpenAI's tools ({"type": "function", "function": {"name", "description", "parameters"}}); tool_schemas is
     # mistral.rs's name for them (also as JSON strings). tool_choice: "none", "auto" (the default with tools),
-    # "required", or {"type": "function", "function": {"name": ...}}.
+    # "required", or {"type": "function", "function": {"name": ...}}; mistral.rs's ToolChoice.NoTools / .Auto too.
     tools: list[dict] | None = None
     tool_schemas: list[dict | str] | None = None
-    tool_choice: str | dict | None = None
+    tool_choice: str | dict | ToolChoice | None = None
 
 
 Request = ChatCompletionRequest  # the old mistralrs name

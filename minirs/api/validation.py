@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from minirs.api.types import ToolChoice
 from minirs.engine import GenParams
 from minirs.errors import RequestError, quote
 from minirs.sampling import SamplingParams
@@ -270,6 +271,8 @@ def tool_choice(v, tools: list | None) -> tuple[str, str | None]:
     """(mode, name) for tool_choice: "none", "auto", "required" or {"type": "function", "function": {"name"}}."""
     if v is None:
         return "auto", None
+    if isinstance(v, ToolChoice):  # mistral.rs's enum
+        return ("none" if v is ToolChoice.NoTools else "auto"), None
     names = [t["function"]["name"] for t in tools or []]
     if isinstance(v, str):
         if v not in TOOL_CHOICES:
