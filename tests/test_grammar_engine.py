@@ -156,3 +156,15 @@ def test_bad_grammar_raises_in_the_callers_thread(tiny):
             eng.submit(Job(prompts(1)[0], params(g), TOK))
         assert words in str(e.value)
     assert eng.steps == 0 and not eng.active
+
+
+def test_llguidance_and_lark_grammars(tiny):
+    """grammar_type "llguidance" (its own JSON grammar) and "lark" (the output checked with the lark package)."""
+    import lark
+    ll = json.dumps({"grammars": [{"lark_grammar": 'start: /[0-9]{4}/ "-" /[a-z]{2}/'}]})
+    lk = 'start: word "," word "," word\nword: /[a-d]{1,3}/\n'
+    for g, check in ((("llguidance", ll), lambda t: re.fullmatch("[0-9]{4}-[a-z]{2}", t)),
+                     (("lark", lk), lambda t: lark.Lark(lk).parse(t))):
+        job = Engine(tiny, TOK, max_seqs=1).submit(Job(prompts(1)[0], params(g, max_tokens=40), TOK)).wait(TIMEOUT)
+        out = text(job)[0]
+        assert job.seqs[0].finish_reason == "stop" and check(out), out
