@@ -147,7 +147,8 @@ class Runner:
 
     # ----- requests -> engine jobs ---------------------------------------------------------------------------------
 
-    def _chat_prompt(self, req: ChatCompletionRequest, use: validation.ToolUse) -> str:
+    def _chat_prompt(self, req: ChatCompletionRequest, use: validation.ToolUse | None = None) -> str:
+        use = validation.tool_use(req) if use is None else use
         msgs = validation.messages(req.messages)
         if isinstance(msgs, str):
             return msgs  # already templated
