@@ -26,7 +26,8 @@ WEATHER = {"type": "function", "function": {
 ROUND_TRIP = [
     {"role": "user", "content": "What is the weather in Paris?"},
     {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
     {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 22, \"sky\": \"clear\"}"},
     {"role": "assistant", "content": "It is 22 degrees and clear in Paris."},
     {"role": "user", "content": "Thanks!"},
