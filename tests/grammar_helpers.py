@@ -15,7 +15,7 @@ class ByteTokenizer:
     def encode(self, text, add_special_tokens=False, parse_special=False):
         return list(text.encode("utf-8"))
 
-    def stream_decoder(self, skip_special_tokens=False):
+    def stream_decoder(self, skip_special_tokens=False, keep=frozenset()):
         table = self.token_bytes_table
 
         class D:

@@ -24,7 +24,7 @@ class StubTokenizer:
 
     eos_ids = ()
 
-    def stream_decoder(self, skip_special_tokens=False):
+    def stream_decoder(self, skip_special_tokens=False, keep=frozenset()):
         class D:
             def feed(self, t):
                 return chr(97 + t % 26)

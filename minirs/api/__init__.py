@@ -35,6 +35,7 @@ from minirs.api.types import (
                                 Request,
                                 ResponseLogprob,
                                 ResponseMessage,
+                                ToolChoice,
                                 TopLogprob,
                                 Usage,
                                 Which,
@@ -44,5 +45,5 @@ __all__ = ["Architecture", "ChatCompletionChunkResponse", "ChatCompletionRequest
            "Choice", "ChunkChoice", "CompletionChoice", "CompletionChunkChoice", "CompletionChunkResponse",
            "CompletionRequest", "CompletionResponse", "Delta", "GemmaLoader", "LlamaLoader", "Logprobs",
            "MistralLoader", "MixtralLoader", "ModelDType", "ModelKind", "NormalLoader", "Phi2Loader", "Phi3Loader",
-           "QuantizedLoader", "Qwen2Loader", "Request", "ResponseLogprob", "ResponseMessage", "Runner", "TopLogprob",
-           "Usage", "Which"]
+           "QuantizedLoader", "Qwen2Loader", "Request", "ResponseLogprob", "ResponseMessage", "Runner", "ToolChoice",
+           "TopLogprob", "Usage", "Which"]

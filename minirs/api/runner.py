@@ -17,13 +17,15 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
+from minirs import tools
 from minirs.api import responses, validation
 from minirs.api.structured import request_grammar
 from minirs.api.types import ChatCompletionRequest, CompletionRequest, Which
 from minirs.engine import Engine, Job
 from minirs.errors import MinirsError, RequestError, TokenizerError, quote
+from minirs.grammar import compile_grammar
 
 
 class Runner:
@@ -50,6 +52,7 @@ class Runner:
         loaded = load_which(which, device=device, token_source=token_source, token_source_value=token_source_value,
                             revision=revision, chat_template=chat_template, isq=_isq_name(in_situ_quant))
         self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
+        self.tool_syntax = tools.syntax_for(self.tokenizer.special_texts, self.tokenizer.chat_template)
         repeat_last_n = validation.integer("repeat_last_n", getattr(which, "repeat_last_n", 64), 0, 1 << 20, 64)
         ctx = min(max_seq_len or 4096, self.model.config.context_length)
         self.engine = Engine(self.model, self.tokenizer, max_seqs=max_seqs, ctx_len=ctx, max_chunk=prefill_chunk,
@@ -68,16 +71,19 @@ class Runner:
         timeout = _timeout(timeout)
         params = validation.gen_params(request, request.n_choices, request.logprobs, self.limits,
                                        grammar=request_grammar(request, self.tokenizer))
-        ids = self._prompt_ids(self._chat_prompt(request), chat=True)
+        use = validation.tool_use(request)
+        ids = self._prompt_ids(self._chat_prompt(request, use), chat=True)
+        params, syntax = self._tool_params(params, use)
         job = self._submit(request, ids, params)
         rid, model = f"chatcmpl-{uuid.uuid4().hex}", self._model_name(request)
         if request.stream:
             texts = [[] for _ in job.seqs]
             events = job.stream_events(timeout)
             return ResponseStream(events, responses.chat_chunks(events, job, rid, model, self.tokenizer, request,
-                                                                texts), lambda: self._log_stream(rid, job, texts))
+                                                                texts, syntax),
+                                  lambda: self._log_stream(rid, job, texts))
         job.wait(timeout)
-        res = responses.chat_response(job, rid, model, self.tokenizer, request.logprobs)
+        res = responses.chat_response(job, rid, model, self.tokenizer, request.logprobs, syntax)
         self._log("response", rid, res.to_dict())
         return res
 
@@ -141,15 +147,32 @@ class Runner:
 
     # ----- requests -> engine jobs ---------------------------------------------------------------------------------
 
-    def _chat_prompt(self, req: ChatCompletionRequest) -> str:
+    def _chat_prompt(self, req: ChatCompletionRequest, use: validation.ToolUse | None = None) -> str:
+        use = validation.tool_use(req) if use is None else use
         msgs = validation.messages(req.messages)
         if isinstance(msgs, str):
             return msgs  # already templated
+        msgs, shown = tools.for_template(msgs, use.tools, self.tool_syntax, self.tokenizer.chat_template)
         try:
-            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True,
-                                                      tools=validation.tools(req.tools))
+            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tools=shown)
         except TokenizerError as e:
             raise RequestError(f"invalid messages: the chat template failed: {e}") from e
+
+    def _tool_params(self, params, use: validation.ToolUse):
+        """(params, syntax): the markers kept in the text and, for a required call, its grammar; syntax None when
+        nothing is to be parsed."""
+        if use.mode == "none":
+            return params, None
+        keep = tools.marker_ids(self.tool_syntax, self.tokenizer.special_texts)
+        if use.mode == "auto":
+            return replace(params, keep_special=keep), self.tool_syntax
+        if params.grammar is not None:
+            raise RequestError("invalid tool_choice: a required tool call cannot be combined with another grammar "
+                               "(grammar or response_format)")
+        chosen = [t for t in use.tools if use.name in (None, t["function"]["name"])]
+        grammar = ("lark", tools.call_grammar(chosen, self.tool_syntax, self.tokenizer))
+        compile_grammar(*grammar, self.tokenizer, field="tools")  # a schema llguidance refuses: RequestError here
+        return replace(params, keep_special=keep, grammar=grammar), self.tool_syntax
 
     def _prompt_ids(self, text: str, chat: bool) -> list[int]:
         if chat:  # a rendered template spells BOS and the turn markers itself

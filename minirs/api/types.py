@@ -6,7 +6,7 @@ by changing the import. Responses have OpenAI's shape and serialize to OpenAI JS
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 
 from minirs.errors import RequestError
@@ -22,6 +22,12 @@ class Architecture(Enum):
     Qwen2 = "qwen2"
     Gemma2 = "gemma2"
     Gemma3 = "gemma3"
+
+
+class ToolChoice(Enum):
+    """mistral.rs's tool_choice values (OpenAI's strings and named-function dicts are accepted too)."""
+    NoTools = "None"
+    Auto = "Auto"
 
 
 class ModelDType(Enum):
@@ -114,7 +120,12 @@ class ChatCompletionRequest(_Sampling):
     model: str = "default"
     logprobs: bool = False
     top_logprobs: int | None = None
+    # OpenAI's tools ({"type": "function", "function": {"name", "description", "parameters"}}); tool_schemas is
+    # mistral.rs's name for them (also as JSON strings). tool_choice: "none", "auto" (the default with tools),
+    # "required", or {"type": "function", "function": {"name": ...}}; mistral.rs's ToolChoice.NoTools / .Auto too.
     tools: list[dict] | None = None
+    tool_schemas: list[dict | str] | None = None
+    tool_choice: str | dict | ToolChoice | None = None
 
 
 Request = ChatCompletionRequest  # the old mistralrs name
@@ -134,11 +145,24 @@ class CompletionRequest(_Sampling):
 # ----- responses -------------------------------------------------------------------------------------------------
 
 class _Json:
+    OMIT_NONE = ()  # fields left out of to_dict() while None, as OpenAI's JSON leaves them out
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _plain(self)
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
+
+
+def _plain(x):
+    if is_dataclass(x):
+        return {f.name: _plain(getattr(x, f.name)) for f in fields(x)
+                if not (getattr(x, f.name) is None and f.name in x.OMIT_NONE)}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return x
 
 
 @dataclass
@@ -175,9 +199,24 @@ class Logprobs(_Json):
 
 
 @dataclass
+class ToolCallFunction(_Json):
+    name: str
+    arguments: str  # a JSON object, as a string
+
+
+@dataclass
+class ToolCall(_Json):
+    id: str
+    function: ToolCallFunction
+    type: str = "function"
+
+
+@dataclass
 class ResponseMessage(_Json):
-    content: str
+    content: str | None  # None when the message is tool calls only
     role: str = "assistant"
+    tool_calls: list[ToolCall] | None = None
+    OMIT_NONE = ("tool_calls",)
 
 
 @dataclass
@@ -200,9 +239,28 @@ class ChatCompletionResponse(_Json):
 
 
 @dataclass
+class DeltaFunction(_Json):
+    name: str | None = None
+    arguments: str | None = None
+    OMIT_NONE = ("name", "arguments")
+
+
+@dataclass
+class DeltaToolCall(_Json):
+    """A piece of a streamed tool call: index, id, type and function.name first, then the arguments."""
+    index: int
+    function: DeltaFunction
+    id: str | None = None
+    type: str | None = None
+    OMIT_NONE = ("id", "type")
+
+
+@dataclass
 class Delta(_Json):
-    content: str
+    content: str | None
     role: str = "assistant"
+    tool_calls: list[DeltaToolCall] | None = None
+    OMIT_NONE = ("tool_calls",)
 
 
 @dataclass

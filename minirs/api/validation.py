@@ -6,9 +6,12 @@ escapes. Types are strict: a bool is not an int, a string is not a number, and o
     params = gen_params(request, n=1, logprobs=False, limits=Limits(vocab=49152, max_seqs=16))
 """
 
+import json
 import math
+import re
 from dataclasses import dataclass
 
+from minirs.api.types import ToolChoice
 from minirs.engine import GenParams
 from minirs.errors import RequestError, quote
 from minirs.sampling import SamplingParams
@@ -199,14 +202,115 @@ def messages(msgs) -> list[dict] | str:
             content = ""
         elif not isinstance(content, str):
             raise _bad(f"messages[{i}].content", content, "a string")
+        if m.get("tool_calls") is not None:
+            tool_calls(f"messages[{i}].tool_calls", m["tool_calls"])
+        if m.get("tool_call_id") is not None:
+            text(f"messages[{i}].tool_call_id", m["tool_call_id"])
         clean.append({**m, "content": content})
     return clean
 
 
-def tools(v) -> list[dict] | None:
-    if v is not None and (not isinstance(v, list) or not all(isinstance(t, dict) for t in v)):
-        raise _bad("tools", v, "a list of tool dicts")
-    return v
+TOOL_CHOICES = ("none", "auto", "required")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A chat request's tools (OpenAI's shape) and what it asks of them: mode "none" (not shown to the model, nothing
+    parsed), "auto" (shown, calls parsed out of free text) or "required" (a call is forced, to `name` if set)."""
+    tools: list | None
+    mode: str
+    name: str | None = None
+
+
+def tool_use(req) -> ToolUse:
+    """The request's tools, tool_schemas (mistral.rs's name for them) and tool_choice."""
+    if req.tools is not None and req.tool_schemas is not None:
+        raise RequestError("invalid tool_schemas: give tools or tool_schemas (the same field), not both")
+    field = "tools" if req.tool_schemas is None else "tool_schemas"
+    found = tools(req.tools if req.tool_schemas is None else req.tool_schemas, field)
+    mode, name = tool_choice(req.tool_choice, found)
+    return ToolUse(found if found and mode != "none" else None, mode if found else "none", name)
+
+
+def tools(v, field: str = "tools") -> list[dict] | None:
+    """OpenAI tools, normalized to {"type": "function", "function": {...}}; a bare function dict, or either as a
+    JSON string (mistral.rs's tool_schemas), is taken too."""
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise _bad(field, v, "a list of tools")
+    out = []
+    for i, t in enumerate(v):
+        where = f"{field}[{i}]"
+        if isinstance(t, str):
+            try:
+                t = json.loads(t)
+            except ValueError as e:
+                raise _bad(where, t, f"a tool dict or its JSON: {e}") from None
+        if not isinstance(t, dict):
+            raise _bad(where, t, "a dict with type 'function' and a function")
+        if t.get("type", "function") != "function":
+            raise _bad(f"{where}.type", t.get("type"), "'function'")
+        fn = t["function"] if "function" in t else t
+        if not isinstance(fn, dict):
+            raise _bad(f"{where}.function", fn, "a dict with name, description and parameters")
+        name = fn.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise _bad(f"{where}.function.name", name, "1 to 64 letters, digits, '_' or '-'")
+        params = fn.get("parameters")
+        if params is not None and (not isinstance(params, dict) or params.get("type", "object") != "object"):
+            raise _bad(f"{where}.function.parameters", params, "a JSON schema of an object")
+        if any(o["function"]["name"] == name for o in out):
+            raise _bad(f"{where}.function.name", name, "each tool needs its own name")
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def tool_choice(v, tools: list | None) -> tuple[str, str | None]:
+    """(mode, name) for tool_choice: "none", "auto", "required" or {"type": "function", "function": {"name"}}."""
+    if v is None:
+        return "auto", None
+    if isinstance(v, ToolChoice):  # mistral.rs's enum
+        return ("none" if v is ToolChoice.NoTools else "auto"), None
+    names = [t["function"]["name"] for t in tools or []]
+    if isinstance(v, str):
+        if v not in TOOL_CHOICES:
+            raise _bad("tool_choice", v, "'none', 'auto', 'required' or {'type': 'function', 'function': "
+                                         "{'name': ...}}")
+        if v == "required" and not names:
+            raise _bad("tool_choice", v, "'required' needs tools")
+        return v, None
+    fn = v.get("function") if isinstance(v, dict) and v.get("type") == "function" else None
+    if not isinstance(fn, dict):
+        raise _bad("tool_choice", v, "'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}")
+    if fn.get("name") not in names:
+        raise RequestError(f"invalid tool_choice.function.name: {quote(fn.get('name'))} is not one of the tools "
+                           f"({', '.join(names) or 'none given'})")
+    return "required", fn["name"]
+
+
+def tool_calls(field: str, calls) -> list[dict]:
+    """An assistant message's tool_calls: [{"id", "type", "function": {"name", "arguments"}}], with arguments a
+    JSON object or its string."""
+    if not isinstance(calls, list):
+        raise _bad(field, calls, "a list of tool calls")
+    for j, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise _bad(f"{field}[{j}]", c, "a dict with function.name and function.arguments")
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError as e:
+                raise _bad(f"{field}[{j}].function.arguments", fn.get("arguments"), f"a JSON object: {e}") \
+                    from None
+        if not isinstance(args, dict):
+            raise _bad(f"{field}[{j}].function.arguments", fn.get("arguments"), "a JSON object")
+        if c.get("id") is not None and not isinstance(c["id"], str):
+            raise _bad(f"{field}[{j}].id", c["id"], "a string")
+    return calls
 
 
 def runner_args(max_seqs, prefill_chunk, max_seq_len, seed, prefix_cache_n) -> None:

@@ -49,6 +49,7 @@ class GenParams:
     # (grammar_type, grammar_text) constraining every token: "regex", "json_schema" (the schema as a JSON string),
     # "lark" or "llguidance"; request grammars, response_format and tool_choice all arrive here (minirs.grammar)
     grammar: tuple[str, str] | None = None
+    keep_special: frozenset = frozenset()  # special token ids the text shows (tool-call markers a parser looks for)
 
     @property
     def raw_draw(self) -> bool:
@@ -84,7 +85,7 @@ class Sequence:
         self.finish_reason: str | None = None
         seed = job.params.sampling.seed
         self.rng = np.random.default_rng(None if seed is None else [seed, index])
-        self.decoder = tokenizer.stream_decoder(skip_special_tokens=True)
+        self.decoder = tokenizer.stream_decoder(skip_special_tokens=True, keep=job.params.keep_special)
         self.stop = StopText(job.params.stop_seqs)
         self.constraint = Constraint(job.grammar) if job.grammar is not None else None
 

@@ -233,9 +233,10 @@ class Tokenizer:
         stream = self.stream_decoder(skip_special_tokens)
         return "".join([stream.feed(self.check_id(t, f"ids[{k}]")) for k, t in enumerate(ids)]) + stream.flush()
 
-    def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
-        """An incremental decoder: feed ids one at a time, get text that never splits a character."""
-        return StreamDecoder(self, skip_special_tokens)
+    def stream_decoder(self, skip_special_tokens: bool = False, keep: frozenset = frozenset()) -> StreamDecoder:
+        """An incremental decoder: feed ids one at a time, get text that never splits a character; `keep`: special
+        tokens it shows even when skipping the others."""
+        return StreamDecoder(self, skip_special_tokens, keep)
 
     # ----- chat -----------------------------------------------------------------------------------------------------
 

@@ -17,16 +17,17 @@ import codecs
 class StreamDecoder:
     """Feed token ids one at a time; each call returns the text that became complete."""
 
-    def __init__(self, tokenizer, skip_special_tokens: bool = False):
+    def __init__(self, tokenizer, skip_special_tokens: bool = False, keep: frozenset = frozenset()):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        self.keep = keep  # special tokens shown all the same (the tool-call markers a parser looks for)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = False
 
     def feed(self, token_id: int) -> str:
         tok = self.tokenizer
         token_id = tok.check_id(token_id)
-        if self.skip_special_tokens and tok.is_special(token_id):
+        if self.skip_special_tokens and tok.is_special(token_id) and token_id not in self.keep:
             return ""
         data = tok.token_bytes_table[token_id]
         if not self._started:
