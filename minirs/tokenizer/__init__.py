@@ -67,6 +67,8 @@ class Tokenizer:
         self._always = {t: i for t, i in special_texts.items() if int(self.token_types[i]) != CONTROL}
         self._splitters: dict[bool, re.Pattern | None] = {}
         self._bytes: list[bytes] | None = None
+        # Mistral's instruct format (instruct.InstructEncoder: encode_chat, encode_fim) where the model has one
+        self.instruct = None
 
     # ----- construction -------------------------------------------------------------------------------------------
 
