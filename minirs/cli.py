@@ -225,7 +225,7 @@ def _run(args) -> int:
         raise _no_template(path.name)
     loaded = load(path, backend=backend, chat_template=args.chat_template, isq=args.isq, progress=progress)
     model, tok = loaded.model, loaded.tokenizer
-    if chat and tok.chat_template is None:
+    if chat and tok.chat_template is None and tok.instruct is None:  # a Mistral folder has its instruct format
         raise _no_template(loaded.name)
     params = sampling_params(args, model_sampling(loaded.path))
     ctx = args.ctx_size or min(model.config.context_length, CTX_CAP)
@@ -256,9 +256,8 @@ def messages(system, turns):
 
 
 def chat_ids(tok, msgs) -> list[int]:
-    """Render the chat template and tokenize it as HF does: special-token text parsed, nothing added."""
-    text = tok.apply_chat_template(msgs, add_generation_prompt=True)
-    return tok.encode(text, add_special_tokens=False, parse_special=True)
+    """The chat's prompt ids: the chat template tokenized as HF does, or Mistral's instruct format."""
+    return tok.encode_chat(msgs)
 
 
 def answer(engine, tok, ids, params, max_tokens, quiet=False, out=None) -> tuple[str, str]:
