@@ -104,10 +104,16 @@ class Tokenizer:
         from minirs.tokenizer.chat import resolve_template
         template = resolve_template(chat_template) if chat_template else f.chat_template
         fim = (f.fim_pre_id, f.fim_suf_id, f.fim_mid_id)
-        return cls(model, tokens, types, bos_id=f.bos_id, eos_ids=list(dict.fromkeys(eos_ids)),
-                   add_bos=add_bos_default if f.add_bos is None else f.add_bos, add_eos=bool(f.add_eos),
-                   chat_template=template, unk_id=f.unk_id, pad_id=f.pad_id, source=where,
-                   fim_ids=fim if None not in fim else None)
+        tok = cls(model, tokens, types, bos_id=f.bos_id, eos_ids=list(dict.fromkeys(eos_ids)),
+                  add_bos=add_bos_default if f.add_bos is None else f.add_bos, add_eos=bool(f.add_eos),
+                  chat_template=template, unk_id=f.unk_id, pad_id=f.pad_id, source=where,
+                  fim_ids=fim if None not in fim else None)
+        # a Mistral model's vocabulary ([INST], [TOOL_CALLS]... as control tokens) offers its instruct format too
+        from minirs.tokenizer.instruct import InstructEncoder, version_from_vocabulary
+        version = version_from_vocabulary(tok)
+        if version is not None:
+            tok.instruct = InstructEncoder(tok, version)
+        return tok
 
     @classmethod
     def from_files(cls, folder, chat_template: str | None = None) -> "Tokenizer":
