@@ -143,9 +143,9 @@ def main(argv=None) -> int:
             return _models_main(argv[1:])
         if argv[:1] == ["pull"]:
             return _pull_main(argv[1:])
-        if argv[:1] in (["demo"], ["chat"]):  # mistral-inference's commands (cli_mistral.py)
+        if argv[:1] in (["demo"], ["chat"]):  # mistral-inference's commands, built on this module's pieces
             from minirs.cli_mistral import main as mistral_main
-            return mistral_main(argv[0], argv[1:])
+            return mistral_main(argv[0], argv[1:], sys.modules[__name__])
         return _run(build_parser().parse_args(argv))
     except BrokenPipeError:
         # the reader went away (`| head -1`): stop quietly; point stdout at /dev/null so the interpreter's final

@@ -10,6 +10,9 @@ the adapter first) and those of the main `minirs` command (--device, --top-p, --
 top-p 0.8, no top-k, min-p or repeat penalty), not the main command's defaults. The folder may be any model
 minirs loads (a Mistral folder, an HF folder, a GGUF file). `chat --instruct` is the main command's chat loop:
 its prompt ids come from Tokenizer.encode_chat, i.e. mistral_common's instruct format for a Mistral folder.
+
+The main command's flags, chat loop and answer printer are minirs/cli.py's: `minirs.cli.main` hands its own module
+to `main` here (this module never imports it, so the two do not import each other).
 """
 
 import sys
@@ -26,18 +29,16 @@ MAX_TOKENS = 35  # mistral-inference's default for both commands
 SEPARATOR = "====================="
 
 
-def build_parser(command: str):
-    from minirs.cli import _number, _Parser
-    from minirs.cli import build_parser as main_parser
+def build_parser(command: str, cli):
     what = {"demo": "generate from three fixed prompts as one batch (mistral-inference's mistral-demo)",
             "chat": "chat with a model (mistral-inference's mistral-chat): --instruct uses the model's instruct "
                     "format, without it each line extends one plain text"}[command]
-    p = _Parser(prog=f"minirs {command}", description=f"{what}. Also takes the flags of 'minirs'.",
-                parents=[main_parser(add_help=False)], conflict_handler="resolve")
+    p = cli._Parser(prog=f"minirs {command}", description=f"{what}. Also takes the flags of 'minirs'.",
+                    parents=[cli.build_parser(add_help=False)], conflict_handler="resolve")
     p.add_argument("folder", help="the model: a Mistral folder (params.json, consolidated.safetensors, "
                                   "tekken.json or tokenizer.model.vN), an HF folder or a GGUF file")
     p.add_argument("--max_tokens", "--max-tokens", dest="max_tokens", default=MAX_TOKENS,
-                   type=_number("--max_tokens", int, lambda v: v >= 1, ">= 1"),
+                   type=cli._number("--max_tokens", int, lambda v: v >= 1, ">= 1"),
                    help=f"most tokens to generate per answer (default {MAX_TOKENS})")
     p.add_argument("--instruct", action="store_true",
                    help="chat: encode the conversation in the model's instruct format (default: plain text)")
@@ -45,9 +46,10 @@ def build_parser(command: str):
     return p
 
 
-def main(command: str, argv) -> int:
-    """Run `minirs demo ...` or `minirs chat ...`; errors are handled by minirs.cli.main."""
-    args = build_parser(command).parse_args(argv)
+def main(command: str, argv, cli) -> int:
+    """Run `minirs demo ...` or `minirs chat ...` with the pieces of `cli` (the minirs.cli module), whose main
+    handles the errors."""
+    args = build_parser(command, cli).parse_args(argv)
     if args.lora_path is not None:
         raise MinirsError(f"--lora_path {args.lora_path!r}: LoRA adapter files are not supported; a folder whose "
                           "params.json has a lora section (weights with lora_A / lora_B) is merged at load time")
@@ -57,31 +59,29 @@ def main(command: str, argv) -> int:
             setattr(args, name, value)
     args.model = args.folder
     if command == "chat" and args.instruct:
-        from minirs.cli import _run
-        return _run(args)  # the main command's chat loop, prompt ids from Tokenizer.encode_chat
-    return _demo(args) if command == "demo" else _text_chat(args)
+        return cli._run(args)  # the main command's chat loop, prompt ids from Tokenizer.encode_chat
+    return _demo(args, cli) if command == "demo" else _text_chat(args, cli)
 
 
-def _load(args):
-    from minirs.cli import CTX_CAP, _say, sampling_params
+def _load(args, cli):
     from minirs.engine import Engine
     from minirs.load import get_backend, load
     t0 = time.perf_counter()
     backend = get_backend(args.device)
     loaded = load(args.model, backend=backend, chat_template=args.chat_template, isq=args.isq,
                   token_source=args.token_source, progress=sys.stderr.isatty() and not args.quiet)
-    params = sampling_params(args, {})
-    ctx = args.ctx_size or min(loaded.model.config.context_length, CTX_CAP)
+    params = cli.sampling_params(args, {})
+    ctx = args.ctx_size or min(loaded.model.config.context_length, cli.CTX_CAP)
     engine = Engine(loaded.model, loaded.tokenizer, max_seqs=len(DEMO_PROMPTS), ctx_len=ctx)
-    _say(args, f"loaded {loaded.name} ({loaded.model.config.arch}, {loaded.model.backend.name}) in "
+    cli._say(args, f"loaded {loaded.name} ({loaded.model.config.arch}, {loaded.model.backend.name}) in "
                f"{time.perf_counter() - t0:.2f} s; temperature {params.temperature:g}, top-p {params.top_p:g}")
     return engine, loaded.tokenizer, params
 
 
-def _demo(args) -> int:
+def _demo(args, cli) -> int:
     """The three prompts as one batch; each is printed with its continuation, then a separator line."""
     from minirs.engine import GenParams, Job
-    engine, tok, params = _load(args)
+    engine, tok, params = _load(args, cli)
     try:
         stop = frozenset(tok.eos_ids)
         jobs = [engine.submit(Job(tok.encode(p, add_special_tokens=True),
@@ -96,10 +96,9 @@ def _demo(args) -> int:
     return 0
 
 
-def _text_chat(args) -> int:
+def _text_chat(args, cli) -> int:
     """mistral-chat without --instruct: each line is appended to one text, which the model continues."""
-    from minirs.cli import answer
-    engine, tok, params = _load(args)
+    engine, tok, params = _load(args, cli)
     text = ""
     try:
         while True:
@@ -114,7 +113,7 @@ def _text_chat(args) -> int:
             if len(ids) >= engine.ctx_len:
                 raise MinirsError(f"the text is {len(ids)} tokens but the context holds {engine.ctx_len}: raise "
                                   "--ctx-size")
-            reply, _ = answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet)
+            reply, _ = cli.answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet)
             print(SEPARATOR)
             text += reply
     finally:
