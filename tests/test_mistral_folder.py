@@ -42,14 +42,20 @@ def run(model, ids, chunk=None):
     return np.concatenate(out)
 
 
+def host(model, a):
+    """Logits as a NumPy array (the CUDA backend returns device arrays)."""
+    be = model.backend
+    return be.to_numpy(a) if hasattr(be, "to_numpy") else np.asarray(a)
+
+
 def greedy(model, ids, n):
     """n greedy tokens, one decode step at a time through the cache."""
     cache = KVCache(model.config, model.backend, 1, 64, len(ids))
-    logits = model.forward(np.asarray(ids), np.zeros(len(ids), np.int64), np.arange(len(ids)), cache)[-1]
-    out = []
-    for k in range(n):
-        out.append(int(np.argmax(logits)))
-        logits = model.forward(np.asarray(out[-1:]), np.zeros(1, np.int64), np.array([len(ids) + k]), cache)[0]
+    logits = host(model, model.forward(np.asarray(ids), np.zeros(len(ids), np.int64), np.arange(len(ids)), cache))
+    out = [int(np.argmax(logits[-1]))]
+    for k in range(n - 1):
+        step = model.forward(np.asarray(out[-1:]), np.zeros(1, np.int64), np.array([len(ids) + k]), cache)
+        out.append(int(np.argmax(host(model, step)[0])))
     return out
 
 
@@ -202,3 +208,19 @@ def test_bad_tensors_and_files_are_named(tmp_path):
     (folder / "params.json").write_text("{not json")
     with pytest.raises(FormatError, match=r"params\.json: cannot read it as JSON"):
         open_model(folder)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_logits_and_greedy_match_transformers_cuda(kind):
+    """The same goldens on the GPU backend (BF16 and F16 weights; MoE through the expert kernels). Tolerance 5e-3:
+    its KV cache is float16 (~5e-4 relative per value), as in test_arch's CUDA test."""
+    from minirs.load import cuda_available, get_backend
+    if not cuda_available():
+        pytest.skip("needs CuPy and a CUDA GPU")
+    be = get_backend("cuda")
+    m = load_model(GOLDEN / f"mistral_{kind}", backend=be)
+    for ids, want, tokens in golden(kind):
+        for chunk in (None, 5):
+            assert rel_err(host(m, run(m, ids, chunk)), want) < 5e-3, f"{kind} cuda chunk={chunk}"
+        assert greedy(m, ids, len(tokens)) == tokens.tolist()
