@@ -71,6 +71,22 @@ def test_chat_is_encoded_as_mistral_common_does(runner, reference):
     assert res.usage.prompt_tokens == len(want) and res.usage.completion_tokens <= 3
 
 
+@pytest.mark.parametrize("name", ["tekken_240911.json", "mistral_instruct_tokenizer_241114.model.v7"])
+def test_tekken_and_v7_folders(tmp_path_factory, name):
+    """A folder with tekken.json, and one with tokenizer.model.v7 (system prompt as [SYSTEM_PROMPT]): chat and FIM
+    ids as mistral_common's, and a chat request served."""
+    mt = MistralTokenizer.from_file(str(mistral_tokenizer_file(name)))
+    r = Runner(Which.Plain(model_id=str(folder_for(tmp_path_factory, name))), device="cpu", max_seq_len=400)
+    try:
+        want = mt.encode_chat_completion(MCChatRequest(messages=CHAT, tools=TOOLS)).tokens
+        assert r._chat_ids(ChatCompletionRequest(messages=CHAT, tools=TOOLS)) == want
+        assert r._fim_ids("x = [", "]\n", 4) == mt.encode_fim(FIMRequest(prompt="x = [", suffix="]\n")).tokens
+        res = r.send_chat_completion_request(ChatCompletionRequest(messages=CHAT, max_tokens=2), T)
+        assert res.choices[0].finish_reason in ("length", "stop")
+    finally:
+        r.shutdown()
+
+
 def test_fim_is_encoded_as_mistral_common_does_and_returns_the_middle(runner, reference):
     prefix, suffix = "def add(a, b):\n    ", "\n    return c\n"
     want = reference.encode_fim(FIMRequest(prompt=prefix, suffix=suffix)).tokens
