@@ -15,6 +15,7 @@ The main command's flags, chat loop and answer printer are minirs/cli.py's: `min
 to `main` here (this module never imports it, so the two do not import each other).
 """
 
+import argparse
 import sys
 import time
 
@@ -43,13 +44,23 @@ def build_parser(command: str, cli):
     p.add_argument("--instruct", action="store_true",
                    help="chat: encode the conversation in the model's instruct format (default: plain text)")
     p.add_argument("--lora_path", default=None, help="not supported: merge the adapter into the weights first")
+    for flag in ("--gguf", "--model"):  # the model is the FOLDER argument here
+        p.add_argument(flag, default=None, help=argparse.SUPPRESS)
     return p
 
 
 def main(command: str, argv, cli) -> int:
     """Run `minirs demo ...` or `minirs chat ...` with the pieces of `cli` (the minirs.cli module), whose main
     handles the errors."""
-    args = build_parser(command, cli).parse_args(argv)
+    parser = build_parser(command, cli)
+    args = parser.parse_args(argv)
+    if args.gguf is not None or args.model is not None:
+        parser.error(f"minirs {command} takes the model as its FOLDER argument, not --gguf or --model")
+    plain = command == "demo" or not args.instruct
+    for flag, value in (("--system", args.system), ("--chat-template", args.chat_template),
+                        ("--prompt", args.prompt if command == "demo" else None)):
+        if value is not None and plain:
+            parser.error(f"{flag} has no use in minirs {command}{'' if command == 'demo' else ' without --instruct'}")
     if args.lora_path is not None:
         raise MinirsError(f"--lora_path {args.lora_path!r}: LoRA adapter files are not supported; a folder whose "
                           "params.json has a lora section (weights with lora_A / lora_B) is merged at load time")
@@ -58,7 +69,8 @@ def main(command: str, argv, cli) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.model = args.folder
-    if command == "chat" and args.instruct:
+    if command == "chat" and (args.instruct or args.prompt is not None):
+        args.raw = args.raw or not args.instruct  # --prompt without --instruct: one plain-text continuation
         return cli._run(args)  # the main command's chat loop, prompt ids from Tokenizer.encode_chat
     return _demo(args, cli) if command == "demo" else _text_chat(args, cli)
 

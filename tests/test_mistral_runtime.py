@@ -179,6 +179,9 @@ def test_chat_instruct_through_stdin(v3_folder, capsys, monkeypatch):
     assert "reused from the cache" in err  # the second turn's prompt starts with the first turn, still cached
     rc, out, err = run_cli(["chat", str(v3_folder), "--max_tokens", "2"], capsys, monkeypatch, "Once upon\n")
     assert rc == 0 and out.count("=====================") == 1  # plain text mode
+    rc, out, err = run_cli(["chat", str(v3_folder), "--prompt", "Once upon", "--max_tokens", "2"], capsys,
+                           monkeypatch)
+    assert rc == 0 and len(out.splitlines()) == 1 and "2 new tokens" in err  # one plain continuation
 
 
 def test_commands_refuse_what_they_cannot_do(v3_folder, capsys, monkeypatch):
@@ -188,3 +191,7 @@ def test_commands_refuse_what_they_cannot_do(v3_folder, capsys, monkeypatch):
     assert rc == 2 and "--max_tokens must be an integer >= 1" in err
     rc, _, err = run_cli(["demo", str(Path(v3_folder) / "nothing")], capsys, monkeypatch)
     assert rc == 1 and "nothing" in err
+    rc, _, err = run_cli(["demo", str(v3_folder), "--system", "Be brief."], capsys, monkeypatch)
+    assert rc == 2 and "--system has no use in minirs demo" in err
+    rc, _, err = run_cli(["chat", str(v3_folder), "--gguf", "x.gguf"], capsys, monkeypatch)
+    assert rc == 2 and "takes the model as its FOLDER argument" in err
