@@ -178,6 +178,7 @@ def _bad_params(tmp_path, change):
     (lambda p: p.update(lora={"rank": 0, "scaling": 2.0}), r"field 'lora\.rank' is 0"),
     (lambda p: p.update(vision_encoder={"hidden_size": 8}), r"'vision_encoder': a vision encoder"),
     (lambda p: p.update(model_type="mamba"), r"model_type 'mamba' is not supported"),
+    (lambda p: p.update(sliding_window=[8, 16]), r"field 'sliding_window' is a per-layer list"),
     (lambda p: p.update(hidden_dim=40), r"consolidated\.safetensors: tensor 'layers\.0\.feed_forward\.experts\.0"
                                         r"\.w1\.weight' has shape \(48, 32\), expected \(40, 32\)"),
     (lambda p: p.pop("moe"), r"tensor 'layers\.0\.feed_forward\.(gate|experts\.0\.w1)\.weight' is not a tensor of this "

@@ -118,6 +118,9 @@ def read_params(folder: Path) -> dict:
     window = params.get("sliding_window")
     if isinstance(window, str) and window.isdigit():  # some params.json give it as a string
         window = int(window)
+    if isinstance(window, list):  # Ministral's per-layer windows ("ragged attention")
+        raise FormatError(f"{where}: field 'sliding_window' is a per-layer list {quote(window)}, which minirs does "
+                          "not support (one window for every layer only)")
     out["sliding_window"] = _number({"sliding_window": window}, "sliding_window", where) if window else 0
     out["tied_embeddings"] = bool(params.get("tied_embeddings", False))
     moe = params.get("moe")

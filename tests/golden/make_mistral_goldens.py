@@ -18,8 +18,8 @@ checks the permutation itself: Mistral's RoPE as mistral-inference computes it (
 pairs, `torch.view_as_complex`) on the original wq/wk equals, row for row after the permutation, transformers'
 `apply_rotary_pos_emb` on the converted q_proj/k_proj. Nothing of minirs is imported.
 
-Run with a venv that has torch, transformers and safetensors (a few seconds):
-    /work/ref-venv/bin/python tests/golden/make_mistral_goldens.py
+Run with a venv that has the ref extra (torch, transformers, safetensors; a few seconds):
+    pip install -e .[ref] && python tests/golden/make_mistral_goldens.py
 """
 
 import json
