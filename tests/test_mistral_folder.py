@@ -225,3 +225,16 @@ def test_logits_and_greedy_match_transformers_cuda(kind):
         for chunk in (None, 5):
             assert rel_err(host(m, run(m, ids, chunk)), want) < 5e-3, f"{kind} cuda chunk={chunk}"
         assert greedy(m, ids, len(tokens)) == tokens.tolist()
+
+
+def test_a_folder_with_both_layouts_is_read_as_mistral(tmp_path):
+    """Many Mistral repositories ship params.json + consolidated.safetensors beside an HF config.json: the Mistral
+    weights are read (a params.json alone, without weights, is named as such)."""
+    folder = copy_folder("dense", tmp_path / "both")
+    (folder / "config.json").write_text(json.dumps({"model_type": "mistral", "hidden_size": 48}))
+    mf = open_model(folder)
+    assert mf.format == "mistral" and mf.tensors["blk.0.attn_q.weight"].shape == (64, 48)
+    (folder / "consolidated.safetensors").unlink()
+    (folder / "config.json").unlink()
+    with pytest.raises(FormatError, match=r"no consolidated\.safetensors nor consolidated-0000X-of-0000Y"):
+        open_model(folder)

@@ -123,6 +123,8 @@ def test_fim_on_a_model_without_fim_tokens(tmp_path_factory):
         assert res.choices[0].text.endswith("!")  # no FIM tokens: the suffix is appended, as before
         with pytest.raises(RequestError, match="invalid fim: True, but .* has no fill-in-the-middle tokens"):
             r.send_completion_request(CompletionRequest(prompt="a", suffix="!", fim=True, max_tokens=2), T)
+        with pytest.raises(RequestError, match="invalid fim: 'yes'"):
+            r.send_completion_request(CompletionRequest(prompt="a", suffix="!", fim="yes", max_tokens=2), T)
     finally:
         r.shutdown()
 
