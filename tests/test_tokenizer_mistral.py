@@ -195,3 +195,28 @@ def test_decode_keeps_control_tokens():
     ids = tok.instruct.encode_chat([{"role": "user", "content": "Hi"}])
     assert tok.decode(ids) == "<s>[INST] Hi[/INST]"
     assert tok.decode(ids, skip_special_tokens=True) == ref("mistral_instruct_tokenizer_240323.model.v3").decode(ids)
+
+
+OUTPUTS = ["Sure.", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+           'Let me check.[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Zürich"}, "id": "abc123def"}, '
+           '{"name": "get_time", "arguments": {}}]</s>',
+           '[TOOL_CALLS][{"name": "a", "arguments": {}}][TOOL_CALLS][{"name": "b", "arguments": {"x": [1, 2]}}]']
+
+
+@pytest.mark.parametrize("name", FILES[1:])
+def test_parse_output_matches_mistral_common(name):
+    from mistral_common.experimental.tools import _decode_tool_calls, _split_content_and_tool_calls
+    tok, mt = ours(name), ref(name).instruct_tokenizer.tokenizer
+    marker = tok.instruct.tool_call_prefix_id
+    for text in OUTPUTS:
+        ids = tok.encode(text, add_special_tokens=False, parse_special=True)
+        content_ids, call_ids = _split_content_and_tool_calls(ids, marker)
+        expected = [(None if c.id == "null" else c.id, c.function.name, json.loads(c.function.arguments))
+                    for c in _decode_tool_calls(call_ids, mt)]
+        content, calls = tok.instruct.parse_output(ids)
+        assert content == mt.decode(content_ids), text
+        # arguments compared as JSON values: mistral_common escapes non-ASCII (\u00fc), we keep it as written
+        assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == expected
+        assert all(c["type"] == "function" for c in calls)
+    broken = tok.encode('Hi[TOOL_CALLS][{"name": "a", "arguments": {', add_special_tokens=False, parse_special=True)
+    assert tok.instruct.parse_output(broken) == ('Hi[{"name": "a", "arguments": {', [])
