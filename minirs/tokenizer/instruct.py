@@ -393,12 +393,16 @@ class InstructEncoder:
 
 
 def version_from_vocabulary(tokenizer) -> str | None:
-    """The instruct version a vocabulary's control tokens point to (a GGUF of a Mistral model), or None when it has
-    no [INST] / [/INST] control tokens."""
+    """The instruct version a GGUF's vocabulary points to, or None when it has no [INST] / [/INST] control tokens.
+
+    The vocabulary alone can be ambiguous: Tekken's default special tokens hold [SYSTEM_PROMPT] even in v3 files
+    (Mistral Nemo). So where the file has a chat template, v7 is taken only when the template writes
+    [SYSTEM_PROMPT]; without one, the control tokens decide. `InstructEncoder(tok, version)` overrides the guess."""
     specials = tokenizer.special_texts
     if not all(t in specials and tokenizer.is_special(specials[t]) for t in ("[INST]", "[/INST]")):
         return None
-    if all(t in specials for t in NEEDED["v7"]):
+    template = tokenizer.chat_template
+    if all(t in specials for t in NEEDED["v7"]) and (template is None or "[SYSTEM_PROMPT]" in template):
         return "v7"
     if all(t in specials for t in NEEDED["v3"]):
         return "v3" if "[PREFIX]" in specials else "v2"
