@@ -76,6 +76,7 @@ BROKEN = {
     "config.version": dict(version="v99"),
     "config.pattern": dict(pattern="(unclosed"),
     "config.default_num_special_tokens": dict(default_num_special_tokens="many"),
+    "config.default_num_special_tokens =": dict(default_num_special_tokens=10**9, default_vocab_size=10**9 + 300),
     "config.default_vocab_size": dict(default_vocab_size=-5),
     "vocab[260].rank": dict(vocab="dup-rank"),
     "vocab[257].token_bytes": dict(vocab="bad-base64"),
