@@ -195,3 +195,71 @@ def test_decode_keeps_control_tokens():
     ids = tok.instruct.encode_chat([{"role": "user", "content": "Hi"}])
     assert tok.decode(ids) == "<s>[INST] Hi[/INST]"
     assert tok.decode(ids, skip_special_tokens=True) == ref("mistral_instruct_tokenizer_240323.model.v3").decode(ids)
+
+
+OUTPUTS = ["Sure.", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+           'Let me check.[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Zürich"}, "id": "abc123def"}, '
+           '{"name": "get_time", "arguments": {}}]</s>',
+           '[TOOL_CALLS][{"name": "a", "arguments": {}}][TOOL_CALLS][{"name": "b", "arguments": {"x": [1, 2]}}]']
+
+
+@pytest.mark.parametrize("name", FILES[1:])
+def test_parse_output_matches_mistral_common(name):
+    from mistral_common.experimental.tools import _decode_tool_calls, _split_content_and_tool_calls
+    tok, mt = ours(name), ref(name).instruct_tokenizer.tokenizer
+    marker = tok.instruct.tool_call_prefix_id
+    for text in OUTPUTS:
+        ids = tok.encode(text, add_special_tokens=False, parse_special=True)
+        content_ids, call_ids = _split_content_and_tool_calls(ids, marker)
+        expected = [(None if c.id == "null" else c.id, c.function.name, json.loads(c.function.arguments))
+                    for c in _decode_tool_calls(call_ids, mt)]
+        content, calls = tok.instruct.parse_output(ids)
+        assert content == mt.decode(content_ids), text
+        # arguments compared as JSON values: mistral_common escapes non-ASCII (\u00fc), we keep it as written
+        assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == expected
+        assert all(c["type"] == "function" for c in calls)
+    broken = tok.encode('Hi[TOOL_CALLS][{"name": "a", "arguments": {', add_special_tokens=False, parse_special=True)
+    assert tok.instruct.parse_output(broken) == ('Hi[{"name": "a", "arguments": {', [])
+
+
+def random_chat(rng, with_tools: bool):
+    """A random conversation that follows mistral_common's role order, with texts from the corpus; tool calls are
+    answered by as many tool messages."""
+    import string
+    texts = [s for s in CORPUS if s.strip()]
+    messages = [{"role": "system", "content": rng.choice(texts)}] if rng.random() < 0.5 else []
+    for _ in range(rng.randint(1, 4)):
+        content = rng.choice(texts) if rng.random() < 0.8 else [{"type": "text", "text": rng.choice(texts)},
+                                                                   {"type": "text", "text": rng.choice(texts)}]
+        messages.append({"role": "user", "content": content})
+        if rng.random() < 0.2:
+            messages.append({"role": "system", "content": rng.choice(texts)})
+        if with_tools and rng.random() < 0.5:
+            calls = [_call("".join(rng.choice(string.ascii_letters + string.digits) for _ in range(9)),
+                           rng.choice(["get_weather", "get_time"]),
+                           json.dumps({"q": rng.choice(texts)}) if rng.random() < 0.7 else rng.choice(["", "{}"]))
+                     for _ in range(rng.randint(1, 2))]
+            messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+            for c in calls:
+                messages.append({"role": "tool", "tool_call_id": c["id"], "name": c["function"]["name"],
+                                 "content": rng.choice([rng.choice(texts), json.dumps({"r": rng.choice(texts)})])})
+        messages.append({"role": "assistant", "content": rng.choice(texts)})
+    messages.append({"role": "user", "content": rng.choice(texts)})
+    return messages
+
+
+@pytest.mark.parametrize("name", FILES[:4] + FILES[5:6])
+def test_random_chats_match_mistral_common(name):
+    import random
+    rng = random.Random(name)
+    tok = ours(name)
+    for k in range(25):
+        tools = TOOLS if tok.instruct.version != "v1" and k % 2 else None
+        messages = random_chat(rng, tools is not None)
+        try:
+            expected = _reference_chat(name, messages, tools)
+        except Exception:  # mistral_common refuses it (v2: several results for one call turn): so must we
+            with pytest.raises(RequestError):
+                tok.instruct.encode_chat(messages, tools)
+            continue
+        assert tok.instruct.encode_chat(messages, tools) == expected, messages

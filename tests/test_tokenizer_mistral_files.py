@@ -22,6 +22,7 @@ from mistral_common.tokens.tokenizers.tekken import Tekkenizer  # noqa: E402
 from minirs.errors import RequestError, TokenizerError  # noqa: E402
 from minirs.tokenizer import Tokenizer  # noqa: E402
 from minirs.tokenizer.hf import read_sentencepiece_model  # noqa: E402
+from minirs.tokenizer.instruct import InstructEncoder, version_from_vocabulary  # noqa: E402
 from minirs.tokenizer.mistral import load_mistral_tokenizer  # noqa: E402
 from minirs.tokenizer.tekken import DEFAULT_SPECIAL_TOKENS  # noqa: E402
 
@@ -75,6 +76,7 @@ BROKEN = {
     "config.version": dict(version="v99"),
     "config.pattern": dict(pattern="(unclosed"),
     "config.default_num_special_tokens": dict(default_num_special_tokens="many"),
+    "config.default_num_special_tokens =": dict(default_num_special_tokens=10**9, default_vocab_size=10**9 + 300),
     "config.default_vocab_size": dict(default_vocab_size=-5),
     "vocab[260].rank": dict(vocab="dup-rank"),
     "vocab[257].token_bytes": dict(vocab="bad-base64"),
@@ -214,3 +216,58 @@ def test_bad_requests_are_request_errors(v3, messages, tools, match):
 def test_bad_fim_arguments(v3):
     with pytest.raises(RequestError, match="FIM suffix must be a string"):
         v3.encode_fim("a", None)
+
+
+def test_tekken_lone_surrogates_as_tiktoken(tmp_path):
+    path = write(tmp_path / "tekken.json", tiny_tekken())
+    tok, mt = load_mistral_tokenizer(path), Tekkenizer.from_file(path)
+    for s in ("a\ud800b", "\udfff", "x \ud83d"):
+        assert tok.encode(s, add_special_tokens=False) == mt.encode(s, bos=False, eos=False)
+
+
+def test_gguf_tekken_vocabulary(tmp_path):
+    """A Tekken model as llama.cpp converts it (tokenizer.ggml.pre "tekken": the file's pattern, whole-piece
+    lookup, merges recovered from the ranks), on the first 3000 tokens of tekken_240718.json."""
+    from minirs.tokenizer.bpe import bytes_to_unicode, merge_pairs
+    spec = json.loads((DATA / "tekken_240718.json").read_bytes())
+    n_special, n_keep = spec["config"]["default_num_special_tokens"], 3000
+    spec["config"]["default_vocab_size"] = n_special + n_keep
+    spec["vocab"] = spec["vocab"][:n_keep]
+    cut = write(tmp_path / "cut_tekken.json", spec)
+    mt = MistralTokenizer.from_file(str(cut))
+    byte_char = bytes_to_unicode()
+    words = ["".join(byte_char[b] for b in base64.b64decode(v["token_bytes"])) for v in spec["vocab"]]
+    rank = {w: r for r, w in enumerate(words)}
+    merges = []
+    for r in range(256, n_keep):  # the two parts BPE reaches a token from, using only lower ranks
+        parts = merge_pairs(list(words[r]), lambda a, b: rank[a + b] if rank.get(a + b, r) < r else None)
+        assert len(parts) == 2
+        merges.append(" ".join(parts))
+    specials = [mt.instruct_tokenizer.tokenizer.id_to_piece(i) for i in range(n_special)]
+    w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "llama")
+    w.add_block_count(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("tekken")
+    w.add_token_list(specials + words)
+    w.add_token_types([3] * n_special + [1] * n_keep)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_tensor("token_embd.weight", np.zeros((n_special + n_keep, 1), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = Tokenizer.from_gguf(tmp_path / "t.gguf")
+    ref = mt.instruct_tokenizer.tokenizer
+    for s in CORPUS:
+        assert tok.encode(s, add_special_tokens=False) == ref.encode(s, bos=False, eos=False), s
+    # Tekken's default special tokens include [SYSTEM_PROMPT] even in v3: with no template that says v7
+    assert tok.instruct.version == "v7"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"}]
+    for template, version in (("{{ '[SYSTEM_PROMPT]' }}", "v7"), ("{{ '[INST]' }}", "v3")):
+        tok.chat_template = template
+        assert version_from_vocabulary(tok) == version
+    inst = InstructEncoder(tok, "v3")  # Mistral Nemo's format
+    assert inst.encode_chat(messages) == mt.encode_chat_completion(ChatCompletionRequest.from_openai(messages)).tokens

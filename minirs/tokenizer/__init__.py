@@ -8,7 +8,9 @@
 
 Two models cover GGUF files: byte-level BPE (`bpe.py`, tokenizer.ggml.model "gpt2") with the pre-tokenizer named by
 tokenizer.ggml.pre (`pretokenize.py`), and SentencePiece BPE (`spm.py`, "llama"). Around either, this class
-handles what is common: special tokens, BOS/EOS, decoding to bytes, and chat templates (`chat.py`).
+handles what is common: special tokens, BOS/EOS, decoding to bytes, and chat templates (`chat.py`). Mistral's own
+files (tekken.json, tokenizer.model.v1-v7) load through `mistral.load_mistral_tokenizer`, which also sets
+`.instruct`, the encoder of Mistral's [INST] chat format (`instruct.py`); a GGUF of a Mistral model gets one too.
 
 Special tokens: user-defined tokens (type 4) are always matched whole in the text, as llama.cpp does; control
 tokens (type 3, e.g. <|im_start|>) only with `parse_special=True`, so that text from a user cannot forge them.

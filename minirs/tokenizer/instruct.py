@@ -255,6 +255,39 @@ class InstructEncoder:
     def tool_call_prefix_id(self) -> int | None:
         return self.ids.get("[TOOL_CALLS]") if self.version != "v1" else None
 
+    def parse_output(self, ids) -> tuple[str, list[dict]]:
+        """Split generated ids into the text before the first [TOOL_CALLS] and the tool calls after it, in OpenAI's
+        shape ({"id", "type": "function", "function": {"name", "arguments": JSON text}}; "id" is None when the
+        model gave none). Each [TOOL_CALLS] is followed by a JSON list of {"name", "arguments"(, "id")}, as
+        mistral_common's tool-call decoder (experimental/tools.py, v2 to v7) reads it. Output that does not parse
+        as such is returned whole as text, with no calls."""
+        ids = [self.tokenizer.check_id(t, f"ids[{k}]") for k, t in enumerate(ids)]
+        marker = self.tool_call_prefix_id
+        if marker is None or marker not in ids:
+            return self.tokenizer.decode(ids, skip_special_tokens=True), []
+        start = ids.index(marker)
+        segments, current = [], None
+        for t in ids[start:]:
+            if t == marker:
+                current = []
+                segments.append(current)
+            else:
+                current.append(t)
+        calls = []
+        for seg in segments:
+            try:
+                listed = json.loads(self.tokenizer.decode(seg, skip_special_tokens=True))
+            except ValueError:
+                listed = None
+            if not isinstance(listed, list) or not all(
+                    isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("arguments"), dict)
+                    for c in listed):
+                return self.tokenizer.decode(ids, skip_special_tokens=True), []
+            calls += [{"id": c["id"] if isinstance(c.get("id"), str) and c["id"] != "null" else None,
+                       "type": "function", "function": {"name": c["name"], "arguments": json.dumps(
+                           c["arguments"], ensure_ascii=False)}} for c in listed]
+        return self.tokenizer.decode(ids[:start], skip_special_tokens=True), calls
+
     # ----- encoding -------------------------------------------------------------------------------------------------
 
     def _enc(self, text: str) -> list[int]:
@@ -360,12 +393,16 @@ class InstructEncoder:
 
 
 def version_from_vocabulary(tokenizer) -> str | None:
-    """The instruct version a vocabulary's control tokens point to (a GGUF of a Mistral model), or None when it has
-    no [INST] / [/INST] control tokens."""
+    """The instruct version a GGUF's vocabulary points to, or None when it has no [INST] / [/INST] control tokens.
+
+    The vocabulary alone can be ambiguous: Tekken's default special tokens hold [SYSTEM_PROMPT] even in v3 files
+    (Mistral Nemo). So where the file has a chat template, v7 is taken only when the template writes
+    [SYSTEM_PROMPT]; without one, the control tokens decide. `InstructEncoder(tok, version)` overrides the guess."""
     specials = tokenizer.special_texts
     if not all(t in specials and tokenizer.is_special(specials[t]) for t in ("[INST]", "[/INST]")):
         return None
-    if all(t in specials for t in NEEDED["v7"]):
+    template = tokenizer.chat_template
+    if all(t in specials for t in NEEDED["v7"]) and (template is None or "[SYSTEM_PROMPT]" in template):
         return "v7"
     if all(t in specials for t in NEEDED["v3"]):
         return "v3" if "[PREFIX]" in specials else "v2"

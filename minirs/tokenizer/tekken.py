@@ -43,6 +43,8 @@ DEFAULT_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILAB
 # mistral_common's TokenizerVersion, in order; files newer than v7 must list their special tokens
 VERSIONS = ("v1", "v2", "v3", "v7", "v11", "v13", "v15")
 
+MAX_SPECIAL = 1 << 16  # Mistral's files have 1000
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -160,6 +162,8 @@ def load_tekken(path, tokenizer_cls):
     if version not in VERSIONS:
         raise TokenizerError(f"{path}: config.version {quote(version)} is unknown (known: {', '.join(VERSIONS)})")
     n_special = _int(config, "default_num_special_tokens", path, 1)
+    if n_special > MAX_SPECIAL:  # each is a "<SPECIAL_k>" string: a huge count is a huge allocation
+        raise TokenizerError(f"{path}: config.default_num_special_tokens = {n_special} is more than {MAX_SPECIAL}")
     size = _int(config, "default_vocab_size", path, n_special + 256)
     specials = _special_tokens(spec, version, n_special, path)
     pre = _pattern(config, path)
