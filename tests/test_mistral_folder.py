@@ -202,6 +202,10 @@ def test_bad_tensors_and_files_are_named(tmp_path):
     with pytest.raises(FormatError, match=r"'layers\.1\.attention\.wk\.weight' has shape \(16, 48\), expected "
                                           r"\(32, 48\)"):
         open_model(folder)
+    arrays["layers.1.attention.wk.weight"] = np.zeros((32, 48), np.int32)
+    write_safetensors_file(folder / "consolidated.safetensors", arrays)
+    with pytest.raises(FormatError, match=r"'layers\.1\.attention\.wk\.weight' has dtype I32"):
+        open_model(folder)
     (folder / "consolidated.safetensors").unlink()
     (folder / "consolidated.00.pth").write_bytes(b"\x80")
     with pytest.raises(FormatError, match=r"consolidated\.00\.pth is a PyTorch pickle"):

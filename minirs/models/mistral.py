@@ -224,13 +224,14 @@ def read_mistral_folder(source) -> ModelFile:
             raw[n] = (t, f)
     if "lora_rank" in p:  # group X.linear/lora_A/lora_B.weight into one merged X.weight
         groups: dict[str, dict[str, Tensor]] = {}
+        files_of: dict[str, Path] = {}
         for n in list(raw):
             m = re.fullmatch(r"(.+)\.(linear|lora_A|lora_B)\.weight", n)
             if m:
-                groups.setdefault(m.group(1), {})[m.group(2)] = raw.pop(n)[0]
-                raw.setdefault(m.group(1) + ".weight", (None, files[0]))
+                t, files_of[m.group(1)] = raw.pop(n)
+                groups.setdefault(m.group(1), {})[m.group(2)] = t
         for base, parts in groups.items():
-            raw[base + ".weight"] = (_merge_lora(parts, base, folder, p), raw[base + ".weight"][1])
+            raw[base + ".weight"] = (_merge_lora(parts, base, folder, p), files_of[base])
 
     shapes = expected_shapes(p)
     tensors: dict[str, Tensor] = {}
@@ -244,6 +245,8 @@ def read_mistral_folder(source) -> ModelFile:
         if nums and not nums[0] < p["n_layers"] or len(nums) > 1 and not nums[1] < p["n_experts"]:
             raise FormatError(f"{f}: tensor {quote(mname)} is past n_layers = {p['n_layers']} "
                               f"or moe.num_experts in params.json")
+        if t.qtype not in ("F32", "F16", "BF16"):
+            raise FormatError(f"{f}: tensor {quote(mname)} has dtype {t.qtype}; Mistral weights are F32, F16 or BF16")
         if tuple(t.shape) != shapes[template]:
             raise FormatError(f"{f}: tensor {quote(mname)} has shape {tuple(t.shape)}, expected "
                               f"{shapes[template]} from params.json")
