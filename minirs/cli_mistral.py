@@ -85,6 +85,7 @@ def _load(args, cli):
     params = cli.sampling_params(args, {})
     ctx = args.ctx_size or min(loaded.model.config.context_length, cli.CTX_CAP)
     engine = Engine(loaded.model, loaded.tokenizer, max_seqs=len(DEMO_PROMPTS), ctx_len=ctx)
+    loaded.when_compiled(engine.replace_model)  # a first run: off the twins once the kernels have compiled
     cli._say(args, f"loaded {loaded.name} ({loaded.model.config.arch}, {loaded.model.backend.name}) in "
                f"{time.perf_counter() - t0:.2f} s; temperature {params.temperature:g}, top-p {params.top_p:g}")
     return engine, loaded.tokenizer, params
