@@ -271,3 +271,13 @@ def test_gguf_tekken_vocabulary(tmp_path):
         assert version_from_vocabulary(tok) == version
     inst = InstructEncoder(tok, "v3")  # Mistral Nemo's format
     assert inst.encode_chat(messages) == mt.encode_chat_completion(ChatCompletionRequest.from_openai(messages)).tokens
+
+
+def test_versions_after_v7_load_without_instruct(tmp_path):
+    specials = [{"rank": i, "token_str": t, "is_control": True} for i, t in enumerate(DEFAULT_SPECIAL_TOKENS)]
+    path = write(tmp_path / "tekken.json", tiny_tekken("v11", special_tokens=specials))
+    tok = load_mistral_tokenizer(path)
+    assert tok.instruct is None
+    assert tok.encode("the end", add_special_tokens=False) == Tekkenizer.from_file(path).encode("the end", False, False)
+    with pytest.raises(TokenizerError, match="instruct version 'v11' is not supported"):
+        InstructEncoder(tok, "v11")
