@@ -186,6 +186,15 @@ def test_chat_instruct_through_stdin(v3_folder, capsys, monkeypatch):
     assert rc == 0 and len(out.splitlines()) == 1 and "2 new tokens" in err  # one plain continuation
 
 
+def test_main_command_takes_the_folder_as_model(v3_folder, reference, capsys, monkeypatch):
+    """`minirs --model FOLDER --prompt ...`: the main command's one-shot answer, its prompt in the instruct format."""
+    argv = ["--model", str(v3_folder), "--prompt", "Hi", "--max-tokens", "2", "--temperature", "0", "--device", "cpu"]
+    rc, out, err = run_cli(argv, capsys, monkeypatch)
+    assert rc == 0, err
+    want = reference.encode_chat_completion(MCChatRequest(messages=[{"role": "user", "content": "Hi"}])).tokens
+    assert len(out.splitlines()) == 1 and f"minirs: {len(want)} prompt tokens" in err
+
+
 def test_commands_refuse_what_they_cannot_do(v3_folder, capsys, monkeypatch):
     rc, _, err = run_cli(["demo", str(v3_folder), "--lora_path", "x.safetensors"], capsys, monkeypatch)
     assert rc == 1 and "--lora_path 'x.safetensors': LoRA adapter files are not supported" in err
