@@ -1,4 +1,6 @@
-"""Tokenizer encode speed on 1 MB of mixed text (English prose, code, numbers, CJK, emoji), both PyPI models.
+"""Tokenizer encode speed on 1 MB of mixed text (English prose, code, numbers, CJK, emoji), both PyPI models, and
+Mistral's Tekken and v3 SentencePiece files from the mistral-common wheel (when it is installed; Tekken is also
+timed through mistral_common's own tiktoken-based Tekkenizer, for comparison).
 
     python bench/bench_tokenizer.py            # prints a markdown table
     python bench/bench_tokenizer.py --mb 4     # a bigger text, to see that the time grows linearly
@@ -47,10 +49,22 @@ def main():
     n_mb = len(text.encode()) / 1e6
     print("| tokenizer | text | load s | encode s | MB/s | tokens | decode s | round trip |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    models = (("SmolLM2 (byte-level BPE, smollm)", smollm2_path()), ("Gemma 3 (SentencePiece BPE)", gemma3_path()))
-    for name, path in models:
+    models = [("SmolLM2 (byte-level BPE, smollm)", lambda: Tokenizer.from_gguf(smollm2_path())),
+              ("Gemma 3 (SentencePiece BPE)", lambda: Tokenizer.from_gguf(gemma3_path()))]
+    try:
+        from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+        from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+        from minirs.tokenizer.mistral import load_mistral_tokenizer
+        data = MistralTokenizer._data_path()
+        models += [("Mistral Tekken (tekken_240718.json)", lambda: load_mistral_tokenizer(data / "tekken_240718.json")),
+                   ("Mistral v3 SentencePiece", lambda: load_mistral_tokenizer(
+                       data / "mistral_instruct_tokenizer_240323.model.v3"))]
+    except ImportError:
+        Tekkenizer = None
+    for name, load in models:
         t0 = time.perf_counter()
-        tok = Tokenizer.from_gguf(path)
+        tok = load()
         t1 = time.perf_counter()
         ids = tok.encode(text, add_special_tokens=False)
         t2 = time.perf_counter()
@@ -58,6 +72,14 @@ def main():
         t3 = time.perf_counter()
         print(f"| {name} | {n_mb:.2f} MB mixed | {t1 - t0:.2f} | {t2 - t1:.2f} | {n_mb / (t2 - t1):.2f} | {len(ids)} "
               f"| {t3 - t2:.2f} | {'exact' if back == text else 'DIFFERS'} |")
+    if Tekkenizer is not None:
+        t0 = time.perf_counter()
+        ref = Tekkenizer.from_file(data / "tekken_240718.json")
+        t1 = time.perf_counter()
+        ids = ref.encode(text, bos=False, eos=False)
+        t2 = time.perf_counter()
+        print(f"| mistral_common Tekkenizer (tiktoken, Rust) | {n_mb:.2f} MB mixed | {t1 - t0:.2f} | {t2 - t1:.2f} "
+              f"| {n_mb / (t2 - t1):.2f} | {len(ids)} | | |")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python cli.py --gguf model.gguf --prompt "The capital of France is" --raw --max-tokens 24 --temperature 0
     python cli.py models                            # the models in the minirs and Hugging Face caches
     python cli.py pull org/repo:file.gguf           # download one into the Hugging Face cache, print its path
+    python cli.py chat FOLDER --instruct            # a Mistral folder, as mistral-chat (also: demo FOLDER)
 
 Only generated text goes to stdout; the `> ` prompt, notices, load time and tokens/s go to stderr (--quiet drops
 the last two). A bad flag value is one line on stderr and exit code 2; any other error is one line and exit code 1.
@@ -76,9 +77,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"minirs: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="minirs", description="Run a GGUF language model on the CPU or a CUDA GPU. Subcommands: "
-                "'minirs models' lists the cached models, 'minirs pull org/repo:file.gguf' downloads one.")
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = _Parser(prog="minirs", add_help=add_help, description="Run a GGUF language model on the CPU or a CUDA GPU. "
+                "Subcommands: 'minirs models' lists the cached models, 'minirs pull org/repo:file.gguf' downloads "
+                "one, 'minirs demo FOLDER' and 'minirs chat FOLDER --instruct' run a Mistral folder as "
+                "mistral-inference's mistral-demo and mistral-chat do.")
     p.add_argument("--gguf", type=str, default=None,
                    help="model file (GGUF or legacy GGML), or a Hugging Face file as org/repo:file.gguf or "
                         "org/repo@revision:file.gguf (downloaded once into the HF cache); default: the embedded "
@@ -142,6 +145,9 @@ def main(argv=None) -> int:
             return _models_main(argv[1:])
         if argv[:1] == ["pull"]:
             return _pull_main(argv[1:])
+        if argv[:1] in (["demo"], ["chat"]):  # mistral-inference's commands, built on this module's pieces
+            from minirs.cli_mistral import main as mistral_main
+            return mistral_main(argv[0], argv[1:], sys.modules[__name__])
         return _run(build_parser().parse_args(argv))
     except BrokenPipeError:
         # the reader went away (`| head -1`): stop quietly; point stdout at /dev/null so the interpreter's final
@@ -227,7 +233,7 @@ def _run(args) -> int:
         raise _no_template(path.name)
     loaded = load(path, backend=backend, chat_template=args.chat_template, isq=args.isq, progress=progress)
     model, tok = loaded.model, loaded.tokenizer
-    if chat and tok.chat_template is None:
+    if chat and tok.chat_template is None and tok.instruct is None:  # a Mistral folder has its instruct format
         raise _no_template(loaded.name)
     params = sampling_params(args, model_sampling(loaded.path))
     grammar = cli_grammar.grammar_of(args, tok)
@@ -260,9 +266,8 @@ def messages(system, turns):
 
 
 def chat_ids(tok, msgs) -> list[int]:
-    """Render the chat template and tokenize it as HF does: special-token text parsed, nothing added."""
-    text = tok.apply_chat_template(msgs, add_generation_prompt=True)
-    return tok.encode(text, add_special_tokens=False, parse_special=True)
+    """The chat's prompt ids: the chat template tokenized as HF does, or Mistral's instruct format."""
+    return tok.encode_chat(msgs)
 
 
 def answer(engine, tok, ids, params, max_tokens, quiet=False, out=None, grammar=None) -> tuple[str, str]:

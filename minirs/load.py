@@ -6,7 +6,8 @@
     loaded.model, loaded.tokenizer, loaded.name
 
 The CLI, the Runner (api/runner.py, from its `Which`) and the benchmarks all load through `load`. A GGUF/GGML file
-carries its own tokenizer; an HF folder's tokenizer files sit beside its weights (or in `tokenizer_folder`). The
+carries its own tokenizer; an HF folder's tokenizer files sit beside its weights (or in `tokenizer_folder`), a
+Mistral folder's tekken.json / tokenizer.model.vN too (with Mistral's instruct format for chat). The
 tokenizer must fit the model: no token id at or past the embedding's rows (checked here, so no request can reach a
 row that does not exist).
 """
@@ -123,6 +124,11 @@ def load_tokenizer(mf: ModelFile, path: Path, chat_template: str | None = None, 
     from minirs.tokenizer import Tokenizer
     from minirs.tokenizer.chat import read_template
     template = read_template(chat_template)
+    if folder is None and mf.format == "mistral":  # tekken.json / tokenizer.model.vN, with the instruct format
+        from minirs.tokenizer.mistral import load_mistral_tokenizer
+        tok = load_mistral_tokenizer(path)
+        tok.chat_template = template  # a template given by the caller wins over the instruct format
+        return tok
     if folder is None and mf.format in ("hf", "safetensors"):  # an HF folder: the tokenizer lives beside the weights
         folder = path if path.is_dir() else path.parent
     if folder is not None:

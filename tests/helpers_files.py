@@ -1,5 +1,6 @@
 """Test helpers that write small model files with random weights: a GGUF (through gguf.GGUFWriter), a legacy
-ggjt v3 (or older) GGML file, and a sharded safetensors folder with its index and config.json.
+ggjt v3 (or older) GGML file, a sharded safetensors folder with its index and config.json, and a folder in Mistral's
+layout (params.json, consolidated.safetensors and one of the real tokenizer files of the mistral-common wheel).
 
 Each writer returns the path it wrote and is deterministic for a given seed.
 """
@@ -191,3 +192,40 @@ def gguf_fields(data: bytes) -> dict:
         tensors.append((name, pos, pos + 8 + n, dims, dims + 8 * nd, dims + 8 * nd + 4))
         pos = dims + 8 * nd + 12
     return {"n_tensors": 8, "n_kv": 16, "kv": kvs, "tensors": tensors, "end": pos}
+
+
+
+def mistral_tokenizer_file(name: str) -> Path:
+    """One of the tokenizer files the mistral-common wheel ships (tokenizer.model.v1, tekken_240911.json, ...)."""
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+    return Path(MistralTokenizer._data_path()) / name
+
+
+def write_mistral_folder(folder: Path, tokenizer_file: Path, vocab: int, seed: int = 0, dim: int = 32,
+                         n_layers: int = 1, hidden_dim: int = 64) -> Path:
+    """A tiny random model in Mistral's layout: params.json, consolidated.safetensors (F16, Mistral's names) and a
+    copy of a real tokenizer file under the name Mistral's folders give it (tokenizer.model.v3, tekken.json)."""
+    import shutil
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    params = {"dim": dim, "n_layers": n_layers, "head_dim": 16, "hidden_dim": hidden_dim, "n_heads": 2,
+              "n_kv_heads": 1, "norm_eps": 1e-5, "vocab_size": vocab, "rope_theta": 1e6}
+    (folder / "params.json").write_text(json.dumps(params))
+    rng = np.random.default_rng(seed)
+
+    def mat(rows, cols):
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float16)
+    w = {"tok_embeddings.weight": rng.standard_normal((vocab, dim)).astype(np.float16),
+         "norm.weight": np.ones(dim, np.float16), "output.weight": mat(vocab, dim)}
+    for i in range(n_layers):
+        p = f"layers.{i}."
+        w |= {p + "attention_norm.weight": np.ones(dim, np.float16), p + "ffn_norm.weight": np.ones(dim, np.float16),
+              p + "attention.wq.weight": mat(32, dim), p + "attention.wk.weight": mat(16, dim),
+              p + "attention.wv.weight": mat(16, dim), p + "attention.wo.weight": mat(dim, 32),
+              p + "feed_forward.w1.weight": mat(hidden_dim, dim), p + "feed_forward.w3.weight": mat(hidden_dim, dim),
+              p + "feed_forward.w2.weight": mat(dim, hidden_dim)}
+    write_safetensors_file(folder / "consolidated.safetensors", w)
+    version = tokenizer_file.name.split(".")[-1]
+    name = "tekken.json" if tokenizer_file.suffix == ".json" else f"tokenizer.model.{version}"
+    shutil.copy(tokenizer_file, folder / name)
+    return folder

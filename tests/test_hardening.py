@@ -145,7 +145,7 @@ def test_a_request_that_breaks_the_forward_ends_alone(runner):
     be = runner.model.backend
     embed = be.embed
     zebra = [{"role": "user", "content": "a zebra"}]
-    ids = {str(m): runner._prompt_ids(runner._chat_prompt(chat(messages=m)), chat=True) for m in (Q, zebra)}
+    ids = {str(m): runner._chat_ids(chat(messages=m)) for m in (Q, zebra)}
     poison = next(t for t in ids[str(zebra)] if t not in ids[str(Q)])
 
     def broken(w, ids, scale=1.0):  # a kernel failure that only this request's tokens trigger

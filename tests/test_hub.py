@@ -628,3 +628,23 @@ def test_which_plain_with_a_hub_id_downloads_the_folder(fake, tmp_path):
     fake.add_repo("org/gguf-only", {"model.gguf": GGUF})
     with pytest.raises(hub.EntryNotFoundError, match="no .safetensors weights.*Which.GGUF"):
         hub.resolve_folder("org/gguf-only")
+
+
+def test_which_plain_downloads_one_layout_of_a_mistral_repo(fake, tmp_path):
+    """A Mistral repo with both layouts gives Mistral's (params.json, consolidated.safetensors, its tokenizer file),
+    not both copies of the weights; a repo in HF's layout alone gives HF's files as before."""
+    mistral = Path(__file__).resolve().parent / "golden" / "mistral_dense"
+    both = {"params.json": (mistral / "params.json").read_bytes(), "tokenizer.model.v3": b"spm",
+            "consolidated.safetensors": (mistral / "consolidated.safetensors").read_bytes(),
+            "config.json": b"{}", "model-00001-of-00001.safetensors": b"hf copy", "tokenizer.json": b"{}",
+            "model.safetensors.index.json": b"{}"}
+    fake.add_repo("org/mistral-both", both, lfs={"consolidated.safetensors", "model-00001-of-00001.safetensors"})
+    folder = hub.resolve_folder("org/mistral-both", progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["consolidated.safetensors", "params.json",
+                                                        "tokenizer.model.v3"]
+    from minirs.models.source import open_model
+    assert open_model(folder).format == "mistral"
+    hf_only = {k: v for k, v in both.items() if k not in ("params.json", "consolidated.safetensors")}
+    fake.add_repo("org/hf-only", hf_only, lfs={"model-00001-of-00001.safetensors"})
+    folder = hub.resolve_folder("org/hf-only", progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(hf_only)

@@ -72,7 +72,7 @@ class Runner:
         params = validation.gen_params(request, request.n_choices, request.logprobs, self.limits,
                                        grammar=request_grammar(request, self.tokenizer))
         use = validation.tool_use(request)
-        ids = self._prompt_ids(self._chat_prompt(request, use), chat=True)
+        ids = self._chat_ids(request, use)
         params, syntax = self._tool_params(params, use)
         job = self._submit(request, ids, params)
         rid, model = f"chatcmpl-{uuid.uuid4().hex}", self._model_name(request)
@@ -98,10 +98,14 @@ class Runner:
         validation.completion_extras(request)
         params = validation.gen_params(request, best_of, request.logprobs, self.limits, "best_of",
                                        grammar=request_grammar(request, self.tokenizer))
-        if isinstance(request.prompt, str):
+        shaped = request  # what the response is built from
+        if self._wants_fim(request):
+            ids = self._fim_ids(request.prompt, request.suffix, params.max_tokens)
+            shaped = replace(request, suffix=None)  # the answer is the middle alone
+        elif isinstance(request.prompt, str):
             if not request.prompt:
                 raise RequestError("invalid prompt: '' (empty)")
-            ids = self._prompt_ids(request.prompt, chat=False)
+            ids = self.tokenizer.encode(request.prompt, add_special_tokens=True)
         elif isinstance(request.prompt, list) and request.prompt:
             ids = validation.token_ids("prompt", request.prompt, self.limits.vocab)
         else:
@@ -114,10 +118,10 @@ class Runner:
             texts = [[] for _ in job.seqs]
             events = job.stream_events(timeout)
             return ResponseStream(events, responses.completion_chunks(events, job, rid, model, self.tokenizer,
-                                                                      request, prefix, texts),
+                                                                      shaped, prefix, texts),
                                   lambda: self._log_stream(rid, job, texts))
         job.wait(timeout)
-        res = responses.completion_response(job, rid, model, self.tokenizer, request, prefix, request.n_choices)
+        res = responses.completion_response(job, rid, model, self.tokenizer, shaped, prefix, request.n_choices)
         self._log("response", rid, res.to_dict())
         return res
 
@@ -147,14 +151,18 @@ class Runner:
 
     # ----- requests -> engine jobs ---------------------------------------------------------------------------------
 
-    def _chat_prompt(self, req: ChatCompletionRequest, use: validation.ToolUse | None = None) -> str:
+    def _chat_ids(self, req: ChatCompletionRequest, use: validation.ToolUse | None = None) -> list[int]:
+        """The chat's prompt ids: the chat template, with tool calls and results shaped for it (minirs.tools), or
+        Mistral's instruct format, which takes them as they are (Tokenizer.encode_chat)."""
         use = validation.tool_use(req) if use is None else use
         msgs = validation.messages(req.messages)
-        if isinstance(msgs, str):
-            return msgs  # already templated
-        msgs, shown = tools.for_template(msgs, use.tools, self.tool_syntax, self.tokenizer.chat_template)
+        if isinstance(msgs, str):  # already templated: it spells BOS and the turn markers itself
+            return self.tokenizer.encode(msgs, add_special_tokens=False, parse_special=True)
+        shown = use.tools
+        if self.tokenizer.chat_template is not None:
+            msgs, shown = tools.for_template(msgs, use.tools, self.tool_syntax, self.tokenizer.chat_template)
         try:
-            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tools=shown)
+            return self.tokenizer.encode_chat(msgs, tools=shown)
         except TokenizerError as e:
             raise RequestError(f"invalid messages: the chat template failed: {e}") from e
 
@@ -174,10 +182,40 @@ class Runner:
         compile_grammar(*grammar, self.tokenizer, field="tools")  # a schema llguidance refuses: RequestError here
         return replace(params, keep_special=keep, grammar=grammar), self.tool_syntax
 
-    def _prompt_ids(self, text: str, chat: bool) -> list[int]:
-        if chat:  # a rendered template spells BOS and the turn markers itself
-            return self.tokenizer.encode(text, add_special_tokens=False, parse_special=True)
-        return self.tokenizer.encode(text, add_special_tokens=True)
+    def _wants_fim(self, req: CompletionRequest) -> bool:
+        """Fill in the middle: a suffix on a model with FIM tokens (unless fim=False); fim=True insists."""
+        if req.fim is False or (req.fim is None and (req.suffix is None or not self.tokenizer.has_fim)):
+            return False
+        if not self.tokenizer.has_fim:
+            raise RequestError(f"invalid fim: True, but {self.model_name} has no fill-in-the-middle tokens")
+        if req.suffix is None or not isinstance(req.prompt, str):
+            raise RequestError(f"invalid fim: True needs a text prompt (the prefix) and a suffix, got prompt "
+                               f"{quote(req.prompt)} and suffix {quote(req.suffix)}")
+        return True
+
+    def _fim_ids(self, prefix: str, suffix: str, max_tokens: int | None) -> list[int]:
+        """The FIM prompt ids. When they do not fit the context: with truncate_sequence, the start of the prefix is
+        dropped (the text nearest the gap stays); a suffix that cannot fit on its own is a RequestError."""
+        ctx, tok = self.engine.ctx_len, self.tokenizer
+        ids = tok.encode_fim(prefix, suffix)
+        if len(ids) < ctx:
+            return ids
+        alone = len(tok.encode_fim("", suffix))
+        if alone >= ctx:
+            raise RequestError(f"invalid suffix: with the FIM tokens it is {alone} tokens, which cannot fit the "
+                               f"context of {ctx} tokens")
+        if not self.truncate_sequence:
+            raise RequestError(f"invalid prompt: the prefix and suffix are {len(ids)} tokens, which do not fit the "
+                               f"context of {ctx} tokens (set truncate_sequence=True to keep the end of the prefix)")
+        budget = max(alone, ctx - min(max_tokens or 1, ctx // 2))
+        lo, hi = 0, len(prefix)  # the smallest cut of the prefix's start that fits the budget
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(tok.encode_fim(prefix[mid:], suffix)) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        return tok.encode_fim(prefix[lo:], suffix)
 
     def _prompt_text(self, req: CompletionRequest) -> str:
         return req.prompt if isinstance(req.prompt, str) else self.tokenizer.decode(req.prompt)

@@ -137,7 +137,10 @@ class CompletionRequest(_Sampling):
     model: str = "default"
     echo_prompt: bool = False
     best_of: int | None = None
+    # With a suffix, a model with fill-in-the-middle tokens generates the text between prompt and suffix and returns
+    # only that; a model without them appends the suffix to the completion (OpenAI's meaning for such models).
     suffix: str | None = None
+    fim: bool | None = None  # minirs extension: None = FIM when the model can, True = require it, False = never
     logprobs: bool = False
     top_logprobs: int | None = None
 

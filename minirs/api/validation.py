@@ -176,6 +176,8 @@ def completion_extras(req) -> None:
     flag("echo_prompt", req.echo_prompt)
     if req.suffix is not None:
         text("suffix", req.suffix)
+    if req.fim is not None:
+        flag("fim", req.fim)
 
 
 def messages(msgs) -> list[dict] | str:

@@ -272,8 +272,18 @@ def resolve_file(model_id: str, filename: str, revision: str = "main", token_sou
 
 # the files of a Hugging Face model folder that minirs reads (weights, config, tokenizer, chat template)
 FOLDER_FILES = re.compile(r"(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|"
-                          r"special_tokens_map\.json|tokenizer\.model(\.v3)?|[^/]*\.safetensors|"
-                          r"[^/]*\.safetensors\.index\.json)")
+                          r"special_tokens_map\.json|tokenizer\.model(\.v\d+(m\d+)?)?|[^/]*\.safetensors|"
+                          r"[^/]*\.safetensors\.index\.json|params\.json|tekken\.json)")
+MISTRAL_ONLY = re.compile(r"params\.json|tekken\.json|consolidated[^/]*\.safetensors")  # Mistral's own layout
+
+
+def _one_layout(files: list[str]) -> list[str]:
+    """Many Mistral repos hold the weights twice: Mistral's layout (params.json, consolidated*.safetensors) and
+    HF's (config.json, model-*.safetensors). Keep Mistral's where it is complete, as a local folder with both is
+    read (models/source.py), else HF's: never both copies."""
+    if "params.json" in files and any(re.fullmatch(r"consolidated[^/]*\.safetensors", f) for f in files):
+        return [f for f in files if MISTRAL_ONLY.fullmatch(f) or f.startswith("tokenizer.model")]
+    return [f for f in files if not MISTRAL_ONLY.fullmatch(f)]
 
 
 def resolve_folder(model_id: str, revision: str = "main", token_source: str = "cache",
@@ -289,7 +299,7 @@ def resolve_folder(model_id: str, revision: str = "main", token_source: str = "c
         raise InvalidReferenceError(f"{model_id!r} is neither a local model folder nor a hub repo id 'org/name'")
     kw = dict(token_source=token_source, token_source_value=token_source_value, cache_dir=cache_dir,
               endpoint=endpoint)
-    files = [f for f in list_repo_files(model_id, revision, **kw) if FOLDER_FILES.fullmatch(f)]
+    files = _one_layout([f for f in list_repo_files(model_id, revision, **kw) if FOLDER_FILES.fullmatch(f)])
     if not any(f.endswith(".safetensors") for f in files):
         raise EntryNotFoundError(f"hub repo {model_id} (revision {revision}) has no .safetensors weights; for a "
                                  "GGUF repo use Which.GGUF with quantized_filename")

@@ -61,13 +61,16 @@ def write_gguf(mf: ModelFile, out, qtype: str = "F32") -> Path:
 
 
 def convert(folder, out, qtype: str = "F32") -> Path:
-    """Convert a Hugging Face model folder to a GGUF file."""
-    return write_gguf(read_hf_folder(folder), out, qtype)
+    """Convert a Hugging Face model folder (or a Mistral one: params.json + consolidated.safetensors) to GGUF."""
+    from minirs.models.mistral import is_mistral_folder, read_mistral_folder
+    return write_gguf(read_mistral_folder(folder) if is_mistral_folder(folder) else read_hf_folder(folder), out, qtype)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Convert a Hugging Face model folder to GGUF (llama.cpp names).")
-    ap.add_argument("folder", type=Path, help="folder with config.json and *.safetensors")
+    ap = argparse.ArgumentParser(description="Convert a Hugging Face or Mistral model folder to GGUF (llama.cpp "
+                                             "names).")
+    ap.add_argument("folder", type=Path, help="folder with config.json and *.safetensors, or Mistral's params.json "
+                                              "and consolidated.safetensors")
     ap.add_argument("out", type=Path, help="output .gguf path")
     ap.add_argument("--type", default="F32", help="matrix type: F32, F16, Q8_0, Q4_K, ... (default F32)")
     args = ap.parse_args(argv)

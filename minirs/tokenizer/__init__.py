@@ -8,7 +8,9 @@
 
 Two models cover GGUF files: byte-level BPE (`bpe.py`, tokenizer.ggml.model "gpt2") with the pre-tokenizer named by
 tokenizer.ggml.pre (`pretokenize.py`), and SentencePiece BPE (`spm.py`, "llama"). Around either, this class
-handles what is common: special tokens, BOS/EOS, decoding to bytes, and chat templates (`chat.py`).
+handles what is common: special tokens, BOS/EOS, decoding to bytes, and chat templates (`chat.py`). Mistral's own
+files (tekken.json, tokenizer.model.v1-v7) load through `mistral.load_mistral_tokenizer`, which also sets
+`.instruct`, the encoder of Mistral's [INST] chat format (`instruct.py`); a GGUF of a Mistral model gets one too.
 
 Special tokens: user-defined tokens (type 4) are always matched whole in the text, as llama.cpp does; control
 tokens (type 3, e.g. <|im_start|>) only with `parse_special=True`, so that text from a user cannot forge them.
@@ -47,7 +49,7 @@ class Tokenizer:
     def __init__(self, model, tokens: list[str], token_types: np.ndarray, *, bos_id: int | None,
                  eos_ids: list[int], add_bos: bool, add_eos: bool = False, chat_template: str | None = None,
                  unk_id: int | None = None, pad_id: int | None = None, special_texts: dict[str, int] | None = None,
-                 source: str = ""):
+                 source: str = "", fim_ids: tuple[int, int, int] | None = None):
         self.model = model
         self.kind = "spm" if isinstance(model, SentencePieceBPE) else "bpe"
         self.tokens = tokens
@@ -60,6 +62,7 @@ class Tokenizer:
         self.unk_id = unk_id
         self.pad_id = pad_id
         self.source = source
+        self.fim_ids = fim_ids  # (prefix, suffix, middle) token ids of a GGUF's fill-in-the-middle format, or None
         self.control_ids = {int(i) for i in np.flatnonzero(self.token_types == CONTROL)}
         if special_texts is None:
             special_texts = self._default_special_texts()
@@ -67,6 +70,8 @@ class Tokenizer:
         self._always = {t: i for t, i in special_texts.items() if int(self.token_types[i]) != CONTROL}
         self._splitters: dict[bool, re.Pattern | None] = {}
         self._bytes: list[bytes] | None = None
+        # Mistral's instruct format (instruct.InstructEncoder: encode_chat, encode_fim) where the model has one
+        self.instruct = None
 
     # ----- construction -------------------------------------------------------------------------------------------
 
@@ -100,9 +105,17 @@ class Tokenizer:
         eos_ids += [i for i, t in enumerate(tokens) if t in END_OF_TURN_TEXTS and types[i] == CONTROL]
         from minirs.tokenizer.chat import resolve_template
         template = resolve_template(chat_template) if chat_template else f.chat_template
-        return cls(model, tokens, types, bos_id=f.bos_id, eos_ids=list(dict.fromkeys(eos_ids)),
-                   add_bos=add_bos_default if f.add_bos is None else f.add_bos, add_eos=bool(f.add_eos),
-                   chat_template=template, unk_id=f.unk_id, pad_id=f.pad_id, source=where)
+        fim = (f.fim_pre_id, f.fim_suf_id, f.fim_mid_id)
+        tok = cls(model, tokens, types, bos_id=f.bos_id, eos_ids=list(dict.fromkeys(eos_ids)),
+                  add_bos=add_bos_default if f.add_bos is None else f.add_bos, add_eos=bool(f.add_eos),
+                  chat_template=template, unk_id=f.unk_id, pad_id=f.pad_id, source=where,
+                  fim_ids=fim if None not in fim else None)
+        # a Mistral model's vocabulary ([INST], [TOOL_CALLS]... as control tokens) offers its instruct format too
+        from minirs.tokenizer.instruct import InstructEncoder, version_from_vocabulary
+        version = version_from_vocabulary(tok)
+        if version is not None:
+            tok.instruct = InstructEncoder(tok, version)
+        return tok
 
     @classmethod
     def from_files(cls, folder, chat_template: str | None = None) -> "Tokenizer":
@@ -252,3 +265,31 @@ class Tokenizer:
         return render(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
                       bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
 
+    def encode_chat(self, messages: list[dict], tools=None) -> list[int]:
+        """The prompt ids of a chat: the chat template rendered and tokenized as HF does (special-token text parsed,
+        nothing added), or, for a model with no template but Mistral's instruct format (a Mistral folder), the
+        instruct encoder's ids, as mistral_common encodes the request. A given template always wins."""
+        if self.chat_template is None and self.instruct is not None:
+            return self.instruct.encode_chat(messages, tools)
+        text = self.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
+        return self.encode(text, add_special_tokens=False, parse_special=True)
+
+    # ----- fill in the middle ---------------------------------------------------------------------------------------
+
+    @property
+    def has_fim(self) -> bool:
+        """True when the model has fill-in-the-middle tokens (Mistral's [PREFIX]/[SUFFIX], or a GGUF's FIM ids)."""
+        return (self.instruct is not None and self.instruct.has_fim) or self.fim_ids is not None
+
+    def encode_fim(self, prefix: str, suffix: str) -> list[int]:
+        """The prompt ids that ask the model for the text between `prefix` and `suffix`, in the model's own order:
+        Mistral's <s>[SUFFIX]suffix[PREFIX]prefix (mistral_common's encode_fim, Codestral), or a GGUF's
+        [BOS] <PRE>prefix<SUF>suffix<MID> (llama.cpp's order, as Qwen2.5-Coder and CodeLlama were trained)."""
+        if self.instruct is not None and self.instruct.has_fim:
+            return self.instruct.encode_fim(prefix, suffix)
+        if self.fim_ids is None:
+            raise TokenizerError(f"{self.source or 'tokenizer'}: the model has no fill-in-the-middle tokens")
+        pre, suf, mid = self.fim_ids
+        bos = [self.bos_id] if self.add_bos and self.bos_id is not None else []
+        return [*bos, pre, *self.encode(prefix, add_special_tokens=False), suf,
+                *self.encode(suffix, add_special_tokens=False), mid]

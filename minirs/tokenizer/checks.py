@@ -31,6 +31,10 @@ MERGES, SCORES, CHAT_TEMPLATE, ARCH = "tokenizer.ggml.merges", "tokenizer.ggml.s
 SPECIAL_IDS = {"bos_id": "tokenizer.ggml.bos_token_id", "eos_id": "tokenizer.ggml.eos_token_id",
                "eot_id": "tokenizer.ggml.eot_token_id", "eom_id": "tokenizer.ggml.eom_token_id",
                "unk_id": "tokenizer.ggml.unknown_token_id", "pad_id": "tokenizer.ggml.padding_token_id"}
+# fill-in-the-middle tokens: llama.cpp's keys, then the older ones some CodeLlama GGUFs carry
+FIM_IDS = {"fim_pre_id": ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+           "fim_suf_id": ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+           "fim_mid_id": ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id")}
 FLAGS = {"add_bos": "tokenizer.ggml.add_bos_token", "add_eos": "tokenizer.ggml.add_eos_token",
          "add_space_prefix": "tokenizer.ggml.add_space_prefix"}
 NORMAL = 1
@@ -53,6 +57,9 @@ class GGUFTokenizer:
     eom_id: int | None
     unk_id: int | None
     pad_id: int | None
+    fim_pre_id: int | None          # fill-in-the-middle: <PRE> / <|fim_prefix|> ...
+    fim_suf_id: int | None
+    fim_mid_id: int | None
     add_bos: bool | None            # None: the file does not say
     add_eos: bool | None
     add_space_prefix: bool | None
@@ -83,6 +90,9 @@ def gguf_fields(md: dict, where: str) -> GGUFTokenizer:
     if merges is not None:
         merges = _strings(md, MERGES, where)
     ids = {name: special_id(md.get(key), key, n, where) for name, key in SPECIAL_IDS.items()}
+    for name, keys in FIM_IDS.items():
+        key = next((k for k in keys if k in md), keys[0])
+        ids[name] = special_id(md.get(key), key, n, where)
     flags = {name: _flag(md, key, where) for name, key in FLAGS.items()}
     return GGUFTokenizer(kind, tokens, types, merges, scores, pre=_text(md, PRE, where, "default"),
                          architecture=_text(md, ARCH, where, ""), chat_template=_text(md, CHAT_TEMPLATE, where),

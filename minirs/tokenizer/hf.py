@@ -41,7 +41,7 @@ def load_folder(cls, folder: Path, chat_template: str | None):
         models = sorted(folder.glob("tokenizer.model*"), key=lambda p: len(p.name), reverse=True)
         if not models:
             raise TokenizerError(f"{folder}: no tokenizer.json, tokenizer.model or tokenizer.model.v3")
-        parts = _from_sentencepiece(models[0], config)
+        parts = from_sentencepiece(models[0])
     model, tokens, types, bos_id, eos_id, unk_id, add_bos = parts
     n = len(tokens)
     where = folder / "tokenizer_config.json"
@@ -302,7 +302,8 @@ def read_sentencepiece_model(data: bytes) -> dict:
     return out
 
 
-def _from_sentencepiece(path: Path, config: dict):
+def from_sentencepiece(path: Path):
+    """The parts of a Tokenizer from a SentencePiece BPE ModelProto file; a broken file is a TokenizerError."""
     try:
         spec = read_sentencepiece_model(path.read_bytes())
     except (IndexError, UnicodeDecodeError, struct.error, TypeError, AttributeError) as e:

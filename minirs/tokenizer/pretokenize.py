@@ -31,6 +31,11 @@ LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
 QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+# Mistral's Tekken (tekken.json's config.pattern; llama.cpp's "tekken"): a cased word is one piece, digits go singly
+TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+          r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
 # llama.cpp's deepseek-llm split, its classes written with escapes (the letter class is the cased letters)
 DEEPSEEK_LLM = [
     r"[\r\n]",
@@ -69,6 +74,7 @@ PRETOKENIZERS: dict[str, list[str]] = {
     "codeshell": [r"\p{N}", GPT2],
     "exaone": [r"\p{N}", GPT2],
     "deepseek-llm": DEEPSEEK_LLM,
+    "tekken": [TEKKEN],
 }
 
 
@@ -156,7 +162,7 @@ class PreTokenizer:
 
 
 # pre-tokenizer types for which llama.cpp (like Llama 3's tokenizer.json) takes a piece that is a token whole
-IGNORE_MERGES = {"llama-bpe", "llama3", "llama-v3"}
+IGNORE_MERGES = {"llama-bpe", "llama3", "llama-v3", "tekken"}
 
 
 def pretokenizer(name: str) -> PreTokenizer:
