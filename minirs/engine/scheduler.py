@@ -76,6 +76,10 @@ class Engine:
     def graphs(self) -> bool:
         return self.runner.graphs
 
+    def load(self) -> tuple[int, int]:
+        """(jobs waiting for KV slots, sequences running): a snapshot for monitoring, from any thread."""
+        return len(self.waiting) + self.inbox.qsize(), sum(len(j.seqs) for j in list(self.active))
+
     # ----- the caller's side ---------------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
@@ -97,6 +101,12 @@ class Engine:
         self.inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Shut down, then let go of the model, the KV cache and the captured graphs (their memory is freed once
+        nothing else holds them); a closed engine takes no more jobs."""
+        self.shutdown()
+        self.model = self.cache = self.runner = self.slots = None
 
     # ----- the engine thread ---------------------------------------------------------------------------------------
 
