@@ -5,7 +5,7 @@
     MINIRS_API_KEY=secret python -m minirs.server --gguf org/repo:file.gguf --device cuda
 
 The model flags are the CLI's (minirs/flags.py). SIGTERM or Ctrl-C stops taking connections, lets the requests
-in flight finish (at most --drain-timeout seconds), then closes the Runner and exits.
+in flight finish (at most --drain-timeout seconds), then exits (uvicorn ends the process by the same signal).
 """
 
 import os

@@ -41,7 +41,7 @@ class Counter:
         return self._values.get(tuple(sorted(labels.items())), 0.0)
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines = [f"# HELP {self.name}_total {self.help}", f"# TYPE {self.name}_total counter"]
         with self._lock:
             items = sorted(self._values.items())
         return lines + [f"{self.name}_total{_labels(dict(k))} {_num(v)}" for k, v in items]
@@ -92,6 +92,8 @@ class Metrics:
         self.itl = Histogram("minirs_inter_token_latency_seconds", "between two tokens of one choice")
         self.duration = Histogram("minirs_request_duration_seconds", "from a request's arrival to its end")
         self.gauges = gauges
+        self.prompt_tokens.inc(0)  # a sample from the start
+        self.generation_tokens.inc(0)
 
     def render(self) -> str:
         lines = []
