@@ -36,7 +36,7 @@ class Parsed:
 
 
 def chat_request(body) -> Parsed:
-    return _parse(body, ChatCompletionRequest, RENAMES)
+    return parse_request(body, ChatCompletionRequest, RENAMES)
 
 
 def completion_request(body) -> Parsed:
@@ -52,10 +52,11 @@ def completion_request(body) -> Parsed:
             raise RequestError(f"invalid prompt: {quote(body['prompt'])} (one string or one list of token ids a "
                                "request: send several prompts as several requests, which run batched)")
         body = {**body, "prompt": body["prompt"][0]}
-    return _parse(body, CompletionRequest, COMPLETION_RENAMES)
+    return parse_request(body, CompletionRequest, COMPLETION_RENAMES)
 
 
-def _parse(body, cls, renames: dict) -> Parsed:
+def parse_request(body, cls, renames: dict) -> Parsed:
+    """`body` as a `cls` request, OpenAI names mapped by `renames`, every field of `cls` passed through."""
     if not isinstance(body, dict):
         raise RequestError(f"invalid request body: {quote(body)} (a JSON object)")
     known = {f.name for f in dataclasses.fields(cls)}
