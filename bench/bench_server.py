@@ -147,7 +147,7 @@ def preset_gguf(preset: str, folder: Path) -> Path:
 def start_server(path: Path, args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "minirs.server", "--gguf", str(path), "--device", args.device, "--max-seqs",
            str(args.max_seqs), "--ctx-size", str(args.ctx_size), "--port", str(port), "--log-level", "warning"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     p = subprocess.Popen(cmd, env=env)
     import httpx
     for _ in range(6000):
