@@ -105,11 +105,13 @@ class EventResponse(StreamingResponse):
 
 
 class HttpError(Exception):
+    """An answer in OpenAI's error JSON; `outcome` labels it in the metrics."""
+
     def __init__(self, status: int, message: str, kind: str, param=None, code=None, outcome="bad_request",
                  headers=None):
         super().__init__(message)
-        self.status, self.body, self.outcome, self.headers = status, mapping.error_json(message, kind, param, code), \
-            outcome, headers
+        self.status, self.outcome, self.headers = status, outcome, headers
+        self.body = mapping.error_json(message, kind, param, code)
 
 
 class Api:
