@@ -192,6 +192,7 @@ def _run(args) -> int:
     ctx = args.ctx_size or min(model.config.context_length, CTX_CAP)
     # the API's engine with one sequence slot: a chat's next turn reuses the history its slot still holds
     engine = Engine(model, tok, max_seqs=1, ctx_len=ctx)
+    loaded.when_compiled(engine.replace_model)  # a first run: off the twins once the kernels have compiled
     _say(args, f"loaded {loaded.name} ({model.config.arch}, {model.backend.name}) in {time.perf_counter() - t0:.2f} s; "
                f"context {engine.ctx_len} tokens; temperature {params.temperature:g}, top-k {params.top_k}, "
                f"top-p {params.top_p:g}, min-p {params.min_p:g}, repeat penalty {params.repetition_penalty:g}")
@@ -272,6 +273,7 @@ def fit_history(tok, system, turns, ctx_len: int, max_tokens: int) -> tuple[list
 def _chat(engine, tok, params, args) -> int:
     _say(args, "chat started; /reset clears the history, /exit or Ctrl-D quits")
     turns: list[tuple[str, str]] = []
+    told = False  # the history's dropping is said once a session
     while True:
         print("> ", end="", file=sys.stderr, flush=True)  # input("> ") would write the prompt to stdout
         try:
@@ -292,8 +294,10 @@ def _chat(engine, tok, params, args) -> int:
         ids, dropped = fit_history(tok, args.system, turns, engine.ctx_len, args.max_tokens)
         if dropped:
             turns = turns[dropped:]
-            print(f"minirs: the history no longer fits {engine.ctx_len} tokens; dropped the oldest {dropped} turns",
-                  file=sys.stderr)
+            if not told:
+                print(f"minirs: the history no longer fits {engine.ctx_len} tokens: the oldest turns are dropped "
+                      "from now on (the system message stays; /reset clears the history)", file=sys.stderr)
+                told = True
         if len(ids) >= engine.ctx_len:
             _err(f"this message is {len(ids)} tokens with the chat template and the system message, but the "
                  f"context holds {engine.ctx_len}: send a shorter one, or restart with a larger --ctx-size")

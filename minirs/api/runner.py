@@ -54,6 +54,7 @@ class Runner:
         ctx = min(max_seq_len or 4096, self.model.config.context_length)
         self.engine = Engine(self.model, self.tokenizer, max_seqs=max_seqs, ctx_len=ctx, max_chunk=prefill_chunk,
                              row_invariant=row_invariant, prefix_reuse=bool(prefix_cache_n))
+        loaded.when_compiled(self._compiled)  # a first run: off the twins once the kernels have compiled
         self.max_seqs = max_seqs
         self.limits = validation.Limits(vocab=self.model.config.vocab_size, max_seqs=max_seqs, seed=seed,
                                         repeat_last_n=repeat_last_n, eos_ids=frozenset(self.tokenizer.eos_ids))
@@ -121,6 +122,11 @@ class Runner:
         ids = validation.token_ids("tokens", tokens, self.limits.vocab)
         return self.tokenizer.decode(ids, skip_special_tokens=validation.flag("skip_special_tokens",
                                                                               skip_special_tokens))
+
+    def _compiled(self, model) -> None:
+        if self.model is not None:  # not closed meanwhile
+            self.model = model
+            self.engine.replace_model(model)
 
     def close(self) -> None:
         """Stop the engine thread and let go of the model: its weights, KV cache and captured graphs, whose memory

@@ -21,6 +21,7 @@ and the prefill chunks run eagerly between them. A failed step is retried job by
 the forward ends alone and the others go on.
 """
 
+import contextlib
 import queue
 import sys
 import threading
@@ -33,6 +34,7 @@ from minirs.engine.kv_cache import KVCache
 from minirs.engine.request import Job, check_prompt
 from minirs.engine.runner import GRAPH_BUCKETS, ModelRunner
 from minirs.engine.slots import SlotPool
+from minirs.engine.threads import ThreadChooser
 from minirs.errors import MinirsError, RequestError
 from minirs.sampling import Sampled
 
@@ -65,12 +67,14 @@ class Engine:
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
         self.steps = 0
+        self._next_model = None  # replace_model's model, swapped in before the next step
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closing = False
-        # Numba's thread count is per thread: the engine thread takes the one of the thread that made the engine.
+        # Numba's thread count is per thread: the engine thread chooses among counts up to the one of the thread that
+        # made the engine, by measured step time (threads.py: other processes may hold cores)
         numba = sys.modules.get("numba")
-        self._numba_threads = numba.get_num_threads() if numba is not None else None
+        self._threads = ThreadChooser(numba.get_num_threads()) if numba is not None else None
 
     @property
     def graphs(self) -> bool:
@@ -95,6 +99,17 @@ class Engine:
         self.inbox.put(job)
         return job
 
+    def replace_model(self, model) -> None:
+        """Run on `model` from the next step on: the same weights on a backend with the same KV cache layout (a
+        first run moves from the twins to the compiled CPU kernels this way: minirs.warmup). Safe from any thread;
+        sequences in flight carry on from their cache."""
+        old = self.model
+        if model.config != old.config or model.backend.kv_dtype != old.backend.kv_dtype or \
+                model.backend.graphs != old.backend.graphs:
+            raise MinirsError(f"replace_model: {model.backend.name} model does not fit this engine's "
+                              f"{old.backend.name} model and cache (config, KV dtype and graphs must match)")
+        self._next_model = model
+
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._lock:
             self._closing = True
@@ -106,13 +121,11 @@ class Engine:
         """Shut down, then let go of the model, the KV cache and the captured graphs (their memory is freed once
         nothing else holds them); a closed engine takes no more jobs."""
         self.shutdown()
-        self.model = self.cache = self.runner = self.slots = None
+        self.model = self.cache = self.runner = self.slots = self._next_model = None
 
     # ----- the engine thread ---------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        if self._numba_threads is not None:
-            sys.modules["numba"].set_num_threads(self._numba_threads)
         self.model.backend.use_in_thread()
         while True:
             idle = not self.active and not self.waiting
@@ -128,10 +141,18 @@ class Engine:
                 self.waiting.clear()
                 return
             self.waiting.extend(incoming)
+            if self._next_model is not None:
+                self._swap_model()
             self._admit()
             self._reap()
             if self.active:
                 self._step()
+
+    def _swap_model(self) -> None:
+        model, self._next_model = self._next_model, None
+        self.model = model
+        self.runner = ModelRunner(model, self.cache, self.runner.graphs, spare_slot=self.runner.spare_slot)
+        model.backend.use_in_thread()
 
     def _admit(self) -> None:
         while self.waiting:
@@ -189,7 +210,9 @@ class Engine:
         forward rewrites the same KV rows with the same values), so only a job that fails alone ends."""
         self.runner.batch_invariant(self.row_invariant)
         try:
-            self._execute(self._plan(self.active))
+            parts = self._plan(self.active)
+            with self._timed(parts):
+                self._execute(parts)
         except Exception:  # noqa: BLE001 - find the job that breaks the forward
             for job in list(self.active):
                 try:
@@ -197,6 +220,22 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - a failed forward ends the job in it, never the loop
                     self._fail([job], e if isinstance(e, MinirsError) else MinirsError(f"engine step failed: {e!r}"))
         self.steps += 1
+
+    @contextlib.contextmanager
+    def _timed(self, parts: list[tuple]):
+        """Run a step on the CPU thread count the chooser picks for its kind (decode rows, or a step with prefill
+        and its token count to a power of two), and tell it how long the step took."""
+        if self._threads is None or not self.model.backend.numba_threads:
+            yield
+            return
+        tokens = sum(len(ids) for _, ids, _ in parts)
+        prefill = any(p[0].n_cached < len(p[0].job.prompt_ids) for p in parts)
+        key = ("prefill", 1 << max(tokens - 1, 0).bit_length()) if prefill else ("decode", tokens)
+        threads = self._threads.pick(key)
+        sys.modules["numba"].set_num_threads(threads)
+        t0 = time.perf_counter()
+        yield
+        self._threads.record(key, threads, time.perf_counter() - t0)
 
     def _plan(self, jobs: list[Job]) -> list[tuple]:
         """This step's parts: (seq, ids, start) per prefill chunk (ids at positions start..) and per decode row."""

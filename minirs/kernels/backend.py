@@ -48,10 +48,11 @@ class Stack(NamedTuple):
 
 
 class Backend(Protocol):
-    name: str  # "cpu" or "cuda"
+    name: str  # "cpu", "cuda" or "twins"
     kv_dtype: type  # the KV cache's element type
     graphs: bool  # capture() works: a decode step can be recorded once and replayed
     device_sampling: bool  # argmax and sample_ids run where the logits are (else the engine samples on the host)
+    numba_threads: bool  # steps run on Numba's CPU threads: the engine picks how many (engine/threads.py)
 
     # --- the engine's switches ---
     def batch_invariant(self, exact: bool) -> None:

@@ -58,6 +58,7 @@ class CudaBackend:
     kv_dtype = np.float16
     graphs = True
     device_sampling = True
+    numba_threads = False
 
     def __init__(self, device: int = 0):
         cp.cuda.Device(device).use()
