@@ -9,15 +9,18 @@ and GET /metrics (Prometheus text). With an API key, /v1/* and the tokenizer end
 `Authorization: Bearer KEY`; /health and /metrics stay open.
 
 The Runner stays synchronous underneath: a request is checked and queued in a worker thread (anyio.to_thread),
-which returns a whole response or a ResponseStream; a stream's chunks are read one by one in worker threads. When
-the client goes away mid-stream, Starlette cancels the response; the read is abandoned and the request cancelled
-(ResponseStream.cancel), which frees its KV slot at the engine's next step. At most max_seqs + max_queue requests
-are in flight; one more gets 503 with Retry-After. Errors are OpenAI's error JSON: 400 with the RequestError's
-text (the field named as the client spelled it), 401, 404 for an unknown model, 413, 503.
+which returns a whole response or a ResponseStream; a thread of the stream's own reads its chunks and hands them
+to the event loop. When the client goes away mid-stream, Starlette cancels the response and the request is
+cancelled (ResponseStream.cancel), which frees its KV slot at the engine's next step. At most max_seqs +
+max_queue requests are in flight; one more gets 503 with Retry-After. Errors are OpenAI's error JSON: 400 with the
+RequestError's text (the field named as the client spelled it), 401, 404 for an unknown model, 413, 503.
 """
 
+import asyncio
+import contextlib
 import hmac
 import json
+import threading
 import time
 
 import anyio
@@ -122,7 +125,7 @@ class Api:
         self.model_id = served_model_name or runner.model_name
         self.api_key = api_key
         self.admission = Admission(runner.max_seqs + max_queue)
-        # a worker thread per request in flight (each waits on its stream), a few more for the tokenizer endpoints
+        # a worker thread per request being checked and queued or waited for, a few more for the tokenizer endpoints
         self.limiter = anyio.CapacityLimiter(self.admission.limit + 8)
         self.created = int(time.time())
         engine = runner.engine
@@ -181,28 +184,49 @@ class Api:
         return JSONResponse(mapping.chat_json(res, tok) if chat else mapping.completion_json(res, tok, prefix))
 
     async def _events(self, live: "LiveStream", include_usage: bool):
-        """The stream's chunks as server-sent events. If this generator is cancelled (the client went away) or
-        fails, live.end() cancels the request."""
-        chat, tok = live.endpoint == "chat", self.runner.tokenizer
+        """The stream's chunks as server-sent events. A thread of the request's own reads the stream (blocking)
+        and hands each event, already written, to the event loop (one wake-up a token, no thread-pool round trip);
+        what is ready goes out in one write. If this generator is cancelled (the client went away) or fails,
+        live.end() cancels the request, which ends the thread."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Queue = asyncio.Queue()
+        threading.Thread(target=self._pump, args=(live, include_usage, loop, ready), name="minirs-sse",
+                         daemon=True).start()
         try:
             while True:
-                try:
-                    chunk = await to_thread.run_sync(next, live.stream, None, abandon_on_cancel=True,
-                                                     limiter=self.limiter)
-                except MinirsError as e:  # the engine failed the request mid-stream
-                    live.outcome = "error"
-                    yield _sse(mapping.error_json(str(e), "server_error"))
-                    return
-                if chunk is None:
+                parts = [await ready.get()]
+                while not ready.empty():
+                    parts.append(ready.get_nowait())
+                text = "".join(p for p in parts if p is not None)
+                if text:
+                    yield text
+                if parts[-1] is None:
                     break
-                live.seen(chunk)
-                yield _sse(mapping.chunk_json(chunk, tok, chat, include_usage))
-            if include_usage and live.final is not None:
-                yield _sse(mapping.usage_json(live.final))
-            yield "data: [DONE]\n\n"
-            live.outcome = "ok"
         finally:
             live.end()
+
+    def _pump(self, live: "LiveStream", include_usage: bool, loop, ready) -> None:
+        """The stream read in its own thread: each chunk as an event into `ready`, then [DONE] (or an error event),
+        then None."""
+        chat, tok = live.endpoint == "chat", self.runner.tokenizer
+
+        def put(item) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the server has stopped
+                loop.call_soon_threadsafe(ready.put_nowait, item)
+        try:
+            for chunk in live.stream:
+                live.seen(chunk)
+                put(_sse(mapping.chunk_json(chunk, tok, chat, include_usage)))
+            if include_usage and live.final is not None:
+                put(_sse(mapping.usage_json(live.final)))
+            put("data: [DONE]\n\n")
+            live.outcome = "ok"
+        except Exception as e:  # noqa: BLE001 - the engine failed the request mid-stream: tell the client
+            live.outcome = "error"
+            put(_sse(mapping.error_json(str(e) if isinstance(e, MinirsError) else f"internal error: {e!r}",
+                                        "server_error")))
+        finally:
+            put(None)
 
     def _count_whole(self, res, endpoint: str, t0: float) -> None:
         """Metrics of a whole response: the engine's timings stand in for the chunks' arrival times."""
