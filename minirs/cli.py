@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from minirs import cli_grammar
 from minirs.errors import MinirsError
 from minirs.flags import CTX_CAP, add_model_flags, model_source
 from minirs.flags import Parser as _Parser
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed for reproducible sampling (default: random)")
     p.add_argument("--quiet", action="store_true",
                    help="no load and timing lines on stderr (the chat prompt, notices and errors stay)")
+    cli_grammar.add_flags(p)
     return p
 
 
@@ -189,6 +191,7 @@ def _run(args) -> int:
     if chat and tok.chat_template is None:
         raise _no_template(loaded.name)
     params = sampling_params(args, model_sampling(loaded.path))
+    grammar = cli_grammar.grammar_of(args, tok)
     ctx = args.ctx_size or min(model.config.context_length, CTX_CAP)
     # the API's engine with one sequence slot: a chat's next turn reuses the history its slot still holds
     engine = Engine(model, tok, max_seqs=1, ctx_len=ctx)
@@ -205,9 +208,9 @@ def _run(args) -> int:
             if len(ids) >= engine.ctx_len:
                 raise MinirsError(f"the prompt is {len(ids)} tokens but the context holds {engine.ctx_len}: raise "
                                   f"--ctx-size (this model allows up to {model.config.context_length})")
-            answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet)
+            answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet, grammar=grammar)
             return 0
-        return _chat(engine, tok, params, args)
+        return _chat(engine, tok, params, args, grammar)
     finally:
         engine.shutdown()
 
@@ -223,15 +226,15 @@ def chat_ids(tok, msgs) -> list[int]:
     return tok.encode(text, add_special_tokens=False, parse_special=True)
 
 
-def answer(engine, tok, ids, params, max_tokens, quiet=False, out=None) -> tuple[str, str]:
+def answer(engine, tok, ids, params, max_tokens, quiet=False, out=None, grammar=None) -> tuple[str, str]:
     """Stream one answer to `out` (stdout); return its text and finish reason. Timings go to stderr."""
     from minirs.engine import GenParams, Job
 
     out = out or sys.stdout
     if not ids:
         raise MinirsError("the prompt is empty (no tokens)")
-    job = engine.submit(Job(ids, GenParams(sampling=params, max_tokens=max_tokens, stop_ids=frozenset(tok.eos_ids)),
-                            tok, stream=True))
+    job = engine.submit(Job(ids, GenParams(sampling=params, max_tokens=max_tokens, stop_ids=frozenset(tok.eos_ids),
+                                           grammar=grammar), tok, stream=True))
     parts = []
     try:
         for ev in job.stream_events():  # Ctrl-C or a closed stdout closes the stream, which cancels the job
@@ -270,7 +273,7 @@ def fit_history(tok, system, turns, ctx_len: int, max_tokens: int) -> tuple[list
         dropped += 2  # a user turn and its answer
 
 
-def _chat(engine, tok, params, args) -> int:
+def _chat(engine, tok, params, args, grammar=None) -> int:
     _say(args, "chat started; /reset clears the history, /exit or Ctrl-D quits")
     turns: list[tuple[str, str]] = []
     told = False  # the history's dropping is said once a session
@@ -304,7 +307,7 @@ def _chat(engine, tok, params, args) -> int:
             turns.pop()
             continue
         try:
-            text, _ = answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet)
+            text, _ = answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet, grammar=grammar)
         except KeyboardInterrupt:
             print("\nminirs: answer interrupted", file=sys.stderr)
             turns.pop()

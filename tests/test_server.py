@@ -7,6 +7,7 @@ Numba runs single-threaded, as in test_api.py: the tests share two cores with ot
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -135,6 +136,23 @@ def test_n_choices_logprobs_and_seed(served):
     assert "".join(lp.tokens) == done.choices[0].text
     assert all(len(top) == 2 and max(top.values()) == pytest.approx(v) for top, v in zip(lp.top_logprobs,
                                                                                         lp.token_logprobs))
+
+
+def test_structured_output_fields_pass_through(served):
+    """mistral.rs's grammar fields and OpenAI's response_format reach the Runner as they are (extra_body: the
+    openai client has no grammar parameter); the text obeys them (checked with re and json)."""
+    client = served.client()
+    res = chat(client, max_tokens=8, temperature=0, extra_body={"grammar": "(yes|no)", "grammar_type": "regex"},
+               messages=[{"role": "user", "content": "Is Paris in France?"}])
+    assert re.fullmatch("(yes|no)", res.choices[0].message.content), res.choices[0].message.content
+    res = chat(client, max_tokens=48, temperature=0, response_format={"type": "json_object"},
+               messages=[{"role": "user", "content": "A cat as JSON."}])
+    text = res.choices[0].message.content
+    assert res.choices[0].finish_reason == "length" or isinstance(json.loads(text), dict), text
+    assert text.lstrip().startswith("{")
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, max_tokens=2, extra_body={"grammar": "(", "grammar_type": "regex"})
+    assert "grammar" in e.value.message
 
 
 def test_sixteen_concurrent_clients_equal_their_solo_runs(served):

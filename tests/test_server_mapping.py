@@ -37,13 +37,16 @@ def test_openai_names_map_to_ours():
 def test_a_new_request_field_flows_through():
     @dataclass
     class Extended(ChatCompletionRequest):
-        grammar: dict | None = None
+        adapter: dict | None = None
 
-    p = mapping.parse_request({"messages": "x", "grammar": {"type": "regex", "value": "a+"}, "n": 1}, Extended,
+    p = mapping.parse_request({"messages": "x", "adapter": {"name": "a", "scale": 0.5}, "n": 1}, Extended,
                               mapping.RENAMES)
-    assert p.request.grammar == {"type": "regex", "value": "a+"} and p.request.n_choices == 1
-    with pytest.raises(RequestError, match="grammar"):
-        mapping.chat_request({"messages": "x", "grammar": {}})  # not (yet) a field of the plain request
+    assert p.request.adapter == {"name": "a", "scale": 0.5} and p.request.n_choices == 1
+    with pytest.raises(RequestError, match="adapter"):
+        mapping.chat_request({"messages": "x", "adapter": {}})  # not a field of the plain request
+    g = mapping.chat_request({"messages": "x", "grammar": "a+", "grammar_type": "regex",
+                              "response_format": {"type": "text"}}).request  # fields that came after the server
+    assert (g.grammar, g.grammar_type, g.response_format) == ("a+", "regex", {"type": "text"})
 
 
 @pytest.mark.parametrize("body, words", [

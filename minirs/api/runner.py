@@ -21,6 +21,7 @@ import uuid
 from dataclasses import asdict
 
 from minirs.api import responses, validation
+from minirs.api.structured import request_grammar
 from minirs.api.types import ChatCompletionRequest, CompletionRequest, Which
 from minirs.engine import Engine, Job
 from minirs.errors import MinirsError, RequestError, TokenizerError, quote
@@ -66,7 +67,8 @@ class Runner:
         if not isinstance(request, ChatCompletionRequest):
             raise RequestError(f"expected a ChatCompletionRequest, got {type(request).__name__}")
         timeout = _timeout(timeout)
-        params = validation.gen_params(request, request.n_choices, request.logprobs, self.limits)
+        params = validation.gen_params(request, request.n_choices, request.logprobs, self.limits,
+                                       grammar=request_grammar(request, self.tokenizer))
         ids = self._prompt_ids(self._chat_prompt(request), chat=True)
         job = self._submit(request, ids, params)
         rid, model = f"chatcmpl-{uuid.uuid4().hex}", self._model_name(request)
@@ -89,7 +91,8 @@ class Runner:
         timeout = _timeout(timeout)
         best_of = validation.best_of(request)
         validation.completion_extras(request)
-        params = validation.gen_params(request, best_of, request.logprobs, self.limits, "best_of")
+        params = validation.gen_params(request, best_of, request.logprobs, self.limits, "best_of",
+                                       grammar=request_grammar(request, self.tokenizer))
         if isinstance(request.prompt, str):
             if not request.prompt:
                 raise RequestError("invalid prompt: '' (empty)")

@@ -10,12 +10,15 @@ step is captured once (backend.capture: the runner hands it the step as a functi
 model) and replayed, ~1.4 us per kernel instead of ~30-50 us per Python launch. With `picks` (one
 (temperature, top_k, top_p, min_p, coin) per row; temperature 0 = greedy) the token is chosen where the logits
 are (argmax, or the device sampler with the host drawing the rows it leaves undecided) and only ids come back;
-without, the step returns the rows' logits. Each step makes one host copy.
+without, the step returns the rows' logits. With picks, `masks` (n, W) uint32 (a grammar's allowed tokens per row,
+packed as minirs.sampling.mask packs them; all ones for a free row) go to the device with the step's inputs, and the
+step sets the disallowed logits to -inf before argmax or the sampler reads them. Each step makes one host copy.
 """
 
 import numpy as np
 
 from minirs.sampling import rows as sampling_rows
+from minirs.sampling.mask import ALL, mask_words
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as graphs (32: the GEMVs' largest batch)
 
@@ -46,14 +49,18 @@ class ModelRunner:
                                     np.asarray(pos, np.int64), self.cache, logit_rows=list(want))
         return self.backend.to_numpy(logits)
 
-    def decode(self, tokens, slots, pos, picks: list | None = None) -> np.ndarray:
-        """One decode row per token: host logits (n, vocab), or with picks the chosen ids (n,). Through a captured
-        step when graphs are on, else eagerly."""
+    def decode(self, tokens, slots, pos, picks: list | None = None, masks: np.ndarray | None = None) -> np.ndarray:
+        """One decode row per token: host logits (n, vocab), or with picks the chosen ids (n,), under masks (n, W)
+        where given. Through a captured step when graphs are on, else eagerly."""
         n = len(tokens)
+        if masks is not None and picks is None:
+            raise ValueError("masks apply to the tokens chosen where the logits are (picks); the host masks its own")
         if not self.graphs:
             logits = self.forward(tokens, slots, pos, range(n))
             if picks is None:
                 return logits
+            if masks is not None:
+                self.backend.mask_logits(logits, np.ascontiguousarray(masks, np.uint32))
             return self.backend.finish_sampling(np.full(n, -1, np.int64), logits, _pack(picks, n))
         size = next(b for b in GRAPH_BUCKETS if b >= n)
         pad = size - n
@@ -63,39 +70,50 @@ class ModelRunner:
                           np.int64)
         mode = "logits" if picks is None else "argmax" if all(p[0] == 0 for p in picks) else "sample"
         args = (inputs, _pack(picks, size)) if mode == "sample" else (inputs,)  # only a draw reads parameters
-        return self._step(size, mode)(*args)[:n]
+        if masks is not None:
+            full = np.full((size, mask_words(self.model.config.vocab_size)), ALL, np.uint32)  # padding: all ones
+            full[:n] = masks
+            args += (full,)
+        return self._step(size, mode, masks is not None)(*args)[:n]
 
-    def captured(self, size: int, mode: str):
-        """The captured step of a bucket size and mode ("logits", "argmax" or "sample"), capturing it on first use
-        (its replay() re-runs it on the device alone: benchmarks)."""
-        return self._step(size, mode)
+    def captured(self, size: int, mode: str, masked: bool = False):
+        """The captured step of a bucket size and mode ("logits", "argmax" or "sample"), with or without a mask
+        input, capturing it on first use (its replay() re-runs it on the device alone: benchmarks)."""
+        return self._step(size, mode, masked)
 
-    def _step(self, size: int, mode: str):
-        key = (size, mode, self.exact)
+    def _step(self, size: int, mode: str, masked: bool = False):
+        key = (size, mode, masked, self.exact)
         step = self._steps.get(key)
         if step is None:
-            step = self._steps[key] = self._capture(size, mode)
+            step = self._steps[key] = self._capture(size, mode, masked)
         return step
 
-    def _capture(self, size: int, mode: str):
+    def _capture(self, size: int, mode: str, masked: bool):
         model, cache, be = self.model, self.cache, self.backend
+        sample = mode == "sample"
 
-        def step(inputs, prm=None):  # device inputs: (3, size) ids / slots / positions, (size, 5) parameters
+        # device inputs: (3, size) ids / slots / positions, then (size, 5) parameters if it samples, then
+        # (size, W) uint32 allowed-token words if masked
+        def step(inputs, *rest):
+            prm, words = rest[0] if sample else None, rest[-1] if masked else None
             logits = model.forward(inputs[0], inputs[1], inputs[2], cache)
+            if masked:
+                be.mask_logits(logits, words)
             if mode == "argmax":
                 return be.argmax(logits), logits
-            if mode == "sample":
+            if sample:
                 return be.sample_ids(logits, prm), logits
             return None, logits
 
-        def finish(out, inputs, prm=None) -> np.ndarray:
+        def finish(out, inputs, *rest) -> np.ndarray:
             ids, logits = out
             if mode == "logits":
                 return be.to_numpy(logits)
             ids = be.to_numpy(ids)
-            return ids if mode == "argmax" else be.finish_sampling(ids, logits, prm)
+            return be.finish_sampling(ids, logits, rest[0]) if sample else ids
 
-        shapes = [np.zeros((3, size), np.int64)] + ([np.zeros((size, 5), np.float64)] if mode == "sample" else [])
+        shapes = [np.zeros((3, size), np.int64)] + ([np.zeros((size, 5), np.float64)] if sample else [])
+        shapes += [np.zeros((size, mask_words(model.config.vocab_size)), np.uint32)] if masked else []
         return be.capture(step, finish, shapes)
 
 

@@ -19,6 +19,12 @@ boundaries fixed by the sequence alone, and the backend keeps every GEMV batch-i
 On a backend with graphs (CUDA) the decode rows of a step go through the model runner's captured steps (runner.py)
 and the prefill chunks run eagerly between them. A failed step is retried job by job, so a request that breaks
 the forward ends alone and the others go on.
+
+Grammars. A row whose job has a grammar draws under its allowed-token mask (minirs.grammar). Where the host draws,
+the masks of the step's rows are computed on a worker thread while the forward runs (llguidance drops the GIL), and
+applied on the host; where the device draws (the captured step's argmax or sampler), they are computed first and go
+to the device with the step's inputs. `mask_s` counts the time the engine thread spent on masks (computing them, or
+waiting for the worker): the part of their cost that the forward did not hide.
 """
 
 import contextlib
@@ -27,6 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -36,6 +43,7 @@ from minirs.engine.runner import GRAPH_BUCKETS, ModelRunner
 from minirs.engine.slots import SlotPool
 from minirs.engine.threads import ThreadChooser
 from minirs.errors import MinirsError, RequestError
+from minirs.grammar import fill_masks
 from minirs.sampling import Sampled
 
 
@@ -67,6 +75,9 @@ class Engine:
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
         self.steps = 0
+        self.overlap_masks = True  # grammar masks on a worker thread while the forward runs (False: before it)
+        self.mask_s = 0.0  # engine-thread seconds spent on grammar masks (see the module docstring)
+        self._mask_worker: ThreadPoolExecutor | None = None
         self._next_model = None  # replace_model's model, swapped in before the next step
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -116,6 +127,8 @@ class Engine:
         self.inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._mask_worker is not None:
+            self._mask_worker.shutdown(wait=False)
 
     def close(self) -> None:
         """Shut down, then let go of the model, the KV cache and the captured graphs (their memory is freed once
@@ -283,11 +296,13 @@ class Engine:
             pos += range(start, start + len(ids))
             if start + len(ids) >= len(seq.job.prompt_ids):  # the prompt's last row, or a decode row
                 want.append((seq, len(tokens) - 1))
+        masks = self._masks([seq for seq, _ in want], overlap=self.overlap_masks)
         logits = self.runner.forward(tokens, slots, pos, [r for _, r in want] or [len(tokens) - 1])
+        masks = self._wait(masks)
         for seq, ids, start in batch:
             seq.n_cached = start + len(ids)
         for k, (seq, _) in enumerate(want):
-            self._emit(seq, logits=logits[k])
+            self._emit(seq, logits=logits[k], mask=_row(masks, k, seq))
 
     def _run_decode(self, batch: list[tuple]) -> None:
         """Decode rows through the runner's captured step; the tokens are chosen where the logits are when every
@@ -298,18 +313,46 @@ class Engine:
             picks = [(0.0, 1, 1.0, 0.0, 0.0) if s.job.params.sampling.greedy else
                      (s.job.params.sampling.temperature, s.job.params.sampling.top_k, s.job.params.sampling.top_p,
                       s.job.params.sampling.min_p, s.coin()) for s in seqs]
+        # device draws take the masks with the step's inputs; host draws apply them after, computed meanwhile
+        masks = self._masks(seqs, overlap=self.overlap_masks and picks is None)
         out = self.runner.decode([s.ids[-1] for s in seqs], [s.slot for s in seqs], [len(s.ids) - 1 for s in seqs],
-                                 picks)
+                                 picks, masks if picks is not None else None)
+        masks = self._wait(masks)
         for k, seq in enumerate(seqs):
             seq.n_cached = len(seq.ids)
             if picks is None:
-                self._emit(seq, logits=out[k])
+                self._emit(seq, logits=out[k], mask=_row(masks, k, seq))
             else:
                 self._emit(seq, token=int(out[k]))
 
-    def _emit(self, seq, logits: np.ndarray | None = None, token: int | None = None) -> None:
-        """Sample seq's next token (or take the one chosen on the device) and pass it on; the prompt's last logits
-        serve every sequence of the job, after the leader's KV slot is copied to theirs."""
+    def _masks(self, seqs: list, overlap: bool):
+        """The allowed-token masks (len(seqs), W) of the rows' next tokens (free rows all ones), or None when no row
+        has a grammar; with overlap, a future of them computed on the worker thread."""
+        cons = [s.constraint for s in seqs]
+        if all(c is None for c in cons):
+            return None
+        if overlap:
+            if self._mask_worker is None:
+                self._mask_worker = ThreadPoolExecutor(1, thread_name_prefix="minirs-grammar")
+            return self._mask_worker.submit(fill_masks, cons, self.vocab)
+        t = time.perf_counter()
+        masks = fill_masks(cons, self.vocab)
+        self.mask_s += time.perf_counter() - t
+        return masks
+
+    def _wait(self, masks):
+        """The masks of _masks, waiting for the worker's (the wait counts in mask_s)."""
+        if masks is None or isinstance(masks, np.ndarray):
+            return masks
+        t = time.perf_counter()
+        masks = masks.result()
+        self.mask_s += time.perf_counter() - t
+        return masks
+
+    def _emit(self, seq, logits: np.ndarray | None = None, token: int | None = None, mask=None) -> None:
+        """Sample seq's next token under its grammar's mask (or take the one chosen on the device) and pass it on;
+        the prompt's last logits (and mask: every matcher of the job is at the grammar's start) serve every sequence
+        of the job, after the leader's KV slot is copied to theirs."""
         job = seq.job
         first = not job.t_prompt_done
         if first:
@@ -320,9 +363,14 @@ class Engine:
         try:
             for s in (job.seqs if first else [seq]):
                 if not s.done:
-                    s.accept(Sampled(token, 0.0, []) if token is not None else s.sample(logits), self.ctx_len)
+                    s.accept(Sampled(token, 0.0, []) if token is not None else s.sample(logits, mask), self.ctx_len)
         except Exception as e:  # noqa: BLE001 - a bad sampling step ends this job only
             job.error = e if isinstance(e, MinirsError) else MinirsError(f"sampling failed: {e!r}")
             job.cancel()
         if all(s.done for s in job.seqs) and job in self.active:
             self._release(job)
+
+
+def _row(masks: np.ndarray | None, k: int, seq) -> np.ndarray | None:
+    """Row k of a step's masks for seq, None for a free row (no mask to apply)."""
+    return masks[k] if masks is not None and seq.constraint is not None else None

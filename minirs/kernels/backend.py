@@ -151,6 +151,10 @@ class Backend(Protocol):
         """A hint: the matrices that the next kernels read (CUDA warms its L2 cache while attention runs)."""
 
     # --- sampling where the logits are (device_sampling) ---
+    def mask_logits(self, logits: Array, words: Array) -> Array:
+        """In place: logits (n, V) -inf where the packed allowed-token bits words (n, W) uint32 are 0 (a grammar's
+        mask, minirs.sampling.mask); returns logits."""
+
     def argmax(self, logits: Array) -> Array:
         """Greedy ids (n,) of logits (n, V)."""
 

@@ -16,6 +16,7 @@ from minirs.kernels.cpu.dequant import embedding_rows
 from minirs.kernels.cpu.matmul import qmatmul
 from minirs.kernels.cpu.weights import QMatrix
 from minirs.sampling import rows as sampling_rows
+from minirs.sampling.mask import mask_logits
 
 
 class CpuBackend:
@@ -167,6 +168,9 @@ class CpuBackend:
         """No cache to warm ahead of time here."""
 
     # --- sampling: the host draws every row ---
+    def mask_logits(self, logits: np.ndarray, words: np.ndarray) -> np.ndarray:
+        return mask_logits(logits, words)
+
     def argmax(self, logits: np.ndarray) -> np.ndarray:
         return np.argmax(logits, axis=-1).astype(np.int64)
 
