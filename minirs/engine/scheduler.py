@@ -91,6 +91,10 @@ class Engine:
     def graphs(self) -> bool:
         return self.runner.graphs
 
+    def load(self) -> tuple[int, int]:
+        """(jobs waiting for KV slots, sequences running): a snapshot for monitoring, from any thread."""
+        return len(self.waiting) + self.inbox.qsize(), sum(len(j.seqs) for j in list(self.active))
+
     # ----- the caller's side ---------------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
@@ -125,6 +129,12 @@ class Engine:
             self._thread.join(timeout)
         if self._mask_worker is not None:
             self._mask_worker.shutdown(wait=False)
+
+    def close(self) -> None:
+        """Shut down, then let go of the model, the KV cache and the captured graphs (their memory is freed once
+        nothing else holds them); a closed engine takes no more jobs."""
+        self.shutdown()
+        self.model = self.cache = self.runner = self.slots = self._next_model = None
 
     # ----- the engine thread ---------------------------------------------------------------------------------------
 

@@ -64,6 +64,11 @@ class Backend(Protocol):
     def synchronize(self) -> None:
         """Wait until the work queued so far is done (timings)."""
 
+    @staticmethod
+    def release_memory() -> None:
+        """Give the memory of arrays already dropped back to the device (a closed Runner's weights, KV cache and
+        graphs; the caller lets go of every reference first, the backend's own included)."""
+
     # --- memory and weights ---
     def matrix(self, t) -> Any:
         """A weight matrix (n_out, n_in) from a formats.Tensor, kept quantized."""

@@ -123,8 +123,23 @@ def preset_tensors(p: Preset):
         yield "output.weight", p.output_qtype, (p.vocab, p.dim)
 
 
-def write_random_gguf(path, preset: str | Preset, seed: int = 0) -> Path:
-    """Write a random-weight GGUF of a preset (see PRESETS) and return its path."""
+def _add_value(w, key: str, v) -> None:
+    """One metadata value, its GGUF type taken from its Python type (a sequence: an array of str or int32)."""
+    if isinstance(v, (bool, np.bool_)):
+        w.add_bool(key, bool(v))
+    elif isinstance(v, (int, np.integer)):
+        w.add_uint32(key, int(v))
+    elif isinstance(v, (float, np.floating)):
+        w.add_float32(key, float(v))
+    elif isinstance(v, str):
+        w.add_string(key, v)
+    else:
+        w.add_array(key, [x if isinstance(x, str) else int(x) for x in v])
+
+
+def write_random_gguf(path, preset: str | Preset, seed: int = 0, metadata: dict | None = None) -> Path:
+    """Write a random-weight GGUF of a preset (see PRESETS) and return its path. `metadata` adds keys as they are
+    (e.g. a real model's `tokenizer.*` keys, for a preset of the same vocabulary size)."""
     import gguf
 
     p = PRESETS[preset] if isinstance(preset, str) else preset
@@ -150,6 +165,8 @@ def write_random_gguf(path, preset: str | Preset, seed: int = 0) -> Path:
         w.add_uint32(f"{a}.expert_used_count", p.n_experts_used)
     for k, v in p.extra.items():
         w.add_uint32(f"{a}.{k}", v)
+    for k, v in (metadata or {}).items():
+        _add_value(w, k, v)
     for name, qtype, shape in preset_tensors(p):
         if qtype == "F32" and len(shape) == 1:  # norm weights near 1 keep activations in range
             data = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)

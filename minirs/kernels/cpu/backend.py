@@ -35,6 +35,10 @@ class CpuBackend:
     def synchronize(self) -> None:
         """Nothing is queued: every call returns when its work is done."""
 
+    @staticmethod
+    def release_memory() -> None:
+        """Nothing is pooled: NumPy's memory goes back when the last reference goes."""
+
     # --- weights and memory ---
     def matrix(self, t: Tensor) -> QMatrix:
         return QMatrix.from_tensor(t)

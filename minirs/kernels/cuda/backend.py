@@ -90,6 +90,13 @@ class CudaBackend:
     def synchronize(self) -> None:
         self.stream.synchronize()
 
+    @staticmethod
+    def release_memory() -> None:
+        """CuPy keeps freed blocks in its pools for reuse: hand those of the device and the page-locked host
+        buffers back (graphs' own pools go with their graphs)."""
+        cp.get_default_memory_pool().free_all_blocks()
+        cp.get_default_pinned_memory_pool().free_all_blocks()
+
     # --- the GEMVs' forms of their inputs (int8 or float16), written by the op before them ---
     def _new_quant(self, n: int, k: int):
         return cp.empty((n, k), cp.int8), cp.empty((n, k // 32), cp.float32), cp.empty((n, k // 16), cp.int32)
