@@ -128,10 +128,13 @@ class Sequence:
 class Job:
     """A request as the engine sees it: prompt ids and generation parameters; results flow back in `events`."""
 
-    def __init__(self, prompt_ids: list[int], params: GenParams, tokenizer, stream: bool = False):
+    def __init__(self, prompt_ids: list[int], params: GenParams, tokenizer, stream: bool = False,
+                 adapters: list[str] | None = None):
         self.prompt_ids = [int(i) for i in prompt_ids]
         self.params = params
         self.stream = stream
+        self.adapters = None if adapters is None else tuple(adapters)  # LoRA adapters; None: the model's active ones
+        self.coef = None  # its rows' LoRA coefficients (K,), set by the engine from `adapters` (None: no adapter)
         self.events: queue.Queue = queue.Queue()
         self.seqs = [Sequence(self, i, tokenizer) for i in range(params.n)]
         self.cancelled = threading.Event()

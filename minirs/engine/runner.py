@@ -40,18 +40,20 @@ class ModelRunner:
         self.exact = exact
         self.backend.batch_invariant(exact)
 
-    def forward(self, tokens, slots, pos, want) -> np.ndarray:
-        """Host logits (len(want), vocab) of rows `want` of an eager forward of n (token, slot, position) rows."""
+    def forward(self, tokens, slots, pos, want, coef=None) -> np.ndarray:
+        """Host logits (len(want), vocab) of rows `want` of an eager forward of n (token, slot, position) rows, with
+        the rows' LoRA coefficients coef (n, K) (None: no adapters)."""
+        coef = None if coef is None else self.backend.array(np.asarray(coef, np.float32))
         logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
-                                    np.asarray(pos, np.int64), self.cache, logit_rows=list(want))
+                                    np.asarray(pos, np.int64), self.cache, logit_rows=list(want), coef=coef)
         return self.backend.to_numpy(logits)
 
-    def decode(self, tokens, slots, pos, picks: list | None = None) -> np.ndarray:
+    def decode(self, tokens, slots, pos, picks: list | None = None, coef=None) -> np.ndarray:
         """One decode row per token: host logits (n, vocab), or with picks the chosen ids (n,). Through a captured
-        step when graphs are on, else eagerly."""
+        step when graphs are on, else eagerly. coef (n, K): the rows' LoRA coefficients (a graph input)."""
         n = len(tokens)
         if not self.graphs:
-            logits = self.forward(tokens, slots, pos, range(n))
+            logits = self.forward(tokens, slots, pos, range(n), coef)
             if picks is None:
                 return logits
             return self.backend.finish_sampling(np.full(n, -1, np.int64), logits, _pack(picks, n))
@@ -63,32 +65,37 @@ class ModelRunner:
                           np.int64)
         mode = "logits" if picks is None else "argmax" if all(p[0] == 0 for p in picks) else "sample"
         args = (inputs, _pack(picks, size)) if mode == "sample" else (inputs,)  # only a draw reads parameters
-        return self._step(size, mode)(*args)[:n]
+        if coef is not None:  # padding rows take no adapter
+            args += (np.concatenate([np.asarray(coef, np.float32), np.zeros((pad, coef.shape[1]), np.float32)]),)
+        return self._step(size, mode, coef is not None)(*args)[:n]
 
-    def captured(self, size: int, mode: str):
-        """The captured step of a bucket size and mode ("logits", "argmax" or "sample"), capturing it on first use
-        (its replay() re-runs it on the device alone: benchmarks)."""
-        return self._step(size, mode)
+    def captured(self, size: int, mode: str, lora: bool = False):
+        """The captured step of a bucket size and mode ("logits", "argmax" or "sample"), with LoRA coefficients as
+        an input or not, capturing it on first use (its replay() re-runs it on the device alone: benchmarks)."""
+        return self._step(size, mode, lora)
 
-    def _step(self, size: int, mode: str):
-        key = (size, mode, self.exact)
+    def _step(self, size: int, mode: str, lora: bool = False):
+        key = (size, mode, self.exact, lora)
         step = self._steps.get(key)
         if step is None:
-            step = self._steps[key] = self._capture(size, mode)
+            step = self._steps[key] = self._capture(size, mode, lora)
         return step
 
-    def _capture(self, size: int, mode: str):
+    def _capture(self, size: int, mode: str, lora: bool):
         model, cache, be = self.model, self.cache, self.backend
 
-        def step(inputs, prm=None):  # device inputs: (3, size) ids / slots / positions, (size, 5) parameters
-            logits = model.forward(inputs[0], inputs[1], inputs[2], cache)
+        def step(inputs, *rest):  # device inputs: (3, size) ids / slots / positions, [(size, 5) parameters], [coef]
+            prm = rest[0] if mode == "sample" else None
+            coef = rest[-1] if lora else None
+            logits = model.forward(inputs[0], inputs[1], inputs[2], cache, coef=coef)
             if mode == "argmax":
                 return be.argmax(logits), logits
             if mode == "sample":
                 return be.sample_ids(logits, prm), logits
             return None, logits
 
-        def finish(out, inputs, prm=None) -> np.ndarray:
+        def finish(out, inputs, *rest) -> np.ndarray:
+            prm = rest[0] if mode == "sample" else None
             ids, logits = out
             if mode == "logits":
                 return be.to_numpy(logits)
@@ -96,6 +103,7 @@ class ModelRunner:
             return ids if mode == "argmax" else be.finish_sampling(ids, logits, prm)
 
         shapes = [np.zeros((3, size), np.int64)] + ([np.zeros((size, 5), np.float64)] if mode == "sample" else [])
+        shapes += [np.zeros((size, model.lora.width), np.float32)] if lora else []
         return be.capture(step, finish, shapes)
 
 

@@ -82,6 +82,7 @@ class Engine:
         if job.params.n > self.max_seqs:
             raise RequestError(f"n_choices/best_of of {job.params.n} exceeds max_seqs={self.max_seqs}")
         check_prompt(job.prompt_ids, self.ctx_len, self.vocab)
+        self._adapters(job)
         with self._lock:
             if self._closing:
                 raise MinirsError("the engine is shut down")
@@ -90,6 +91,21 @@ class Engine:
                 self._thread.start()
         self.inbox.put(job)
         return job
+
+    def _adapters(self, job: Job) -> None:
+        """Resolve the job's LoRA adapters (None: the model's active ones) to its coefficient row, refusing unknown
+        names before the job joins a batch."""
+        lora = self.model.lora
+        if lora is None:
+            if job.adapters:
+                raise RequestError(f"invalid adapters: {list(job.adapters)!r} (the model has no LoRA adapters)")
+            return
+        names = tuple(lora.active) if job.adapters is None else job.adapters
+        bad = [n for n in names if n not in lora.names]
+        if bad:
+            raise RequestError(f"invalid adapters: unknown adapter {bad[0]!r} (loaded: {', '.join(lora.names)})")
+        job.adapters = names
+        job.coef = lora.row(names) if names else None
 
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._lock:
@@ -133,7 +149,7 @@ class Engine:
             if len(self.slots.free) < job.params.n:
                 return
             self.waiting.popleft()
-            slots, reuse = self.slots.take(job.prompt_ids, job.params.n)
+            slots, reuse = self.slots.take(job.prompt_ids, job.params.n, job.adapters or None)
             for s, slot in zip(job.seqs, slots):
                 s.slot = slot
             job.seqs[0].n_cached = job.cached_tokens = reuse
@@ -150,7 +166,7 @@ class Engine:
         self.active.remove(job)
         for s in job.seqs:
             if s.slot >= 0:
-                self.slots.give_back(s.slot, s.ids[:s.n_cached], len(job.prompt_ids))
+                self.slots.give_back(s.slot, s.ids[:s.n_cached], len(job.prompt_ids), job.adapters or None)
                 s.slot = -1
         self._finish_job(job, reason)
 
@@ -234,7 +250,8 @@ class Engine:
             pos += range(start, start + len(ids))
             if start + len(ids) >= len(seq.job.prompt_ids):  # the prompt's last row, or a decode row
                 want.append((seq, len(tokens) - 1))
-        logits = self.runner.forward(tokens, slots, pos, [r for _, r in want] or [len(tokens) - 1])
+        coef = self._coefs([seq.job for seq, ids, _ in batch for _ in ids])
+        logits = self.runner.forward(tokens, slots, pos, [r for _, r in want] or [len(tokens) - 1], coef)
         for seq, ids, start in batch:
             seq.n_cached = start + len(ids)
         for k, (seq, _) in enumerate(want):
@@ -250,13 +267,23 @@ class Engine:
                      (s.job.params.sampling.temperature, s.job.params.sampling.top_k, s.job.params.sampling.top_p,
                       s.job.params.sampling.min_p, s.coin()) for s in seqs]
         out = self.runner.decode([s.ids[-1] for s in seqs], [s.slot for s in seqs], [len(s.ids) - 1 for s in seqs],
-                                 picks)
+                                 picks, self._coefs([s.job for s in seqs]))
         for k, seq in enumerate(seqs):
             seq.n_cached = len(seq.ids)
             if picks is None:
                 self._emit(seq, logits=out[k])
             else:
                 self._emit(seq, token=int(out[k]))
+
+    def _coefs(self, jobs: list[Job]) -> np.ndarray | None:
+        """Each row's LoRA coefficients (n, K) (zero for a job without adapters); None when no row has any."""
+        if all(j.coef is None for j in jobs):
+            return None
+        out = np.zeros((len(jobs), self.model.lora.width), np.float32)
+        for r, j in enumerate(jobs):
+            if j.coef is not None:
+                out[r] = j.coef
+        return out
 
     def _emit(self, seq, logits: np.ndarray | None = None, token: int | None = None) -> None:
         """Sample seq's next token (or take the one chosen on the device) and pass it on; the prompt's last logits

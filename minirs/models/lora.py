@@ -282,3 +282,12 @@ def attach(model, adapters: list[Adapter], active: list[str] | None = None,
             raise ModelError(f"active adapter {n!r} is not loaded (loaded: {names})")
     model.lora = lset
     return lset
+
+
+def load_adapters(model, sources: list, order_file=None, active: list[str] | None = None) -> LoraSet:
+    """Read and attach adapters: each source a local folder (one adapter, or a folder of adapter subfolders; with
+    an ordering file, the subfolders it names, in its order). The ordering's `layers` numbering matters to X-LoRA
+    only (models/xlora.py), so plain LoRA does not read it."""
+    order = read_ordering(order_file) if order_file else None
+    adapters = [a for src in sources for a in adapters_from(src, order, order_file)]
+    return attach(model, adapters, active)
