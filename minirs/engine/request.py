@@ -78,6 +78,7 @@ class Sequence:
         self.rng = np.random.default_rng(None if seed is None else [seed, index])
         self.decoder = tokenizer.stream_decoder(skip_special_tokens=True)
         self.stop = StopText(job.params.stop_seqs)
+        self.scalings = None  # X-LoRA: the LoRA coefficients (K,) of its latest scaling pass
 
     @property
     def done(self) -> bool:

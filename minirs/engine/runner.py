@@ -48,6 +48,11 @@ class ModelRunner:
                                     np.asarray(pos, np.int64), self.cache, logit_rows=list(want), coef=coef)
         return self.backend.to_numpy(logits)
 
+    def hidden(self, tokens, slots, pos, coef) -> object:
+        """The final-normed hidden states (n, dim) of an eager forward (X-LoRA's scaling pass), on the backend."""
+        return self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
+                                  np.asarray(pos, np.int64), self.cache, coef=self.backend.array(coef), hidden=True)
+
     def decode(self, tokens, slots, pos, picks: list | None = None, coef=None) -> np.ndarray:
         """One decode row per token: host logits (n, vocab), or with picks the chosen ids (n,). Through a captured
         step when graphs are on, else eagerly. coef (n, K): the rows' LoRA coefficients (a graph input)."""

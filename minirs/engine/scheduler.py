@@ -19,6 +19,11 @@ boundaries fixed by the sequence alone, and the backend keeps every GEMV batch-i
 On a backend with graphs (CUDA) the decode rows of a step go through the model runner's captured steps (runner.py)
 and the prefill chunks run eagerly between them. A failed step is retried job by job, so a request that breaks
 the forward ends alone and the others go on.
+
+LoRA adapters (models/lora.py) are chosen per job: each row of a forward carries its job's coefficients, so one
+forward mixes adapters. An X-LoRA model (models/xlora.py) runs each step twice: the scaling pass over the rows that
+still need one, in each sequence's second KV slot, then the real pass with the classifier's scalings; its steps
+run eagerly and its slots are not reused.
 """
 
 import queue
@@ -56,8 +61,11 @@ class Engine:
         # None: exact wherever that costs something, i.e. where batched kernels round with the batch (graphs: CUDA)
         self.row_invariant = be.graphs if row_invariant is None else row_invariant
         self.prefill_budget = prefill_budget or max_chunk
-        graphs = be.graphs if graphs is None else graphs
-        self.cache = KVCache(model.config, be, max_seqs + graphs, self.ctx_len, max_chunk)  # + the padding slot
+        graphs = (be.graphs if graphs is None else graphs) and model.xlora is None
+        prefix_reuse = prefix_reuse and model.xlora is None
+        self.scaling_slots = max_seqs + graphs  # X-LoRA: a sequence's scaling pass uses slot + this
+        self.cache = KVCache(model.config, be, self.scaling_slots * (1 + (model.xlora is not None)), self.ctx_len,
+                             max_chunk)  # + the padding slot
         self.runner = ModelRunner(model, self.cache, graphs, spare_slot=max_seqs if graphs else None)
         self.slots = SlotPool(model.config, max_seqs, max_chunk, self.row_invariant, prefix_reuse)
         self.vocab = model.config.vocab_size
@@ -96,6 +104,11 @@ class Engine:
         """Resolve the job's LoRA adapters (None: the model's active ones) to its coefficient row, refusing unknown
         names before the job joins a batch."""
         lora = self.model.lora
+        if self.model.xlora is not None:
+            if job.adapters:
+                raise RequestError(f"invalid adapters: {list(job.adapters)!r} (an X-LoRA model mixes its adapters "
+                                   "itself; they cannot be chosen per request)")
+            return
         if lora is None:
             if job.adapters:
                 raise RequestError(f"invalid adapters: {list(job.adapters)!r} (the model has no LoRA adapters)")
@@ -250,7 +263,10 @@ class Engine:
             pos += range(start, start + len(ids))
             if start + len(ids) >= len(seq.job.prompt_ids):  # the prompt's last row, or a decode row
                 want.append((seq, len(tokens) - 1))
-        coef = self._coefs([seq.job for seq, ids, _ in batch for _ in ids])
+        if self.model.xlora is not None:
+            coef = self._xlora_coefs(batch, tokens, slots, pos)
+        else:
+            coef = self._coefs([seq.job for seq, ids, _ in batch for _ in ids])
         logits = self.runner.forward(tokens, slots, pos, [r for _, r in want] or [len(tokens) - 1], coef)
         for seq, ids, start in batch:
             seq.n_cached = start + len(ids)
@@ -285,6 +301,26 @@ class Engine:
                 out[r] = j.coef
         return out
 
+    def _xlora_coefs(self, batch: list[tuple], tokens, slots, pos) -> np.ndarray:
+        """X-LoRA: the rows' coefficients from a scaling pass over the rows that need one (a sequence past
+        tgt_non_granular_index generated tokens keeps its latest scalings), in the sequences' second KV slots."""
+        xl = self.model.xlora
+        seqs = [seq for seq, ids, _ in batch for _ in ids]
+        keep = xl.tgt_non_granular_index
+        need = np.array([s.scalings is None or keep is None or len(s.generated) < keep for s in seqs])
+        coef = np.empty((len(seqs), self.model.lora.width), np.float32)
+        if need.any():
+            rows = np.nonzero(need)[0]
+            sel = [np.asarray(a, np.int64)[rows] for a in (tokens, slots, pos)]
+            hidden = self.runner.hidden(sel[0], sel[1] + self.scaling_slots, sel[2], xl.dummy(len(rows)))
+            coef[rows] = xl.coefs(self.model.backend, hidden)
+        for r, s in enumerate(seqs):
+            if need[r]:
+                s.scalings = coef[r]
+            else:
+                coef[r] = s.scalings
+        return coef
+
     def _emit(self, seq, logits: np.ndarray | None = None, token: int | None = None) -> None:
         """Sample seq's next token (or take the one chosen on the device) and pass it on; the prompt's last logits
         serve every sequence of the job, after the leader's KV slot is copied to theirs."""
@@ -294,6 +330,9 @@ class Engine:
             job.t_prompt_done = time.perf_counter()
             for s in job.seqs[1:]:
                 self.cache.copy_slot(seq.slot, s.slot)
+                if self.model.xlora is not None:
+                    self.cache.copy_slot(seq.slot + self.scaling_slots, s.slot + self.scaling_slots)
+                    s.scalings = seq.scalings
                 s.n_cached = seq.n_cached
         try:
             for s in (job.seqs if first else [seq]):

@@ -123,6 +123,9 @@ class Backend(Protocol):
     def add_(self, x: Array, y) -> None:
         """x += y (the residual add)."""
 
+    def relu_(self, x: Array) -> None:
+        """x = max(x, 0), in place (the X-LoRA classifier)."""
+
     def add_bias_(self, x: Array, b: Array) -> None:
         """x[i] += b for every row i."""
 

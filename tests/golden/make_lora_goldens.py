@@ -154,7 +154,7 @@ def make_xlora(family: str, out: Path, prompts, arrays: dict, gen: torch.Generat
         {"hidden_size": m.config.hidden_size, "base_model_id": f"arch_{family}", "adapters": ["a1", "a2"],
          "use_bias": True, **XLORA}, indent=1) + "\n")
     layers = [n.rsplit(".lora_A", 1)[0] for n, _ in model.named_modules() if n.endswith(".lora_A")]
-    layers = [n.removeprefix("base_model.model.") for n in layers]
+    layers = [n[n.index("model.layers."):] for n in layers]  # HF module names, as mistral.rs orderings have them
     assert len(layers) == n_layers, (len(layers), n_layers)
     (xdir / "ordering.json").write_text(json.dumps(
         {"order": ["a1", "a2"], "layers": {n: i for i, n in enumerate(layers)}, "base_model_id": f"arch_{family}"},

@@ -96,6 +96,9 @@ class CpuBackend:
     def add_(self, x: np.ndarray, y) -> None:
         x += values(y)
 
+    def relu_(self, x: np.ndarray) -> None:
+        np.maximum(x, 0, out=x)
+
     def add_bias_(self, x: np.ndarray, b: np.ndarray) -> None:
         x += b
 

@@ -300,6 +300,9 @@ class CudaBackend:
         launch_layernorm(x2, w, b, eps, out, None, self.nbs)
         return Act(out)
 
+    def relu_(self, x) -> None:
+        cp.maximum(x, 0, out=x)
+
     def add_bias_(self, x, b) -> None:
         """x[i] += b for every row i (linear-layer biases), in place."""
         x2 = x.reshape(-1, x.shape[-1])  # a view: x is contiguous (a matmul output)
