@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from minirs.cli_adapters import adapter_args, add_adapter_flags
 from minirs.errors import MinirsError
 
 # Used when neither the flag nor the model names a value. Chosen by bench/cli_defaults.py (BENCHMARKS.md, "CLI
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the model's chat template: a Jinja2 string, a file path, or a built-in name")
     p.add_argument("--quiet", action="store_true",
                    help="no load and timing lines on stderr (the chat prompt, notices and errors stay)")
+    add_adapter_flags(p)  # --lora, --xlora, --xlora-order, --tgt-non-granular-index
     return p
 
 
@@ -140,7 +142,10 @@ def main(argv=None) -> int:
             return _models_main(argv[1:])
         if argv[:1] == ["pull"]:
             return _pull_main(argv[1:])
-        return _run(build_parser().parse_args(argv))
+        p = build_parser()
+        args = p.parse_args(argv)
+        args.adapters = adapter_args(p, args)
+        return _run(args)
     except BrokenPipeError:
         # the reader went away (`| head -1`): stop quietly; point stdout at /dev/null so the interpreter's final
         # flush does not complain (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
@@ -223,7 +228,8 @@ def _run(args) -> int:
     if chat and path.is_file() and path.suffix == ".gguf" and "tokenizer.chat_template" not in \
             load_model_file(path).metadata:  # say so before loading the weights
         raise _no_template(path.name)
-    loaded = load(path, backend=backend, chat_template=args.chat_template, isq=args.isq, progress=progress)
+    loaded = load(path, backend=backend, chat_template=args.chat_template, isq=args.isq, progress=progress,
+                  **args.adapters)
     model, tok = loaded.model, loaded.tokenizer
     if chat and tok.chat_template is None:
         raise _no_template(loaded.name)

@@ -189,3 +189,24 @@ def test_bad_which_and_xlora_folders(base, tmp_path):
     (bad / "xlora_config.json").write_text(json.dumps(cfg))
     with pytest.raises(MinirsError, match="layers lack module 'model.layers.1.mlp.down_proj'"):
         load_xlora(m, bad, bad / "ordering.json")
+
+
+def test_cli_lora_and_xlora_flags(base, capsys):
+    from minirs.cli import main
+    common = ["--model", str(base / "base"), "--raw", "--prompt", "Once upon", "--max-tokens", "6", "--temperature",
+              "0", "--repeat-penalty", "1", "--quiet", "--device", "cpu"]
+    assert main(common + ["--lora", f"{LORA / 'a1'},{LORA / 'a2'}"]) == 0
+    cli_text = capsys.readouterr().out
+    r = Runner(which=Which.Plain(model_id=str(base / "base"), adapters=[str(LORA / "a1"), str(LORA / "a2")]))
+    res = r.send_completion_request(CompletionRequest(prompt="Once upon", max_tokens=6, temperature=0))
+    plain = r.send_completion_request(CompletionRequest(prompt="Once upon", max_tokens=6, temperature=0,
+                                                        adapters=[]))
+    r.shutdown()
+    assert cli_text.rstrip("\n") == res.choices[0].text != plain.choices[0].text
+    assert main(common + ["--xlora", str(XL), "--xlora-order", str(XL / "ordering.json"),
+                          "--tgt-non-granular-index", "3"]) == 0
+    with pytest.raises(SystemExit) as e:
+        main(common + ["--lora", str(LORA / "a1"), "--xlora", str(XL)])
+    assert e.value.code == 2 and "exclude each other" in capsys.readouterr().err
+    assert main(common + ["--lora", str(base)]) == 1  # no adapter there
+    assert "no LoRA adapter" in capsys.readouterr().err
