@@ -2,7 +2,8 @@
 
 Reference: tests/golden/make_lora_goldens.py makes PEFT adapters of different ranks and targets on the
 arch_<family> bases (B overwritten with non-zero values), an rsLoRA adapter with all seven projections, and records
-PEFT's float64 logits for each adapter alone and for two active together. Ours: the same folders read by
+PEFT's float64 logits for each adapter alone and for two active together (and, on tiny phi3, one adapter on the
+fused qkv_proj and gate_up_proj). Ours: the same folders read by
 minirs.models.lora on the safetensors base and on the GGUFs our converter writes from it (F32, and Q8_0 within
 the quantization's tolerance as in test_arch.py). Tolerance: 1e-4 relative to the largest |logit|.
 """
@@ -70,14 +71,15 @@ def gguf_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=[("llama", "safetensors"), ("llama", "F32"), ("llama", "Q8_0"),
-                                        ("mistral", "safetensors"), ("mistral", "Q8_0")],
+                                        ("mistral", "safetensors"), ("mistral", "Q8_0"), ("phi3", "safetensors"),
+                                        ("phi3", "F32")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def adapted(request, gguf_dir):
     family, source = request.param
     folder = GOLDEN / f"arch_{family}"
     path = folder if source == "safetensors" else convert(folder, gguf_dir / f"{family}-{source}.gguf", source)
     m = load_model(path, device="cpu")
-    load_adapters(m, [GOLDEN / f"lora_{family}" / n for n in ("a1", "a2", "rs")])
+    load_adapters(m, [p for n in ("a1", "a2", "rs") if (p := GOLDEN / f"lora_{family}" / n).is_dir()])
     return family, source, m
 
 
@@ -85,6 +87,8 @@ def test_logits_and_greedy_match_peft(adapted):
     family, source, m = adapted
     g = np.load(GOLDEN / f"lora_{family}" / "logits.npz")
     for case, names in CASES.items():
+        if f"{case}_greedy" not in g:  # phi3: a1 only (on its fused qkv_proj and gate_up_proj)
+            continue
         for i in range(2):
             got, want = logits(m, g[f"prompts_{i}"], names), g[f"{case}_logits_{i}"]
             assert rel(got, want) < TOL[source], f"{family} {source} {case} prompt {i}: {rel(got, want):.2e}"

@@ -6,6 +6,7 @@ LoRA adapters with `get_peft_model` and saves them with `save_pretrained` into t
     a1/   r=4, lora_alpha=8, attention q, k, v, o                     (rank_pattern: o_proj r=2)
     a2/   r=8, lora_alpha=16, q and the MLP gate, up, down           (alpha_pattern: down_proj alpha=4)
     rs/   rsLoRA (use_rslora), r=16, lora_alpha=8, all seven projections
+    (phi3: a1 only, r=4 on the fused qkv_proj and gate_up_proj, o_proj and down_proj)
     xlora/  mistral.rs's X-LoRA layout: xlora_config.json, xlora_classifier.safetensors (inner.{i} / last), the
             adapters a1/ and a2/ as subfolders, and ordering.json (llama only)
 
@@ -18,11 +19,12 @@ values, rounded to float16 so the float32 files hold them exactly. PEFT then run
     <case>_greedy      int64 (8,): 8 greedy tokens after prompts_0 (each a full forward, no cache)
 
 Nothing of minirs is imported. Run with a venv that has torch, transformers and peft (about 20 s on 2 cores):
-    /work/ref-venv/bin/python tests/golden/make_lora_goldens.py
+    /work/ref-venv/bin/python tests/golden/make_lora_goldens.py [family ...]
 """
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,8 @@ ADAPTERS = {
     "rs": dict(r=16, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                       "gate_proj", "up_proj", "down_proj"]),
 }
+# phi3's fused projections: qkv_proj (q|k|v rows) and gate_up_proj (gate|up rows)
+PHI3_ADAPTERS = {"a1": dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])}
 XLORA = dict(xlora_depth=2, xlora_size=16, layerwise_scalings=True, softmax_temperature=0.7, enable_softmax=True,
              scaling_pass_value=0.25, global_scaling_weight=0.9, top_k_lora=None)
 
@@ -101,7 +105,8 @@ def make(family: str) -> None:
     prompts = [rng.integers(3, vocab, n).astype(np.int64) for n in PROMPT_LENGTHS]
     arrays = {f"prompts_{i}": p for i, p in enumerate(prompts)}
     run_cases(base(family), prompts, arrays, "base")
-    for name, kw in ADAPTERS.items():  # make and save each adapter
+    adapters = PHI3_ADAPTERS if family == "phi3" else ADAPTERS
+    for name, kw in adapters.items():  # make and save each adapter
         peft = get_peft_model(base(family), LoraConfig(init_lora_weights=False, **kw), adapter_name=name)
         randomize_lora(peft, gen)
         peft.save_pretrained(out / "tmp", selected_adapters=[name])
@@ -110,9 +115,11 @@ def make(family: str) -> None:
         tidy(out / name, family)
     # reference: the saved adapters loaded back, alone and together
     model = PeftModel.from_pretrained(base(family), out / "a1", adapter_name="a1").eval()
-    model.load_adapter(out / "a2", adapter_name="a2")
-    model.load_adapter(out / "rs", adapter_name="rs")
-    for case, active in (("a1", "a1"), ("a2", "a2"), ("rs", "rs"), ("both", ["a1", "a2"])):
+    for name in adapters:
+        if name != "a1":
+            model.load_adapter(out / name, adapter_name=name)
+    cases = (("a1", "a1"), ("a2", "a2"), ("rs", "rs"), ("both", ["a1", "a2"])) if family != "phi3" else (("a1", "a1"),)
+    for case, active in cases:
         model.base_model.set_adapter(active)
         run_cases(model, prompts, arrays, case)
     if family == "llama":
@@ -165,5 +172,5 @@ def make_xlora(family: str, out: Path, prompts, arrays: dict, gen: torch.Generat
 
 
 if __name__ == "__main__":
-    for fam in ("llama", "mistral"):
+    for fam in sys.argv[1:] or ("llama", "mistral", "phi3"):
         make(fam)
