@@ -14,20 +14,24 @@ from numba import njit, prange
 
 @njit(cache=True, fastmath=True, inline="always")
 def _row(x, a, bt, key, scale, lo, hi, coef, y, r, u):
+    xr = x[r]
     for j in range(a.shape[0]):
         c = coef[r, key[j]]
         if c == 0.0:
             u[j] = 0.0
             continue
+        aj = a[j]
         acc = np.float32(0.0)
-        for k in range(x.shape[1]):
-            acc += a[j, k] * x[r, k]
+        for k in range(xr.shape[0]):
+            acc += aj[k] * xr[k]
         u[j] = acc * c * scale[j]
     for j in range(a.shape[0]):
         uj = u[j]
-        if uj != 0.0:
-            for o in range(lo[j], hi[j]):
-                y[r, o] += uj * bt[j, o]
+        if uj != 0.0:  # slices of a known length: LLVM vectorises this loop (bounds read in the loop it did not)
+            start, n = lo[j], hi[j] - lo[j]
+            yv, bv = y[r, start:start + n], bt[j, start:start + n]
+            for o in range(n):
+                yv[o] += uj * bv[o]
 
 
 @njit(cache=True, fastmath=True, nogil=True)
