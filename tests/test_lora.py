@@ -203,6 +203,10 @@ def test_bad_adapters_are_named(tmp_path):
                                                    t[key])})
     with pytest.raises(MinirsError, match=r"adapter_model.safetensors.*q_proj.lora_B.weight.*NaN"):
         read_adapter(d)
+    d = _copy(tmp_path / "half")
+    _edit_tensors(d, lambda t: {k: v for k, v in t.items() if k != key})
+    with pytest.raises(MinirsError, match=r"q_proj' has lora_A but not the other"):
+        read_adapter(d)
     d = _copy(tmp_path / "shape")  # an adapter made for a wider base
     _edit_tensors(d, lambda t: {**t, key: np.zeros((80, 4), np.float32)})
     with pytest.raises(MinirsError, match=r"q_proj.*another base model"):

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from minirs.errors import ModelError
+from minirs.formats import dequantize
+from minirs.formats.safetensors import read_safetensors_file
 from minirs.models.hf import GEMMA2, GEMMA3, LLAMA, PHI2, PHI3, QWEN2, _template
 
 # GGUF architecture -> the HF name table its adapters' module names go through
@@ -68,7 +70,6 @@ def _pattern(patterns: dict, module: str, default):
 def read_adapter(folder, name: str | None = None) -> Adapter:
     """A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors); DoRA, modules_to_save, LoRA
     biases, embedding LoRAs and non-finite weights are refused with a ModelError naming the file and tensor."""
-    from minirs.formats.safetensors import read_safetensors_file
     folder = Path(folder)
     cfg_path, st_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not cfg_path.is_file():
@@ -98,7 +99,6 @@ def read_adapter(folder, name: str | None = None) -> Adapter:
     ranks, alphas = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
     tensors, _ = read_safetensors_file(st_path)
     parts: dict[str, dict[str, np.ndarray]] = {}
-    from minirs.formats import dequantize
     for tname, t in tensors.items():
         m = _KEY.match(tname)
         if m is None:
@@ -113,7 +113,7 @@ def read_adapter(folder, name: str | None = None) -> Adapter:
     modules = {}
     for mod, ab in parts.items():
         if set(ab) != {"A", "B"}:
-            raise ModelError(f"{st_path}: module {mod!r} has lora_{'AB'[('A' in ab)]} but not the other")
+            raise ModelError(f"{st_path}: module {mod!r} has lora_{next(iter(ab))} but not the other")
         a, b = ab["A"], ab["B"]
         mr, ma = int(_pattern(ranks, mod, r)), float(_pattern(alphas, mod, alpha))
         if a.shape[0] != mr or b.shape[1] != mr:
