@@ -71,8 +71,7 @@ def gguf_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=[("llama", "safetensors"), ("llama", "F32"), ("llama", "Q8_0"),
-                                        ("mistral", "safetensors"), ("mistral", "Q8_0"), ("phi3", "safetensors"),
-                                        ("phi3", "F32")],
+                                        ("mistral", "safetensors"), ("mistral", "F32"), ("phi3", "safetensors")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def adapted(request, gguf_dir):
     family, source = request.param
