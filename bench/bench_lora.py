@@ -7,7 +7,8 @@
 The adapter is random (A and B non-zero, seeded) and attached with minirs.models.lora.attach, as a PEFT folder
 would be. Decode steps run through the engine's ModelRunner (on CUDA from captured graphs, the coefficients a graph
 input) over a KV cache prefilled with 32 tokens per row; every row of the adapted run uses the adapter. Time per
-step is the median over --repeat alternating runs of --steps steps each (none, adapter, none, adapter, ...).
+step is the median over --repeat alternating runs of --steps steps each (none, adapter, none, adapter, ...); on the
+CPU the process's CPU time per step is reported too (steadier than wall time when other work shares the cores).
 """
 
 import argparse
@@ -39,18 +40,19 @@ def random_adapter(cfg, rank: int, seed: int = 0):
     return Adapter("bench", Path("random"), modules)
 
 
-def time_decode(runner, n: int, steps: int, coef) -> float:
-    """Seconds per decode step of n rows (positions 32.. in slots 0..n-1)."""
+def time_decode(runner, n: int, steps: int, coef) -> tuple[float, float]:
+    """Seconds per decode step of n rows (positions 32.. in slots 0..n-1): wall time, and this process's CPU time
+    (on a shared CPU machine the steadier of the two; meaningless on the GPU)."""
     be = runner.backend
     tokens, slots = list(range(1, n + 1)), list(range(n))
     picks = [(0.0, 1, 1.0, 0.0, 0.0)] * n if runner.device_sampling else None
     runner.decode(tokens, slots, [32] * n, picks, coef)  # warm-up (and on CUDA, the capture)
     be.synchronize()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for s in range(steps):
         runner.decode(tokens, slots, [33 + s] * n, picks, coef)
     be.synchronize()
-    return (time.perf_counter() - t) / steps
+    return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 
 
 def main() -> None:
@@ -93,14 +95,15 @@ def main() -> None:
         for _ in range(args.repeat):
             base.append(time_decode(runner, n, args.steps, None))
             lora.append(time_decode(runner, n, args.steps, coef))
-        b, a = statistics.median(base), statistics.median(lora)
-        rows.append((n, n / b, n / a, a / b - 1))
+        b, a = (statistics.median(t[0] for t in v) for v in (base, lora))
+        bc, ac = (statistics.median(t[1] for t in v) for v in (base, lora))
+        rows.append((n, n / b, n / a, a / b - 1, ac / bc - 1))
     print(f"\n{name} on {be.name}, rank-{args.rank} LoRA on all seven projections, median of {args.repeat} x "
           f"{args.steps} decode steps\n")
-    print("| batch | no adapter (tok/s) | rank-16 adapter (tok/s) | cost |".replace("16", str(args.rank)))
-    print("| --- | --- | --- | --- |")
-    for n, b, a, cost in rows:
-        print(f"| {n} | {b:.1f} | {a:.1f} | {100 * cost:+.1f}% |")
+    print(f"| batch | no adapter (tok/s) | rank-{args.rank} adapter (tok/s) | cost (wall) | cost (process CPU time) |")
+    print("| --- | --- | --- | --- | --- |")
+    for n, b, a, cost, cpu in rows:
+        print(f"| {n} | {b:.1f} | {a:.1f} | {100 * cost:+.1f}% | {100 * cpu:+.1f}% |")
 
 
 if __name__ == "__main__":
