@@ -125,11 +125,11 @@ def test_lora_mixed_batch_in_the_decode_graph():
     """Through the engine on the GPU (decode in captured graphs, coef a graph input): a batch mixing a1, a2, both
     and none gives each request the tokens it gets alone, and a1 changes them."""
     import numpy as np
+    from test_lora import StubTokenizer
 
     from minirs.engine import Engine, GenParams, Job
     from minirs.load import load_model
     from minirs.models.lora import load_adapters
-    from test_lora import StubTokenizer
     be = _gpu()
     m = load_model(os.path.join(GOLDEN, "arch_llama"), backend=be)
     load_adapters(m, [os.path.join(GOLDEN, "lora_llama", n) for n in ("a1", "a2")])
