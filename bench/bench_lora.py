@@ -46,11 +46,11 @@ def time_decode(runner, n: int, steps: int, coef) -> tuple[float, float]:
     be = runner.backend
     tokens, slots = list(range(1, n + 1)), list(range(n))
     picks = [(0.0, 1, 1.0, 0.0, 0.0)] * n if runner.device_sampling else None
-    runner.decode(tokens, slots, [32] * n, picks, coef)  # warm-up (and on CUDA, the capture)
+    runner.decode(tokens, slots, [32] * n, picks, coef=coef)  # warm-up (and on CUDA, the capture)
     be.synchronize()
     t, c = time.perf_counter(), time.process_time()
     for s in range(steps):
-        runner.decode(tokens, slots, [33 + s] * n, picks, coef)
+        runner.decode(tokens, slots, [33 + s] * n, picks, coef=coef)
     be.synchronize()
     return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from minirs import cli_grammar
 from minirs.cli_adapters import adapter_args, add_adapter_flags
 from minirs.errors import MinirsError
 
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true",
                    help="no load and timing lines on stderr (the chat prompt, notices and errors stay)")
     add_adapter_flags(p)  # --lora, --xlora, --xlora-order, --tgt-non-granular-index
+    cli_grammar.add_flags(p)
     return p
 
 
@@ -234,9 +236,11 @@ def _run(args) -> int:
     if chat and tok.chat_template is None:
         raise _no_template(loaded.name)
     params = sampling_params(args, model_sampling(loaded.path))
+    grammar = cli_grammar.grammar_of(args, tok)
     ctx = args.ctx_size or min(model.config.context_length, CTX_CAP)
     # the API's engine with one sequence slot: a chat's next turn reuses the history its slot still holds
     engine = Engine(model, tok, max_seqs=1, ctx_len=ctx)
+    loaded.when_compiled(engine.replace_model)  # a first run: off the twins once the kernels have compiled
     _say(args, f"loaded {loaded.name} ({model.config.arch}, {model.backend.name}) in {time.perf_counter() - t0:.2f} s; "
                f"context {engine.ctx_len} tokens; temperature {params.temperature:g}, top-k {params.top_k}, "
                f"top-p {params.top_p:g}, min-p {params.min_p:g}, repeat penalty {params.repetition_penalty:g}")
@@ -249,9 +253,9 @@ def _run(args) -> int:
             if len(ids) >= engine.ctx_len:
                 raise MinirsError(f"the prompt is {len(ids)} tokens but the context holds {engine.ctx_len}: raise "
                                   f"--ctx-size (this model allows up to {model.config.context_length})")
-            answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet)
+            answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet, grammar=grammar)
             return 0
-        return _chat(engine, tok, params, args)
+        return _chat(engine, tok, params, args, grammar)
     finally:
         engine.shutdown()
 
@@ -267,15 +271,15 @@ def chat_ids(tok, msgs) -> list[int]:
     return tok.encode(text, add_special_tokens=False, parse_special=True)
 
 
-def answer(engine, tok, ids, params, max_tokens, quiet=False, out=None) -> tuple[str, str]:
+def answer(engine, tok, ids, params, max_tokens, quiet=False, out=None, grammar=None) -> tuple[str, str]:
     """Stream one answer to `out` (stdout); return its text and finish reason. Timings go to stderr."""
     from minirs.engine import GenParams, Job
 
     out = out or sys.stdout
     if not ids:
         raise MinirsError("the prompt is empty (no tokens)")
-    job = engine.submit(Job(ids, GenParams(sampling=params, max_tokens=max_tokens, stop_ids=frozenset(tok.eos_ids)),
-                            tok, stream=True))
+    job = engine.submit(Job(ids, GenParams(sampling=params, max_tokens=max_tokens, stop_ids=frozenset(tok.eos_ids),
+                                           grammar=grammar), tok, stream=True))
     parts = []
     try:
         for ev in job.stream_events():  # Ctrl-C or a closed stdout closes the stream, which cancels the job
@@ -314,9 +318,10 @@ def fit_history(tok, system, turns, ctx_len: int, max_tokens: int) -> tuple[list
         dropped += 2  # a user turn and its answer
 
 
-def _chat(engine, tok, params, args) -> int:
+def _chat(engine, tok, params, args, grammar=None) -> int:
     _say(args, "chat started; /reset clears the history, /exit or Ctrl-D quits")
     turns: list[tuple[str, str]] = []
+    told = False  # the history's dropping is said once a session
     while True:
         print("> ", end="", file=sys.stderr, flush=True)  # input("> ") would write the prompt to stdout
         try:
@@ -337,15 +342,17 @@ def _chat(engine, tok, params, args) -> int:
         ids, dropped = fit_history(tok, args.system, turns, engine.ctx_len, args.max_tokens)
         if dropped:
             turns = turns[dropped:]
-            print(f"minirs: the history no longer fits {engine.ctx_len} tokens; dropped the oldest {dropped} turns",
-                  file=sys.stderr)
+            if not told:
+                print(f"minirs: the history no longer fits {engine.ctx_len} tokens: the oldest turns are dropped "
+                      "from now on (the system message stays; /reset clears the history)", file=sys.stderr)
+                told = True
         if len(ids) >= engine.ctx_len:
             _err(f"this message is {len(ids)} tokens with the chat template and the system message, but the "
                  f"context holds {engine.ctx_len}: send a shorter one, or restart with a larger --ctx-size")
             turns.pop()
             continue
         try:
-            text, _ = answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet)
+            text, _ = answer(engine, tok, ids, params, args.max_tokens, quiet=args.quiet, grammar=grammar)
         except KeyboardInterrupt:
             print("\nminirs: answer interrupted", file=sys.stderr)
             turns.pop()

@@ -31,6 +31,13 @@ class Loaded:
     tokenizer: object | None  # minirs.Tokenizer (None when not asked for)
     name: str  # the model file's or folder's name
     path: Path
+    compiling: object | None = None  # a first run on the twins: the warmup.BackgroundCompile that will replace them
+
+    def when_compiled(self, fn) -> None:
+        """fn(compiled_model) once a first run's background compile is done (never if it was not one): pass
+        Engine.replace_model so that the engine moves from the twins to the compiled kernels."""
+        if self.compiling is not None:
+            self.compiling.then(fn)
 
 
 def cuda_available() -> bool:
@@ -179,12 +186,17 @@ def attach_adapters(model, lora=None, order=None, xlora=None, tgt_non_granular_i
 def load(source, *, filename: str | None = None, device: str = "auto", backend=None, tokenizer: bool = True,
          tokenizer_folder=None, chat_template: str | None = None, isq: str | None = None, gqa: int | None = None,
          revision: str | None = None, token_source: str = "cache", token_source_value: str | None = None,
-         progress: bool = False, warm_up: bool = True, lora=None, xlora=None, order=None,
-         tgt_non_granular_index: int | None = None) -> Loaded:
+         progress: bool = False, warm_up: bool = True, first_run: str | None = None, lora=None, xlora=None,
+         order=None, tgt_non_granular_index: int | None = None) -> Loaded:
     """Resolve a source (resolve), open it, build the model on the device and, unless tokenizer=False, its
     tokenizer (checked against the model's vocabulary); then attach LoRA adapters or an X-LoRA model
-    (attach_adapters). The device is checked first: it fails fastest. On the CPU, a first run compiles the kernels
-    right away, with a notice (minirs.warmup; warm_up=False leaves it to the first forward)."""
+    (attach_adapters). The device is checked first: it fails fastest.
+
+    On the CPU a first run (the kernels not yet in Numba's cache) either compiles them right away with a notice
+    (first_run="compile"), or answers on the twins backend while they compile in the background
+    (first_run="background", for models whose float32 copy fits; see minirs.warmup and Loaded.when_compiled).
+    None takes $MINIRS_FIRST_RUN, default "background". warm_up=False leaves the compile to the first forward.
+    The adapters go on the twins' model and on the compiled one alike."""
     backend = backend or get_backend(device)
     path = resolve(source, filename, revision, token_source, token_source_value, progress)
     mf = source if isinstance(source, ModelFile) else open_model(path, gqa=gqa)
@@ -193,9 +205,28 @@ def load(source, *, filename: str | None = None, device: str = "auto", backend=N
     model = load_model(mf, backend=backend, device=device, progress=progress, isq=isq)
     if tok is not None:
         check_vocab(tok, model)
-    attach_adapters(model, lora, order, xlora, tgt_non_granular_index, token_source=token_source,
-                    token_source_value=token_source_value, progress=progress)
-    if warm_up and not isq:
-        from minirs.warmup import warm_up as compile_kernels
-        compile_kernels(model)
-    return Loaded(model, tok, path.name, path)
+    loaded = Loaded(model, tok, path.name, path)
+    if warm_up and not isq and model.backend.name == "cpu":
+        _first_run(loaded, mf, first_run)
+    hub = {"token_source": token_source, "token_source_value": token_source_value, "progress": progress}
+    for m in {id(model): model, id(loaded.model): loaded.model}.values():  # the compiled model, and the twins'
+        attach_adapters(m, lora, order, xlora, tgt_non_granular_index, **hub)
+    return loaded
+
+
+def _first_run(loaded: Loaded, mf: ModelFile, mode: str | None) -> None:
+    """Nothing when the kernels are cached; else compile them now, or put the twins in front of a background
+    compile (minirs.warmup)."""
+    from minirs import warmup
+    from minirs.kernels.twins import TwinsBackend, float32_bytes
+    if warmup.cached(loaded.model):
+        return
+    mode = mode or warmup.first_run_mode()
+    if mode == "compile" or float32_bytes(mf.tensors.values()) > warmup.TWINS_BUDGET:
+        warmup.warm_up(loaded.model)
+        return
+    warmup.say("minirs: first run on this machine: the CPU kernels compile in the background (about a minute, "
+               "once); meanwhile the slower NumPy kernels answer")
+    compiled = loaded.model
+    loaded.model = load_model(mf, backend=TwinsBackend())
+    loaded.compiling = warmup.BackgroundCompile(compiled, loaded.path)

@@ -1,6 +1,12 @@
 """Shared test fixtures: the two small real models from PyPI (fetched once into the minirs cache)."""
 
+import os
+
 import pytest
+
+# A cold Numba cache compiles in the test process (as CI's first tests do) rather than answering on the twins while a
+# background process compiles: tests/test_warmup.py runs that first-run path on purpose.
+os.environ.setdefault("MINIRS_FIRST_RUN", "compile")
 
 
 @pytest.fixture(scope="session")

@@ -42,9 +42,10 @@ def test_fit_history_drops_whole_old_turns_and_keeps_the_system_message(tok):
 
 
 def test_chat_past_the_context_answers_every_turn(smollm2_path):
-    # two long turns and their answers fill a 160-token context; the third turn overflows it once
+    # two long turns and their answers fill a 160-token context; each later long turn overflows it again
     long = "Here is a long story about a cat named Tom who lives in a small house near the sea. " * 2
-    lines = [f"{long} What is the cat's name?", f"{long} Where does he live?", "Thanks!"]
+    lines = [f"{long} What is the cat's name?", f"{long} Where does he live?", f"{long} Is he happy?",
+             f"{long} What does he eat?", "Thanks!"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--gguf", str(smollm2_path), "--ctx-size", "160",
                         "--max-tokens", "12", "--temperature", "0"], input="\n".join(lines) + "\n",
@@ -52,7 +53,8 @@ def test_chat_past_the_context_answers_every_turn(smollm2_path):
     assert r.returncode == 0, r.stderr
     assert "error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.count("new tokens at") == len(lines)  # one timing line per answer: every turn was answered
-    assert r.stderr.count("minirs: the history no longer fits 160 tokens; dropped the oldest 2 turns\n") == 1
+    assert r.stderr.count("minirs: the history no longer fits 160 tokens: the oldest turns are dropped from now "
+                          "on (the system message stays; /reset clears the history)\n") == 1  # said once a session
     assert r.stderr.count("no longer fits") == 1
     assert len([s for s in r.stdout.split("\n") if s.strip()]) >= len(lines)
 

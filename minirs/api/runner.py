@@ -20,6 +20,7 @@ import uuid
 from dataclasses import asdict
 
 from minirs.api import adapters, responses, validation
+from minirs.api.structured import request_grammar
 from minirs.api.types import ChatCompletionRequest, CompletionRequest, Which
 from minirs.engine import Engine, Job
 from minirs.errors import MinirsError, RequestError, TokenizerError, quote
@@ -53,6 +54,7 @@ class Runner:
         ctx = min(max_seq_len or 4096, self.model.config.context_length)
         self.engine = Engine(self.model, self.tokenizer, max_seqs=max_seqs, ctx_len=ctx, max_chunk=prefill_chunk,
                              row_invariant=row_invariant, prefix_reuse=bool(prefix_cache_n))
+        loaded.when_compiled(self._compiled)  # a first run: off the twins once the kernels have compiled
         self.max_seqs = max_seqs
         self.limits = validation.Limits(vocab=self.model.config.vocab_size, max_seqs=max_seqs, seed=seed,
                                         repeat_last_n=repeat_last_n, eos_ids=frozenset(self.tokenizer.eos_ids))
@@ -64,7 +66,8 @@ class Runner:
         if not isinstance(request, ChatCompletionRequest):
             raise RequestError(f"expected a ChatCompletionRequest, got {type(request).__name__}")
         timeout = _timeout(timeout)
-        params = validation.gen_params(request, request.n_choices, request.logprobs, self.limits)
+        params = validation.gen_params(request, request.n_choices, request.logprobs, self.limits,
+                                       grammar=request_grammar(request, self.tokenizer))
         ids = self._prompt_ids(self._chat_prompt(request), chat=True)
         job = self._submit(request, ids, params)
         rid, model = f"chatcmpl-{uuid.uuid4().hex}", self._model_name(request)
@@ -87,7 +90,8 @@ class Runner:
         timeout = _timeout(timeout)
         best_of = validation.best_of(request)
         validation.completion_extras(request)
-        params = validation.gen_params(request, best_of, request.logprobs, self.limits, "best_of")
+        params = validation.gen_params(request, best_of, request.logprobs, self.limits, "best_of",
+                                       grammar=request_grammar(request, self.tokenizer))
         if isinstance(request.prompt, str):
             if not request.prompt:
                 raise RequestError("invalid prompt: '' (empty)")
@@ -132,6 +136,10 @@ class Runner:
         ids = validation.token_ids("tokens", tokens, self.limits.vocab)
         return self.tokenizer.decode(ids, skip_special_tokens=validation.flag("skip_special_tokens",
                                                                               skip_special_tokens))
+
+    def _compiled(self, model) -> None:
+        self.model = model
+        self.engine.replace_model(model)
 
     def shutdown(self) -> None:
         """Stop the engine thread; requests still in flight end with an error."""

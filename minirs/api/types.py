@@ -201,6 +201,11 @@ class _Sampling:
     stream: bool = False
     seed: int | None = None  # minirs extension (OpenAI has it): overrides the Runner's seed
     adapters: list[str] | None = None  # the LoRA adapters this request uses (None: the Runner's active ones)
+    # structured output (minirs/api/structured.py): mistral.rs's grammar ("regex", "json_schema", "lark" or
+    # "llguidance"; both fields or neither), or OpenAI's {"type": "text" | "json_object" | "json_schema", ...}
+    grammar: str | None = None
+    grammar_type: str | None = None
+    response_format: dict | None = None
 
 
 @dataclass

@@ -130,8 +130,10 @@ def stop_seqs(v) -> tuple:
     return tuple(s for s in v if s)
 
 
-def gen_params(req, n, logprobs, limits: Limits, n_field: str = "n_choices") -> GenParams:
-    """The engine's GenParams for a chat or text completion request asking for n sequences (field n_field)."""
+def gen_params(req, n, logprobs, limits: Limits, n_field: str = "n_choices",
+               grammar: tuple[str, str] | None = None) -> GenParams:
+    """The engine's GenParams for a chat or text completion request asking for n sequences (field n_field), under
+    `grammar` (checked already: api/structured.py)."""
     n = integer(n_field, n, 1, limits.max_seqs)
     max_tokens = integer("max_tokens", req.max_tokens, 1, 2 ** 31, None)
     logprobs = flag("logprobs", logprobs)
@@ -151,7 +153,7 @@ def gen_params(req, n, logprobs, limits: Limits, n_field: str = "n_choices") -> 
     stop_ids = token_ids("stop_token_ids", req.stop_token_ids, limits.vocab) if req.stop_token_ids is not None else []
     return GenParams(sampling=sampling, max_tokens=max_tokens, stop_ids=limits.eos_ids | frozenset(stop_ids),
                      stop_seqs=stop_seqs(req.stop_seqs), n=n, logprobs=logprobs,
-                     top_logprobs=top_lp if logprobs else 0)
+                     top_logprobs=top_lp if logprobs else 0, grammar=grammar)
 
 
 def best_of(req) -> int:

@@ -4,9 +4,13 @@
     for delta in job.stream_events(timeout=60): ...          # or job.wait(timeout)
 
 A Sequence turns each accepted token into text (streaming detokenizer, stop ids and stop strings, max_tokens and
-the end of the context) and reports it as a Delta. Cancellation always frees the job's slots: the engine drops a
-cancelled job before its next step, whether it was waiting or running. A timeout, an exception or a
-KeyboardInterrupt in the waiting caller, or closing or dropping a stream at any point, cancels the job.
+the end of the context) and reports it as a Delta. A job with a grammar (GenParams.grammar) compiles it when it is
+made, in the caller's thread, and each of its sequences follows it with a matcher (minirs.grammar.Constraint): the
+draw sees only the tokens the grammar allows, and the sequence ends with "stop" once the grammar is complete.
+
+Cancellation always frees the job's slots: the engine drops a cancelled job before its next step, whether it was
+waiting or running. A timeout, an exception or a KeyboardInterrupt in the waiting caller, or closing or dropping a
+stream at any point, cancels the job.
 """
 
 import queue
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minirs.errors import RequestError, RequestTimeout
+from minirs.grammar import Constraint, compile_grammar
 from minirs.sampling import Sampled, SamplingParams, sample_token
 from minirs.sampling.stop import StopText
 
@@ -41,6 +46,9 @@ class GenParams:
     n: int = 1  # sequences to generate from the prompt
     logprobs: bool = False
     top_logprobs: int = 0
+    # (grammar_type, grammar_text) constraining every token: "regex", "json_schema" (the schema as a JSON string),
+    # "lark" or "llguidance"; request grammars, response_format and tool_choice all arrive here (minirs.grammar)
+    grammar: tuple[str, str] | None = None
 
     @property
     def raw_draw(self) -> bool:
@@ -79,6 +87,7 @@ class Sequence:
         self.decoder = tokenizer.stream_decoder(skip_special_tokens=True)
         self.stop = StopText(job.params.stop_seqs)
         self.scalings = None  # X-LoRA: the LoRA coefficients (K,) of its latest scaling pass
+        self.constraint = Constraint(job.grammar) if job.grammar is not None else None
 
     @property
     def done(self) -> bool:
@@ -88,19 +97,27 @@ class Sequence:
         """The uniform draw of the next sampled token (none for a greedy sequence)."""
         return 0.0 if self.job.params.sampling.greedy else float(self.rng.random())
 
-    def sample(self, logits: np.ndarray) -> Sampled:
-        """Draw the next token from this sequence's host logits (vocab,) with its penalties, bias and sampling."""
+    def mask(self, vocab: int) -> np.ndarray | None:
+        """The grammar's allowed-token words for the next token (None: no grammar)."""
+        return self.constraint.mask(vocab) if self.constraint is not None else None
+
+    def sample(self, logits: np.ndarray, mask: np.ndarray | None = None) -> Sampled:
+        """Draw the next token from this sequence's host logits (vocab,) with its grammar's mask (given, else
+        computed here), penalties, bias and sampling."""
         p = self.job.params
+        if mask is None and self.constraint is not None:
+            mask = self.mask(len(logits))
         # the logprob costs a log-softmax over the vocabulary: only where it is shown or ranks best_of sequences
         want_lp = bool(p.logprobs or p.top_logprobs or len(self.job.seqs) > 1)
-        return sample_token(logits, p.sampling, self.ids, self.coin(), p.top_logprobs, want_logprob=want_lp)
+        return sample_token(logits, p.sampling, self.ids, self.coin(), p.top_logprobs, want_logprob=want_lp,
+                            mask=mask)
 
     def accept(self, smp: Sampled, ctx_len: int) -> None:
         """Take the sampled token: emit its text, and end the sequence at a stop id or string, at max_tokens or at
         the end of the context."""
         p = self.job.params
         tok = smp.token
-        if tok in p.stop_ids:
+        if tok in p.stop_ids or self.constraint is not None and tok in self.constraint.eos_ids:
             self._end("stop", self.decoder.flush() + self.stop.flush())  # what was held back is text after all
             return
         self.ids.append(tok)
@@ -110,8 +127,11 @@ class Sequence:
         if lp is not None:
             self.logprobs.append(lp)
         shown, hit = self.stop.push(self.decoder.feed(tok))
+        complete = self.constraint is not None and self.constraint.advance(tok)
         if hit:
             self._end("stop", shown, tok, lp)
+        elif complete:  # nothing but the end of sequence may follow: end here, without a step to draw it
+            self._end("stop", shown + self.decoder.flush() + self.stop.flush(), tok, lp)
         elif p.max_tokens is not None and len(self.generated) >= p.max_tokens or len(self.ids) >= ctx_len:
             self._end("length", shown + self.decoder.flush() + self.stop.flush(), tok, lp)
         else:
@@ -136,6 +156,7 @@ class Job:
         self.stream = stream
         self.adapters = None if adapters is None else tuple(adapters)  # LoRA adapters; None: the model's active ones
         self.coef = None  # its rows' LoRA coefficients (K,), set by the engine from `adapters` (None: no adapter)
+        self.grammar = compile_grammar(*params.grammar, tokenizer) if params.grammar is not None else None
         self.events: queue.Queue = queue.Queue()
         self.seqs = [Sequence(self, i, tokenizer) for i in range(params.n)]
         self.cancelled = threading.Event()

@@ -10,12 +10,15 @@ step is captured once (backend.capture: the runner hands it the step as a functi
 model) and replayed, ~1.4 us per kernel instead of ~30-50 us per Python launch. With `picks` (one
 (temperature, top_k, top_p, min_p, coin) per row; temperature 0 = greedy) the token is chosen where the logits
 are (argmax, or the device sampler with the host drawing the rows it leaves undecided) and only ids come back;
-without, the step returns the rows' logits. Each step makes one host copy.
+without, the step returns the rows' logits. With picks, `masks` (n, W) uint32 (a grammar's allowed tokens per row,
+packed as minirs.sampling.mask packs them; all ones for a free row) go to the device with the step's inputs, and the
+step sets the disallowed logits to -inf before argmax or the sampler reads them. Each step makes one host copy.
 """
 
 import numpy as np
 
 from minirs.sampling import rows as sampling_rows
+from minirs.sampling.mask import ALL, mask_words
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as graphs (32: the GEMVs' largest batch)
 
@@ -53,14 +56,20 @@ class ModelRunner:
         return self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
                                   np.asarray(pos, np.int64), self.cache, coef=self.backend.array(coef), hidden=True)
 
-    def decode(self, tokens, slots, pos, picks: list | None = None, coef=None) -> np.ndarray:
-        """One decode row per token: host logits (n, vocab), or with picks the chosen ids (n,). Through a captured
-        step when graphs are on, else eagerly. coef (n, K): the rows' LoRA coefficients (a graph input)."""
+    def decode(self, tokens, slots, pos, picks: list | None = None, masks: np.ndarray | None = None,
+               coef=None) -> np.ndarray:
+        """One decode row per token: host logits (n, vocab), or with picks the chosen ids (n,), under masks (n, W)
+        where given. Through a captured step when graphs are on, else eagerly. coef (n, K): the rows' LoRA
+        coefficients (a graph input)."""
         n = len(tokens)
+        if masks is not None and picks is None:
+            raise ValueError("masks apply to the tokens chosen where the logits are (picks); the host masks its own")
         if not self.graphs:
             logits = self.forward(tokens, slots, pos, range(n), coef)
             if picks is None:
                 return logits
+            if masks is not None:
+                self.backend.mask_logits(logits, np.ascontiguousarray(masks, np.uint32))
             return self.backend.finish_sampling(np.full(n, -1, np.int64), logits, _pack(picks, n))
         size = next(b for b in GRAPH_BUCKETS if b >= n)
         pad = size - n
@@ -70,44 +79,54 @@ class ModelRunner:
                           np.int64)
         mode = "logits" if picks is None else "argmax" if all(p[0] == 0 for p in picks) else "sample"
         args = (inputs, _pack(picks, size)) if mode == "sample" else (inputs,)  # only a draw reads parameters
+        if masks is not None:
+            full = np.full((size, mask_words(self.model.config.vocab_size)), ALL, np.uint32)  # padding: all ones
+            full[:n] = masks
+            args += (full,)
         if coef is not None:  # padding rows take no adapter
             args += (np.concatenate([np.asarray(coef, np.float32), np.zeros((pad, coef.shape[1]), np.float32)]),)
-        return self._step(size, mode, coef is not None)(*args)[:n]
+        return self._step(size, mode, masks is not None, coef is not None)(*args)[:n]
 
-    def captured(self, size: int, mode: str, lora: bool = False):
-        """The captured step of a bucket size and mode ("logits", "argmax" or "sample"), with LoRA coefficients as
-        an input or not, capturing it on first use (its replay() re-runs it on the device alone: benchmarks)."""
-        return self._step(size, mode, lora)
+    def captured(self, size: int, mode: str, masked: bool = False, lora: bool = False):
+        """The captured step of a bucket size and mode ("logits", "argmax" or "sample"), with or without a mask
+        input and LoRA coefficients, capturing it on first use (its replay() re-runs it on the device alone)."""
+        return self._step(size, mode, masked, lora)
 
-    def _step(self, size: int, mode: str, lora: bool = False):
-        key = (size, mode, self.exact, lora)
+    def _step(self, size: int, mode: str, masked: bool = False, lora: bool = False):
+        key = (size, mode, masked, lora, self.exact)
         step = self._steps.get(key)
         if step is None:
-            step = self._steps[key] = self._capture(size, mode, lora)
+            step = self._steps[key] = self._capture(size, mode, masked, lora)
         return step
 
-    def _capture(self, size: int, mode: str, lora: bool):
+    def _capture(self, size: int, mode: str, masked: bool, lora: bool):
         model, cache, be = self.model, self.cache, self.backend
+        sample = mode == "sample"
 
-        def step(inputs, *rest):  # device inputs: (3, size) ids / slots / positions, [(size, 5) parameters], [coef]
-            prm = rest[0] if mode == "sample" else None
+        # device inputs: (3, size) ids / slots / positions, then (size, 5) parameters if it samples, then
+        # (size, W) uint32 allowed-token words if masked, then (size, K) LoRA coefficients if any row has adapters
+        def step(inputs, *rest):
+            prm = rest[0] if sample else None
+            words = rest[int(sample)] if masked else None
             coef = rest[-1] if lora else None
             logits = model.forward(inputs[0], inputs[1], inputs[2], cache, coef=coef)
+            if masked:
+                be.mask_logits(logits, words)
             if mode == "argmax":
                 return be.argmax(logits), logits
-            if mode == "sample":
+            if sample:
                 return be.sample_ids(logits, prm), logits
             return None, logits
 
         def finish(out, inputs, *rest) -> np.ndarray:
-            prm = rest[0] if mode == "sample" else None
             ids, logits = out
             if mode == "logits":
                 return be.to_numpy(logits)
             ids = be.to_numpy(ids)
-            return ids if mode == "argmax" else be.finish_sampling(ids, logits, prm)
+            return be.finish_sampling(ids, logits, rest[0]) if sample else ids
 
-        shapes = [np.zeros((3, size), np.int64)] + ([np.zeros((size, 5), np.float64)] if mode == "sample" else [])
+        shapes = [np.zeros((3, size), np.int64)] + ([np.zeros((size, 5), np.float64)] if sample else [])
+        shapes += [np.zeros((size, mask_words(model.config.vocab_size)), np.uint32)] if masked else []
         shapes += [np.zeros((size, model.lora.width), np.float32)] if lora else []
         return be.capture(step, finish, shapes)
 

@@ -24,13 +24,21 @@ LoRA adapters (models/lora.py) are chosen per job: each row of a forward carries
 forward mixes adapters. An X-LoRA model (models/xlora.py) runs each step twice: the scaling pass over the rows that
 still need one, in each sequence's second KV slot, then the real pass with the classifier's scalings; its steps
 run eagerly and its slots are not reused.
+
+Grammars. A row whose job has a grammar draws under its allowed-token mask (minirs.grammar). Where the host draws,
+the masks of the step's rows are computed on a worker thread while the forward runs (llguidance drops the GIL), and
+applied on the host; where the device draws (the captured step's argmax or sampler), they are computed first and go
+to the device with the step's inputs. `mask_s` counts the time the engine thread spent on masks (computing them, or
+waiting for the worker): the part of their cost that the forward did not hide.
 """
 
+import contextlib
 import queue
 import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -38,7 +46,9 @@ from minirs.engine.kv_cache import KVCache
 from minirs.engine.request import Job, check_prompt
 from minirs.engine.runner import GRAPH_BUCKETS, ModelRunner
 from minirs.engine.slots import SlotPool
+from minirs.engine.threads import ThreadChooser
 from minirs.errors import MinirsError, RequestError
+from minirs.grammar import fill_masks
 from minirs.sampling import Sampled
 
 
@@ -73,12 +83,17 @@ class Engine:
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
         self.steps = 0
+        self.overlap_masks = True  # grammar masks on a worker thread while the forward runs (False: before it)
+        self.mask_s = 0.0  # engine-thread seconds spent on grammar masks (see the module docstring)
+        self._mask_worker: ThreadPoolExecutor | None = None
+        self._next_model = None  # replace_model's model, swapped in before the next step
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closing = False
-        # Numba's thread count is per thread: the engine thread takes the one of the thread that made the engine.
+        # Numba's thread count is per thread: the engine thread chooses among counts up to the one of the thread that
+        # made the engine, by measured step time (threads.py: other processes may hold cores)
         numba = sys.modules.get("numba")
-        self._numba_threads = numba.get_num_threads() if numba is not None else None
+        self._threads = ThreadChooser(numba.get_num_threads()) if numba is not None else None
 
     @property
     def graphs(self) -> bool:
@@ -120,18 +135,29 @@ class Engine:
         job.adapters = names
         job.coef = lora.row(names) if names else None
 
+    def replace_model(self, model) -> None:
+        """Run on `model` from the next step on: the same weights on a backend with the same KV cache layout (a
+        first run moves from the twins to the compiled CPU kernels this way: minirs.warmup). Safe from any thread;
+        sequences in flight carry on from their cache."""
+        old = self.model
+        if model.config != old.config or model.backend.kv_dtype != old.backend.kv_dtype or \
+                model.backend.graphs != old.backend.graphs:
+            raise MinirsError(f"replace_model: {model.backend.name} model does not fit this engine's "
+                              f"{old.backend.name} model and cache (config, KV dtype and graphs must match)")
+        self._next_model = model
+
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._lock:
             self._closing = True
         self.inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._mask_worker is not None:
+            self._mask_worker.shutdown(wait=False)
 
     # ----- the engine thread ---------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        if self._numba_threads is not None:
-            sys.modules["numba"].set_num_threads(self._numba_threads)
         self.model.backend.use_in_thread()
         while True:
             idle = not self.active and not self.waiting
@@ -147,10 +173,18 @@ class Engine:
                 self.waiting.clear()
                 return
             self.waiting.extend(incoming)
+            if self._next_model is not None:
+                self._swap_model()
             self._admit()
             self._reap()
             if self.active:
                 self._step()
+
+    def _swap_model(self) -> None:
+        model, self._next_model = self._next_model, None
+        self.model = model
+        self.runner = ModelRunner(model, self.cache, self.runner.graphs, spare_slot=self.runner.spare_slot)
+        model.backend.use_in_thread()
 
     def _admit(self) -> None:
         while self.waiting:
@@ -208,7 +242,9 @@ class Engine:
         forward rewrites the same KV rows with the same values), so only a job that fails alone ends."""
         self.runner.batch_invariant(self.row_invariant)
         try:
-            self._execute(self._plan(self.active))
+            parts = self._plan(self.active)
+            with self._timed(parts):
+                self._execute(parts)
         except Exception:  # noqa: BLE001 - find the job that breaks the forward
             for job in list(self.active):
                 try:
@@ -216,6 +252,22 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - a failed forward ends the job in it, never the loop
                     self._fail([job], e if isinstance(e, MinirsError) else MinirsError(f"engine step failed: {e!r}"))
         self.steps += 1
+
+    @contextlib.contextmanager
+    def _timed(self, parts: list[tuple]):
+        """Run a step on the CPU thread count the chooser picks for its kind (decode rows, or a step with prefill
+        and its token count to a power of two), and tell it how long the step took."""
+        if self._threads is None or not self.model.backend.numba_threads:
+            yield
+            return
+        tokens = sum(len(ids) for _, ids, _ in parts)
+        prefill = any(p[0].n_cached < len(p[0].job.prompt_ids) for p in parts)
+        key = ("prefill", 1 << max(tokens - 1, 0).bit_length()) if prefill else ("decode", tokens)
+        threads = self._threads.pick(key)
+        sys.modules["numba"].set_num_threads(threads)
+        t0 = time.perf_counter()
+        yield
+        self._threads.record(key, threads, time.perf_counter() - t0)
 
     def _plan(self, jobs: list[Job]) -> list[tuple]:
         """This step's parts: (seq, ids, start) per prefill chunk (ids at positions start..) and per decode row."""
@@ -267,11 +319,13 @@ class Engine:
             coef = self._xlora_coefs(batch, tokens, slots, pos)
         else:
             coef = self._coefs([seq.job for seq, ids, _ in batch for _ in ids])
+        masks = self._masks([seq for seq, _ in want], overlap=self.overlap_masks)
         logits = self.runner.forward(tokens, slots, pos, [r for _, r in want] or [len(tokens) - 1], coef)
+        masks = self._wait(masks)
         for seq, ids, start in batch:
             seq.n_cached = start + len(ids)
         for k, (seq, _) in enumerate(want):
-            self._emit(seq, logits=logits[k])
+            self._emit(seq, logits=logits[k], mask=_row(masks, k, seq))
 
     def _run_decode(self, batch: list[tuple]) -> None:
         """Decode rows through the runner's captured step; the tokens are chosen where the logits are when every
@@ -282,12 +336,15 @@ class Engine:
             picks = [(0.0, 1, 1.0, 0.0, 0.0) if s.job.params.sampling.greedy else
                      (s.job.params.sampling.temperature, s.job.params.sampling.top_k, s.job.params.sampling.top_p,
                       s.job.params.sampling.min_p, s.coin()) for s in seqs]
+        # device draws take the masks with the step's inputs; host draws apply them after, computed meanwhile
+        masks = self._masks(seqs, overlap=self.overlap_masks and picks is None)
         out = self.runner.decode([s.ids[-1] for s in seqs], [s.slot for s in seqs], [len(s.ids) - 1 for s in seqs],
-                                 picks, self._coefs([s.job for s in seqs]))
+                                 picks, masks if picks is not None else None, coef=self._coefs([s.job for s in seqs]))
+        masks = self._wait(masks)
         for k, seq in enumerate(seqs):
             seq.n_cached = len(seq.ids)
             if picks is None:
-                self._emit(seq, logits=out[k])
+                self._emit(seq, logits=out[k], mask=_row(masks, k, seq))
             else:
                 self._emit(seq, token=int(out[k]))
 
@@ -321,9 +378,34 @@ class Engine:
                 coef[r] = s.scalings
         return coef
 
-    def _emit(self, seq, logits: np.ndarray | None = None, token: int | None = None) -> None:
-        """Sample seq's next token (or take the one chosen on the device) and pass it on; the prompt's last logits
-        serve every sequence of the job, after the leader's KV slot is copied to theirs."""
+    def _masks(self, seqs: list, overlap: bool):
+        """The allowed-token masks (len(seqs), W) of the rows' next tokens (free rows all ones), or None when no row
+        has a grammar; with overlap, a future of them computed on the worker thread."""
+        cons = [s.constraint for s in seqs]
+        if all(c is None for c in cons):
+            return None
+        if overlap:
+            if self._mask_worker is None:
+                self._mask_worker = ThreadPoolExecutor(1, thread_name_prefix="minirs-grammar")
+            return self._mask_worker.submit(fill_masks, cons, self.vocab)
+        t = time.perf_counter()
+        masks = fill_masks(cons, self.vocab)
+        self.mask_s += time.perf_counter() - t
+        return masks
+
+    def _wait(self, masks):
+        """The masks of _masks, waiting for the worker's (the wait counts in mask_s)."""
+        if masks is None or isinstance(masks, np.ndarray):
+            return masks
+        t = time.perf_counter()
+        masks = masks.result()
+        self.mask_s += time.perf_counter() - t
+        return masks
+
+    def _emit(self, seq, logits: np.ndarray | None = None, token: int | None = None, mask=None) -> None:
+        """Sample seq's next token under its grammar's mask (or take the one chosen on the device) and pass it on;
+        the prompt's last logits (and mask: every matcher of the job is at the grammar's start) serve every sequence
+        of the job, after the leader's KV slot is copied to theirs."""
         job = seq.job
         first = not job.t_prompt_done
         if first:
@@ -337,9 +419,14 @@ class Engine:
         try:
             for s in (job.seqs if first else [seq]):
                 if not s.done:
-                    s.accept(Sampled(token, 0.0, []) if token is not None else s.sample(logits), self.ctx_len)
+                    s.accept(Sampled(token, 0.0, []) if token is not None else s.sample(logits, mask), self.ctx_len)
         except Exception as e:  # noqa: BLE001 - a bad sampling step ends this job only
             job.error = e if isinstance(e, MinirsError) else MinirsError(f"sampling failed: {e!r}")
             job.cancel()
         if all(s.done for s in job.seqs) and job in self.active:
             self._release(job)
+
+
+def _row(masks: np.ndarray | None, k: int, seq) -> np.ndarray | None:
+    """Row k of a step's masks for seq, None for a free row (no mask to apply)."""
+    return masks[k] if masks is not None and seq.constraint is not None else None

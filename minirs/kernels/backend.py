@@ -60,10 +60,11 @@ class LoraStack(NamedTuple):
 
 
 class Backend(Protocol):
-    name: str  # "cpu" or "cuda"
+    name: str  # "cpu", "cuda" or "twins"
     kv_dtype: type  # the KV cache's element type
     graphs: bool  # capture() works: a decode step can be recorded once and replayed
     device_sampling: bool  # argmax and sample_ids run where the logits are (else the engine samples on the host)
+    numba_threads: bool  # steps run on Numba's CPU threads: the engine picks how many (engine/threads.py)
 
     # --- the engine's switches ---
     def batch_invariant(self, exact: bool) -> None:
@@ -171,6 +172,10 @@ class Backend(Protocol):
         """A hint: the matrices that the next kernels read (CUDA warms its L2 cache while attention runs)."""
 
     # --- sampling where the logits are (device_sampling) ---
+    def mask_logits(self, logits: Array, words: Array) -> Array:
+        """In place: logits (n, V) -inf where the packed allowed-token bits words (n, W) uint32 are 0 (a grammar's
+        mask, minirs.sampling.mask); returns logits."""
+
     def argmax(self, logits: Array) -> Array:
         """Greedy ids (n,) of logits (n, V)."""
 

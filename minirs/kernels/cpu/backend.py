@@ -17,6 +17,7 @@ from minirs.kernels.cpu.lora import lora_add, lora_add_rows
 from minirs.kernels.cpu.matmul import qmatmul
 from minirs.kernels.cpu.weights import QMatrix
 from minirs.sampling import rows as sampling_rows
+from minirs.sampling.mask import mask_logits
 
 
 class CpuBackend:
@@ -24,6 +25,7 @@ class CpuBackend:
     kv_dtype = np.float32
     graphs = False  # capture() runs the step eagerly each time: there is no launch cost to save
     device_sampling = False  # the logits are on the host already
+    numba_threads = True
 
     def batch_invariant(self, exact: bool) -> None:
         """Every CPU kernel is batch-invariant already."""
@@ -124,13 +126,18 @@ class CpuBackend:
         q, k, v = q.reshape(n, -1, d), k.reshape(n, -1, d), v.reshape(n, -1, d)
         if norms is not None:
             q, k = self.rmsnorm(q, norms[0], eps).x, self.rmsnorm(k, norms[1], eps).x
-        rope.rope_(q, pos, inv_freq, neox)
-        rope.rope_(k, pos, inv_freq, neox)
+        self.rope_(q, pos, inv_freq, neox)
+        self.rope_(k, pos, inv_freq, neox)
         self.kv_write(kc, vc, slots, pos, k, v)
         return q
 
+    def rope_(self, x, pos, inv_freq, neox: bool) -> None:
+        """Rotate x (n, h, d) in place by its rows' positions (a method: the twins backend states it in NumPy)."""
+        rope.rope_(x, pos, inv_freq, neox)
+
     def kv_write(self, kc, vc, slots, pos, k, v) -> None:
-        """k and v (n, hkv, hd) into the caches at (slots, pos) (a method: the GPU-numerics twin rounds them)."""
+        """k and v (n, hkv, hd) into the caches at (slots, pos) (a method: the GPU-numerics and NumPy twins state it
+        their way)."""
         attention.kv_write(kc, vc, slots, pos, k, v)
 
     def attention(self, q, kc, vc, slots, pos, window, scale, softcap) -> Act:
@@ -180,6 +187,9 @@ class CpuBackend:
         """No cache to warm ahead of time here."""
 
     # --- sampling: the host draws every row ---
+    def mask_logits(self, logits: np.ndarray, words: np.ndarray) -> np.ndarray:
+        return mask_logits(logits, words)
+
     def argmax(self, logits: np.ndarray) -> np.ndarray:
         return np.argmax(logits, axis=-1).astype(np.int64)
 

@@ -23,6 +23,7 @@ from numba import cuda  # noqa: E402
 from minirs.errors import ModelError  # noqa: E402
 from minirs.formats import Tensor  # noqa: E402
 from minirs.kernels.backend import Act, LoraStack, Stack, values  # noqa: E402
+from minirs.kernels.cuda import mask as gpu_mask  # noqa: E402
 from minirs.kernels.cuda import sample as gpu_sample  # noqa: E402
 from minirs.kernels.cuda.activation import launch_act, launch_add_bias, launch_gated_act  # noqa: E402
 from minirs.kernels.cuda.argmax import argmax  # noqa: E402
@@ -59,6 +60,7 @@ class CudaBackend:
     kv_dtype = np.float16
     graphs = True
     device_sampling = True
+    numba_threads = False
 
     def __init__(self, device: int = 0):
         cp.cuda.Device(device).use()
@@ -359,6 +361,10 @@ class CudaBackend:
         """out[t] = sum_j weights[t, j] * y[t, j]"""
         y = cp.ascontiguousarray(y)
         return launch_moe_sum(y, cp.ascontiguousarray(weights), self.nbs)
+
+    def mask_logits(self, logits, words):
+        """-inf in place where a grammar's packed bits words (n, W) uint32 are 0 (kernels/cuda/mask.py)."""
+        return gpu_mask.mask_logits(logits, words, self.nbs)
 
     def argmax(self, logits):
         """Greedy token ids (n,) int64 on the GPU."""
