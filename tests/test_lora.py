@@ -226,3 +226,12 @@ def test_bad_adapters_are_named(tmp_path):
     order.write_text(json.dumps({"order": ["a1", "ghost"], "base_model_id": "x"}))
     with pytest.raises(MinirsError, match=r"ordering.json.*'ghost'"):
         load_adapters(m, [GOLDEN / "lora_llama"], order)
+
+
+def test_twins_backend_runs_adapters():
+    """A first run answers on the NumPy twins (minirs.warmup): the adapters apply there too."""
+    from minirs.kernels.twins import TwinsBackend
+    m = load_model(GOLDEN / "arch_llama", backend=TwinsBackend())
+    load_adapters(m, [GOLDEN / "lora_llama" / n for n in ("a1", "a2")])
+    g = np.load(GOLDEN / "lora_llama" / "logits.npz")
+    assert rel(logits(m, g["prompts_1"], ["a1", "a2"]), g["both_logits_1"]) < 1e-4
