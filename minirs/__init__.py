@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 _API = {"Runner", "Which", "Architecture", "ModelDType", "ChatCompletionRequest", "CompletionRequest", "Request",
         "ChatCompletionResponse", "ChatCompletionChunkResponse", "CompletionResponse", "CompletionChunkResponse",
         "Usage", "ModelKind", "MistralLoader", "MixtralLoader", "GemmaLoader", "LlamaLoader", "Phi2Loader",
-        "Phi3Loader", "Qwen2Loader", "NormalLoader", "QuantizedLoader", "ToolChoice"}
+        "Phi3Loader", "Qwen2Loader", "NormalLoader", "QuantizedLoader", "ToolChoice", "XLoraLoader",
+        "XLoraQuantizedLoader"}
 
 __all__ = ["MinirsError", "FormatError", "TokenizerError", "TemplateError", "RequestError", "ModelError",
            "FetchError", "DeviceError", "RepoNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
@@ -18,7 +19,8 @@ __all__ = ["MinirsError", "FormatError", "TokenizerError", "TemplateError", "Req
            "Runner", "Which", "Architecture", "ModelDType", "ChatCompletionRequest", "CompletionRequest", "Request",
            "ChatCompletionResponse", "ChatCompletionChunkResponse", "CompletionResponse", "CompletionChunkResponse",
            "Usage", "ModelKind", "MistralLoader", "MixtralLoader", "GemmaLoader", "LlamaLoader", "Phi2Loader",
-           "Phi3Loader", "Qwen2Loader", "NormalLoader", "QuantizedLoader", "ToolChoice"]
+           "Phi3Loader", "Qwen2Loader", "NormalLoader", "QuantizedLoader", "ToolChoice", "XLoraLoader",
+           "XLoraQuantizedLoader"]
 
 
 _HUB_ERRORS = {"RepoNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "AuthError", "GatedRepoError",

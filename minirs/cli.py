@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from minirs import cli_grammar
+from minirs.cli_adapters import adapter_args, add_adapter_flags
 from minirs.errors import MinirsError
 from minirs.flags import CTX_CAP, add_model_flags, model_source
 from minirs.flags import Parser as _Parser
@@ -93,6 +94,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="random seed for reproducible sampling (default: random)")
     p.add_argument("--quiet", action="store_true",
                    help="no load and timing lines on stderr (the chat prompt, notices and errors stay)")
+    add_adapter_flags(p)  # --lora, --xlora, --xlora-order, --tgt-non-granular-index
     cli_grammar.add_flags(p)
     return p
 
@@ -115,7 +117,10 @@ def main(argv=None) -> int:
         if argv[:1] == ["serve"]:
             from minirs.server.main import main as serve
             return serve(argv[1:])
-        return _run(build_parser().parse_args(argv))
+        p = build_parser()
+        args = p.parse_args(argv)
+        args.adapters = adapter_args(p, args)
+        return _run(args)
     except BrokenPipeError:
         # the reader went away (`| head -1`): stop quietly; point stdout at /dev/null so the interpreter's final
         # flush does not complain (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
@@ -192,7 +197,8 @@ def _run(args) -> int:
     if chat and path.is_file() and path.suffix == ".gguf" and "tokenizer.chat_template" not in \
             load_model_file(path).metadata:  # say so before loading the weights
         raise _no_template(path.name)
-    loaded = load(path, backend=backend, chat_template=args.chat_template, isq=args.isq, progress=progress)
+    loaded = load(path, backend=backend, chat_template=args.chat_template, isq=args.isq, progress=progress,
+                  **args.adapters)
     model, tok = loaded.model, loaded.tokenizer
     if chat and tok.chat_template is None and tok.instruct is None:  # a Mistral folder has its instruct format
         raise _no_template(loaded.name)

@@ -54,6 +54,7 @@ def main(command: str, argv, cli) -> int:
     handles the errors."""
     parser = build_parser(command, cli)
     args = parser.parse_args(argv)
+    args.adapters = cli.adapter_args(parser, args)
     if args.gguf is not None or args.model is not None:
         parser.error(f"minirs {command} takes the model as its FOLDER argument, not --gguf or --model")
     plain = command == "demo" or not args.instruct
@@ -81,7 +82,7 @@ def _load(args, cli):
     t0 = time.perf_counter()
     backend = get_backend(args.device)
     loaded = load(args.model, backend=backend, chat_template=args.chat_template, isq=args.isq,
-                  token_source=args.token_source, progress=sys.stderr.isatty() and not args.quiet)
+                  token_source=args.token_source, progress=sys.stderr.isatty() and not args.quiet, **args.adapters)
     params = cli.sampling_params(args, {})
     ctx = args.ctx_size or min(loaded.model.config.context_length, cli.CTX_CAP)
     engine = Engine(loaded.model, loaded.tokenizer, max_seqs=len(DEMO_PROMPTS), ctx_len=ctx)

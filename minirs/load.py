@@ -5,6 +5,9 @@
     loaded = load("org/model", filename="model.Q4_K.gguf", revision="main")
     loaded.model, loaded.tokenizer, loaded.name
 
+    loaded = load("base.gguf", lora=["adapter_a", "adapter_b"])          # PEFT LoRA adapters (models/lora.py)
+    loaded = load("base.gguf", xlora="xlora_folder", order="ordering.json")   # X-LoRA (models/xlora.py)
+
 The CLI, the Runner (api/runner.py, from its `Which`) and the benchmarks all load through `load`. A GGUF/GGML file
 carries its own tokenizer; an HF folder's tokenizer files sit beside its weights (or in `tokenizer_folder`), a
 Mistral folder's tekken.json / tokenizer.model.vN too (with Mistral's instruct format for chat). The
@@ -150,17 +153,56 @@ def check_vocab(tokenizer, model) -> None:
                          "tokenizer does not belong to this model")
 
 
+ADAPTER_FILES = re.compile(r"(.*/)?(adapter_config\.json|adapter_model\.safetensors|xlora_config\.json|"
+                           r"xlora_classifier\.safetensors|[^/]*ordering[^/]*\.json)")
+
+
+def resolve_adapters(source, revision: str | None = None, token_source: str = "cache",
+                     token_source_value: str | None = None, progress: bool = False) -> Path:
+    """A local folder for an adapter source: a local path as is, else a hub repo id whose adapter files (PEFT's and
+    X-LoRA's, in any subfolder) are downloaded once into the Hugging Face cache."""
+    local = Path(str(source)).expanduser()
+    if local.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+        if not local.exists():
+            raise FetchError(f"adapter {str(source)!r} is neither a local folder nor a hub repo id 'org/name'")
+        return local
+    from minirs.hub import hf_hub_download, list_repo_files
+    kw = {"token_source": token_source, "token_source_value": token_source_value}
+    files = [f for f in list_repo_files(str(source), revision or "main", **kw) if ADAPTER_FILES.fullmatch(f)]
+    if not files:
+        raise FetchError(f"hub repo {source} has no adapter_config.json or xlora_config.json")
+    paths = [hf_hub_download(str(source), f, revision=revision or "main", progress=progress, **kw) for f in files]
+    return paths[0].parents[files[0].count("/")]  # the snapshot folder that holds them all
+
+
+def attach_adapters(model, lora=None, order=None, xlora=None, tgt_non_granular_index: int | None = None,
+                    **hub) -> None:
+    """LoRA adapters (a list of folders or hub ids; with `order`, mistral.rs's ordering file naming the subfolders)
+    or an X-LoRA model (`xlora`, with `order` for its ordering) on a loaded model."""
+    if lora and xlora:
+        raise ModelError("give LoRA adapters or an X-LoRA model, not both")
+    if xlora:
+        from minirs.models.xlora import load_xlora
+        load_xlora(model, resolve_adapters(xlora, **hub), order, tgt_non_granular_index)
+    elif lora:
+        from minirs.models.lora import load_adapters
+        load_adapters(model, [resolve_adapters(src, **hub) for src in lora], order)
+
+
 def load(source, *, filename: str | None = None, device: str = "auto", backend=None, tokenizer: bool = True,
          tokenizer_folder=None, chat_template: str | None = None, isq: str | None = None, gqa: int | None = None,
          revision: str | None = None, token_source: str = "cache", token_source_value: str | None = None,
-         progress: bool = False, warm_up: bool = True, first_run: str | None = None) -> Loaded:
+         progress: bool = False, warm_up: bool = True, first_run: str | None = None, lora=None, xlora=None,
+         order=None, tgt_non_granular_index: int | None = None) -> Loaded:
     """Resolve a source (resolve), open it, build the model on the device and, unless tokenizer=False, its
-    tokenizer (checked against the model's vocabulary). The device is checked first: it fails fastest.
+    tokenizer (checked against the model's vocabulary); then attach LoRA adapters or an X-LoRA model
+    (attach_adapters). The device is checked first: it fails fastest.
 
     On the CPU a first run (the kernels not yet in Numba's cache) either compiles them right away with a notice
     (first_run="compile"), or answers on the twins backend while they compile in the background
     (first_run="background", for models whose float32 copy fits; see minirs.warmup and Loaded.when_compiled).
-    None takes $MINIRS_FIRST_RUN, default "background". warm_up=False leaves the compile to the first forward."""
+    None takes $MINIRS_FIRST_RUN, default "background". warm_up=False leaves the compile to the first forward.
+    The adapters go on the twins' model and on the compiled one alike."""
     backend = backend or get_backend(device)
     path = resolve(source, filename, revision, token_source, token_source_value, progress)
     mf = source if isinstance(source, ModelFile) else open_model(path, gqa=gqa)
@@ -172,6 +214,9 @@ def load(source, *, filename: str | None = None, device: str = "auto", backend=N
     loaded = Loaded(model, tok, path.name, path)
     if warm_up and not isq and model.backend.name == "cpu":
         _first_run(loaded, mf, first_run)
+    hub = {"token_source": token_source, "token_source_value": token_source_value, "progress": progress}
+    for m in {id(model): model, id(loaded.model): loaded.model}.values():  # the compiled model, and the twins'
+        attach_adapters(m, lora, order, xlora, tgt_non_granular_index, **hub)
     return loaded
 
 

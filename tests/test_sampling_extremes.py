@@ -130,8 +130,8 @@ def test_nan_logits_end_only_their_request(tmp_path):
     model = load_model(write_random_gguf(tmp_path / "tiny.gguf", "tiny-llama", seed=3), device="cpu")
     forward = model.forward
 
-    def poisoned(tokens, slots, pos, cache, logit_rows=None):
-        out = np.array(forward(tokens, slots, pos, cache, logit_rows=logit_rows))
+    def poisoned(tokens, slots, pos, cache, logit_rows=None, **kw):
+        out = np.array(forward(tokens, slots, pos, cache, logit_rows=logit_rows, **kw))
         rows = range(len(tokens)) if logit_rows is None else logit_rows
         for k, r in enumerate(rows):
             if tokens[r] == 255 and pos[r] == 2:  # the last prompt token of the bad request only

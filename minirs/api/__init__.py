@@ -1,7 +1,8 @@
 """The mistral.rs-compatible Python API: `from minirs import Runner, Which, ChatCompletionRequest`.
 
 types.py holds the data classes (Which, Architecture, requests, responses), runner.py the Runner over the
-batching engine, loaders.py the older loader classes (ModelKind, MistralLoader, ..., QuantizedLoader).
+batching engine, loaders.py the older loader classes (ModelKind, MistralLoader, ..., QuantizedLoader, XLoraLoader),
+adapters.py what the adapter forms of Which load.
 """
 
 from minirs.api.loaders import (
@@ -15,6 +16,8 @@ from minirs.api.loaders import (
                                 Phi3Loader,
                                 QuantizedLoader,
                                 Qwen2Loader,
+                                XLoraLoader,
+                                XLoraQuantizedLoader,
 )
 from minirs.api.runner import Runner
 from minirs.api.types import (
@@ -46,4 +49,4 @@ __all__ = ["Architecture", "ChatCompletionChunkResponse", "ChatCompletionRequest
            "CompletionRequest", "CompletionResponse", "Delta", "GemmaLoader", "LlamaLoader", "Logprobs",
            "MistralLoader", "MixtralLoader", "ModelDType", "ModelKind", "NormalLoader", "Phi2Loader", "Phi3Loader",
            "QuantizedLoader", "Qwen2Loader", "Request", "ResponseLogprob", "ResponseMessage", "Runner", "ToolChoice",
-           "TopLogprob", "Usage", "Which"]
+           "TopLogprob", "Usage", "Which", "XLoraLoader", "XLoraQuantizedLoader"]

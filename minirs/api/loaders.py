@@ -7,6 +7,10 @@
 
     loader = QuantizedLoader(MistralLoader, is_gguf=True, model_id="...", quantized_model_id=..., ...)
     loader = NormalLoader(LlamaLoader, model_id="path/to/safetensors/folder")
+    loader = XLoraLoader(MistralLoader, model_id="base folder", xlora_model_id="xlora folder",
+                         order_file="ordering.json", tgt_non_granular_index=None)
+    loader = XLoraQuantizedLoader(MistralLoader, is_gguf=True, quantized_model_id=..., quantized_filename=...,
+                                  xlora_model_id=..., order_file=...)
 
 The architecture-named loaders only record the family: minirs reads the architecture from the model file.
 """
@@ -20,8 +24,15 @@ from minirs.errors import RequestError
 
 class ModelKind(Enum):
     Normal = "normal"
+    XLoraNormal = "xlora_normal"
+    XLoraGGUF = "xlora_gguf"
+    XLoraGGML = "xlora_ggml"
     QuantizedGGUF = "quantized_gguf"
     QuantizedGGML = "quantized_ggml"
+
+
+_XLORA_KINDS = {ModelKind.Normal: ModelKind.XLoraNormal, ModelKind.QuantizedGGUF: ModelKind.XLoraGGUF,
+                ModelKind.QuantizedGGML: ModelKind.XLoraGGML}
 
 
 class _ArchLoader:
@@ -31,17 +42,35 @@ class _ArchLoader:
                  use_flash_attn: bool | None = None, repeat_last_n: int = 64, gqa: int | None = None,
                  order_file: str | None = None, quantized_model_id: str | None = None,
                  quantized_filename: str | None = None, xlora_model_id: str | None = None,
-                 chat_template: str | None = None, tokenizer_json: str | None = None):
-        if xlora_model_id is not None or order_file is not None:
-            raise RequestError(f"{type(self).__name__}: X-LoRA (xlora_model_id={xlora_model_id!r}) is not supported")
+                 chat_template: str | None = None, tokenizer_json: str | None = None,
+                 tgt_non_granular_index: int | None = None):
         if not isinstance(kind, ModelKind):
             raise RequestError(f"{type(self).__name__}: invalid kind: {kind!r} (expected a ModelKind)")
+        if xlora_model_id is not None and kind in _XLORA_KINDS:  # an X-LoRA model on a plain kind's base
+            kind = _XLORA_KINDS[kind]
+        if kind in _XLORA_KINDS.values() and not xlora_model_id:
+            raise RequestError(f"{type(self).__name__}: kind {kind.name} needs xlora_model_id")
         self.model_id, self.kind, self.no_kv_cache = model_id, kind, no_kv_cache
         self.repeat_last_n, self.gqa = repeat_last_n, gqa
         self.quantized_model_id, self.quantized_filename = quantized_model_id, quantized_filename
         self.chat_template, self.tokenizer_json = chat_template, tokenizer_json
+        self.xlora_model_id, self.order_file, self.tgt_non_granular_index = \
+            xlora_model_id, order_file, tgt_non_granular_index
 
     def which(self):
+        x = {"xlora_model_id": self.xlora_model_id, "order": self.order_file,
+             "tgt_non_granular_index": self.tgt_non_granular_index}
+        if self.kind is ModelKind.XLoraGGUF:
+            return Which.XLoraGGUF(tok_model_id=self.model_id, quantized_model_id=self.quantized_model_id,
+                                   quantized_filename=self.quantized_filename, tokenizer_json=self.tokenizer_json,
+                                   repeat_last_n=self.repeat_last_n, **x)
+        if self.kind is ModelKind.XLoraGGML:
+            return Which.XLoraGGML(tok_model_id=self.model_id, quantized_model_id=self.quantized_model_id,
+                                   quantized_filename=self.quantized_filename, tokenizer_json=self.tokenizer_json,
+                                   repeat_last_n=self.repeat_last_n, gqa=self.gqa, **x)
+        if self.kind is ModelKind.XLoraNormal:
+            return Which.XLora(arch=self.arch, model_id=self.model_id, tokenizer_json=self.tokenizer_json,
+                               repeat_last_n=self.repeat_last_n, **x)
         if self.kind is ModelKind.QuantizedGGUF:
             return Which.GGUF(tok_model_id=self.model_id, quantized_model_id=self.quantized_model_id,
                               quantized_filename=self.quantized_filename, tokenizer_json=self.tokenizer_json,
@@ -113,3 +142,29 @@ def QuantizedLoader(cls, is_gguf: bool, model_id: str | None = None, no_kv_cache
     return cls(model_id=model_id, kind=kind, no_kv_cache=no_kv_cache, repeat_last_n=repeat_last_n, gqa=gqa,
                quantized_model_id=quantized_model_id, quantized_filename=quantized_filename,
                chat_template=chat_template, tokenizer_json=tokenizer_json)
+
+
+def XLoraLoader(cls, model_id: str | None = None, no_kv_cache: bool = False, use_flash_attn: bool | None = None,
+                repeat_last_n: int = 64, gqa: int | None = None, order_file: str | None = None,
+                xlora_model_id: str | None = None, chat_template: str | None = None,
+                tokenizer_json: str | None = None, tgt_non_granular_index: int | None = None) -> _ArchLoader:
+    """An X-LoRA model (xlora_model_id, ordered by order_file) on an unquantized base of family `cls`."""
+    _check_class(cls, "XLoraLoader")
+    return cls(model_id=model_id, kind=ModelKind.XLoraNormal, no_kv_cache=no_kv_cache, repeat_last_n=repeat_last_n,
+               gqa=gqa, order_file=order_file, xlora_model_id=xlora_model_id, chat_template=chat_template,
+               tokenizer_json=tokenizer_json, tgt_non_granular_index=tgt_non_granular_index)
+
+
+def XLoraQuantizedLoader(cls, is_gguf: bool, model_id: str | None = None, no_kv_cache: bool = False,
+                         use_flash_attn: bool | None = None, repeat_last_n: int = 64, gqa: int | None = None,
+                         order_file: str | None = None, quantized_model_id: str | None = None,
+                         quantized_filename: str | None = None, xlora_model_id: str | None = None,
+                         chat_template: str | None = None, tokenizer_json: str | None = None,
+                         tgt_non_granular_index: int | None = None) -> _ArchLoader:
+    """An X-LoRA model on a GGUF (is_gguf=True) or GGML base of family `cls`."""
+    _check_class(cls, "XLoraQuantizedLoader")
+    kind = ModelKind.XLoraGGUF if is_gguf else ModelKind.XLoraGGML
+    return cls(model_id=model_id, kind=kind, no_kv_cache=no_kv_cache, repeat_last_n=repeat_last_n, gqa=gqa,
+               order_file=order_file, quantized_model_id=quantized_model_id, quantized_filename=quantized_filename,
+               xlora_model_id=xlora_model_id, chat_template=chat_template, tokenizer_json=tokenizer_json,
+               tgt_non_granular_index=tgt_non_granular_index)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import asdict, replace
 
 from minirs import tools
-from minirs.api import responses, validation
+from minirs.api import adapters, responses, validation
 from minirs.api.structured import request_grammar
 from minirs.api.types import ChatCompletionRequest, CompletionRequest, Which
 from minirs.engine import Engine, Job
@@ -125,6 +125,18 @@ class Runner:
         res = responses.completion_response(job, rid, model, self.tokenizer, shaped, prefix, request.n_choices)
         self._log("response", rid, res.to_dict())
         return res
+
+    def activate_adapters(self, adapter_names: list[str]) -> None:
+        """Make these LoRA adapters the ones a request without its own `adapters` uses (mistral.rs's call)."""
+        names = adapters.adapter_names(adapter_names)
+        lora = self.model.lora
+        if lora is None or self.model.xlora is not None:
+            raise RequestError("activate_adapters: the model has no LoRA adapters to choose from"
+                               + (" (X-LoRA mixes its own)" if self.model.xlora is not None else ""))
+        bad = [n for n in names or [] if n not in lora.names]
+        if names is None or bad:
+            raise RequestError(f"invalid adapter_names: {adapter_names!r} (loaded: {', '.join(lora.names)})")
+        lora.active = names
 
     def tokenize_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         validation.text("text", text)
@@ -248,7 +260,7 @@ class Runner:
                                    "(set truncate_sequence=True to keep its tail, or a larger max_seq_len)")
             room = min(params.max_tokens or 1, ctx // 2)
             ids = ids[len(ids) - (ctx - room):]
-        job = Job(ids, params, self.tokenizer, stream=bool(req.stream))
+        job = Job(ids, params, self.tokenizer, stream=bool(req.stream), adapters=adapters.adapter_names(req.adapters))
         self._log("request", None, {"type": type(req).__name__, **_jsonable(asdict(req))})
         return self.engine.submit(job)
 
@@ -348,13 +360,19 @@ def _tokenizer_folder(tokenizer_json: str | None, tok_model_id: str | None):
 
 def load_which(which, device: str = "auto", token_source: str = "cache", token_source_value: str | None = None,
                revision: str | None = None, chat_template: str | None = None, isq: str | None = None):
-    """minirs.load.Loaded for a Which.Plain / GGUF / GGML; `isq` quantizes float weights at load time."""
+    """minirs.load.Loaded for a Which (Plain / GGUF / GGML, and their Lora / XLora forms: api/adapters.py);
+    `isq` quantizes float weights at load time."""
     from minirs.load import load
     common = {"device": device, "token_source": token_source, "token_source_value": token_source_value,
               "revision": revision, "chat_template": chat_template, "isq": isq}
-    if isinstance(which, (Which.GGUF, Which.GGML)):
+    if isinstance(which, adapters.QUANTIZED):
         return load(which.quantized_model_id, filename=which.quantized_filename, gqa=getattr(which, "gqa", None),
-                    tokenizer_folder=_tokenizer_folder(which.tokenizer_json, which.tok_model_id), **common)
+                    tokenizer_folder=_tokenizer_folder(which.tokenizer_json, which.tok_model_id), **common,
+                    **adapters.adapter_kwargs(which))
     if isinstance(which, Which.Plain):
-        return load(which.model_id, tokenizer_folder=_tokenizer_folder(which.tokenizer_json, None), **common)
-    raise RequestError(f"invalid which: {which!r} (expected Which.Plain, Which.GGUF or Which.GGML)")
+        return load(which.model_id, tokenizer_folder=_tokenizer_folder(which.tokenizer_json, None), **common,
+                    **adapters.adapter_kwargs(which))
+    if isinstance(which, adapters.PLAIN):
+        return load(adapters.base_model_id(which), tokenizer_folder=_tokenizer_folder(which.tokenizer_json, None),
+                    **common, **adapters.adapter_kwargs(which))
+    raise RequestError(f"invalid which: {which!r} (expected a Which: Plain, GGUF, GGML or their Lora / XLora forms)")

@@ -44,11 +44,16 @@ def _need(obj, *names):
 
 
 class Which:
-    """Which model to load: `Which.Plain(...)`, `Which.GGUF(...)` or `Which.GGML(...)`.
+    """Which model to load: `Which.Plain(...)`, `Which.GGUF(...)` or `Which.GGML(...)`, and with adapters
+    `Which.Lora` / `LoraGGUF` / `LoraGGML` (PEFT LoRA adapters) or `Which.XLora` / `XLoraGGUF` / `XLoraGGML`.
 
     Model ids are local paths (a folder, or a file) or Hugging Face hub repo ids ('org/name', downloaded once
     into the HF cache: the GGUF file for GGUF/GGML, the safetensors folder for Plain); `quantized_filename`
-    names the file inside `quantized_model_id` (an absolute path there works too).
+    names the file inside `quantized_model_id` (an absolute path there works too). `adapters_model_id` is a
+    folder of LoRA adapter subfolders (or one adapter folder) and `order` mistral.rs's ordering file naming them;
+    `xlora_model_id` an X-LoRA folder (xlora_config.json, xlora_classifier.safetensors, the adapters).
+    `tgt_non_granular_index`: after that many generated tokens an X-LoRA sequence keeps its scalings. Plain, GGUF
+    and GGML also take `adapters` (minirs: a list of LoRA adapter folders).
     """
 
     @dataclass
@@ -58,9 +63,40 @@ class Which:
         tokenizer_json: str | None = None
         repeat_last_n: int = 64
         dtype: ModelDType | str = ModelDType.Auto
+        adapters: list[str] | None = None
 
         def __post_init__(self):
             _need(self, "model_id")
+
+    @dataclass
+    class XLora:
+        arch: Architecture | str | None = None
+        xlora_model_id: str = ""
+        order: str | None = None
+        tgt_non_granular_index: int | None = None
+        model_id: str | None = None
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        dtype: ModelDType | str = ModelDType.Auto
+
+        def __post_init__(self):
+            _need(self, "xlora_model_id")
+
+    @dataclass
+    class Lora:
+        arch: Architecture | str | None = None
+        adapters_model_id: str = ""
+        order: str | None = None
+        tgt_non_granular_index: int | None = None
+        model_id: str | None = None
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        dtype: ModelDType | str = ModelDType.Auto
+        adapter_model_id: str | None = None  # the newer mistral.rs name of adapters_model_id
+
+        def __post_init__(self):
+            self.adapters_model_id = self.adapters_model_id or self.adapter_model_id
+            _need(self, "adapters_model_id")
 
     @dataclass
     class GGUF:
@@ -70,9 +106,40 @@ class Which:
         tokenizer_json: str | None = None
         repeat_last_n: int = 64
         dtype: ModelDType | str = ModelDType.Auto
+        adapters: list[str] | None = None
 
         def __post_init__(self):
             _need(self, "quantized_model_id", "quantized_filename")
+
+    @dataclass
+    class XLoraGGUF:
+        tok_model_id: str | None = None
+        quantized_model_id: str = ""
+        quantized_filename: str | list[str] = ""
+        xlora_model_id: str = ""
+        order: str | None = None
+        tgt_non_granular_index: int | None = None
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        dtype: ModelDType | str = ModelDType.Auto
+
+        def __post_init__(self):
+            _need(self, "quantized_model_id", "quantized_filename", "xlora_model_id")
+
+    @dataclass
+    class LoraGGUF:
+        tok_model_id: str | None = None
+        quantized_model_id: str = ""
+        quantized_filename: str | list[str] = ""
+        adapters_model_id: str = ""
+        order: str | None = None
+        tgt_non_granular_index: int | None = None
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        dtype: ModelDType | str = ModelDType.Auto
+
+        def __post_init__(self):
+            _need(self, "quantized_model_id", "quantized_filename", "adapters_model_id")
 
     @dataclass
     class GGML:
@@ -83,9 +150,42 @@ class Which:
         repeat_last_n: int = 64
         gqa: int | None = None
         dtype: ModelDType | str = ModelDType.Auto
+        adapters: list[str] | None = None
 
         def __post_init__(self):
             _need(self, "quantized_model_id", "quantized_filename")
+
+    @dataclass
+    class XLoraGGML:
+        tok_model_id: str | None = None
+        quantized_model_id: str = ""
+        quantized_filename: str = ""
+        xlora_model_id: str = ""
+        order: str | None = None
+        tgt_non_granular_index: int | None = None
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        gqa: int | None = None
+        dtype: ModelDType | str = ModelDType.Auto
+
+        def __post_init__(self):
+            _need(self, "quantized_model_id", "quantized_filename", "xlora_model_id")
+
+    @dataclass
+    class LoraGGML:
+        tok_model_id: str | None = None
+        quantized_model_id: str = ""
+        quantized_filename: str = ""
+        adapters_model_id: str = ""
+        order: str | None = None
+        tgt_non_granular_index: int | None = None
+        tokenizer_json: str | None = None
+        repeat_last_n: int = 64
+        gqa: int | None = None
+        dtype: ModelDType | str = ModelDType.Auto
+
+        def __post_init__(self):
+            _need(self, "quantized_model_id", "quantized_filename", "adapters_model_id")
 
 
 # ----- requests --------------------------------------------------------------------------------------------------
@@ -106,6 +206,7 @@ class _Sampling:
     min_p: float | None = None
     stream: bool = False
     seed: int | None = None  # minirs extension (OpenAI has it): overrides the Runner's seed
+    adapters: list[str] | None = None  # the LoRA adapters this request uses (None: the Runner's active ones)
     # structured output (minirs/api/structured.py): mistral.rs's grammar ("regex", "json_schema", "lark" or
     # "llguidance"; both fields or neither), or OpenAI's {"type": "text" | "json_object" | "json_schema", ...}
     grammar: str | None = None

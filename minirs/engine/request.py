@@ -87,6 +87,7 @@ class Sequence:
         self.rng = np.random.default_rng(None if seed is None else [seed, index])
         self.decoder = tokenizer.stream_decoder(skip_special_tokens=True, keep=job.params.keep_special)
         self.stop = StopText(job.params.stop_seqs)
+        self.scalings = None  # X-LoRA: the LoRA coefficients (K,) of its latest scaling pass
         self.constraint = Constraint(job.grammar) if job.grammar is not None else None
 
     @property
@@ -149,10 +150,13 @@ class Sequence:
 class Job:
     """A request as the engine sees it: prompt ids and generation parameters; results flow back in `events`."""
 
-    def __init__(self, prompt_ids: list[int], params: GenParams, tokenizer, stream: bool = False):
+    def __init__(self, prompt_ids: list[int], params: GenParams, tokenizer, stream: bool = False,
+                 adapters: list[str] | None = None):
         self.prompt_ids = [int(i) for i in prompt_ids]
         self.params = params
         self.stream = stream
+        self.adapters = None if adapters is None else tuple(adapters)  # LoRA adapters; None: the model's active ones
+        self.coef = None  # its rows' LoRA coefficients (K,), set by the engine from `adapters` (None: no adapter)
         self.grammar = compile_grammar(*params.grammar, tokenizer) if params.grammar is not None else None
         self.events: queue.Queue = queue.Queue()
         self.seqs = [Sequence(self, i, tokenizer) for i in range(params.n)]

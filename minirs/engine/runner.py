@@ -43,20 +43,29 @@ class ModelRunner:
         self.exact = exact
         self.backend.batch_invariant(exact)
 
-    def forward(self, tokens, slots, pos, want) -> np.ndarray:
-        """Host logits (len(want), vocab) of rows `want` of an eager forward of n (token, slot, position) rows."""
+    def forward(self, tokens, slots, pos, want, coef=None) -> np.ndarray:
+        """Host logits (len(want), vocab) of rows `want` of an eager forward of n (token, slot, position) rows, with
+        the rows' LoRA coefficients coef (n, K) (None: no adapters)."""
+        coef = None if coef is None else self.backend.array(np.asarray(coef, np.float32))
         logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
-                                    np.asarray(pos, np.int64), self.cache, logit_rows=list(want))
+                                    np.asarray(pos, np.int64), self.cache, logit_rows=list(want), coef=coef)
         return self.backend.to_numpy(logits)
 
-    def decode(self, tokens, slots, pos, picks: list | None = None, masks: np.ndarray | None = None) -> np.ndarray:
+    def hidden(self, tokens, slots, pos, coef) -> object:
+        """The final-normed hidden states (n, dim) of an eager forward (X-LoRA's scaling pass), on the backend."""
+        return self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
+                                  np.asarray(pos, np.int64), self.cache, coef=self.backend.array(coef), hidden=True)
+
+    def decode(self, tokens, slots, pos, picks: list | None = None, masks: np.ndarray | None = None,
+               coef=None) -> np.ndarray:
         """One decode row per token: host logits (n, vocab), or with picks the chosen ids (n,), under masks (n, W)
-        where given. Through a captured step when graphs are on, else eagerly."""
+        where given. Through a captured step when graphs are on, else eagerly. coef (n, K): the rows' LoRA
+        coefficients (a graph input)."""
         n = len(tokens)
         if masks is not None and picks is None:
             raise ValueError("masks apply to the tokens chosen where the logits are (picks); the host masks its own")
         if not self.graphs:
-            logits = self.forward(tokens, slots, pos, range(n))
+            logits = self.forward(tokens, slots, pos, range(n), coef)
             if picks is None:
                 return logits
             if masks is not None:
@@ -74,29 +83,33 @@ class ModelRunner:
             full = np.full((size, mask_words(self.model.config.vocab_size)), ALL, np.uint32)  # padding: all ones
             full[:n] = masks
             args += (full,)
-        return self._step(size, mode, masks is not None)(*args)[:n]
+        if coef is not None:  # padding rows take no adapter
+            args += (np.concatenate([np.asarray(coef, np.float32), np.zeros((pad, coef.shape[1]), np.float32)]),)
+        return self._step(size, mode, masks is not None, coef is not None)(*args)[:n]
 
-    def captured(self, size: int, mode: str, masked: bool = False):
+    def captured(self, size: int, mode: str, masked: bool = False, lora: bool = False):
         """The captured step of a bucket size and mode ("logits", "argmax" or "sample"), with or without a mask
-        input, capturing it on first use (its replay() re-runs it on the device alone: benchmarks)."""
-        return self._step(size, mode, masked)
+        input and LoRA coefficients, capturing it on first use (its replay() re-runs it on the device alone)."""
+        return self._step(size, mode, masked, lora)
 
-    def _step(self, size: int, mode: str, masked: bool = False):
-        key = (size, mode, masked, self.exact)
+    def _step(self, size: int, mode: str, masked: bool = False, lora: bool = False):
+        key = (size, mode, masked, lora, self.exact)
         step = self._steps.get(key)
         if step is None:
-            step = self._steps[key] = self._capture(size, mode, masked)
+            step = self._steps[key] = self._capture(size, mode, masked, lora)
         return step
 
-    def _capture(self, size: int, mode: str, masked: bool):
+    def _capture(self, size: int, mode: str, masked: bool, lora: bool):
         model, cache, be = self.model, self.cache, self.backend
         sample = mode == "sample"
 
         # device inputs: (3, size) ids / slots / positions, then (size, 5) parameters if it samples, then
-        # (size, W) uint32 allowed-token words if masked
+        # (size, W) uint32 allowed-token words if masked, then (size, K) LoRA coefficients if any row has adapters
         def step(inputs, *rest):
-            prm, words = rest[0] if sample else None, rest[-1] if masked else None
-            logits = model.forward(inputs[0], inputs[1], inputs[2], cache)
+            prm = rest[0] if sample else None
+            words = rest[int(sample)] if masked else None
+            coef = rest[-1] if lora else None
+            logits = model.forward(inputs[0], inputs[1], inputs[2], cache, coef=coef)
             if masked:
                 be.mask_logits(logits, words)
             if mode == "argmax":
@@ -114,6 +127,7 @@ class ModelRunner:
 
         shapes = [np.zeros((3, size), np.int64)] + ([np.zeros((size, 5), np.float64)] if sample else [])
         shapes += [np.zeros((size, mask_words(model.config.vocab_size)), np.uint32)] if masked else []
+        shapes += [np.zeros((size, model.lora.width), np.float32)] if lora else []
         return be.capture(step, finish, shapes)
 
 

@@ -20,6 +20,11 @@ On a backend with graphs (CUDA) the decode rows of a step go through the model r
 and the prefill chunks run eagerly between them. A failed step is retried job by job, so a request that breaks
 the forward ends alone and the others go on.
 
+LoRA adapters (models/lora.py) are chosen per job: each row of a forward carries its job's coefficients, so one
+forward mixes adapters. An X-LoRA model (models/xlora.py) runs each step twice: the scaling pass over the rows that
+still need one, in each sequence's second KV slot, then the real pass with the classifier's scalings; its steps
+run eagerly and its slots are not reused.
+
 Grammars. A row whose job has a grammar draws under its allowed-token mask (minirs.grammar). Where the host draws,
 the masks of the step's rows are computed on a worker thread while the forward runs (llguidance drops the GIL), and
 applied on the host; where the device draws (the captured step's argmax or sampler), they are computed first and go
@@ -66,8 +71,11 @@ class Engine:
         # None: exact wherever that costs something, i.e. where batched kernels round with the batch (graphs: CUDA)
         self.row_invariant = be.graphs if row_invariant is None else row_invariant
         self.prefill_budget = prefill_budget or max_chunk
-        graphs = be.graphs if graphs is None else graphs
-        self.cache = KVCache(model.config, be, max_seqs + graphs, self.ctx_len, max_chunk)  # + the padding slot
+        graphs = (be.graphs if graphs is None else graphs) and model.xlora is None
+        prefix_reuse = prefix_reuse and model.xlora is None
+        self.scaling_slots = max_seqs + graphs  # X-LoRA: a sequence's scaling pass uses slot + this
+        self.cache = KVCache(model.config, be, self.scaling_slots * (1 + (model.xlora is not None)), self.ctx_len,
+                             max_chunk)  # + the padding slot
         self.runner = ModelRunner(model, self.cache, graphs, spare_slot=max_seqs if graphs else None)
         self.slots = SlotPool(model.config, max_seqs, max_chunk, self.row_invariant, prefix_reuse)
         self.vocab = model.config.vocab_size
@@ -101,6 +109,7 @@ class Engine:
         if job.params.n > self.max_seqs:
             raise RequestError(f"n_choices/best_of of {job.params.n} exceeds max_seqs={self.max_seqs}")
         check_prompt(job.prompt_ids, self.ctx_len, self.vocab)
+        self._adapters(job)
         with self._lock:
             if self._closing:
                 raise MinirsError("the engine is shut down")
@@ -109,6 +118,26 @@ class Engine:
                 self._thread.start()
         self.inbox.put(job)
         return job
+
+    def _adapters(self, job: Job) -> None:
+        """Resolve the job's LoRA adapters (None: the model's active ones) to its coefficient row, refusing unknown
+        names before the job joins a batch."""
+        lora = self.model.lora
+        if self.model.xlora is not None:
+            if job.adapters:
+                raise RequestError(f"invalid adapters: {list(job.adapters)!r} (an X-LoRA model mixes its adapters "
+                                   "itself; they cannot be chosen per request)")
+            return
+        if lora is None:
+            if job.adapters:
+                raise RequestError(f"invalid adapters: {list(job.adapters)!r} (the model has no LoRA adapters)")
+            return
+        names = tuple(lora.active) if job.adapters is None else job.adapters
+        bad = [n for n in names if n not in lora.names]
+        if bad:
+            raise RequestError(f"invalid adapters: unknown adapter {bad[0]!r} (loaded: {', '.join(lora.names)})")
+        job.adapters = names
+        job.coef = lora.row(names) if names else None
 
     def replace_model(self, model) -> None:
         """Run on `model` from the next step on: the same weights on a backend with the same KV cache layout (a
@@ -177,7 +206,7 @@ class Engine:
             if len(self.slots.free) < job.params.n:
                 return
             self.waiting.popleft()
-            slots, reuse = self.slots.take(job.prompt_ids, job.params.n)
+            slots, reuse = self.slots.take(job.prompt_ids, job.params.n, job.adapters or None)
             for s, slot in zip(job.seqs, slots):
                 s.slot = slot
             job.seqs[0].n_cached = job.cached_tokens = reuse
@@ -194,7 +223,7 @@ class Engine:
         self.active.remove(job)
         for s in job.seqs:
             if s.slot >= 0:
-                self.slots.give_back(s.slot, s.ids[:s.n_cached], len(job.prompt_ids))
+                self.slots.give_back(s.slot, s.ids[:s.n_cached], len(job.prompt_ids), job.adapters or None)
                 s.slot = -1
         self._finish_job(job, reason)
 
@@ -296,8 +325,12 @@ class Engine:
             pos += range(start, start + len(ids))
             if start + len(ids) >= len(seq.job.prompt_ids):  # the prompt's last row, or a decode row
                 want.append((seq, len(tokens) - 1))
+        if self.model.xlora is not None:
+            coef = self._xlora_coefs(batch, tokens, slots, pos)
+        else:
+            coef = self._coefs([seq.job for seq, ids, _ in batch for _ in ids])
         masks = self._masks([seq for seq, _ in want], overlap=self.overlap_masks)
-        logits = self.runner.forward(tokens, slots, pos, [r for _, r in want] or [len(tokens) - 1])
+        logits = self.runner.forward(tokens, slots, pos, [r for _, r in want] or [len(tokens) - 1], coef)
         masks = self._wait(masks)
         for seq, ids, start in batch:
             seq.n_cached = start + len(ids)
@@ -316,7 +349,7 @@ class Engine:
         # device draws take the masks with the step's inputs; host draws apply them after, computed meanwhile
         masks = self._masks(seqs, overlap=self.overlap_masks and picks is None)
         out = self.runner.decode([s.ids[-1] for s in seqs], [s.slot for s in seqs], [len(s.ids) - 1 for s in seqs],
-                                 picks, masks if picks is not None else None)
+                                 picks, masks if picks is not None else None, coef=self._coefs([s.job for s in seqs]))
         masks = self._wait(masks)
         for k, seq in enumerate(seqs):
             seq.n_cached = len(seq.ids)
@@ -324,6 +357,36 @@ class Engine:
                 self._emit(seq, logits=out[k], mask=_row(masks, k, seq))
             else:
                 self._emit(seq, token=int(out[k]))
+
+    def _coefs(self, jobs: list[Job]) -> np.ndarray | None:
+        """Each row's LoRA coefficients (n, K) (zero for a job without adapters); None when no row has any."""
+        if all(j.coef is None for j in jobs):
+            return None
+        out = np.zeros((len(jobs), self.model.lora.width), np.float32)
+        for r, j in enumerate(jobs):
+            if j.coef is not None:
+                out[r] = j.coef
+        return out
+
+    def _xlora_coefs(self, batch: list[tuple], tokens, slots, pos) -> np.ndarray:
+        """X-LoRA: the rows' coefficients from a scaling pass over the rows that need one (a sequence past
+        tgt_non_granular_index generated tokens keeps its latest scalings), in the sequences' second KV slots."""
+        xl = self.model.xlora
+        seqs = [seq for seq, ids, _ in batch for _ in ids]
+        keep = xl.tgt_non_granular_index
+        need = np.array([s.scalings is None or keep is None or len(s.generated) < keep for s in seqs])
+        coef = np.empty((len(seqs), self.model.lora.width), np.float32)
+        if need.any():
+            rows = np.nonzero(need)[0]
+            sel = [np.asarray(a, np.int64)[rows] for a in (tokens, slots, pos)]
+            hidden = self.runner.hidden(sel[0], sel[1] + self.scaling_slots, sel[2], xl.dummy(len(rows)))
+            coef[rows] = xl.coefs(self.model.backend, hidden)
+        for r, s in enumerate(seqs):
+            if need[r]:
+                s.scalings = coef[r]
+            else:
+                coef[r] = s.scalings
+        return coef
 
     def _masks(self, seqs: list, overlap: bool):
         """The allowed-token masks (len(seqs), W) of the rows' next tokens (free rows all ones), or None when no row
@@ -359,6 +422,9 @@ class Engine:
             job.t_prompt_done = time.perf_counter()
             for s in job.seqs[1:]:
                 self.cache.copy_slot(seq.slot, s.slot)
+                if self.model.xlora is not None:
+                    self.cache.copy_slot(seq.slot + self.scaling_slots, s.slot + self.scaling_slots)
+                    s.scalings = seq.scalings
                 s.n_cached = seq.n_cached
         try:
             for s in (job.seqs if first else [seq]):

@@ -47,6 +47,18 @@ class Stack(NamedTuple):
     parts: tuple
 
 
+class LoraStack(NamedTuple):
+    """The LoRA adapters of one projection (or of the parts of a stacked one: q|k|v, gate|up), A and B stacked over
+    adapters and parts so that a batch mixing adapters needs one pass: rank column j belongs to one adapter and one
+    part, and adds  coef[row, key[j]] * scale[j] * (A[j] . x) * B^T[j, lo[j]:hi[j]]  to the output rows lo..hi."""
+    a: Array  # (R, n_in) float32: the A rows of every adapter and part
+    bt: Array  # (R, n_out) float32: B transposed, zero outside each column's lo..hi
+    key: Array  # (R,) int64: the column's index into a row of the coefficients (module * n_adapters + adapter)
+    scale: Array  # (R,) float32: its adapter's alpha / r (alpha / sqrt(r) with rsLoRA)
+    lo: Array  # (R,) int64: first output row the column writes
+    hi: Array  # (R,) int64: one past the last
+
+
 class Backend(Protocol):
     name: str  # "cpu", "cuda" or "twins"
     kv_dtype: type  # the KV cache's element type
@@ -82,6 +94,10 @@ class Backend(Protocol):
     def stack_matrices(self, parts: list) -> Any:
         """One weight for several projections of the same input (q|k|v, gate|up): a stacked matrix or a Stack."""
 
+    def lora_stack(self, a: np.ndarray, bt: np.ndarray, key: np.ndarray, scale: np.ndarray, lo: np.ndarray,
+                   hi: np.ndarray) -> LoraStack:
+        """A projection's stacked LoRA adapters (host arrays, see LoraStack) in this backend's memory."""
+
     def array(self, a: np.ndarray) -> Array:
         """A host array copied to the backend."""
 
@@ -107,8 +123,14 @@ class Backend(Protocol):
     def matmul_add_(self, w, x, out: Array) -> None:
         """out += x @ W.T (an output projection into the residual stream)."""
 
+    def lora_add_(self, y: Array, x, lora: LoraStack, coef: Array) -> None:
+        """y += the LoRA delta of x (n, n_in) for the rows' coefficients coef (n, K) (kernels/ref.py lora_delta)."""
+
     def add_(self, x: Array, y) -> None:
         """x += y (the residual add)."""
+
+    def relu_(self, x: Array) -> None:
+        """x = max(x, 0), in place (the X-LoRA classifier)."""
 
     def add_bias_(self, x: Array, b: Array) -> None:
         """x[i] += b for every row i."""
@@ -120,17 +142,21 @@ class Backend(Protocol):
         """x = cap * tanh(x / cap), in place."""
 
     def qkv_attn_inputs(self, w, h, q_dim: int, kv_dim: int, biases: tuple, norms: tuple | None, eps: float,
-                        pos, inv_freq: Array, neox: bool, kc: Array, vc: Array, slots) -> Array:
-        """q|k|v = h @ W.T (+ biases), per-head q/k RMSNorm (norms), RoPE on q and k, k and v written to the caches at
-        (slots, pos): returns q (n, h, hd). w is stack_matrices([Wq, Wk, Wv])."""
+                        pos, inv_freq: Array, neox: bool, kc: Array, vc: Array, slots,
+                        lora: tuple | None = None) -> Array:
+        """q|k|v = h @ W.T (+ the LoRA delta of lora = (LoraStack, coef)) (+ biases), per-head q/k RMSNorm (norms),
+        RoPE on q and k, k and v written to the caches at (slots, pos): returns q (n, h, hd). w is
+        stack_matrices([Wq, Wk, Wv])."""
 
     def attention(self, q: Array, kc: Array, vc: Array, slots, pos, window: int, scale: float,
                   softcap: float) -> Act:
         """Causal attention of q (n, h, hd) over its slot's cached keys up to its position (the last `window` if
         > 0; scores soft-capped if softcap > 0): (n, h * hd)."""
 
-    def gated_ffn(self, w, h, ffn_dim: int, activation: str, up_bias: Array | None = None) -> Act:
-        """act(h @ Wgate.T) * (h @ Wup.T + up_bias): (n, f). w is stack_matrices([Wgate, Wup])."""
+    def gated_ffn(self, w, h, ffn_dim: int, activation: str, up_bias: Array | None = None,
+                  lora: tuple | None = None) -> Act:
+        """act(h @ Wgate.T) * (h @ Wup.T + up_bias): (n, f). w is stack_matrices([Wgate, Wup]); lora = (LoraStack,
+        coef) adds its delta to gate|up before the activation."""
 
     def gated_act(self, gate: Array, up: Array, activation: str) -> Act:
         """act(gate) * up (activation "silu" or "gelu"): (n, f)."""

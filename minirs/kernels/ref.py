@@ -123,3 +123,11 @@ def matmul_id(w: np.ndarray, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def moe_sum(y: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """out[t] = sum_j weights[t, j] * y[t, j]   y (n, k, d), weights (n, k) -> (n, d)."""
     return np.einsum("nkd,nk->nd", y.astype(np.float64), weights.astype(np.float64)).astype(np.float32)
+
+
+def lora_delta(x: np.ndarray, a: np.ndarray, bt: np.ndarray, key: np.ndarray, scale: np.ndarray,
+               coef: np.ndarray) -> np.ndarray:
+    """The LoRA delta of x (n, n_in) for adapters stacked as A (R, n_in) and B^T (R, n_out) (zero outside the
+    output rows each rank column writes): delta = ((x A^T) * coef[:, key] * scale) B^T, in float64."""
+    u = x.astype(np.float64) @ a.T.astype(np.float64) * coef[:, key] * scale
+    return (u @ bt.astype(np.float64)).astype(np.float32)

@@ -51,6 +51,9 @@ class TwinsBackend(CpuBackend):
     def layernorm(self, x, w, b, eps: float) -> Act:
         return Act(ref.layernorm(values(x), w, b, eps))
 
+    def lora_add_(self, y, x, lora, coef) -> None:
+        y += ref.lora_delta(np.asarray(values(x), np.float32), lora.a, lora.bt, lora.key, lora.scale, coef)
+
     def matmul(self, w: np.ndarray, x) -> np.ndarray:
         # y[t, r] = sum_k W[r, k] * x[t, k]
         return np.ascontiguousarray(values(x), dtype=np.float32) @ w.T

@@ -57,9 +57,12 @@ class LayerWeights:
     # not file tensors: the backend's stacked weights (stack_matrices) that replace the separate projections
     attn_qkv: object = None  # rows of attn_q, attn_k, attn_v
     ffn_gate_up: object = None  # rows of ffn_gate, ffn_up  (gated_ffn)
+    # LoRA adapters (models/lora.py): stacked weight field (attn_qkv, attn_output, ffn_gate_up / ffn_up, ffn_down)
+    # -> its backend LoraStack
+    lora: dict | None = None
 
 
-FILE_FIELDS = [f.name for f in fields(LayerWeights) if f.name not in ("attn_qkv", "ffn_gate_up")]
+FILE_FIELDS = [f.name for f in fields(LayerWeights) if f.name not in ("attn_qkv", "ffn_gate_up", "lora")]
 
 
 def required_fields(cfg: ModelConfig) -> list[str]:
@@ -136,6 +139,8 @@ class Transformer:
         self.output = output  # (vocab, dim), often the same matrix as token_embd
         self.output_bias = output_bias  # (vocab,)
         self.layers = layers
+        self.lora = None  # models/lora.LoraSet once adapters are attached
+        self.xlora = None  # models/xlora.XLora: the classifier of an X-LoRA model
         self.inv_freq = [backend.array(config.inv_freq(i)) for i in range(config.n_layers)]
         # the matrices read after each layer's attention, in order (the next layer's q/k/v, or the output, last)
         nxt = [[m.attn_qkv] for m in layers[1:]] + [[output]]
@@ -189,47 +194,60 @@ class Transformer:
             return self.backend.layernorm(x, w, b, self.config.norm_eps)
         return self.backend.rmsnorm(x, w, self.config.norm_eps)
 
-    def linear(self, w, x, b=None):
-        """y = x W.T [+ b]"""
+    def linear(self, w, x, b=None, lora=None):
+        """y = x W.T [+ LoRA delta] [+ b]"""
         y = self.backend.matmul(w, x)
+        if lora is not None:
+            self.backend.lora_add_(y, x, *lora)
         if b is not None:
             self.backend.add_bias_(y, b)
         return y
 
-    def add_projection_(self, x, w, a, b=None, post_norm=None) -> None:
-        """x += post_norm(a W.T + b): an output projection into the residual stream x (inside the matmul when
-        nothing comes between)."""
+    def add_projection_(self, x, w, a, b=None, post_norm=None, lora=None) -> None:
+        """x += post_norm(a W.T [+ LoRA delta] + b): an output projection into the residual stream x (inside the
+        matmul when nothing comes between)."""
         be = self.backend
         if b is None and post_norm is None:
             be.matmul_add_(w, a, x)
+            if lora is not None:
+                be.lora_add_(x, a, *lora)
             return
-        y = self.linear(w, a, b)
+        y = self.linear(w, a, b, lora)
         be.add_(x, be.rmsnorm(y, post_norm, self.config.norm_eps, gemv=False) if post_norm is not None else y)
 
-    def attention(self, i: int, lw: LayerWeights, h, slots, pos, cache, x) -> None:
+    @staticmethod
+    def adapters(lw: LayerWeights, field: str, coef):
+        """(LoraStack, coef) for a stacked weight of the block when it has adapters and the forward has rows'
+        coefficients, else None."""
+        return None if coef is None or not lw.lora or field not in lw.lora else (lw.lora[field], coef)
+
+    def attention(self, i: int, lw: LayerWeights, h, slots, pos, cache, x, coef=None) -> None:
         """x += attention block of layer i over h = norm(x)."""
         cfg, be = self.config, self.backend
         biases = (lw.attn_q_bias, lw.attn_k_bias, lw.attn_v_bias) if lw.attn_q_bias is not None else (None,) * 3
         norms = (lw.attn_q_norm, lw.attn_k_norm) if cfg.qk_norm else None
         kc, vc = cache.layer(i)
         q = be.qkv_attn_inputs(lw.attn_qkv, h, cfg.q_dim, cfg.kv_dim, biases, norms, cfg.norm_eps, pos,
-                               self.inv_freq[i], cfg.rope_neox, kc, vc, slots)  # (n, n_heads, head_dim)
+                               self.inv_freq[i], cfg.rope_neox, kc, vc, slots,
+                               self.adapters(lw, "attn_qkv", coef))  # (n, n_heads, head_dim)
         be.prefetch(self.after_attention[i])  # attention leaves device memory idle: warm the L2 for what follows
         o = be.attention(q, kc, vc, slots, pos, cfg.window(i), cfg.softmax_scale, cfg.attn_softcap)  # (n, q_dim)
         self.add_projection_(x, lw.attn_output, o, lw.attn_output_bias,
-                             lw.post_attention_norm if cfg.post_norms else None)
+                             lw.post_attention_norm if cfg.post_norms else None, self.adapters(lw, "attn_output", coef))
 
-    def feed_forward(self, lw: LayerWeights, h, x) -> None:
+    def feed_forward(self, lw: LayerWeights, h, x, coef=None) -> None:
         """x += feed-forward block over h."""
         cfg, be = self.config, self.backend
         if cfg.n_experts:
             be.add_(x, self.moe(lw, h))
             return
         if cfg.gated_ffn:  # act(h Wgate) * (h Wup + b)
-            a = be.gated_ffn(lw.ffn_gate_up, h, cfg.ffn_dim, cfg.activation, lw.ffn_up_bias)
+            a = be.gated_ffn(lw.ffn_gate_up, h, cfg.ffn_dim, cfg.activation, lw.ffn_up_bias,
+                             self.adapters(lw, "ffn_gate_up", coef))
         else:  # act(h Wup + b)
-            a = be.act(self.linear(lw.ffn_up, h, lw.ffn_up_bias), cfg.activation)
-        self.add_projection_(x, lw.ffn_down, a, lw.ffn_down_bias, lw.post_ffw_norm if cfg.post_norms else None)
+            a = be.act(self.linear(lw.ffn_up, h, lw.ffn_up_bias, self.adapters(lw, "ffn_up", coef)), cfg.activation)
+        self.add_projection_(x, lw.ffn_down, a, lw.ffn_down_bias, lw.post_ffw_norm if cfg.post_norms else None,
+                             self.adapters(lw, "ffn_down", coef))
 
     def moe(self, lw: LayerWeights, h):
         """Sparse MoE: f[t] = sum over t's top-k experts e of softmax weight * down_e(act(gate_e h) * up_e h)."""
@@ -241,21 +259,26 @@ class Transformer:
         a = be.gated_act(g, u, cfg.activation).reshape(n, k, -1)
         return be.moe_sum(be.matmul_id(lw.ffn_down_exps, a, ids), weights)  # (n, dim)
 
-    def forward(self, tokens: np.ndarray, slots: np.ndarray, pos: np.ndarray, cache, logit_rows=None):
+    def forward(self, tokens: np.ndarray, slots: np.ndarray, pos: np.ndarray, cache, logit_rows=None, coef=None,
+                hidden: bool = False):
         """Run n tokens (each with its cache slot and position) through the model.
 
-        Returns logits (len(logit_rows), vocab) for the chosen rows of the batch (default: every row).
+        Returns logits (len(logit_rows), vocab) for the chosen rows of the batch (default: every row), or with
+        hidden the final-normed hidden states (len(logit_rows), dim) instead. coef (n, K): each row's LoRA
+        coefficients (models/lora.py; None: no adapter anywhere).
         """
         cfg, be = self.config, self.backend
         x = be.embed(self.token_embd, tokens, cfg.embed_scale)  # (n, dim)
         for i, lw in enumerate(self.layers):
             h = self.norm(x, lw.attn_norm, lw.attn_norm_bias)
-            self.attention(i, lw, h, slots, pos, cache, x)
+            self.attention(i, lw, h, slots, pos, cache, x, coef)
             if not cfg.parallel_block:  # parallel (phi2): x += attn(h) + ffn(h), both from the same norm(x)
                 h = self.norm(x, lw.ffn_norm, lw.ffn_norm_bias)
-            self.feed_forward(lw, h, x)
+            self.feed_forward(lw, h, x, coef)
         if logit_rows is not None:
             x = be.take_rows(x, logit_rows)
+        if hidden:
+            return self.norm(x, self.output_norm, self.output_norm_bias).x
         logits = self.linear(self.output, self.norm(x, self.output_norm, self.output_norm_bias), self.output_bias)
         if cfg.final_softcap > 0:
             be.softcap_(logits, cfg.final_softcap)

@@ -10,9 +10,10 @@ kernels from several threads need a thread-safe Numba threading layer (omp or tb
 import numpy as np
 
 from minirs.formats import Tensor
-from minirs.kernels.backend import Act, Stack, values
+from minirs.kernels.backend import Act, LoraStack, Stack, values
 from minirs.kernels.cpu import activation, attention, moe, norm, rope
 from minirs.kernels.cpu.dequant import embedding_rows
+from minirs.kernels.cpu.lora import lora_add, lora_add_rows
 from minirs.kernels.cpu.matmul import qmatmul
 from minirs.kernels.cpu.weights import QMatrix
 from minirs.sampling import rows as sampling_rows
@@ -59,6 +60,10 @@ class CpuBackend:
         """Kept apart: one stacked matmul measured slower here (its outputs come back as strided column views)."""
         return Stack(tuple(parts))
 
+    def lora_stack(self, a, bt, key, scale, lo, hi) -> LoraStack:
+        f32, i64 = (lambda v: np.ascontiguousarray(v, np.float32)), (lambda v: np.ascontiguousarray(v, np.int64))
+        return LoraStack(f32(a), f32(bt), i64(key), f32(scale), i64(lo), i64(hi))
+
     def array(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a)
 
@@ -90,8 +95,15 @@ class CpuBackend:
     def matmul_add_(self, w: QMatrix, x, out: np.ndarray) -> None:
         out += self.matmul(w, x)
 
+    def lora_add_(self, y: np.ndarray, x, lora: LoraStack, coef: np.ndarray) -> None:
+        kernel = lora_add_rows if y.shape[0] >= 16 else lora_add
+        kernel(np.ascontiguousarray(values(x), dtype=np.float32), *lora, coef, y)
+
     def add_(self, x: np.ndarray, y) -> None:
         x += values(y)
+
+    def relu_(self, x: np.ndarray) -> None:
+        np.maximum(x, 0, out=x)
 
     def add_bias_(self, x: np.ndarray, b: np.ndarray) -> None:
         x += b
@@ -103,9 +115,15 @@ class CpuBackend:
         np.tanh(x / cap, out=x)
         x *= np.float32(cap)
 
-    def qkv_attn_inputs(self, w: Stack, h, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots):
+    def qkv_attn_inputs(self, w: Stack, h, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots,
+                        lora=None):
         n, d = h.shape[0], kc.shape[3]
-        q, k, v = (self.matmul(m, h) for m in w.parts)
+        if lora is None:
+            q, k, v = (self.matmul(m, h) for m in w.parts)
+        else:  # one output for the stacked delta to land in
+            qkv = np.concatenate([self.matmul(m, h) for m in w.parts], axis=1)
+            self.lora_add_(qkv, h, *lora)
+            q, k, v = (np.ascontiguousarray(a) for a in np.split(qkv, [q_dim, q_dim + kv_dim], axis=1))
         if biases[0] is not None:
             for a, b in zip((q, k, v), biases):
                 a += b
@@ -130,8 +148,13 @@ class CpuBackend:
         out = attention.attention(q, kc, vc, slots, pos, window, scale, softcap, np.empty_like(q))
         return Act(out.reshape(q.shape[0], -1))
 
-    def gated_ffn(self, w: Stack, h, ffn_dim: int, activation: str, up_bias=None) -> Act:
-        gate, up = (self.matmul(m, h) for m in w.parts)
+    def gated_ffn(self, w: Stack, h, ffn_dim: int, activation: str, up_bias=None, lora=None) -> Act:
+        if lora is None:
+            gate, up = (self.matmul(m, h) for m in w.parts)
+        else:
+            gu = np.concatenate([self.matmul(m, h) for m in w.parts], axis=1)
+            self.lora_add_(gu, h, *lora)
+            gate, up = np.ascontiguousarray(gu[:, :ffn_dim]), np.ascontiguousarray(gu[:, ffn_dim:])
         if up_bias is not None:
             up += up_bias
         return self.gated_act(gate, up, activation)

@@ -22,7 +22,7 @@ from numba import cuda  # noqa: E402
 
 from minirs.errors import ModelError  # noqa: E402
 from minirs.formats import Tensor  # noqa: E402
-from minirs.kernels.backend import Act, Stack, values  # noqa: E402
+from minirs.kernels.backend import Act, LoraStack, Stack, values  # noqa: E402
 from minirs.kernels.cuda import mask as gpu_mask  # noqa: E402
 from minirs.kernels.cuda import sample as gpu_sample  # noqa: E402
 from minirs.kernels.cuda.activation import launch_act, launch_add_bias, launch_gated_act  # noqa: E402
@@ -36,6 +36,7 @@ from minirs.kernels.cuda.attention import (  # noqa: E402
 )
 from minirs.kernels.cuda.dequant import dequant  # noqa: E402
 from minirs.kernels.cuda.graph import StepGraph, copy_async  # noqa: E402
+from minirs.kernels.cuda.lora import launch_lora_add  # noqa: E402
 from minirs.kernels.cuda.matmul import gmatmul, gmatmul_qkv_rope, on_tensor_cores  # noqa: E402
 from minirs.kernels.cuda.moe import gmatmul_id, launch_moe_sum, launch_topk_softmax  # noqa: E402
 from minirs.kernels.cuda.norm import launch_layernorm, launch_rmsnorm  # noqa: E402
@@ -177,6 +178,18 @@ class CudaBackend:
         of the parts when their layouts differ."""
         return GMatrix.stack(parts) or Stack(tuple(parts))
 
+    def lora_stack(self, a, bt, key, scale, lo, hi) -> LoraStack:
+        f32, i64 = (lambda v: cp.asarray(np.ascontiguousarray(v, np.float32))), \
+            (lambda v: cp.asarray(np.ascontiguousarray(v, np.int64)))
+        return LoraStack(f32(a), f32(bt), i64(key), f32(scale), i64(lo), i64(hi))
+
+    def lora_add_(self, y, x, lora: LoraStack, coef) -> None:
+        """y += the LoRA delta of x: two launches for every adapter of the batch (lora.py)."""
+        xf = cp.ascontiguousarray(values(x), dtype=cp.float32)
+        u = cp.empty((xf.shape[0], lora.a.shape[0]), cp.float32)
+        launch_lora_add(y, xf, lora.a, lora.bt, lora.key, lora.scale, lora.lo, lora.hi,
+                        cp.ascontiguousarray(coef, dtype=cp.float32), u, self.nbs)
+
     def matmul(self, w: GMatrix, x):
         """y = x @ W.T   x: (n, n_in) array or Act -> (n, n_out) float32"""
         xf = cp.ascontiguousarray(values(x), dtype=cp.float32)
@@ -224,12 +237,16 @@ class CudaBackend:
         launch_gated_act(gate, up, activation == "gelu", out, None, self.nbs)
         return Act(out)
 
-    def gated_ffn(self, w, h, ffn_dim: int, activation: str, up_bias=None) -> Act:
-        """act(h Wgate) * (h Wup + up_bias): one stacked GEMV, then the gated activation on its two halves."""
-        if isinstance(w, Stack):
+    def gated_ffn(self, w, h, ffn_dim: int, activation: str, up_bias=None, lora=None) -> Act:
+        """act(h Wgate) * (h Wup + up_bias): one stacked GEMV (+ the LoRA delta of gate|up), then the gated
+        activation on its two halves."""
+        if isinstance(w, Stack) and lora is None:
             gate, up = (self.matmul(m, h) for m in w.parts)
         else:
-            gu = self.matmul(w, h)
+            gu = cp.concatenate([self.matmul(m, h) for m in w.parts], axis=1) if isinstance(w, Stack) \
+                else self.matmul(w, h)
+            if lora is not None:
+                self.lora_add_(gu, h, *lora)
             gate, up = gu[:, :ffn_dim], gu[:, ffn_dim:]
         if up_bias is not None:
             up = cp.ascontiguousarray(up)
@@ -250,12 +267,18 @@ class CudaBackend:
         return qo
 
     def qkv_attn_inputs(self, w, h, q_dim: int, kv_dim: int, biases, norms, eps, pos, inv_freq, neox,
-                        kc, vc, slots):
-        """The q/k/v projection of h followed by _attn_inputs; returns q as (n, heads, d). Decode batches of the
-        llama family (a stacked matrix, RoPE on adjacent pairs, no biases, no q/k norms) run it as one GEMV whose
-        epilogue rotates q and k and writes k and v to the caches (matmul.gmatmul_qkv_rope)."""
+                        kc, vc, slots, lora=None):
+        """The q/k/v projection of h (+ the LoRA delta) followed by _attn_inputs; returns q as (n, heads, d).
+        Decode batches of the llama family (a stacked matrix, RoPE on adjacent pairs, no biases, no q/k norms, no
+        LoRA) run it as one GEMV whose epilogue rotates q and k and writes k and v to the caches
+        (matmul.gmatmul_qkv_rope)."""
         n, d = h.shape[0], kc.shape[3]
-        if isinstance(w, Stack):
+        if lora is not None:  # the delta lands on q|k|v before RoPE: the unfused path
+            qkv = cp.concatenate([self.matmul(m, h) for m in w.parts], axis=1) if isinstance(w, Stack) \
+                else self.matmul(w, h)
+            self.lora_add_(qkv, h, *lora)
+            q, k, v = qkv[:, :q_dim], qkv[:, q_dim:q_dim + kv_dim], qkv[:, q_dim + kv_dim:]
+        elif isinstance(w, Stack):
             q, k, v = (self.matmul(m, h) for m in w.parts)
         elif n <= GEMV_MAX_N and w.family != "float" and not neox and biases[0] is None and norms is None:
             x = cp.ascontiguousarray(values(h), dtype=cp.float32)
@@ -308,6 +331,9 @@ class CudaBackend:
             return Act(out, **form)
         launch_layernorm(x2, w, b, eps, out, None, self.nbs)
         return Act(out)
+
+    def relu_(self, x) -> None:
+        cp.maximum(x, 0, out=x)
 
     def add_bias_(self, x, b) -> None:
         """x[i] += b for every row i (linear-layer biases), in place."""
