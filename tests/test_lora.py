@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_scheduler import StubTokenizer
 
 from minirs.engine import Engine, GenParams, Job
 from minirs.engine.kv_cache import KVCache
@@ -30,17 +31,6 @@ TOL = {"safetensors": 1e-4, "F32": 1e-4, "Q8_0": 0.1}
 TIMEOUT = 120
 
 
-class StubTokenizer:
-    eos_ids = ()
-
-    def stream_decoder(self, skip_special_tokens=False):
-        class D:
-            def feed(self, t):
-                return "x"
-
-            def flush(self):
-                return ""
-        return D()
 
 
 def logits(model, ids, names, cache=None):
