@@ -106,6 +106,8 @@ class Engine:
     # ----- the caller's side ---------------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
+        if self._closing:  # close() has dropped the model: nothing below may look at it (checked again under the lock)
+            raise MinirsError("the engine is shut down")
         if job.params.n > self.max_seqs:
             raise RequestError(f"n_choices/best_of of {job.params.n} exceeds max_seqs={self.max_seqs}")
         check_prompt(job.prompt_ids, self.ctx_len, self.vocab)
