@@ -9,6 +9,17 @@ import pytest
 os.environ.setdefault("MINIRS_FIRST_RUN", "compile")
 
 
+@pytest.fixture(scope="module")
+def one_numba_thread():
+    """One Numba thread for a module's real-model runs (`pytestmark = pytest.mark.usefixtures("one_numba_thread")`):
+    the 2 CI cores are shared, and an engine made now takes this as its most threads (engine/threads.py)."""
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def smollm2_path():
     from minirs.fetch import smollm2_path

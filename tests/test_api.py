@@ -9,7 +9,6 @@ import json
 import re
 import threading
 
-import numba
 import numpy as np
 import pytest
 
@@ -21,14 +20,7 @@ T = 300  # seconds: nothing may hang
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    # one Numba thread: parallel regions degrade badly when other processes share the 2 cores (the forward
-    # uses no BLAS, so Numba's is the only thread pool)
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # the 2 CI cores are shared
 
 
 @pytest.fixture(scope="module")

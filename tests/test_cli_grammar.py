@@ -4,7 +4,6 @@ that validates (jsonschema), and a bad grammar is a one-line error naming the fl
 import json
 
 import jsonschema
-import numba
 import pytest
 
 from minirs.cli import main
@@ -14,12 +13,7 @@ CAT = {"type": "object", "additionalProperties": False, "required": ["name", "li
                       "lives": {"type": "integer", "minimum": 1, "maximum": 9}}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    old = numba.get_num_threads()  # one Numba thread: the 2 CI cores are shared (as test_api.py)
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # the 2 CI cores are shared
 
 
 def test_json_schema_file(smollm2_path, tmp_path, capsys):

@@ -11,7 +11,6 @@ import threading
 
 import jsonschema
 import lark
-import numba
 import pytest
 
 from minirs import ChatCompletionRequest, CompletionRequest, RequestError, Runner, Which
@@ -38,12 +37,7 @@ NUMBER: /[0-9]{1,3}/
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    old = numba.get_num_threads()  # one Numba thread: the 2 CI cores are shared (as test_api.py)
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # the 2 CI cores are shared
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import jsonschema
-import numba
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -33,12 +32,7 @@ TOOLS = [WEATHER, ADD]
 Q = [{"role": "user", "content": "What is the weather like in Paris?"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    old = numba.get_num_threads()  # see test_api.py: one Numba thread on the shared 2-core machines
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # the 2 CI cores are shared
 
 
 @pytest.fixture(scope="module")
