@@ -21,7 +21,6 @@ A first run need not wait, though. `first_run(model, path)` decides what the loa
     python -m minirs.warmup MODEL      # compile the CPU kernels MODEL needs into Numba's cache (one at a time)
 """
 
-import fcntl
 import hashlib
 import os
 import subprocess
@@ -201,6 +200,8 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print("usage: python -m minirs.warmup MODEL", file=sys.stderr)
         return 2
+    import fcntl  # POSIX: the file lock that keeps one compile per cache
+
     from minirs.kernels.cpu.backend import CpuBackend
     from minirs.models.llama import Transformer
     from minirs.models.source import open_model

@@ -183,6 +183,12 @@ def test_bad_which_and_xlora_folders(base, tmp_path):
     (bad / "xlora_config.json").write_text(json.dumps({**cfg, "adapters": ["a1", "a3"]}))
     with pytest.raises(MinirsError, match="'a3'"):
         load_xlora(m, bad)
+    (bad / "xlora_config.json").write_text(json.dumps([cfg]))  # an array, not an object: named, no TypeError
+    with pytest.raises(MinirsError, match="xlora_config.json: expected a JSON object, got list"):
+        load_xlora(m, bad)
+    (bad / "ordering.json").write_text("[]")
+    with pytest.raises(MinirsError, match="ordering.json: expected a JSON object, got list"):
+        load_xlora(m, XL, bad / "ordering.json")
     order = json.loads((XL / "ordering.json").read_text())
     del order["layers"]["model.layers.1.mlp.down_proj"]
     (bad / "ordering.json").write_text(json.dumps(order))

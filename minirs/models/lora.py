@@ -67,6 +67,17 @@ def _pattern(patterns: dict, module: str, default):
     return default
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object (adapter, X-LoRA and ordering configs); ModelError naming the file otherwise."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise ModelError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_adapter(folder, name: str | None = None) -> Adapter:
     """A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors); DoRA, modules_to_save, LoRA
     biases, embedding LoRAs and non-finite weights are refused with a ModelError naming the file and tensor."""
@@ -76,12 +87,7 @@ def read_adapter(folder, name: str | None = None) -> Adapter:
         raise ModelError(f"{folder}: not a LoRA adapter folder (no adapter_config.json)")
     if not st_path.is_file():
         raise ModelError(f"{folder}: no adapter_model.safetensors (minirs reads adapters in safetensors only)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{cfg_path}: not readable JSON ({e})") from e
-    if not isinstance(cfg, dict):
-        raise ModelError(f"{cfg_path}: expected a JSON object")
+    cfg = read_json_object(cfg_path)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ModelError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not a LoRA adapter")
     if cfg.get("use_dora"):
@@ -129,11 +135,8 @@ def read_ordering(path) -> dict:
     """mistral.rs's ordering file: {"order": [adapter names], "layers": {HF module: index}, "base_model_id": ...,
     "preload_adapters": [{"name", "adapter_model_id"}]} (layers and preload_adapters optional)."""
     path = Path(path)
-    try:
-        order = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: cannot read the ordering file ({e})") from e
-    if not isinstance(order, dict) or not isinstance(order.get("order", []), list) \
+    order = read_json_object(path)
+    if not isinstance(order.get("order", []), list) \
             or not all(isinstance(n, str) for n in order.get("order", [])):
         raise ModelError(f"{path}: an ordering file is a JSON object whose 'order' is a list of adapter names")
     layers = order.get("layers")

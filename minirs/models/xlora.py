@@ -23,7 +23,6 @@ The classifier's tensors are read under mistral.rs's names (inner.{i}, last) or 
 (n, layers x adapters) logits run on the host, where the engine keeps each sequence's scalings.
 """
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 
 from minirs.errors import ModelError
 from minirs.formats import Tensor
-from minirs.models.lora import adapters_from, attach, read_ordering
+from minirs.models.lora import adapters_from, attach, read_json_object, read_ordering
 
 DEFAULTS = {"layerwise_scalings": False, "xlora_depth": 1, "xlora_size": 2048, "enable_softmax": True,
             "enable_softmax_topk": False, "softmax_temperature": 1.0, "scaling_pass_value": 0.0, "use_bias": True,
@@ -132,11 +131,7 @@ def load_xlora(model, folder, order_file=None, tgt_non_granular_index: int | Non
     cfg_path = folder / "xlora_config.json"
     if not cfg_path.is_file():
         raise ModelError(f"{folder}: not an X-LoRA folder (no xlora_config.json)")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{cfg_path}: not readable JSON ({e})") from e
-    cfg = DEFAULTS | raw
+    cfg = DEFAULTS | read_json_object(cfg_path)  # a JSON array here was a TypeError
     names = cfg.get("adapters")
     names = list(names) if isinstance(names, (list, dict)) else None
     for key, kind in (("hidden_size", int), ("xlora_depth", int), ("xlora_size", int)):
