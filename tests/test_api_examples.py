@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_api import single_threaded  # noqa: F401 - the same one-thread fixture
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # the 2 CI cores are shared
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_api import single_threaded  # noqa: F401 - the same one-Numba-thread fixture (autouse)
 
 from minirs import ChatCompletionRequest, CompletionRequest, MinirsError, RequestError, Runner, Which
 from minirs.errors import ModelError, RequestTimeout
+
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # the 2 CI cores are shared
 
 T = 300
 Q = [{"role": "user", "content": "Tell me a long story about a dragon."}]
