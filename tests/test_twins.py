@@ -1,5 +1,7 @@
 """The twins backend (minirs/kernels/twins.py) against the Numba CPU backend on the real SmolLM2: the same logits to
-float32 rounding and the same greedy tokens, through prefill and decode."""
+within what float32 rounding moves (through the activations' 16-bit quantization: a rounding that lands an input on
+the other side of a quantization step moves it by one step, ~1/65000 of its block's largest value) and the same
+greedy tokens, through prefill and decode."""
 
 import numpy as np
 
@@ -24,12 +26,13 @@ def greedy(model, ids: list[int], steps: int) -> tuple[np.ndarray, list[int]]:
 
 def test_twins_match_the_cpu_kernels(smollm2_path):
     """SmolLM2 only: Gemma-3's twins take 1.1 GB and most of a minute to decode to float32 on CI's 2 cores (measured
-    by hand: 1.2e-6 of the largest logit, the same greedy tokens)."""
+    by hand before the 16-bit activations: 1.2e-6 of the largest logit, the same greedy tokens). Measured since:
+    1.4e-4 on SmolLM2."""
     cpu = load(smollm2_path, device="cpu", warm_up=False)
     twins = load(smollm2_path, backend=TwinsBackend(), warm_up=False)
     ids = cpu.tokenizer.encode("The capital of France is", add_special_tokens=True)
     want_logits, want = greedy(cpu.model, ids, 8)
     got_logits, got = greedy(twins.model, ids, 8)
     err = np.abs(got_logits - want_logits).max() / np.abs(want_logits).max()
-    assert err < 2e-5, f"max error {err:.2e} relative to the largest logit"
+    assert err < 5e-4, f"max error {err:.2e} relative to the largest logit"
     assert got == want

@@ -6,8 +6,9 @@ It is the CPU backend with every Numba kernel replaced by its plain-NumPy statem
 decoded once to float32 at load time (formats.quants.dequantize, bit-exact with gguf), so a matmul is one BLAS call.
 Nothing here compiles. That is what it is for: on a machine's first run the Numba kernels need about a minute to
 compile, and a small model answers on the twins meanwhile (minirs.warmup hands the engine the compiled model when
-the compile is done). The CPU kernels keep activations and accumulation in float32 too, so both backends agree to
-about 2e-6 of the largest logit (tests/test_twins.py checks logits and greedy tokens on the real SmolLM2).
+the compile is done). A quantized weight meets x quantized to int8 per 32 inputs, as in the CPU kernels (the same
+integers: qdot.quantize_rows_ref is bit-identical with the kernel), so both backends differ only by float32 rounding
+(tests/test_twins.py checks logits and greedy tokens on the real SmolLM2).
 
 Memory is the price: four bytes per weight (0.6 GB for SmolLM2-135M, 1.1 GB for Gemma-3-270M), so minirs.warmup
 uses it only for models whose float32 copy fits its budget.
@@ -20,6 +21,19 @@ from minirs.formats.quants import dequantize
 from minirs.kernels import ref
 from minirs.kernels.backend import Act, values
 from minirs.kernels.cpu.backend import CpuBackend
+from minirs.kernels.cpu.matmul import int8_roundtrip
+
+
+class Dequantized(np.ndarray):
+    """The float32 copy of quantized weights: the matmul twins quantize x for it, as the CPU kernels do."""
+
+
+def _as_kernels_see(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x as the CPU matmul kernels meet it: int8 per 32 inputs for quantized weights, itself for float ones."""
+    x = np.asarray(x, np.float32)
+    if not isinstance(w, Dequantized):
+        return x
+    return int8_roundtrip(x.reshape(-1, x.shape[-1])).astype(np.float32).reshape(x.shape)
 
 
 def float32_bytes(tensors) -> int:
@@ -33,14 +47,19 @@ class TwinsBackend(CpuBackend):
 
     # --- weights: decoded once to float32 ---
     def matrix(self, t: Tensor) -> np.ndarray:
-        return np.ascontiguousarray(dequantize(t), dtype=np.float32)  # (n_out, n_in)
+        return self._dense(t)  # (n_out, n_in)
 
     def expert_matrix(self, t: Tensor) -> np.ndarray:
-        return np.ascontiguousarray(dequantize(t), dtype=np.float32)  # (E, n_out, n_in)
+        return self._dense(t)  # (E, n_out, n_in)
+
+    @staticmethod
+    def _dense(t: Tensor) -> np.ndarray:
+        w = np.ascontiguousarray(dequantize(t), dtype=np.float32)
+        return w if t.qtype in ("F32", "F16", "BF16") else w.view(Dequantized)
 
     # --- ops: the twins ---
     def embed(self, w: np.ndarray, ids, scale: float = 1.0) -> np.ndarray:
-        x = w[np.asarray(ids, dtype=np.int64)]  # (n, dim), a copy
+        x = np.asarray(w[np.asarray(ids, dtype=np.int64)])  # (n, dim), a copy
         if scale != 1.0:
             x *= np.float32(scale)
         return x
@@ -56,7 +75,7 @@ class TwinsBackend(CpuBackend):
 
     def matmul(self, w: np.ndarray, x) -> np.ndarray:
         # y[t, r] = sum_k W[r, k] * x[t, k]
-        return np.ascontiguousarray(values(x), dtype=np.float32) @ w.T
+        return np.asarray(np.ascontiguousarray(_as_kernels_see(w, values(x))) @ w.T)
 
     def rope_(self, x, pos, inv_freq, neox: bool) -> None:
         x[...] = ref.rope(x, np.asarray(pos), inv_freq, neox)
@@ -81,4 +100,4 @@ class TwinsBackend(CpuBackend):
         return ref.topk_softmax(np.asarray(logits), k)
 
     def matmul_id(self, experts: np.ndarray, x, ids) -> np.ndarray:
-        return ref.matmul_id(experts, values(x), np.asarray(ids))
+        return ref.matmul_id(experts, _as_kernels_see(experts, values(x)), np.asarray(ids))

@@ -83,6 +83,8 @@ PRESETS = {
                           extra={"attention.sliding_window": 512}),
     "llama-7b-q4_0": Preset("llama", 4096, 32, 32, 8, 14336, 32000, "Q4_0", "Q4_0", "Q6_K"),
     "llama-7b-q4_k": Preset("llama", 4096, 32, 32, 8, 14336, 32000, "Q4_K", "Q4_K", "Q6_K"),
+    # a 1.1B llama (TinyLlama's shape) at Q4_K with a Q6_K output: the 1B class of issue 27's CPU comparison
+    "llama-1b-q4_k": Preset("llama", 2048, 22, 32, 4, 5632, 32000, "Q4_K", "Q4_K", "Q6_K"),
     "tiny-llama": Preset("llama", 64, 2, 4, 2, 128, 256, "Q8_0", "Q8_0", "Q8_0", context=256),
     # Mixtral-8x7B: llama-shaped attention, 8 experts of ffn 14336, top-2 (about 26 GB at Q4_K)
     "mixtral-8x7b-q4_k": Preset("llama", 4096, 32, 32, 8, 14336, 32000, "Q4_K", "Q4_K", "Q6_K", context=32768,

@@ -56,9 +56,17 @@ class CpuBackend:
                                            rows[e * n_out:(e + 1) * n_out].reshape(-1)))
                 for e in range(n_exp)]
 
-    def stack_matrices(self, parts: list) -> Stack:
-        """Kept apart: one stacked matmul measured slower here (its outputs come back as strided column views)."""
-        return Stack(tuple(parts))
+    def stack_matrices(self, parts: list) -> QMatrix | Stack:
+        """One matrix of the parts' rows where they share a kernel (QMatrix.stacked), else the parts."""
+        return QMatrix.stacked(parts) or Stack(tuple(parts))
+
+    def _stacked_matmul(self, w: QMatrix | Stack, h, lora) -> np.ndarray:
+        """h times every part, side by side (n, sum of n_out), plus the LoRA delta."""
+        y = self.matmul(w, h) if isinstance(w, QMatrix) else np.concatenate([self.matmul(m, h) for m in w.parts],
+                                                                              axis=1)
+        if lora is not None:
+            self.lora_add_(y, h, *lora)
+        return y
 
     def lora_stack(self, a, bt, key, scale, lo, hi) -> LoraStack:
         f32, i64 = (lambda v: np.ascontiguousarray(v, np.float32)), (lambda v: np.ascontiguousarray(v, np.int64))
@@ -118,12 +126,8 @@ class CpuBackend:
     def qkv_attn_inputs(self, w: Stack, h, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots,
                         lora=None):
         n, d = h.shape[0], kc.shape[3]
-        if lora is None:
-            q, k, v = (self.matmul(m, h) for m in w.parts)
-        else:  # one output for the stacked delta to land in
-            qkv = np.concatenate([self.matmul(m, h) for m in w.parts], axis=1)
-            self.lora_add_(qkv, h, *lora)
-            q, k, v = (np.ascontiguousarray(a) for a in np.split(qkv, [q_dim, q_dim + kv_dim], axis=1))
+        qkv = self._stacked_matmul(w, h, lora)
+        q, k, v = (np.ascontiguousarray(a) for a in np.split(qkv, [q_dim, q_dim + kv_dim], axis=1))
         if biases[0] is not None:
             for a, b in zip((q, k, v), biases):
                 a += b
@@ -149,12 +153,8 @@ class CpuBackend:
         return Act(out.reshape(q.shape[0], -1))
 
     def gated_ffn(self, w: Stack, h, ffn_dim: int, activation: str, up_bias=None, lora=None) -> Act:
-        if lora is None:
-            gate, up = (self.matmul(m, h) for m in w.parts)
-        else:
-            gu = np.concatenate([self.matmul(m, h) for m in w.parts], axis=1)
-            self.lora_add_(gu, h, *lora)
-            gate, up = np.ascontiguousarray(gu[:, :ffn_dim]), np.ascontiguousarray(gu[:, ffn_dim:])
+        gu = self._stacked_matmul(w, h, lora)
+        gate, up = np.ascontiguousarray(gu[:, :ffn_dim]), np.ascontiguousarray(gu[:, ffn_dim:])
         if up_bias is not None:
             up += up_bias
         return self.gated_act(gate, up, activation)

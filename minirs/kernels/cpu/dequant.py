@@ -2,7 +2,7 @@
 
     e = embedding_rows(w, ids)             # (len(ids), n_in) float32
 
-The row-interleaved tiles of cpu/weights.py are decoded a tile (32-64 rows) at a time.
+The row-interleaved tiles of cpu/weights.py are decoded a tile (32 rows) at a time.
 """
 
 import numpy as np
@@ -13,7 +13,8 @@ from minirs.kernels.cpu.weights import QMatrix
 
 @njit(cache=True, parallel=True, nogil=True)
 def _deq_q4(q, d, m, off, tiles, out):
-    # out[32g + j, k*L + l] = d[t, g, l] * (nib[t, g, j, l] - off) (+ m[t, g, l]),  t = tiles[k]
+    # out[32g + j (+16), k*L + l] = d[t, g, l] * (lo (hi) nibble of byte j of group g - off) (+ m[t, g, l]),
+    # t = tiles[k]; byte j of group g is q[t, 4g + j // 4, l, j % 4]
     L = q.shape[2]
     has_m = m.shape[0] > 0
     for k in prange(tiles.shape[0]):
@@ -22,32 +23,30 @@ def _deq_q4(q, d, m, off, tiles, out):
             dg = d[t, g]
             mg = m[t, g] if has_m else dg
             for j in range(32):
-                qk = q[t, 16 * g + j % 16]
+                byte = q[t, 4 * g + (j % 16) // 4, :, j % 4]
                 shift = np.uint8(4 * (j // 16))
                 o = out[32 * g + j, k * L:(k + 1) * L]
                 for l in range(L):
-                    v = dg[l] * (np.float32((qk[l] >> shift) & np.uint8(15)) - np.float32(off))
+                    v = dg[l] * (np.float32((byte[l] >> shift) & np.uint8(15)) - np.float32(off))
                     o[l] = v + mg[l] if has_m else v
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _deq_q8(q, d, m, tiles, out):
-    # out[gs*g + j, k*L + l] = d[t, g, l] * q[t, gs*g + j, l] (+ m[t, g, l]),  t = tiles[k]
+def _deq_q8(q, d, m, off, tiles, out):
+    # out[e, k*L + l] = d[t, e // gs, l] * (q[t, e // 4, l, e % 4] - off) (+ m[t, e // gs, l]),  t = tiles[k]
     L = q.shape[2]
     has_m = m.shape[0] > 0
-    gs = q.shape[1] // d.shape[1]
+    gs = 4 * q.shape[1] // d.shape[1]
     for k in prange(tiles.shape[0]):
         t = tiles[k]
-        for g in range(d.shape[1]):
-            dg = d[t, g]
-            mg = m[t, g] if has_m else dg
-            for j in range(gs):
-                qk = q[t, gs * g + j]
-                o = out[gs * g + j, k * L:(k + 1) * L]
-                for l in range(L):
-                    v = dg[l] * np.float32(qk[l])
-                    o[l] = v + mg[l] if has_m else v
-
+        for e in range(4 * q.shape[1]):
+            dg = d[t, e // gs]
+            mg = m[t, e // gs] if has_m else dg
+            u = q[t, e // 4, :, e % 4]
+            o = out[e, k * L:(k + 1) * L]
+            for l in range(L):
+                v = dg[l] * (np.float32(u[l]) - np.float32(off))
+                o[l] = v + mg[l] if has_m else v
 
 
 def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
@@ -56,7 +55,7 @@ def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
     if w.family == "q4":
         _deq_q4(w.q, w.d, w.m, w.off, tiles, out)
     else:
-        _deq_q8(w.q, w.d, w.m, tiles, out)
+        _deq_q8(w.q, w.d, w.m, w.off, tiles, out)
 
 
 
@@ -76,6 +75,6 @@ def embedding_rows(w: QMatrix, ids) -> np.ndarray:
     if w.family == "float":
         return _float_rows(w, ids)
     L = w.q.shape[2]
-    buf = np.empty((w.n_in, ids.shape[0] * L), np.float32)  # whole tiles: decoding 32-64 rows per id is cheap
+    buf = np.empty((w.n_in, ids.shape[0] * L), np.float32)  # whole tiles: decoding 32 rows per id is cheap
     _decode_tiles(w, ids // L, buf)
     return np.ascontiguousarray(buf[:, np.arange(ids.shape[0]) * L + ids % L].T)

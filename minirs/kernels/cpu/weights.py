@@ -7,20 +7,22 @@ per family (plus a tile decoder for embeddings) covers fifteen types. The f16 sc
 float16), scales x sub-scales are multiplied out, and nibbles are re-packed to one order. Every conversion keeps the
 gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
 
-| family | weight element              | q per row                                                 | types                      |
-| ------ | --------------------------- | --------------------------------------------------------- | -------------------------- |
-| q4     | d[g] * (q - off) (+ m[g])   | n_in/2 bytes; in each 32-group lo nibble j = element j,   | Q4_0 (off 8), Q4_1, Q4_K   |
-|        |                             | hi nibble j = element j+16                                |                            |
-| q8     | d[g] * q (+ m[g])           | one int8 per element                                      | Q8_0, Q5_*, Q6_K, Q3_K,    |
-|        |                             |                                                           | Q2_K, IQ4_NL, IQ4_XS       |
+| family | weight element            | integers per row (unsigned bytes)                     | types                   |
+| ------ | ------------------------- | ----------------------------------------------------- | ----------------------- |
+| q4     | d[g] * (u - off) (+ m[g]) | n_in/2 bytes; in each 32-group lo nibble j is element | Q4_0 (off 8), Q4_1, Q4_K|
+|        |                           | j, hi nibble j element j+16                           |                         |
+| q8     | d[g] * (u - 128) (+ m[g]) | one byte per element: the int8 value + 128            | Q8_0, Q5_*, Q6_K, Q3_K, |
+|        |                           |                                                       | Q2_K, IQ4_NL, IQ4_XS    |
 
-g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). Types other than 4- and 8-bit are widened to one int8 per
+g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). Types other than 4- and 8-bit are widened to one byte per
 weight (IQ4 through its codebook): one fast kernel instead of one per bit width, at 1.2x (Q6_K), 1.45x (Q5_0) to
 3x (Q2_K) their file size; never a float copy. F32, F16 and BF16 keep their bytes and are converted on the fly.
-Activations and accumulation stay float32 (no int8 quantization of x, so results match the float twin to ~1e-7).
+The integers are unsigned so that the matmul's integer dot products (cpu/qdot.py: int8 activations times these
+bytes, `vpdpbusd` where the CPU has it) take them as they are.
 
-Rows are interleaved in tiles of L = 32 or 64 (a[t, k, l] is item k of row t*L + l) so that the kernels run their
-innermost loop over L rows at once: contiguous SIMD loads and no horizontal sums.
+Rows are interleaved in tiles of TILE = 32 rows, four integers at a time: q[t, k, l, b] is integer 4k + b of row
+t*TILE + l, so one 64-byte load holds four integers of 16 rows, and d[t, g, l], m[t, g, l] are the scales of row
+t*TILE + l.
 """
 
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from minirs.errors import ModelError
 from minirs.formats.model_file import Tensor
 from minirs.formats.types import QTYPES
 from minirs.kernels import kquant_relayout as kq
+from minirs.kernels.cpu.qdot import TILE
 
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _NO_M = np.zeros((0, 0, 0), np.float32)
@@ -38,24 +41,46 @@ _NO_M = np.zeros((0, 0, 0), np.float32)
 
 @dataclass
 class QMatrix:
-    """A weight matrix (n_out, n_in) kept quantized, in the layout of its kernel family (see module docstring).
-
-    Quantized arrays are row-interleaved in tiles of L rows (L = 64, or 32 for n_out < 1024 so that two threads
-    get balanced work), zero-padded to a whole tile: a[t, k, l] is item k of row t*L + l.
-    """
+    """A weight matrix (n_out, n_in) kept quantized, in the layout of its kernel family (see module docstring),
+    zero-padded to whole tiles."""
 
     qtype: str
     n_out: int
     n_in: int
     family: str  # "q4", "q8" or "float"
-    q: np.ndarray  # (T, n_in/2, L) uint8 nibbles | (T, n_in, L) int8 | (n_out, n_in) raw F32/F16/BF16 rows
-    d: np.ndarray  # (T, n_in/gs, L) float32 group scales
-    m: np.ndarray = field(default_factory=lambda: _NO_M)  # (T, n_in/gs, L) float32 group offsets, or empty
-    off: int = 0  # integer subtracted from q before scaling (Q4_0: 8)
+    q: np.ndarray  # (T, n_in/8 | n_in/4, TILE, 4) uint8 integers | (n_out, n_in) raw F32/F16/BF16 rows
+    d: np.ndarray  # (T, n_in/gs, TILE) float32 group scales
+    m: np.ndarray = field(default_factory=lambda: _NO_M)  # (T, n_in/gs, TILE) float32 group offsets, or empty
+    off: int = 0  # integer subtracted from u before scaling (Q4_0: 8, the q8 family: 128)
 
     @property
     def nbytes(self) -> int:
         return int(self.q.nbytes + self.d.nbytes + self.m.nbytes)
+
+    @property
+    def group_size(self) -> int:
+        return self.n_in // self.d.shape[1]
+
+    @property
+    def kind(self) -> int:
+        """The key of qdot.KINDS: the family, group size and offsets that the matmul kernel specialises on."""
+        has_m = self.m.shape[0] > 0
+        if self.family == "q4":
+            return 1 if has_m else 0
+        return (2 if self.group_size == 32 else 4) + has_m
+
+    @classmethod
+    def stacked(cls, parts: list) -> "QMatrix | None":
+        """The parts' rows one after the other in one matrix (q|k|v, gate|up: one call instead of three), or None
+        where they do not share a kernel (family, kind, n_in) or a part but the last ends inside a tile."""
+        first = parts[0]
+        if not all(isinstance(p, QMatrix) and p.family != "float" and p.kind == first.kind and p.n_in == first.n_in
+                   for p in parts) or any(p.n_out % TILE for p in parts[:-1]):
+            return None
+        has_m = first.m.shape[0] > 0
+        return QMatrix("+".join(dict.fromkeys(p.qtype for p in parts)), sum(p.n_out for p in parts), first.n_in,
+                       first.family, np.concatenate([p.q for p in parts]), np.concatenate([p.d for p in parts]),
+                       np.concatenate([p.m for p in parts]) if has_m else _NO_M, first.off)
 
     @classmethod
     def from_tensor(cls, t: Tensor) -> "QMatrix":
@@ -71,16 +96,23 @@ class QMatrix:
 
 def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.ndarray, m=None,
           off: int = 0) -> QMatrix:
-    """Build a QMatrix from row-major family arrays (n_out, ...) by interleaving them in tiles of L rows."""
-    L = 64 if n_out >= 1024 else 32
-    n_tiles = -(-n_out // L)
+    """Build a QMatrix from row-major family arrays (n_out, ...): q the q4 family's packed nibbles (uint8) or the
+    q8 family's int8 values (stored + 128), interleaved in tiles of TILE rows and four integers."""
+    n_tiles = -(-n_out // TILE)
+    if family == "q8":
+        q, off = (q.astype(np.int16) + 128).astype(np.uint8), 128
 
-    def tiles(a: np.ndarray) -> np.ndarray:  # (n_out, k) -> (n_tiles, k, L)
-        pad = np.zeros((n_tiles * L, a.shape[1]), a.dtype)
+    def padded(a: np.ndarray) -> np.ndarray:
+        pad = np.zeros((n_tiles * TILE, a.shape[1]), a.dtype)
         pad[:n_out] = a
-        return np.ascontiguousarray(pad.reshape(n_tiles, L, -1).transpose(0, 2, 1))
+        return pad
 
-    return QMatrix(qtype, n_out, n_in, family, tiles(q), tiles(d), _NO_M if m is None else tiles(m), off)
+    def scales(a: np.ndarray) -> np.ndarray:  # (n_out, G) -> (n_tiles, G, TILE)
+        return np.ascontiguousarray(padded(a).reshape(n_tiles, TILE, -1).transpose(0, 2, 1))
+
+    q4 = padded(q).reshape(n_tiles, TILE, -1, 4).transpose(0, 2, 1, 3)  # (n_tiles, items/4, TILE, 4)
+    return QMatrix(qtype, n_out, n_in, family, np.ascontiguousarray(q4), scales(d),
+                   _NO_M if m is None else scales(m), off)
 
 
 def _pack_nibbles(v: np.ndarray) -> np.ndarray:

@@ -1,0 +1,278 @@
+"""Integer dot products for the CPU matmul: x quantized per 32 inputs, times the weights' integers.
+
+    q1, q2, dx, sx = quantize_rows(x)      # x (n, n_in) float32 -> two int8 (n, n_in), scales (n, n_in/32), sums
+    q1, q2, dx, sx = quantize_rows_ref(x)  # its NumPy twin (bit-identical)
+    tile_dot(qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, KIND)   # one tile of 32 rows for one token (LLVM IR)
+
+This is llama.cpp's recipe (its q8_0 x q4_x vec_dot) with twice the precision: each 32-block of x becomes a
+16-bit integer X = 254 * q1 + q2 (two int8) times one float scale dx, so a group's dot product is a sum of integer
+products, exact in int32, and costs two instructions per 64 weights where the CPU has AVX-512 VNNI (`vpdpbusd`:
+16 lanes, each the sum of 4 uint8 x int8 products). With AVX2 only, vpmaddubsw and vpmaddwd do it in three
+instructions per 32 bytes (dot_isa); elsewhere plain vector IR (zero/sign extension, multiply, pairwise sums) lets
+LLVM lower it for any target. The weight integers are
+unsigned bytes: nibbles 0..15 (q4 family) or int8 + 128 (q8 family), so `vpdpbusd`'s unsigned x signed shape fits
+both.
+
+For a group g of gs weights w[j] = d * (u[j] - off) (+ m) of one row, and x[j] ~= dx * X[j]:
+
+    sum_j w[j] * x[j] ~= d * (dx * (sum_j u[j] * X[j] - off * sx)) (+ m * (dx * sx)),   sx = sum_j X[j]
+
+and a row's result is these terms accumulated over groups in order, with the float operations of the code below:
+t = float(isum - off * sx) * dx; acc = fma(d, t, acc); acc = fma(m, dx * float(sx), acc). The integer sums are
+exact, so their order is free; the float operations run in this one order for every token, so a row's bits depend
+only on its own x and W, whatever the batch (batch invariance) and the thread count.
+"""
+
+import os
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 16  # int32 / float32 lanes of one vector; a tile is TILE rows = two vectors
+TILE = 32
+QMAX = np.float32(127.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quantizing x. Block b of row i holds inputs 32b .. 32b+31. One int8 per input would cost ~3% of the largest
+# logit on SmolLM2 (its activations have outliers that coarsen whole blocks), so each input gets two:
+#
+#     d1 = max|x| / 127;  q1 = rint(x / d1);  r = x - q1 * d1;  dx = d1 / 254;  q2 = rint(r / dx)  (|q2| <= 127)
+#
+# and x ~= dx * X with the 16-bit integer X = 254 * q1 + q2 (error <= dx / 2, ~1/65000 of the block's largest
+# value). A weight integer u then meets X as 254 * (u . q1) + (u . q2): two byte dot products per weight byte, the
+# weights loaded once. Divisions are multiplications by the float32 reciprocal, in the same order in Numba and
+# NumPy, so the twin is bit-identical. sx holds the sum of X per 16 inputs (the q8 family's K-quant groups are 16
+# wide, the others two of them).
+# ---------------------------------------------------------------------------------------------------------------
+
+HI = 254  # X = HI * q1 + q2
+
+
+@njit(cache=True, nogil=True)
+def quantize_rows(x):
+    n, n_in = x.shape
+    q1, q2 = np.empty((n, n_in), np.int8), np.empty((n, n_in), np.int8)
+    dx, sx = np.empty((n, n_in // 32), np.float32), np.empty((n, n_in // 16), np.int32)
+    for i in range(n):
+        quantize_row(x[i], q1[i], q2[i], dx[i], sx[i])
+    return q1, q2, dx, sx
+
+
+@njit(cache=True, inline="always")
+def quantize_row(x, q1, q2, dx, sx):
+    for b in range(x.shape[0] // 32):
+        amax = np.float32(0.0)
+        for j in range(32 * b, 32 * b + 32):
+            amax = max(amax, abs(x[j]))
+        d1 = amax / QMAX
+        d2 = d1 / np.float32(HI)
+        inv1 = np.float32(1.0) / d1 if d1 > 0 else np.float32(0.0)
+        inv2 = np.float32(1.0) / d2 if d2 > 0 else np.float32(0.0)
+        dx[b] = d2
+        for h in range(2):
+            s = 0
+            for j in range(32 * b + 16 * h, 32 * b + 16 * h + 16):
+                a = min(max(np.rint(x[j] * inv1), -QMAX), QMAX)
+                c = min(max(np.rint((x[j] - a * d1) * inv2), -QMAX), QMAX)
+                q1[j] = np.int8(a)
+                q2[j] = np.int8(c)
+                s += HI * np.int32(a) + np.int32(c)
+            sx[2 * b + h] = s
+
+
+def quantize_rows_ref(x: np.ndarray):
+    """The NumPy twin of quantize_rows: (q1, q2, dx, sx)."""
+    n, n_in = x.shape
+    blocks = x.reshape(n, n_in // 32, 32).astype(np.float32)
+    d1 = (np.abs(blocks).max(axis=2) / QMAX).astype(np.float32)
+    d2 = (d1 / np.float32(HI)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv1 = np.where(d1 > 0, np.float32(1.0) / d1, np.float32(0.0)).astype(np.float32)[..., None]
+        inv2 = np.where(d2 > 0, np.float32(1.0) / d2, np.float32(0.0)).astype(np.float32)[..., None]
+    a = np.clip(np.rint(blocks * inv1), -QMAX, QMAX)
+    c = np.clip(np.rint((blocks - a * d1[..., None]) * inv2), -QMAX, QMAX)
+    big = HI * a.astype(np.int32) + c.astype(np.int32)
+    sx = big.reshape(n, n_in // 16, 16).sum(axis=2, dtype=np.int32)
+    return a.astype(np.int8).reshape(n, n_in), c.astype(np.int8).reshape(n, n_in), d2, sx
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One tile (TILE rows) of y for one token, written in LLVM IR so that it runs on whole vectors: the weights of a
+# tile are (n_in / 4, TILE, 4) bytes, item [k, l, b] = integer 4k + b of row l (for the q4 family byte 4k + b of
+# the row's packed nibbles: within a group of 32 the low nibble of byte j is input j, the high nibble input j + 16),
+# so one 64-byte load gives 16 rows x 4 integers, the operand of two vpdpbusd against broadcast words of q1, q2.
+# KIND (a literal at every call site) selects the family, the group size and the offsets; see KINDS.
+# ---------------------------------------------------------------------------------------------------------------
+
+KINDS = {  # kind: (nibbles, group size, has m, off)
+    0: (True, 32, False, 8),     # Q4_0
+    1: (True, 32, True, 0),      # Q4_1, Q4_K
+    2: (False, 32, False, 128),  # Q8_0, Q5_0, IQ4_NL, IQ4_XS
+    3: (False, 32, True, 128),   # Q5_1, Q5_K
+    4: (False, 16, False, 128),  # Q6_K, Q3_K
+    5: (False, 16, True, 128),   # Q2_K
+}
+
+_I32, _F32 = ir.IntType(32), ir.FloatType()
+_VI, _VF, _VB = ir.VectorType(_I32, LANES), ir.VectorType(_F32, LANES), ir.VectorType(ir.IntType(8), 4 * LANES)
+
+
+def dot_isa() -> str:
+    """How tile_dot's byte dot products are spelled on this CPU (Numba compiles for the host): "vnni" (AVX-512
+    VNNI), "avx2" (vpmaddubsw + vpmaddwd, as llama.cpp without VNNI) or "generic" (plain IR for any target).
+    $MINIRS_CPU_DOT picks one by hand, to test or time them here (then set NUMBA_CACHE_DIR apart too: Numba's cache
+    key holds the CPU, not the environment)."""
+    features = llvm.get_host_cpu_features()
+    have = {"vnni": features.get("avx512vnni", False) and features.get("avx512bw", False),
+            "avx2": features.get("avx2", False), "generic": True}
+    forced = os.environ.get("MINIRS_CPU_DOT")
+    if forced:
+        if not have.get(forced):
+            raise ValueError(f"MINIRS_CPU_DOT={forced}: this CPU has only {[k for k, v in have.items() if v]}")
+        return forced
+    return next(k for k, v in have.items() if v)
+
+
+def _dot4(builder, acc, w, x, isa: str, nibbles: bool):
+    """acc + (lane l: sum_b u8(w[l, b]) * i8(x[b])) for a <16 x i32> acc and w and a broadcast word x."""
+    if isa == "vnni":
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VI, [_VI, _VI, _VI]),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, [acc, w, x])
+    if isa == "avx2":
+        return builder.add(acc, _avx2_dot4(builder, w, x, nibbles))
+    wide = ir.VectorType(_I32, 4 * LANES)
+    prod = builder.mul(builder.zext(builder.bitcast(w, _VB), wide), builder.sext(builder.bitcast(x, _VB), wide))
+    for b in range(4):
+        part = builder.shuffle_vector(prod, ir.Constant(wide, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, LANES), [4 * l + b for l in range(LANES)]))
+        acc = builder.add(acc, part)
+    return acc
+
+
+def _avx2_dot4(builder, w, x, nibbles: bool):
+    """The 4-byte dot products on two 256-bit halves: vpmaddubsw (u8 x i8 pairs to i16, saturating) then vpmaddwd
+    by 1. Nibbles (<= 15) cannot saturate; a q8 weight u = v + 128 is taken back to v, and |v| meets x with v's sign
+    (vpsignb), as llama.cpp does, so each pair stays within 2 * 128 * 127; then 128 * (the sum of x's bytes) is added
+    back, so that the result is u's dot product as with the other spellings."""
+    b32, h16, i8 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(_I32, 8)
+    mod = builder.module
+    maddubs = cgutils.get_or_insert_function(mod, ir.FunctionType(h16, [b32, b32]), "llvm.x86.avx2.pmadd.ub.sw")
+    maddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(i8, [h16, h16]), "llvm.x86.avx2.pmadd.wd")
+    sign = cgutils.get_or_insert_function(mod, ir.FunctionType(b32, [b32, b32]), "llvm.x86.avx2.psign.b")
+    ones = ir.Constant(h16, [1] * 16)
+    halves = []
+    for h in range(2):
+        idx = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * h, 8 * h + 8)))
+        wh = builder.bitcast(builder.shuffle_vector(w, ir.Constant(_VI, ir.Undefined), idx), b32)
+        xh = builder.bitcast(builder.shuffle_vector(x, ir.Constant(_VI, ir.Undefined), idx), b32)
+        if nibbles:
+            halves.append(builder.call(maddwd, [builder.call(maddubs, [wh, xh]), ones]))
+            continue
+        v = builder.xor(wh, ir.Constant(b32, [0x80] * 32))
+        av = builder.select(builder.icmp_signed("<", v, ir.Constant(b32, [0] * 32)), builder.neg(v), v)
+        vx = builder.call(maddwd, [builder.call(maddubs, [av, builder.call(sign, [xh, v])]), ones])
+        bias = builder.call(maddwd, [builder.call(maddubs, [ir.Constant(b32, [0x80] * 32), xh]), ones])
+        halves.append(builder.add(vx, bias))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VI, list(range(16))))
+
+
+def _splat(builder, value, vtype):
+    v = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vtype, ir.Undefined), ir.Constant(_VI, [0] * LANES))
+
+
+def _vload(builder, ptr, index, vtype):
+    p = builder.bitcast(builder.gep(ptr, [index]), vtype.as_pointer())
+    return builder.load(p, align=1)
+
+
+@intrinsic
+def tile_dot(typingctx, qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, kind):
+    """yo[l] = row l of the tile times token x (see the module docstring); qt (n_in/4, TILE, 4) uint8, dt and mt
+    (n_groups, TILE) float32 (mt ignored without m), q1i and q2i (n_in,) int8, dxi (n_in/32,) float32, sxi
+    (n_in/16,) int32, yo (TILE,) float32."""
+    if not isinstance(kind, types.IntegerLiteral):
+        return None
+    nibbles, gs, has_m, off = KINDS[kind.literal_value]
+    isa = dot_isa()
+    sig = types.void(qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, kind)
+
+    def codegen(context, builder, signature, args):
+        def data(i, t):
+            a = context.make_array(signature.args[i])(context, builder, args[i])
+            return builder.bitcast(a.data, t.as_pointer())
+
+        pq, pd, pm = data(0, _I32), data(1, _F32), data(2, _F32)
+        px = (data(3, _I32), data(4, _I32))
+        pdx, psx, py = data(5, _F32), data(6, _I32), data(7, _F32)
+        i64 = ir.IntType(64)
+        k = lambda v: ir.Constant(i64, v)  # noqa: E731
+        at = lambda p, *terms: builder.gep(p, [_sum(builder, terms)])  # noqa: E731
+        n_vec = TILE // LANES
+        quads = gs // 8 if nibbles else gs // 4  # 4-integer words of weights per row and group
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VF, _VF]), "llvm.fma.v16f32")
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, [0.0] * LANES)) for _ in range(n_vec)]
+        low4 = ir.Constant(_VI, [0x0F0F0F0F] * LANES)
+        zero = ir.Constant(_VI, [0] * LANES)
+        n_groups_64 = args[8] if args[8].type == i64 else builder.sext(args[8], i64)
+        with cgutils.for_range(builder, n_groups_64) as loop:
+            g = loop.index
+            # sums[c][s][h]: vector c of rows, x stream s (q1, q2), lo/hi nibbles (q4) or even/odd words (q8)
+            sums = [[[zero, zero], [zero, zero]] for _ in range(n_vec)]
+            for kq in range(quads):
+                # the x words of this quad: q4 meets inputs 4kq.. (lo nibbles) and gs/2 + 4kq.. (hi nibbles)
+                offsets = [kq, gs // 8 + kq] if nibbles else [kq]
+                xs = [[_splat(builder, builder.load(at(p, builder.mul(g, k(gs // 4)), k(o))), _VI) for o in offsets]
+                      for p in px]
+                for c in range(n_vec):
+                    w = _vload(builder, pq, _sum(builder, [builder.mul(g, k(quads * TILE)), k(kq * TILE + LANES * c)]),
+                               _VI)
+                    if nibbles:
+                        parts = [(0, builder.and_(w, low4)),
+                                 (1, builder.and_(builder.lshr(w, ir.Constant(_VI, [4] * LANES)), low4))]
+                    else:
+                        parts = [(kq % 2, w)]
+                    for h, part in parts:
+                        for st in range(2):
+                            x_word = xs[st][h if nibbles else 0]
+                            sums[c][st][h] = _dot4(builder, sums[c][st][h], part, x_word, isa, nibbles)
+            if gs == 32:
+                sx = builder.add(builder.load(at(psx, builder.mul(g, k(2)))),
+                                 builder.load(at(psx, builder.mul(g, k(2)), k(1))))
+                dx = builder.load(at(pdx, g))
+            else:
+                sx = builder.load(at(psx, g))
+                dx = builder.load(at(pdx, builder.lshr(g, k(1))))
+            corr = _splat(builder, builder.mul(sx, ir.Constant(_I32, off)), _VI)
+            dxv = _splat(builder, dx, _VF)
+            if has_m:
+                msx = _splat(builder, builder.fmul(dx, builder.sitofp(sx, _F32)), _VF)
+            for c in range(n_vec):
+                (a0, a1), (b0, b1) = sums[c]
+                big = builder.mul(builder.add(a0, a1), ir.Constant(_VI, [HI] * LANES))
+                total = builder.sub(builder.add(big, builder.add(b0, b1)), corr)
+                t = builder.fmul(builder.sitofp(total, _VF), dxv)
+                row = _sum(builder, [builder.mul(g, k(TILE)), k(LANES * c)])
+                acc = builder.call(fma, [_vload(builder, pd, row, _VF), t, builder.load(accs[c])])
+                if has_m:
+                    acc = builder.call(fma, [_vload(builder, pm, row, _VF), msx, acc])
+                builder.store(acc, accs[c])
+        for c in range(n_vec):
+            p = builder.bitcast(builder.gep(py, [k(LANES * c)]), _VF.as_pointer())
+            builder.store(builder.load(accs[c]), p, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _sum(builder, terms):
+    total = terms[0]
+    for t in terms[1:]:
+        total = builder.add(total, t)
+    return total
