@@ -23,7 +23,7 @@ from minirs.kernels.cpu.qdot import dot_isa
 from minirs.kernels.cpu.weights import QMatrix
 rng = np.random.default_rng(7)
 out = {"isa": np.array(dot_isa())}
-for qtype in ("Q4_0", "Q4_1", "Q8_0", "Q5_1", "Q6_K", "Q2_K"):
+for qtype in ("Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q5_1", "Q6_K", "Q2_K", "IQ4_XS"):
     raw = random_rows(qtype, 40, 512, rng)
     x = rng.standard_normal((3, 512)).astype(np.float32)
     x[1, 32:64] = 0

@@ -14,14 +14,15 @@ from minirs.kernels.cpu.weights import QMatrix
 @njit(cache=True, parallel=True, nogil=True)
 def _deq_q4(q, d, m, off, tiles, out):
     # out[32g + j (+16), k*L + l] = d[t, g, l] * (lo (hi) nibble of byte j of group g - off) (+ m[t, g, l]),
-    # t = tiles[k]; byte j of group g is q[t, 4g + j // 4, l, j % 4]
+    # t = tiles[k]; byte j of group g is q[t, 4g + j // 4, l, j % 4]; d and m are the float32 scales of the
+    # selected tiles (QMatrix.float_scales), d[k] for tile tiles[k]
     L = q.shape[2]
     has_m = m.shape[0] > 0
     for k in prange(tiles.shape[0]):
         t = tiles[k]
         for g in range(d.shape[1]):
-            dg = d[t, g]
-            mg = m[t, g] if has_m else dg
+            dg = d[k, g]
+            mg = m[k, g] if has_m else dg
             for j in range(32):
                 byte = q[t, 4 * g + (j % 16) // 4, :, j % 4]
                 shift = np.uint8(4 * (j // 16))
@@ -33,15 +34,15 @@ def _deq_q4(q, d, m, off, tiles, out):
 
 @njit(cache=True, parallel=True, nogil=True)
 def _deq_q8(q, d, m, off, tiles, out):
-    # out[e, k*L + l] = d[t, e // gs, l] * (q[t, e // 4, l, e % 4] - off) (+ m[t, e // gs, l]),  t = tiles[k]
+    # out[e, k*L + l] = d[k, e // gs, l] * (q[t, e // 4, l, e % 4] - off) (+ m[k, e // gs, l]),  t = tiles[k]
     L = q.shape[2]
     has_m = m.shape[0] > 0
     gs = 4 * q.shape[1] // d.shape[1]
     for k in prange(tiles.shape[0]):
         t = tiles[k]
         for e in range(4 * q.shape[1]):
-            dg = d[t, e // gs]
-            mg = m[t, e // gs] if has_m else dg
+            dg = d[k, e // gs]
+            mg = m[k, e // gs] if has_m else dg
             u = q[t, e // 4, :, e % 4]
             o = out[e, k * L:(k + 1) * L]
             for l in range(L):
@@ -52,10 +53,11 @@ def _deq_q8(q, d, m, off, tiles, out):
 def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
     """out[:, k*L:(k+1)*L] <- rows tiles[k]*L ... of W, transposed: (n_in, len(tiles)*L) float32, bit-exact with
     gguf's dequantize."""
+    d, m = w.float_scales(tiles)
     if w.family == "q4":
-        _deq_q4(w.q, w.d, w.m, w.off, tiles, out)
+        _deq_q4(w.q, d, m, w.off, tiles, out)
     else:
-        _deq_q8(w.q, w.d, w.m, w.off, tiles, out)
+        _deq_q8(w.q, d, m, w.off, tiles, out)
 
 
 

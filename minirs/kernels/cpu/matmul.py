@@ -31,27 +31,28 @@ SERIAL_MACS = 1 << 18  # products below which a matmul runs on the calling threa
 # ---------------------------------------------------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
-def _tile_rows(q, d, m, kind, q1, q2, dx, sx, y, t):
+def _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t):
     n_groups = d.shape[1]
     mt = m[t] if m.shape[0] else d[t]
+    st = sup[t]
     for i in range(q1.shape[0]):
         yo = y[i, t * TILE:(t + 1) * TILE]
         if kind == 0:
-            tile_dot(q[t], d[t], mt, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 0)
+            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 0)
         elif kind == 1:
-            tile_dot(q[t], d[t], mt, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 1)
+            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 1)
         elif kind == 2:
-            tile_dot(q[t], d[t], mt, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 2)
+            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 2)
         elif kind == 3:
-            tile_dot(q[t], d[t], mt, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 3)
+            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 3)
         elif kind == 4:
-            tile_dot(q[t], d[t], mt, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 4)
+            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 4)
         else:
-            tile_dot(q[t], d[t], mt, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 5)
+            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 5)
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _mm_q(q, d, m, kind, x):
+def _mm_q(q, d, m, sup, kind, x):
     # y (n, tiles * TILE): x quantized (rows spread over the threads when there are many), then every tile t
     # (spread over the threads) for every token
     n, n_in = x.shape
@@ -65,17 +66,17 @@ def _mm_q(q, d, m, kind, x):
             quantize_row(x[i], q1[i], q2[i], dx[i], sx[i])
     y = np.empty((n, q.shape[0] * TILE), np.float32)
     for t in prange(q.shape[0]):
-        _tile_rows(q, d, m, kind, q1, q2, dx, sx, y, t)
+        _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t)
     return y
 
 
 @njit(cache=True, nogil=True)
-def _mm_q_serial(q, d, m, kind, x):
+def _mm_q_serial(q, d, m, sup, kind, x):
     # _mm_q on the calling thread: a matrix too small to be worth waking the others (same bits)
     q1, q2, dx, sx = quantize_rows(x)
     y = np.empty((x.shape[0], q.shape[0] * TILE), np.float32)
     for t in range(q.shape[0]):
-        _tile_rows(q, d, m, kind, q1, q2, dx, sx, y, t)
+        _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t)
     return y
 
 
@@ -251,7 +252,7 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
         _mm_float(w.q, _FLOAT_KIND[w.qtype], x, y)
         return y
     kernel = _mm_q_serial if x.shape[0] * w.n_out * w.n_in < SERIAL_MACS else _mm_q
-    y = kernel(w.q, w.d, w.m, w.kind, x)
+    y = kernel(w.q, w.d, w.m, w.sup, w.kind, x)
     return y if y.shape[1] == w.n_out else np.ascontiguousarray(y[:, :w.n_out])
 
 

@@ -118,6 +118,11 @@ KINDS = {  # kind: (nibbles, group size, has m, off)
     5: (False, 16, True, 128),   # Q2_K
 }
 
+# the forms of a group's scale d (and offset m), by the dtype of their arrays: float32 as they are; the f16 bits of
+# the legacy types; or K-quant sub-scales (int8 / uint8) times the super-block's float32 d (and -dmin), so that
+# d = D * sc and m = (-DMIN) * mn are the products gguf's dequantization forms, bit for bit
+SCALES = {"float32": "f32", "uint16": "f16", "int8": "k8", "uint8": "ku8"}
+
 _I32, _F32 = ir.IntType(32), ir.FloatType()
 _VI, _VF, _VB = ir.VectorType(_I32, LANES), ir.VectorType(_F32, LANES), ir.VectorType(ir.IntType(8), 4 * LANES)
 
@@ -193,24 +198,28 @@ def _vload(builder, ptr, index, vtype):
 
 
 @intrinsic
-def tile_dot(typingctx, qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, kind):
-    """yo[l] = row l of the tile times token x (see the module docstring); qt (n_in/4, TILE, 4) uint8, dt and mt
-    (n_groups, TILE) float32 (mt ignored without m), q1i and q2i (n_in,) int8, dxi (n_in/32,) float32, sxi
-    (n_in/16,) int32, yo (TILE,) float32."""
+def tile_dot(typingctx, qt, dt, mt, st, q1i, q2i, dxi, sxi, yo, n_groups, kind):
+    """yo[l] = row l of the tile times token x (see the module docstring); qt (n_in/4, TILE, 4) uint8; dt and mt
+    (n_groups, TILE) the group scales and offsets (mt ignored without m) in one of SCALES' forms, st (n_groups /
+    (256 / gs), 2, TILE) float32 the super-block scales of the "k" form; q1i and q2i (n_in,) int8, dxi (n_in/32,)
+    float32, sxi (n_in/16,) int32, yo (TILE,) float32."""
     if not isinstance(kind, types.IntegerLiteral):
         return None
     nibbles, gs, has_m, off = KINDS[kind.literal_value]
     isa = dot_isa()
-    sig = types.void(qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, kind)
+    form = SCALES[str(dt.dtype)]
+    sig = types.void(qt, dt, mt, st, q1i, q2i, dxi, sxi, yo, n_groups, kind)
 
     def codegen(context, builder, signature, args):
         def data(i, t):
             a = context.make_array(signature.args[i])(context, builder, args[i])
             return builder.bitcast(a.data, t.as_pointer())
 
-        pq, pd, pm = data(0, _I32), data(1, _F32), data(2, _F32)
-        px = (data(3, _I32), data(4, _I32))
-        pdx, psx, py = data(5, _F32), data(6, _I32), data(7, _F32)
+        pq, pst = data(0, _I32), data(3, _F32)
+        scale_elt = {"f32": _F32, "f16": ir.IntType(16), "k8": ir.IntType(8), "ku8": ir.IntType(8)}[form]
+        pd, pm = data(1, scale_elt), data(2, scale_elt)
+        px = (data(4, _I32), data(5, _I32))
+        pdx, psx, py = data(6, _F32), data(7, _I32), data(8, _F32)
         i64 = ir.IntType(64)
         k = lambda v: ir.Constant(i64, v)  # noqa: E731
         at = lambda p, *terms: builder.gep(p, [_sum(builder, terms)])  # noqa: E731
@@ -220,7 +229,22 @@ def tile_dot(typingctx, qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, kind):
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, [0.0] * LANES)) for _ in range(n_vec)]
         low4 = ir.Constant(_VI, [0x0F0F0F0F] * LANES)
         zero = ir.Constant(_VI, [0] * LANES)
-        n_groups_64 = args[8] if args[8].type == i64 else builder.sext(args[8], i64)
+        n_groups_64 = args[9] if args[9].type == i64 else builder.sext(args[9], i64)
+
+        def group_scale(ptr, which, g, c):
+            """<16 x float> of the group scales (which 0) or offsets (which 1) of rows 16c.. of group g."""
+            at_row = _sum(builder, [builder.mul(g, k(TILE)), k(LANES * c)])
+            if form == "f32":
+                return _vload(builder, ptr, at_row, _VF)
+            if form == "f16":
+                return builder.fpext(builder.bitcast(_vload(builder, ptr, at_row, ir.VectorType(ir.IntType(16), LANES)),
+                                                     ir.VectorType(ir.HalfType(), LANES)), _VF)
+            small = _vload(builder, ptr, at_row, ir.VectorType(ir.IntType(8), LANES))
+            small = builder.sitofp(small, _VF) if form == "k8" else builder.uitofp(small, _VF)
+            block = builder.udiv(g, k(256 // gs))
+            big = _vload(builder, pst, _sum(builder, [builder.mul(block, k(2 * TILE)), k(which * TILE + LANES * c)]),
+                         _VF)
+            return builder.fmul(big, small)
         with cgutils.for_range(builder, n_groups_64) as loop:
             g = loop.index
             # sums[c][s][h]: vector c of rows, x stream s (q1, q2), lo/hi nibbles (q4) or even/odd words (q8)
@@ -239,9 +263,9 @@ def tile_dot(typingctx, qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, kind):
                     else:
                         parts = [(kq % 2, w)]
                     for h, part in parts:
-                        for st in range(2):
-                            x_word = xs[st][h if nibbles else 0]
-                            sums[c][st][h] = _dot4(builder, sums[c][st][h], part, x_word, isa, nibbles)
+                        for stream in range(2):
+                            x_word = xs[stream][h if nibbles else 0]
+                            sums[c][stream][h] = _dot4(builder, sums[c][stream][h], part, x_word, isa, nibbles)
             if gs == 32:
                 sx = builder.add(builder.load(at(psx, builder.mul(g, k(2)))),
                                  builder.load(at(psx, builder.mul(g, k(2)), k(1))))
@@ -258,10 +282,9 @@ def tile_dot(typingctx, qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, kind):
                 big = builder.mul(builder.add(a0, a1), ir.Constant(_VI, [HI] * LANES))
                 total = builder.sub(builder.add(big, builder.add(b0, b1)), corr)
                 t = builder.fmul(builder.sitofp(total, _VF), dxv)
-                row = _sum(builder, [builder.mul(g, k(TILE)), k(LANES * c)])
-                acc = builder.call(fma, [_vload(builder, pd, row, _VF), t, builder.load(accs[c])])
+                acc = builder.call(fma, [group_scale(pd, 0, g, c), t, builder.load(accs[c])])
                 if has_m:
-                    acc = builder.call(fma, [_vload(builder, pm, row, _VF), msx, acc])
+                    acc = builder.call(fma, [group_scale(pm, 1, g, c), msx, acc])
                 builder.store(acc, accs[c])
         for c in range(n_vec):
             p = builder.bitcast(builder.gep(py, [k(LANES * c)]), _VF.as_pointer())

@@ -3,9 +3,11 @@
     w = QMatrix.from_tensor(tensor)        # once per weight, at load time (NumPy)
 
 Load time re-lays every GGML block type out into one of two *families* of plain arrays, so that one matmul kernel
-per family (plus a tile decoder for embeddings) covers fifteen types. The f16 scales become f32 (Numba has no
-float16), scales x sub-scales are multiplied out, and nibbles are re-packed to one order. Every conversion keeps the
-gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
+per family (plus a tile decoder for embeddings) covers fifteen types. Nibbles are re-packed to one order, and the
+group scales keep a compact form that the kernel widens (qdot.SCALES): the legacy types' f16 bits as they are; the
+K-quants' (Q4_K, Q5_K, Q6_K, IQ4_XS) 6- and 8-bit sub-scales with their super-block's d (and -dmin) as float32, so
+that a Q4_K weight costs 0.59 bytes instead of 0.75 with float32 scales per group; Q3_K and Q2_K float32 scales.
+Every conversion keeps the gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
 
 | family | weight element            | integers per row (unsigned bytes)                     | types                   |
 | ------ | ------------------------- | ----------------------------------------------------- | ----------------------- |
@@ -37,6 +39,7 @@ from minirs.kernels.cpu.qdot import TILE
 
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _NO_M = np.zeros((0, 0, 0), np.float32)
+_NO_SUP = np.zeros((0, 0, 2, TILE), np.float32)
 
 
 @dataclass
@@ -49,13 +52,26 @@ class QMatrix:
     n_in: int
     family: str  # "q4", "q8" or "float"
     q: np.ndarray  # (T, n_in/8 | n_in/4, TILE, 4) uint8 integers | (n_out, n_in) raw F32/F16/BF16 rows
-    d: np.ndarray  # (T, n_in/gs, TILE) float32 group scales
-    m: np.ndarray = field(default_factory=lambda: _NO_M)  # (T, n_in/gs, TILE) float32 group offsets, or empty
+    d: np.ndarray  # (T, n_in/gs, TILE) group scales in one of qdot.SCALES' forms
+    m: np.ndarray = field(default_factory=lambda: _NO_M)  # (T, n_in/gs, TILE) group offsets like d, or empty
     off: int = 0  # integer subtracted from u before scaling (Q4_0: 8, the q8 family: 128)
+    sup: np.ndarray = field(default_factory=lambda: _NO_SUP)  # (T, n_in/256, 2, TILE) float32 [D, -DMIN], "k" forms
 
     @property
     def nbytes(self) -> int:
-        return int(self.q.nbytes + self.d.nbytes + self.m.nbytes)
+        return int(self.q.nbytes + self.d.nbytes + self.m.nbytes + self.sup.nbytes)
+
+    def float_scales(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """d and m of these tiles as float32 (len(tiles), n_in/gs, TILE), the products the kernel forms."""
+        def one(a, which):
+            a = a[tiles]
+            if a.dtype == np.uint16:
+                return a.view(np.float16).astype(np.float32)
+            if a.dtype != np.float32:  # K-quant sub-scales times their super-block's D (or -DMIN)
+                per = self.d.shape[1] // self.sup.shape[1]
+                return np.repeat(self.sup[tiles, :, which], per, axis=1) * a.astype(np.float32)
+            return a
+        return one(self.d, 0), one(self.m, 1) if self.m.shape[0] else np.zeros((0, 0, 0), np.float32)
 
     @property
     def group_size(self) -> int:
@@ -75,12 +91,12 @@ class QMatrix:
         where they do not share a kernel (family, kind, n_in) or a part but the last ends inside a tile."""
         first = parts[0]
         if not all(isinstance(p, QMatrix) and p.family != "float" and p.kind == first.kind and p.n_in == first.n_in
-                   for p in parts) or any(p.n_out % TILE for p in parts[:-1]):
+                   and p.d.dtype == first.d.dtype for p in parts) or any(p.n_out % TILE for p in parts[:-1]):
             return None
-        has_m = first.m.shape[0] > 0
+        join = (lambda name: np.concatenate([getattr(p, name) for p in parts]))  # noqa: E731
         return QMatrix("+".join(dict.fromkeys(p.qtype for p in parts)), sum(p.n_out for p in parts), first.n_in,
-                       first.family, np.concatenate([p.q for p in parts]), np.concatenate([p.d for p in parts]),
-                       np.concatenate([p.m for p in parts]) if has_m else _NO_M, first.off)
+                       first.family, join("q"), join("d"), join("m") if first.m.shape[0] else first.m, first.off,
+                       join("sup") if first.sup.shape[1] else first.sup)
 
     @classmethod
     def from_tensor(cls, t: Tensor) -> "QMatrix":
@@ -95,15 +111,16 @@ class QMatrix:
 
 
 def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.ndarray, m=None,
-          off: int = 0) -> QMatrix:
+          off: int = 0, sup=None) -> QMatrix:
     """Build a QMatrix from row-major family arrays (n_out, ...): q the q4 family's packed nibbles (uint8) or the
-    q8 family's int8 values (stored + 128), interleaved in tiles of TILE rows and four integers."""
+    q8 family's int8 values (stored + 128), interleaved in tiles of TILE rows and four integers; d, m (n_out, G)
+    and sup (n_out, n_in/256, 2) tiled alike."""
     n_tiles = -(-n_out // TILE)
     if family == "q8":
         q, off = (q.astype(np.int16) + 128).astype(np.uint8), 128
 
     def padded(a: np.ndarray) -> np.ndarray:
-        pad = np.zeros((n_tiles * TILE, a.shape[1]), a.dtype)
+        pad = np.zeros((n_tiles * TILE,) + a.shape[1:], a.dtype)
         pad[:n_out] = a
         return pad
 
@@ -111,8 +128,16 @@ def _make(qtype: str, n_out: int, n_in: int, family: str, q: np.ndarray, d: np.n
         return np.ascontiguousarray(padded(a).reshape(n_tiles, TILE, -1).transpose(0, 2, 1))
 
     q4 = padded(q).reshape(n_tiles, TILE, -1, 4).transpose(0, 2, 1, 3)  # (n_tiles, items/4, TILE, 4)
+    no_m = np.zeros((0, 0, 0), d.dtype)
+    sup = _NO_SUP if sup is None else np.ascontiguousarray(padded(sup).reshape(n_tiles, TILE, -1, 2)
+                                                           .transpose(0, 2, 3, 1))
     return QMatrix(qtype, n_out, n_in, family, np.ascontiguousarray(q4), scales(d),
-                   _NO_M if m is None else scales(m), off)
+                   no_m if m is None else scales(m), off, sup)
+
+
+def _f16_bits(b: np.ndarray) -> np.ndarray:
+    """(..., 2) bytes of f16 scales -> (...) uint16 bits: kept as they are (the kernel widens them, exactly)."""
+    return np.ascontiguousarray(b).view(np.uint16)[..., 0]
 
 
 def _pack_nibbles(v: np.ndarray) -> np.ndarray:
@@ -134,13 +159,13 @@ def _legacy(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     Q5_0 d*(q-16), Q5_1 d*q+m, IQ4_NL d*IQ4_VALUES[q], Q8_0 d*q."""
     nb = n_in // 32
     blk = rows.reshape(n_out, nb, -1)
-    d = kq._f16(blk[..., 0:2])
+    d = _f16_bits(blk[..., 0:2])
     if qtype == "Q8_0":
         return _make(qtype, n_out, n_in, "q8", np.ascontiguousarray(blk[..., 2:]).view(np.int8).reshape(n_out, -1), d)
     if qtype == "IQ4_NL":
         return _make(qtype, n_out, n_in, "q8", IQ4_VALUES[_nibbles(blk[..., 2:])].reshape(n_out, -1), d)
     has_m = qtype in ("Q4_1", "Q5_1")
-    m = kq._f16(blk[..., 2:4]) if has_m else None
+    m = _f16_bits(blk[..., 2:4]) if has_m else None
     p = 4 if has_m else 2
     if qtype in ("Q4_0", "Q4_1"):
         return _make(qtype, n_out, n_in, "q4", np.ascontiguousarray(blk[..., p:]).reshape(n_out, -1), d, m,
@@ -158,16 +183,16 @@ def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     """
     nb = n_in // 256
     blk = rows.reshape(n_out, nb, -1)
-    sc, mn = kq._k_scale_min(blk[..., 4:16])
-    d = (kq._f16(blk[..., 0:2])[..., None] * sc).reshape(n_out, -1)
-    m = -(kq._f16(blk[..., 2:4])[..., None] * mn).reshape(n_out, -1)
+    sc, mn = kq._k_scale_min(blk[..., 4:16])  # 6-bit sub-scales and mins: kept as bytes (the "k" scale form)
+    d, m = sc.astype(np.uint8).reshape(n_out, -1), mn.astype(np.uint8).reshape(n_out, -1)
+    sup = np.stack([kq._f16(blk[..., 0:2]), -kq._f16(blk[..., 2:4])], axis=-1)  # (n_out, nb, 2): D, -DMIN
     qs = blk[..., -128:].reshape(n_out, nb, 4, 1, 32)
     v = ((qs >> np.array([0, 4], np.uint8).reshape(2, 1)) & 15).reshape(n_out, nb * 8, 32)
     if qtype == "Q4_K":
-        return _make(qtype, n_out, n_in, "q4", _pack_nibbles(v), d, m)
+        return _make(qtype, n_out, n_in, "q4", _pack_nibbles(v), d, m, sup=sup)
     qh = blk[..., 16:48].reshape(n_out, nb, 1, 32)
     v = v | (((qh >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 1) << 4).reshape(n_out, nb * 8, 32)
-    return _make(qtype, n_out, n_in, "q8", v.astype(np.int8).reshape(n_out, -1), d, m)
+    return _make(qtype, n_out, n_in, "q8", v.astype(np.int8).reshape(n_out, -1), d, m, sup=sup)
 
 
 def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
@@ -180,16 +205,22 @@ def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     g = np.arange(8)
     lo = (sl[..., g // 2] >> (4 * (g % 2)).astype(np.uint8)) & 15
     hi = (sh >> (2 * g).astype(np.uint16)) & 3
-    sc = (lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32
-    d = (kq._f16(blk[..., 0:2])[..., None] * sc.astype(np.float32)).reshape(n_out, -1)
+    sc = ((lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32).astype(np.int8)  # the "k" form, signed
+    sup = np.stack([kq._f16(blk[..., 0:2]), np.zeros((n_out, nb), np.float32)], axis=-1)
     q = IQ4_VALUES[_nibbles(blk[..., 8:].reshape(n_out, nb, 8, 16))]
-    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), d)
+    return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), sc.reshape(n_out, -1), sup=sup)
 
 
 def _kquant_q8(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     """Q6_K, Q3_K, Q2_K: one int8 per element with a scale (and an offset) per 16-group, decoded by
-    kquant_relayout (their block layouts are written there), then tiled for the q8 kernels."""
+    kquant_relayout (their block layouts are written there), then tiled for the q8 kernels. Q6_K keeps its int8
+    sub-scales and f16 d (the "k" scale form: d * sc is the product kquant_relayout forms); the others float32."""
     _, q, d, m, _ = kq.RELAYOUT[qtype](qtype, n_out, n_in, rows)
+    if qtype == "Q6_K":
+        blk = rows.reshape(n_out, n_in // 256, -1)
+        sc = np.ascontiguousarray(blk[..., 192:208]).view(np.int8).reshape(n_out, -1)
+        sup = np.stack([kq._f16(blk[..., 208:210]), np.zeros(blk.shape[:2], np.float32)], axis=-1)
+        return _make(qtype, n_out, n_in, "q8", q, sc, sup=sup)
     return _make(qtype, n_out, n_in, "q8", q, d, m)
 
 
