@@ -32,23 +32,34 @@ SERIAL_MACS = 1 << 18  # products below which a matmul runs on the calling threa
 
 @njit(cache=True, inline="always")
 def _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t):
-    n_groups = d.shape[1]
+    # tile t for every token: two at a time (they share the weight loads), the odd one alone
+    n = q1.shape[0]
+    for i in range(0, n - 1, 2):
+        _tile_tokens(q, d, m, sup, kind, q1, q2, dx, sx, y, t, i, 2)
+    if n % 2:
+        _tile_tokens(q, d, m, sup, kind, q1, q2, dx, sx, y, t, n - 1, 1)
+
+
+@njit(cache=True, inline="always")
+def _tile_tokens(q, d, m, sup, kind, q1, q2, dx, sx, y, t, i, n_tok):
+    # tile_dot for tokens i .. i + n_tok - 1 (n_tok a literal at each call site), KIND made a literal by branching
     mt = m[t] if m.shape[0] else d[t]
-    st = sup[t]
-    for i in range(q1.shape[0]):
-        yo = y[i, t * TILE:(t + 1) * TILE]
-        if kind == 0:
-            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 0)
-        elif kind == 1:
-            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 1)
-        elif kind == 2:
-            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 2)
-        elif kind == 3:
-            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 3)
-        elif kind == 4:
-            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 4)
-        else:
-            tile_dot(q[t], d[t], mt, st, q1[i], q2[i], dx[i], sx[i], yo, n_groups, 5)
+    a, b = q1[i:i + n_tok], q2[i:i + n_tok]
+    s, c = dx[i:i + n_tok], sx[i:i + n_tok]
+    yo = y[i:i + n_tok, t * TILE:(t + 1) * TILE]
+    g = d.shape[1]
+    if kind == 0:
+        tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 0, n_tok)
+    elif kind == 1:
+        tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 1, n_tok)
+    elif kind == 2:
+        tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 2, n_tok)
+    elif kind == 3:
+        tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 3, n_tok)
+    elif kind == 4:
+        tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 4, n_tok)
+    else:
+        tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 5, n_tok)
 
 
 @njit(cache=True, parallel=True, nogil=True)

@@ -2,7 +2,7 @@
 
     q1, q2, dx, sx = quantize_rows(x)      # x (n, n_in) float32 -> two int8 (n, n_in), scales (n, n_in/32), sums
     q1, q2, dx, sx = quantize_rows_ref(x)  # its NumPy twin (bit-identical)
-    tile_dot(qt, dt, mt, q1i, q2i, dxi, sxi, yo, n_groups, KIND)   # one tile of 32 rows for one token (LLVM IR)
+    tile_dot(qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, KIND, N_TOK)   # a tile of 32 rows, 1 or 2 tokens (IR)
 
 This is llama.cpp's recipe (its q8_0 x q4_x vec_dot) with twice the precision: each 32-block of x becomes a
 16-bit integer X = 254 * q1 + q2 (two int8) times one float scale dx, so a group's dot product is a sum of integer
@@ -198,35 +198,45 @@ def _vload(builder, ptr, index, vtype):
 
 
 @intrinsic
-def tile_dot(typingctx, qt, dt, mt, st, q1i, q2i, dxi, sxi, yo, n_groups, kind):
-    """yo[l] = row l of the tile times token x (see the module docstring); qt (n_in/4, TILE, 4) uint8; dt and mt
-    (n_groups, TILE) the group scales and offsets (mt ignored without m) in one of SCALES' forms, st (n_groups /
-    (256 / gs), 2, TILE) float32 the super-block scales of the "k" form; q1i and q2i (n_in,) int8, dxi (n_in/32,)
-    float32, sxi (n_in/16,) int32, yo (TILE,) float32."""
-    if not isinstance(kind, types.IntegerLiteral):
+def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok):
+    """y[j, l] = row l of the tile times token j's x, for the N_TOK (a literal, 1 or 2) tokens of q1, q2, dx, sx
+    (see the module docstring): two tokens share each weight load and its unpacking. qt (n_in/4, TILE, 4) uint8;
+    dt and mt (n_groups, TILE) the group scales and offsets (mt ignored without m) in one of SCALES' forms, st
+    (n_groups / (256 / gs), 2, TILE) float32 the super-block scales of the "k" form; q1 and q2 (N_TOK, n_in) int8,
+    dx (N_TOK, n_in/32) float32, sx (N_TOK, n_in/16) int32, y (N_TOK, TILE) float32 (rows may be strided)."""
+    if not isinstance(kind, types.IntegerLiteral) or not isinstance(n_tok, types.IntegerLiteral):
         return None
     nibbles, gs, has_m, off = KINDS[kind.literal_value]
+    tokens = range(n_tok.literal_value)
     isa = dot_isa()
     form = SCALES[str(dt.dtype)]
-    sig = types.void(qt, dt, mt, st, q1i, q2i, dxi, sxi, yo, n_groups, kind)
+    sig = types.void(qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok)
 
     def codegen(context, builder, signature, args):
         def data(i, t):
             a = context.make_array(signature.args[i])(context, builder, args[i])
             return builder.bitcast(a.data, t.as_pointer())
 
-        pq, pst = data(0, _I32), data(3, _F32)
-        scale_elt = {"f32": _F32, "f16": ir.IntType(16), "k8": ir.IntType(8), "ku8": ir.IntType(8)}[form]
-        pd, pm = data(1, scale_elt), data(2, scale_elt)
-        px = (data(4, _I32), data(5, _I32))
-        pdx, psx, py = data(6, _F32), data(7, _I32), data(8, _F32)
+        def rows(i, t):
+            """Pointers to row j of a 2-D argument, for each token j."""
+            a = context.make_array(signature.args[i])(context, builder, args[i])
+            stride = cgutils.unpack_tuple(builder, a.strides, 2)[0]
+            base = builder.bitcast(a.data, ir.IntType(8).as_pointer())
+            return [builder.bitcast(builder.gep(base, [builder.mul(stride, k(j))]), t.as_pointer()) for j in tokens]
+
         i64 = ir.IntType(64)
         k = lambda v: ir.Constant(i64, v)  # noqa: E731
         at = lambda p, *terms: builder.gep(p, [_sum(builder, terms)])  # noqa: E731
+        pq, pst = data(0, _I32), data(3, _F32)
+        scale_elt = {"f32": _F32, "f16": ir.IntType(16), "k8": ir.IntType(8), "ku8": ir.IntType(8)}[form]
+        pd, pm = data(1, scale_elt), data(2, scale_elt)
+        px = list(zip(rows(4, _I32), rows(5, _I32)))  # px[j] = (q1, q2) of token j
+        pdx, psx, py = rows(6, _F32), rows(7, _I32), rows(8, _F32)
         n_vec = TILE // LANES
         quads = gs // 8 if nibbles else gs // 4  # 4-integer words of weights per row and group
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VF, _VF]), "llvm.fma.v16f32")
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, [0.0] * LANES)) for _ in range(n_vec)]
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VF, [0.0] * LANES)) for _ in range(n_vec)]
+                for _ in tokens]
         low4 = ir.Constant(_VI, [0x0F0F0F0F] * LANES)
         zero = ir.Constant(_VI, [0] * LANES)
         n_groups_64 = args[9] if args[9].type == i64 else builder.sext(args[9], i64)
@@ -245,15 +255,17 @@ def tile_dot(typingctx, qt, dt, mt, st, q1i, q2i, dxi, sxi, yo, n_groups, kind):
             big = _vload(builder, pst, _sum(builder, [builder.mul(block, k(2 * TILE)), k(which * TILE + LANES * c)]),
                          _VF)
             return builder.fmul(big, small)
+
         with cgutils.for_range(builder, n_groups_64) as loop:
             g = loop.index
-            # sums[c][s][h]: vector c of rows, x stream s (q1, q2), lo/hi nibbles (q4) or even/odd words (q8)
-            sums = [[[zero, zero], [zero, zero]] for _ in range(n_vec)]
+            # sums[j][c][s][h]: token j, vector c of rows, x stream s (q1, q2), lo/hi nibbles (q4) or even/odd
+            # words (q8)
+            sums = [[[[zero, zero], [zero, zero]] for _ in range(n_vec)] for _ in tokens]
             for kq in range(quads):
                 # the x words of this quad: q4 meets inputs 4kq.. (lo nibbles) and gs/2 + 4kq.. (hi nibbles)
                 offsets = [kq, gs // 8 + kq] if nibbles else [kq]
-                xs = [[_splat(builder, builder.load(at(p, builder.mul(g, k(gs // 4)), k(o))), _VI) for o in offsets]
-                      for p in px]
+                xs = [[[_splat(builder, builder.load(at(p, builder.mul(g, k(gs // 4)), k(o))), _VI) for o in offsets]
+                       for p in px[j]] for j in tokens]
                 for c in range(n_vec):
                     w = _vload(builder, pq, _sum(builder, [builder.mul(g, k(quads * TILE)), k(kq * TILE + LANES * c)]),
                                _VI)
@@ -263,32 +275,36 @@ def tile_dot(typingctx, qt, dt, mt, st, q1i, q2i, dxi, sxi, yo, n_groups, kind):
                     else:
                         parts = [(kq % 2, w)]
                     for h, part in parts:
-                        for stream in range(2):
-                            x_word = xs[stream][h if nibbles else 0]
-                            sums[c][stream][h] = _dot4(builder, sums[c][stream][h], part, x_word, isa, nibbles)
-            if gs == 32:
-                sx = builder.add(builder.load(at(psx, builder.mul(g, k(2)))),
-                                 builder.load(at(psx, builder.mul(g, k(2)), k(1))))
-                dx = builder.load(at(pdx, g))
-            else:
-                sx = builder.load(at(psx, g))
-                dx = builder.load(at(pdx, builder.lshr(g, k(1))))
-            corr = _splat(builder, builder.mul(sx, ir.Constant(_I32, off)), _VI)
-            dxv = _splat(builder, dx, _VF)
-            if has_m:
-                msx = _splat(builder, builder.fmul(dx, builder.sitofp(sx, _F32)), _VF)
-            for c in range(n_vec):
-                (a0, a1), (b0, b1) = sums[c]
-                big = builder.mul(builder.add(a0, a1), ir.Constant(_VI, [HI] * LANES))
-                total = builder.sub(builder.add(big, builder.add(b0, b1)), corr)
-                t = builder.fmul(builder.sitofp(total, _VF), dxv)
-                acc = builder.call(fma, [group_scale(pd, 0, g, c), t, builder.load(accs[c])])
+                        for j in tokens:
+                            for stream in range(2):
+                                x_word = xs[j][stream][h if nibbles else 0]
+                                sums[j][c][stream][h] = _dot4(builder, sums[j][c][stream][h], part, x_word, isa,
+                                                              nibbles)
+            for j in tokens:
+                if gs == 32:
+                    sxg = builder.add(builder.load(at(psx[j], builder.mul(g, k(2)))),
+                                      builder.load(at(psx[j], builder.mul(g, k(2)), k(1))))
+                    dxg = builder.load(at(pdx[j], g))
+                else:
+                    sxg = builder.load(at(psx[j], g))
+                    dxg = builder.load(at(pdx[j], builder.lshr(g, k(1))))
+                corr = _splat(builder, builder.mul(sxg, ir.Constant(_I32, off)), _VI)
+                dxv = _splat(builder, dxg, _VF)
                 if has_m:
-                    acc = builder.call(fma, [group_scale(pm, 1, g, c), msx, acc])
-                builder.store(acc, accs[c])
-        for c in range(n_vec):
-            p = builder.bitcast(builder.gep(py, [k(LANES * c)]), _VF.as_pointer())
-            builder.store(builder.load(accs[c]), p, align=1)
+                    msx = _splat(builder, builder.fmul(dxg, builder.sitofp(sxg, _F32)), _VF)
+                for c in range(n_vec):
+                    (a0, a1), (b0, b1) = sums[j][c]
+                    big = builder.mul(builder.add(a0, a1), ir.Constant(_VI, [HI] * LANES))
+                    total = builder.sub(builder.add(big, builder.add(b0, b1)), corr)
+                    t = builder.fmul(builder.sitofp(total, _VF), dxv)
+                    acc = builder.call(fma, [group_scale(pd, 0, g, c), t, builder.load(accs[j][c])])
+                    if has_m:
+                        acc = builder.call(fma, [group_scale(pm, 1, g, c), msx, acc])
+                    builder.store(acc, accs[j][c])
+        for j in tokens:
+            for c in range(n_vec):
+                p = builder.bitcast(builder.gep(py[j], [k(LANES * c)]), _VF.as_pointer())
+                builder.store(builder.load(accs[j][c]), p, align=1)
         return context.get_dummy_value()
 
     return sig, codegen
