@@ -13,14 +13,17 @@ average (the cores other processes leave free), which is all a command that make
 steps try every other count once, then an exploring step now and then tries the next other count, so that the
 choice follows the load as it comes and goes. The count in use keeps an exponential average of its step times per
 key; an exploring step takes over when it beats that average by MARGIN. Exploring costs what the losing count is
-slower, so each lost exploration doubles the wait before the next (EXPLORE steps up to MAX_EXPLORE), and a step
-twice as slow as the average (the load came) explores at once.
+slower, so each lost exploration at least doubles the wait before the next (EXPLORE steps up to MAX_EXPLORE), and
+more where it lost badly: the wait grows until the explorations cost about EXPLORE_COST of the steps' time (a
+2-thread step 2.4x slower than 1 thread beside a spinning process waits 140 steps, not 64). A step twice as slow as
+the average (the load came) explores at once.
 """
 
 import os
 
 EXPLORE = 32  # steps between explorations, at first and after one wins
 MAX_EXPLORE = 256  # ... doubling after each lost one up to this
+EXPLORE_COST = 0.01  # the share of step time that losing explorations may cost, at most (sets the wait after one)
 MARGIN = 0.9  # an exploring count takes over when its step time is below MARGIN times the average of the current
 DECAY = 0.3  # weight of the newest step in the average
 SLOWER = 2.0  # a step this much slower than its count's average explores at once
@@ -73,6 +76,7 @@ class ThreadChooser:
         if avg is None or seconds < MARGIN * avg:
             self.best[key], self.avg[key], wait = threads, seconds, EXPLORE
         elif k > len(self.counts):  # a lost exploration (not the first look): wait longer for the next
-            wait = min(2 * wait, MAX_EXPLORE)
+            lost = seconds / avg - 1  # in steps of the current count
+            wait = min(max(2 * wait, int(lost / EXPLORE_COST)), MAX_EXPLORE)
         self.wait[key] = wait
         self.next[key] = k + wait
