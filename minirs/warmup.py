@@ -36,8 +36,9 @@ PREFILL_ROWS = 16  # a prefill chunk this long takes every batched kernel (gated
 
 def kernels(model) -> list:
     """The Numba dispatchers (with an on-disk cache) that a CPU model's prefill and decode call (run_path runs
-    exactly these): the batched and one-token matmuls of its weights' families, the embedding's dequantizer, and
-    the norm, activation, RoPE and attention kernels (MoE: the router too)."""
+    exactly these): the quantized matmul (and its one-thread form where a decode matmul is small enough for it),
+    the float matmul where there are float weights, the embedding's dequantizer, and the norm, activation, RoPE
+    and attention kernels (MoE: the router too)."""
     from minirs.kernels.backend import Stack
     from minirs.kernels.cpu import activation, attention, dequant, matmul, moe, norm, rope
     from minirs.kernels.cpu.weights import QMatrix
@@ -46,14 +47,14 @@ def kernels(model) -> list:
     flat = []
     for w in mats:
         flat += list(w.parts) if isinstance(w, Stack) else w if isinstance(w, list) else [w]
-    families = {w.family for w in flat if isinstance(w, QMatrix)}
+    quantized = [w for w in flat if isinstance(w, QMatrix) and w.family != "float"]
     found = [attention.attention, attention.kv_write, rope.rope_,
              norm.layernorm if cfg.norm == "layer" else norm.rmsnorm]
     found += [activation.gated_act, activation.gated_act_rows] if cfg.gated_ffn or cfg.n_experts else [activation.act]
     found += [moe.topk_softmax] if cfg.n_experts else []
-    for fam in families:
-        batched_and_one = [getattr(matmul, f"_mm_{fam}"), getattr(matmul, f"_mv_{fam}")] if fam != "float" else []
-        found += batched_and_one or [matmul._mm_float]
+    found += [matmul._mm_q] if quantized else []
+    found += [matmul._mm_q_serial] if any(w.n_out * w.n_in < matmul.SERIAL_MACS for w in quantized) else []
+    found += [matmul._mm_float] if any(isinstance(w, QMatrix) and w.family == "float" for w in flat) else []
     if model.token_embd.family != "float":
         found.append(getattr(dequant, f"_deq_{model.token_embd.family}"))
     return found

@@ -50,12 +50,34 @@ def _deq_q8(q, d, m, off, tiles, out):
                 o[l] = v + mg[l] if has_m else v
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _deq_q6(q, d, m, off, tiles, out):
+    # out[16g + e, k*L + l] = d[k, g, l] * (u - off), u the 6-bit value of input e of group g (weights._pack_q6):
+    # low 4 bits in nibble e // 8 of byte e % 4 of word (e // 4) % 2, top 2 bits at bit 2 * (e // 4) of byte e % 4
+    # of word 2
+    L = q.shape[2]
+    for k in prange(tiles.shape[0]):
+        t = tiles[k]
+        for g in range(d.shape[1]):
+            dg = d[k, g]
+            for e in range(16):
+                s, b = e // 4, e % 4
+                lo, top = q[t, 3 * g + s % 2, :, b], q[t, 3 * g + 2, :, b]
+                o = out[16 * g + e, k * L:(k + 1) * L]
+                for l in range(L):
+                    u = (((lo[l] >> np.uint8(4 * (s // 2))) & np.uint8(15))
+                         | (((top[l] >> np.uint8(2 * s)) & np.uint8(3)) << np.uint8(4)))
+                    o[l] = dg[l] * (np.float32(u) - np.float32(off))
+
+
 def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
     """out[:, k*L:(k+1)*L] <- rows tiles[k]*L ... of W, transposed: (n_in, len(tiles)*L) float32, bit-exact with
     gguf's dequantize."""
     d, m = w.float_scales(tiles)
     if w.family == "q4":
         _deq_q4(w.q, d, m, w.off, tiles, out)
+    elif w.family == "q6":
+        _deq_q6(w.q, d, m, w.off, tiles, out)
     else:
         _deq_q8(w.q, d, m, w.off, tiles, out)
 

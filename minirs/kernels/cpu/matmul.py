@@ -58,8 +58,10 @@ def _tile_tokens(q, d, m, sup, kind, q1, q2, dx, sx, y, t, i, n_tok):
         tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 3, n_tok)
     elif kind == 4:
         tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 4, n_tok)
-    else:
+    elif kind == 5:
         tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 5, n_tok)
+    else:
+        tile_dot(q[t], d[t], mt, sup[t], a, b, s, c, yo, g, 6, n_tok)
 
 
 @njit(cache=True, parallel=True, nogil=True)

@@ -10,8 +10,8 @@ products, exact in int32, and costs two instructions per 64 weights where the CP
 16 lanes, each the sum of 4 uint8 x int8 products). With AVX2 only, vpmaddubsw and vpmaddwd do it in three
 instructions per 32 bytes (dot_isa); elsewhere plain vector IR (16-bit products, pairwise sums) lets LLVM lower it
 for any target (3.5x slower than VNNI here, about the speed of a float32 kernel). The weight integers are
-unsigned bytes: nibbles 0..15 (q4 family) or int8 + 128 (q8 family), so `vpdpbusd`'s unsigned x signed shape fits
-both.
+unsigned bytes: nibbles 0..15 (q4 family), 6-bit values 0..63 (q6) or int8 + 128 (q8 family), so `vpdpbusd`'s
+unsigned x signed shape fits them all.
 
 For a group g of gs weights w[j] = d * (u[j] - off) (+ m) of one row, and x[j] ~= dx * X[j]:
 
@@ -109,14 +109,44 @@ def quantize_rows_ref(x: np.ndarray):
 # KIND (a literal at every call site) selects the family, the group size and the offsets; see KINDS.
 # ---------------------------------------------------------------------------------------------------------------
 
-KINDS = {  # kind: (nibbles, group size, has m, off)
-    0: (True, 32, False, 8),     # Q4_0
-    1: (True, 32, True, 0),      # Q4_1, Q4_K
-    2: (False, 32, False, 128),  # Q8_0, Q5_0, IQ4_NL, IQ4_XS
-    3: (False, 32, True, 128),   # Q5_1, Q5_K
-    4: (False, 16, False, 128),  # Q6_K, Q3_K
-    5: (False, 16, True, 128),   # Q2_K
+KINDS = {  # kind: (family, group size, has m, off)
+    0: ("q4", 32, False, 8),     # Q4_0
+    1: ("q4", 32, True, 0),      # Q4_1, Q4_K
+    2: ("q8", 32, False, 128),   # Q8_0, Q5_0, IQ4_NL, IQ4_XS
+    3: ("q8", 32, True, 128),    # Q5_1, Q5_K
+    4: ("q8", 16, False, 128),   # Q3_K
+    5: ("q8", 16, True, 128),    # Q2_K
+    6: ("q6", 16, False, 32),    # Q6_K
 }
+QUADS = {"q4": lambda gs: gs // 8, "q8": lambda gs: gs // 4, "q6": lambda gs: 3}  # weight words per group and row
+
+
+def _unpack(builder, family: str, gs: int, words: list, n_vec: int) -> list:
+    """A group's weight words (words[w * n_vec + c]: word w of row vector c) as (x word, c, integers) operands of
+    the byte dot products: which word of the group's x (4 inputs each) they meet, and 4 unsigned bytes per row.
+    q4: word w holds inputs 4w.. in its low nibbles and gs/2 + 4w.. in its high nibbles. q8: word w holds inputs
+    4w... q6 (16-groups): words 0 and 1 hold the low 4 bits of inputs 0-7 (low nibbles) and 8-15 (high nibbles) as
+    q4 does, word 2 their top 2 bits: bits 2s, 2s + 1 of its byte b belong to input 4s + b."""
+    low4 = ir.Constant(_VI, [0x0F0F0F0F] * LANES)
+    shift = lambda v, n: builder.lshr(v, ir.Constant(_VI, [n] * LANES))  # noqa: E731
+    out = []
+    for c in range(n_vec):
+        w = [words[i * n_vec + c] for i in range(QUADS[family](gs))]
+        if family == "q8":
+            out += [(i, c, w[i]) for i in range(len(w))]
+        elif family == "q4":
+            for i, word in enumerate(w):
+                out += [(i, c, builder.and_(word, low4)), (gs // 8 + i, c, builder.and_(shift(word, 4), low4))]
+        else:
+            nib = [builder.and_(w[0], low4), builder.and_(w[1], low4), builder.and_(shift(w[0], 4), low4),
+                   builder.and_(shift(w[1], 4), low4)]
+            top = ir.Constant(_VI, [0x30303030] * LANES)
+            for s in range(4):  # inputs 4s .. 4s + 3
+                high = builder.and_(builder.shl(w[2], ir.Constant(_VI, [4] * LANES)) if s == 0 else
+                                    shift(w[2], 2 * s - 4) if s > 2 else
+                                    builder.shl(w[2], ir.Constant(_VI, [4 - 2 * s] * LANES)), top)
+                out.append((s, c, builder.or_(nib[s], high)))
+    return out
 
 # the forms of a group's scale d (and offset m), by the dtype of their arrays: float32 as they are; the f16 bits of
 # the legacy types; or K-quant sub-scales (int8 / uint8) times the super-block's float32 d (and -dmin), so that
@@ -143,14 +173,14 @@ def dot_isa() -> str:
     return next(k for k, v in have.items() if v)
 
 
-def _dot4(builder, acc, w, x, isa: str, nibbles: bool):
+def _dot4(builder, acc, w, x, isa: str, small: bool):
     """acc + (lane l: sum_b u8(w[l, b]) * i8(x[b])) for a <16 x i32> acc and w and a broadcast word x."""
     if isa == "vnni":
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VI, [_VI, _VI, _VI]),
                                             "llvm.x86.avx512.vpdpbusd.512")
         return builder.call(fn, [acc, w, x])
     if isa == "avx2":
-        return builder.add(acc, _avx2_dot4(builder, w, x, nibbles))
+        return builder.add(acc, _avx2_dot4(builder, w, x, small))
     # products in 16 bits (255 * 127 fits), then pairs summed into 32 bits: the shape of pmaddwd / NEON's smlal
     h16 = ir.VectorType(ir.IntType(16), 4 * LANES)
     prod = builder.mul(builder.zext(builder.bitcast(w, _VB), h16), builder.sext(builder.bitcast(x, _VB), h16))
@@ -165,11 +195,11 @@ def _dot4(builder, acc, w, x, isa: str, nibbles: bool):
     return builder.add(acc, builder.add(lo, hi))
 
 
-def _avx2_dot4(builder, w, x, nibbles: bool):
+def _avx2_dot4(builder, w, x, small: bool):
     """The 4-byte dot products on two 256-bit halves: vpmaddubsw (u8 x i8 pairs to i16, saturating) then vpmaddwd
-    by 1. Nibbles (<= 15) cannot saturate; a q8 weight u = v + 128 is taken back to v, and |v| meets x with v's sign
-    (vpsignb), as llama.cpp does, so each pair stays within 2 * 128 * 127; then 128 * (the sum of x's bytes) is added
-    back, so that the result is u's dot product as with the other spellings."""
+    by 1. Small weights (q4, q6: < 64) cannot saturate; a q8 weight u = v + 128 is taken back to v, and |v| meets x
+    with v's sign (vpsignb), as llama.cpp does, so each pair stays within 2 * 128 * 127; then 128 * (the sum of x's
+    bytes) is added back, so that the result is u's dot product as with the other spellings."""
     b32, h16, i8 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(_I32, 8)
     mod = builder.module
     maddubs = cgutils.get_or_insert_function(mod, ir.FunctionType(h16, [b32, b32]), "llvm.x86.avx2.pmadd.ub.sw")
@@ -181,7 +211,7 @@ def _avx2_dot4(builder, w, x, nibbles: bool):
         idx = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * h, 8 * h + 8)))
         wh = builder.bitcast(builder.shuffle_vector(w, ir.Constant(_VI, ir.Undefined), idx), b32)
         xh = builder.bitcast(builder.shuffle_vector(x, ir.Constant(_VI, ir.Undefined), idx), b32)
-        if nibbles:
+        if small:
             halves.append(builder.call(maddwd, [builder.call(maddubs, [wh, xh]), ones]))
             continue
         v = builder.xor(wh, ir.Constant(b32, [0x80] * 32))
@@ -211,7 +241,7 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
     dx (N_TOK, n_in/32) float32, sx (N_TOK, n_in/16) int32, y (N_TOK, TILE) float32 (rows may be strided)."""
     if not isinstance(kind, types.IntegerLiteral) or not isinstance(n_tok, types.IntegerLiteral):
         return None
-    nibbles, gs, has_m, off = KINDS[kind.literal_value]
+    family, gs, has_m, off = KINDS[kind.literal_value]
     tokens = range(n_tok.literal_value)
     isa = dot_isa()
     form = SCALES[str(dt.dtype)]
@@ -238,11 +268,10 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
         px = list(zip(rows(4, _I32), rows(5, _I32)))  # px[j] = (q1, q2) of token j
         pdx, psx, py = rows(6, _F32), rows(7, _I32), rows(8, _F32)
         n_vec = TILE // LANES
-        quads = gs // 8 if nibbles else gs // 4  # 4-integer words of weights per row and group
+        quads = QUADS[family](gs)  # 4-byte words of weights per row and group
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VF, _VF]), "llvm.fma.v16f32")
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VF, [0.0] * LANES)) for _ in range(n_vec)]
                 for _ in tokens]
-        low4 = ir.Constant(_VI, [0x0F0F0F0F] * LANES)
         zero = ir.Constant(_VI, [0] * LANES)
         n_groups_64 = args[9] if args[9].type == i64 else builder.sext(args[9], i64)
 
@@ -263,28 +292,17 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
 
         with cgutils.for_range(builder, n_groups_64) as loop:
             g = loop.index
-            # sums[j][c][s][h]: token j, vector c of rows, x stream s (q1, q2), lo/hi nibbles (q4) or even/odd
-            # words (q8)
+            # sums[j][c][s][h]: token j, vector c of rows, x stream s (q1, q2), two independent sums (h)
             sums = [[[[zero, zero], [zero, zero]] for _ in range(n_vec)] for _ in tokens]
-            for kq in range(quads):
-                # the x words of this quad: q4 meets inputs 4kq.. (lo nibbles) and gs/2 + 4kq.. (hi nibbles)
-                offsets = [kq, gs // 8 + kq] if nibbles else [kq]
-                xs = [[[_splat(builder, builder.load(at(p, builder.mul(g, k(gs // 4)), k(o))), _VI) for o in offsets]
-                       for p in px[j]] for j in tokens]
-                for c in range(n_vec):
-                    w = _vload(builder, pq, _sum(builder, [builder.mul(g, k(quads * TILE)), k(kq * TILE + LANES * c)]),
-                               _VI)
-                    if nibbles:
-                        parts = [(0, builder.and_(w, low4)),
-                                 (1, builder.and_(builder.lshr(w, ir.Constant(_VI, [4] * LANES)), low4))]
-                    else:
-                        parts = [(kq % 2, w)]
-                    for h, part in parts:
-                        for j in tokens:
-                            for stream in range(2):
-                                x_word = xs[j][stream][h if nibbles else 0]
-                                sums[j][c][stream][h] = _dot4(builder, sums[j][c][stream][h], part, x_word, isa,
-                                                              nibbles)
+            words = [_vload(builder, pq, _sum(builder, [builder.mul(g, k(quads * TILE)), k(w * TILE + LANES * c)]),
+                            _VI) for w in range(quads) for c in range(n_vec)]
+            for p, (x_at, c, part) in enumerate(_unpack(builder, family, gs, words, n_vec)):
+                for j in tokens:
+                    for stream in range(2):
+                        x_word = _splat(builder, builder.load(at(px[j][stream], builder.mul(g, k(gs // 4)), k(x_at))),
+                                        _VI)
+                        sums[j][c][stream][p % 2] = _dot4(builder, sums[j][c][stream][p % 2], part, x_word, isa,
+                                                          family != "q8")
             for j in tokens:
                 if gs == 32:
                     sxg = builder.add(builder.load(at(psx[j], builder.mul(g, k(2)))),

@@ -13,14 +13,17 @@ Every conversion keeps the gguf dequantized value bit for bit (`d*q - dm` is sto
 | ------ | ------------------------- | ----------------------------------------------------- | ----------------------- |
 | q4     | d[g] * (u - off) (+ m[g]) | n_in/2 bytes; in each 32-group lo nibble j is element | Q4_0 (off 8), Q4_1, Q4_K|
 |        |                           | j, hi nibble j element j+16                           |                         |
-| q8     | d[g] * (u - 128) (+ m[g]) | one byte per element: the int8 value + 128            | Q8_0, Q5_*, Q6_K, Q3_K, |
-|        |                           |                                                       | Q2_K, IQ4_NL, IQ4_XS    |
+| q6     | d[g] * (u - 32)           | 12 bytes per 16-group: the low 4 bits as q4's nibbles | Q6_K                    |
+|        |                           | (8 apart), the top 2 bits in a third word (_pack_q6)  |                         |
+| q8     | d[g] * (u - 128) (+ m[g]) | one byte per element: the int8 value + 128            | Q8_0, Q5_*, Q3_K, Q2_K, |
+|        |                           |                                                       | IQ4_NL, IQ4_XS          |
 
-g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). Types other than 4- and 8-bit are widened to one byte per
-weight (IQ4 through its codebook): one fast kernel instead of one per bit width, at 1.2x (Q6_K), 1.45x (Q5_0) to
-3x (Q2_K) their file size; never a float copy. F32, F16 and BF16 keep their bytes and are converted on the fly.
-The integers are unsigned so that the matmul's integer dot products (cpu/qdot.py: int8 activations times these
-bytes, `vpdpbusd` where the CPU has it) take them as they are.
+g is a group of 32 elements (16 for Q6_K, Q3_K, Q2_K). The other types are widened to one byte per weight (IQ4
+through its codebook): one fast kernel instead of one per bit width, at 1.45x (Q5_0) to 3x (Q2_K) their file size;
+never a float copy. Q6_K keeps its 6 bits (0.84 bytes a weight against the file's 0.82). F32, F16 and BF16 keep
+their bytes and are converted on the fly. The integers are unsigned so that the matmul's integer dot products
+(cpu/qdot.py: 16-bit activations as two int8 times these bytes, `vpdpbusd` where the CPU has it) take them as
+they are.
 
 Rows are interleaved in tiles of TILE = 32 rows, four integers at a time: q[t, k, l, b] is integer 4k + b of row
 t*TILE + l, so one 64-byte load holds four integers of 16 rows, and d[t, g, l], m[t, g, l] are the scales of row
@@ -28,6 +31,7 @@ t*TILE + l.
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -77,12 +81,14 @@ class QMatrix:
     def group_size(self) -> int:
         return self.n_in // self.d.shape[1]
 
-    @property
+    @cached_property
     def kind(self) -> int:
         """The key of qdot.KINDS: the family, group size and offsets that the matmul kernel specialises on."""
         has_m = self.m.shape[0] > 0
         if self.family == "q4":
             return 1 if has_m else 0
+        if self.family == "q6":
+            return 6
         return (2 if self.group_size == 32 else 4) + has_m
 
     @classmethod
@@ -144,6 +150,18 @@ def _pack_nibbles(v: np.ndarray) -> np.ndarray:
     """(n_out, n_groups, 32) values 0..15 -> (n_out, n_groups*16) bytes: lo nibble = element j, hi = element j+16."""
     v = v.astype(np.uint8)
     return np.ascontiguousarray(v[..., :16] | (v[..., 16:] << 4)).reshape(v.shape[0], -1)
+
+
+def _pack_q6(u: np.ndarray) -> np.ndarray:
+    """(n_out, n_in) values 0..63 -> (n_out, n_in/16 * 12) bytes, three 4-byte words per 16-group: word 0 byte b
+    holds the low 4 bits of input b (low nibble) and of input 8 + b (high nibble), word 1 those of inputs 4 + b and
+    12 + b, word 2 byte b the top 2 bits of input 4s + b in its bits 2s, 2s + 1 (s = 0..3)."""
+    v = u.astype(np.uint8).reshape(u.shape[0], -1, 16)
+    lo, top = v & 15, v >> 4
+    w0 = lo[..., 0:4] | (lo[..., 8:12] << 4)
+    w1 = lo[..., 4:8] | (lo[..., 12:16] << 4)
+    w2 = top[..., 0:4] | (top[..., 4:8] << 2) | (top[..., 8:12] << 4) | (top[..., 12:16] << 6)
+    return np.ascontiguousarray(np.concatenate([w0, w1, w2], axis=-1)).reshape(u.shape[0], -1)
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
@@ -220,7 +238,7 @@ def _kquant_q8(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
         blk = rows.reshape(n_out, n_in // 256, -1)
         sc = np.ascontiguousarray(blk[..., 192:208]).view(np.int8).reshape(n_out, -1)
         sup = np.stack([kq._f16(blk[..., 208:210]), np.zeros(blk.shape[:2], np.float32)], axis=-1)
-        return _make(qtype, n_out, n_in, "q8", q, sc, sup=sup)
+        return _make(qtype, n_out, n_in, "q6", _pack_q6(q.astype(np.int16) + 32), sc, off=32, sup=sup)
     return _make(qtype, n_out, n_in, "q8", q, d, m)
 
 
