@@ -54,13 +54,14 @@ def test_runner_close_gives_the_gpu_memory_back():
         free, total = cp.cuda.runtime.memGetInfo()
         return total - free
 
+    engines_before = _engines()  # other tests of the session may hold Runners of their own
     r = make()
     loaded = device_used()
     r.close()
     r.close()  # twice is harmless
     base_pool, base_used, base_device = pool.total_bytes(), pool.used_bytes(), device_used()
-    assert _engines() == 0 and base_used <= base_pool < 8 << 20, (base_used, base_pool)  # nothing big is left
-    assert loaded - base_device > 64 << 20  # the weights (~90 MB) and the KV cache went back
+    assert _engines() == engines_before and base_used <= base_pool < 8 << 20, (base_used, base_pool)  # nothing big
+    assert loaded - base_device > path.stat().st_size // 2  # the weights (and the KV cache) went back
     with pytest.raises(Exception, match="shut down"):
         r.send_chat_completion_request(ChatCompletionRequest(messages="x", max_tokens=1))
 

@@ -86,7 +86,7 @@ class FastKernel:
         plan = self._plans.get(key, False)
         if plan is False:
             plan = self._plans[key] = self._plan(args)
-        if plan is None:
+        if plan is None or not stream:  # the direct launch needs a stream object; 0: the default stream
             self.dispatcher[grid, block, stream](*args)
             return
         kernel, sig = plan
