@@ -60,6 +60,8 @@ def test_json_schema_nested_enum_array_range(runner):
              grammar_type="json_schema")
     assert c.finish_reason == "stop", c.message.content
     jsonschema.validate(json.loads(c.message.content), PERSON)
+    # laid out as json.dumps lays it out: no whitespace for a model to loop on until max_tokens cuts it short
+    assert json.dumps(json.loads(c.message.content)) == c.message.content
 
 
 def test_response_format_json_schema_and_json_object(runner):

@@ -13,6 +13,10 @@ from minirs.errors import RequestError, quote
 from minirs.grammar.vocab import ll_tokenizer
 
 GRAMMAR_TYPES = ("regex", "json_schema", "lark", "llguidance")
+# JSON written as json.dumps writes it (", " and ": ", no other whitespace): how JSON looks in training data, and a
+# model cannot wander off into whitespace until max_tokens cuts the document short (a schema's own "x-guidance"
+# options override it)
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 MAX_GRAMMAR_CHARS = 1 << 20  # a grammar's text; llguidance bounds the work its parser does (LLParserLimits)
 
 
@@ -37,7 +41,7 @@ def _ll_grammar(kind: str, text: str, field: str) -> str:
             raise RequestError(f"invalid {field}: the JSON schema is not valid JSON: {e}") from None
         if not isinstance(schema, (dict, bool)):
             raise RequestError(f"invalid {field}: a JSON schema is an object (got {quote(schema)})")
-        return llguidance.LLMatcher.grammar_from_json_schema(text)
+        return llguidance.LLMatcher.grammar_from_json_schema(text, defaults=JSON_LAYOUT)
     if kind == "regex":
         return llguidance.LLMatcher.grammar_from_regex(text)
     if kind == "lark":

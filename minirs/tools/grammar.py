@@ -14,6 +14,7 @@ laid out as json.dumps writes them.
 
 import json
 
+from minirs.grammar.compile import JSON_LAYOUT as LAYOUT
 from minirs.tools.syntax import Syntax
 
 
@@ -21,11 +22,6 @@ def call_grammar(tools: list[dict], syntax: Syntax, tokenizer) -> str:
     """Lark text accepting exactly one call to one of `tools` (OpenAI tool dicts, already validated)."""
     alts = [_call(t["function"]["name"], _schema(t["function"]), syntax, tokenizer) for t in tools]
     return "start: call\ncall: " + "\n    | ".join(alts) + "\n"
-
-
-# JSON written as json.dumps writes it (", " and ": ", no other whitespace): how call arguments look in training
-# data, and a small model cannot wander off into whitespace
-LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def _schema(function: dict) -> str:
