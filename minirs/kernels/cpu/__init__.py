@@ -3,7 +3,8 @@
 | file | holds |
 | --- | --- |
 | backend.py | CpuBackend: kernels/backend.py's interface over the files below |
-| weights.py | QMatrix: GGML blocks re-laid out at load time into the matmul's two families |
+| weights.py | QMatrix: GGML blocks re-laid out at load time into the matmul's families (q4, q6, q8) |
+| qdot.py | the quantized matmul's core: x as 16-bit integers per 32-block, byte dot products in LLVM IR |
 | matmul.py | qmatmul: the batch-invariant quantized and float matmul kernels |
 | dequant.py | embedding_rows: whole rows decoded bit-exactly (token embeddings) |
 | norm.py, rope.py, activation.py, attention.py, moe.py | the other ops of the transformer |
