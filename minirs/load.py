@@ -231,7 +231,7 @@ def _first_run(loaded: Loaded, mf: ModelFile, mode: str | None) -> None:
     if mode == "compile" or float32_bytes(mf.tensors.values()) > warmup.TWINS_BUDGET:
         warmup.warm_up(loaded.model)
         return
-    warmup.say("minirs: first run on this machine: the CPU kernels compile in the background (about a minute, "
+    warmup.say("minirs: first run on this machine: the CPU kernels compile in the background (under a minute, "
                "once); meanwhile the slower NumPy kernels answer")
     compiled = loaded.model
     loaded.model = load_model(mf, backend=TwinsBackend())

@@ -86,7 +86,7 @@ def warm_up(model, log=say) -> float:
     """Compile what a CPU model needs if the cache is cold; returns the seconds it took (0 when warm)."""
     if model.backend.name != "cpu" or cached(model):
         return 0.0
-    log("minirs: compiling the CPU kernels for this machine (first run only, about a minute; cached for later)")
+    log("minirs: compiling the CPU kernels for this machine (first run only, under a minute; cached for later)")
     t0 = time.perf_counter()
     ticker = _Ticker(t0) if sys.stderr.isatty() else None
     try:

@@ -4,7 +4,7 @@
 
 It is the CPU backend with every Numba kernel replaced by its plain-NumPy statement, and the quantized weights
 decoded once to float32 at load time (formats.quants.dequantize, bit-exact with gguf), so a matmul is one BLAS call.
-Nothing here compiles. That is what it is for: on a machine's first run the Numba kernels need about a minute to
+Nothing here compiles. That is what it is for: on a machine's first run the Numba kernels need up to half a minute to
 compile, and a small model answers on the twins meanwhile (minirs.warmup hands the engine the compiled model when
 the compile is done). A quantized weight meets x quantized to int8 per 32 inputs, as in the CPU kernels (the same
 integers: qdot.quantize_rows_ref is bit-identical with the kernel), so both backends differ only by float32 rounding
