@@ -103,7 +103,7 @@ def quantize_rows_ref(x: np.ndarray):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# One tile (TILE rows) of y for one token, written in LLVM IR so that it runs on whole vectors: the weights of a
+# One tile (TILE rows) of y for one or two tokens, in LLVM IR so that it runs on whole vectors: the weights of a
 # tile are (n_in / 4, TILE, 4) bytes, item [k, l, b] = integer 4k + b of row l (for the q4 family byte 4k + b of
 # the row's packed nibbles: within a group of 32 the low nibble of byte j is input j, the high nibble input j + 16),
 # so one 64-byte load gives 16 rows x 4 integers, the operand of two vpdpbusd against broadcast words of q1, q2.
