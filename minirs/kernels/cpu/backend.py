@@ -1,8 +1,9 @@
 """The CPU backend (kernels/backend.py's interface): NumPy memory, Numba kernels.
 
 Weights stay quantized (re-laid out at load time where the matmul kernels want it, weights.py); activations are
-float32, and so is the KV cache (a quantized matmul meets x as 16-bit integers per 32-block, qdot.py). Every kernel computes each row on its own, so a row's bits never
-depend on the batch (batch_invariant has nothing to switch). The Numba kernels release the GIL (nogil), so the
+float32, and so is the KV cache (a quantized matmul meets x as 16-bit integers per 32-block, qdot.py). Every
+kernel computes each row on its own, so a row's bits never depend on the batch (batch_invariant has nothing to
+switch). The Numba kernels release the GIL (nogil), so the
 engine thread computes while other Python threads (the CLI printing a stream, API callers) run; concurrent parallel
 kernels from several threads need a thread-safe Numba threading layer (omp or tbb, the default where available).
 """
