@@ -69,14 +69,13 @@ def _mm_q(q, d, m, sup, kind, x):
     # y (n, tiles * TILE): x quantized (rows spread over the threads when there are many), then every tile t
     # (spread over the threads) for every token
     n, n_in = x.shape
-    q1, q2 = np.empty((n, n_in), np.int8), np.empty((n, n_in), np.int8)
-    dx, sx = np.empty((n, n_in // 32), np.float32), np.empty((n, n_in // 16), np.int32)
     if n >= 16:
+        q1, q2 = np.empty((n, n_in), np.int8), np.empty((n, n_in), np.int8)
+        dx, sx = np.empty((n, n_in // 32), np.float32), np.empty((n, n_in // 16), np.int32)
         for i in prange(n):
             quantize_row(x[i], q1[i], q2[i], dx[i], sx[i])
     else:
-        for i in range(n):
-            quantize_row(x[i], q1[i], q2[i], dx[i], sx[i])
+        q1, q2, dx, sx = quantize_rows(x)
     y = np.empty((n, q.shape[0] * TILE), np.float32)
     for t in prange(q.shape[0]):
         _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t)
