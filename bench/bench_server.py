@@ -56,6 +56,22 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+class Arrivals:
+    """One request's token arrival times: time to the first (ttft) and the gaps between the next ones."""
+
+    def __init__(self):
+        self.t0 = self.last = time.perf_counter()
+        self.first, self.gaps = None, []
+
+    def arrived(self) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now - self.t0
+        else:
+            self.gaps.append(now - self.last)
+        self.last = now
+
+
 # ----- the in-process baseline -----------------------------------------------------------------------------------
 
 def runner_run(runner, n: int, max_tokens: int, bias: dict) -> Run:
@@ -68,19 +84,13 @@ def runner_run(runner, n: int, max_tokens: int, bias: dict) -> Run:
         req = ChatCompletionRequest(messages=prompt(i), max_tokens=max_tokens, temperature=0.0, logit_bias=bias,
                                     stream=True)
         start.wait()
-        t0 = last = time.perf_counter()
-        gaps, first = [], None
+        times = Arrivals()
         for _ in runner.send_chat_completion_request(req, timeout=3600):
-            now = time.perf_counter()
-            if first is None:
-                first = now - t0
-            else:
-                gaps.append(now - last)
-            last = now
+            times.arrived()
             counts[i] += 1
         with lock:
-            ttft.append(first)
-            itl.extend(gaps)
+            ttft.append(times.first)
+            itl.extend(times.gaps)
     threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
@@ -96,8 +106,7 @@ def runner_run(runner, n: int, max_tokens: int, bias: dict) -> Run:
 async def _client(http, url: str, model: str, i: int, max_tokens: int, bias: dict, headers: dict):
     body = {"model": model, "messages": prompt(i), "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
             "logit_bias": {str(k): v for k, v in bias.items()}}
-    t0 = last = time.perf_counter()
-    first, gaps, tokens = None, [], 0
+    times, tokens = Arrivals(), 0
     async with http.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
@@ -107,14 +116,9 @@ async def _client(http, url: str, model: str, i: int, max_tokens: int, bias: dic
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
-            now = time.perf_counter()
-            if first is None:
-                first = now - t0
-            else:
-                gaps.append(now - last)
-            last = now
+            times.arrived()
             tokens += len(chunk["choices"])
-    return first, gaps, tokens
+    return times.first, times.gaps, tokens
 
 
 async def _server_run(url: str, model: str, n: int, max_tokens: int, bias: dict, headers: dict) -> Run:
