@@ -27,7 +27,8 @@ SERIAL_MACS = 1 << 18  # products below which a matmul runs on the calling threa
 # ---------------------------------------------------------------------------------------------------------------
 # Quantized weights: x is quantized per row (qdot.quantize_rows), then each tile of TILE rows (prange) runs
 # qdot.tile_dot for every token in turn, the tile's weights staying in L1 across the tokens. KIND is a literal in
-# each branch so that tile_dot's IR is specialised for it.
+# each branch so that tile_dot's IR is specialised for it (numba.literally(kind) instead made the matmul tests
+# compile for 9 minutes against 45 s).
 # ---------------------------------------------------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
