@@ -113,6 +113,51 @@ def test_kernel_matches_its_twin():
         assert np.array_equal(alone, y)
 
 
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q6_K", "F16"])
+def test_matmul_with_the_delta_inside(qtype):
+    """A quantized projection adds the delta inside its own kernel (matmul.py _mm_q_lora), from a float16 copy of
+    the adapter: the product plus the
+    twin's delta, and each row's bits the same alone or batched, serial (n < 16) or row-parallel."""
+    import gguf
+    from test_cpu_matmul import as_tensor, random_rows
+
+    from minirs.kernels.cpu.matmul import qmatmul
+    from minirs.kernels.cpu.weights import QMatrix
+    rng = np.random.default_rng(1)
+    be = CpuBackend()
+    R, n_in, n_out, K = 20, 256, 200, 4
+    raw = random_rows(qtype, n_out, n_in, rng)
+    w = QMatrix.from_tensor(as_tensor(qtype, n_out, n_in, raw))
+    a, bt = rng.standard_normal((R, n_in)) * 0.1, rng.standard_normal((R, n_out))
+    lo, hi = rng.integers(0, 70, R), rng.integers(90, n_out + 1, R)
+    for j in range(R):
+        bt[j, :lo[j]] = bt[j, hi[j]:] = 0
+    key, scale = rng.integers(0, K, R), rng.random(R)
+    x = rng.standard_normal((20, n_in)).astype(np.float32)
+    coef = rng.random((20, K)).astype(np.float32) * (rng.random((20, 1)) > 0.3)
+    base = x @ gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype]).T
+    bt *= 0.3 * np.abs(base).max() / np.abs(ref.lora_delta(x, a, bt, key, scale, coef)).max()  # a delta that shows
+    stack = be.lora_stack(a, bt, key, scale, lo, hi, base=w)
+    if w.family != "float":  # beside a quantized base the adapter is kept in float16
+        assert stack.a.dtype == np.uint16
+        a, bt = (v.astype(np.float16).astype(np.float64) for v in (a, bt))
+    y = qmatmul(w, x, (stack, coef))
+    want = qmatmul(w, x) + ref.lora_delta(x, a, bt, key, scale, coef)
+    assert np.abs(y - want).max() < 1e-5 * np.abs(want).max()
+    for n in (1, 5):
+        assert np.array_equal(qmatmul(w, x[:n], (stack, coef[:n])), y[:n])
+
+
+def test_adapter_precision_follows_the_base():
+    """float16 beside a quantized base, float32 beside a float one or where float16 would overflow."""
+    from minirs.kernels.cpu.lora import CpuLora
+    a, bt = np.ones((2, 32), np.float32), np.ones((2, 32), np.float32)
+    args = (np.zeros(2, np.int64), np.ones(2, np.float32), np.zeros(2, np.int64), np.full(2, 32))
+    assert CpuLora.of(a, bt, *args, half=True).a.dtype == np.uint16
+    assert CpuLora.of(a, bt, *args, half=False).a.dtype == np.float32
+    assert CpuLora.of(a, bt * 1e5, *args, half=True).bt.dtype == np.float32
+
+
 def test_mixed_batch_gives_each_its_own_tokens():
     m = load_model(GOLDEN / "arch_llama", device="cpu")
     load_adapters(m, [GOLDEN / "lora_llama" / n for n in ("a1", "a2")])

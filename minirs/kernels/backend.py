@@ -95,8 +95,9 @@ class Backend(Protocol):
         """One weight for several projections of the same input (q|k|v, gate|up): a stacked matrix or a Stack."""
 
     def lora_stack(self, a: np.ndarray, bt: np.ndarray, key: np.ndarray, scale: np.ndarray, lo: np.ndarray,
-                   hi: np.ndarray) -> LoraStack:
-        """A projection's stacked LoRA adapters (host arrays, see LoraStack) in this backend's memory."""
+                   hi: np.ndarray, base=None) -> LoraStack:
+        """A projection's stacked LoRA adapters (host arrays, see LoraStack) in this backend's memory; base is the
+        weight they add to (its precision may set theirs)."""
 
     def array(self, a: np.ndarray) -> Array:
         """A host array copied to the backend."""
@@ -117,11 +118,12 @@ class Backend(Protocol):
     def layernorm(self, x: Array, w: Array, b: Array, eps: float) -> Act:
         """(x - mean) / sqrt(var + eps) * w + b per row of x (n, d)."""
 
-    def matmul(self, w, x) -> Array:
-        """y = x @ W.T: x (n, n_in) array or Act -> (n, n_out)."""
+    def matmul(self, w, x, lora: tuple | None = None) -> Array:
+        """y = x @ W.T: x (n, n_in) array or Act -> (n, n_out); lora = (LoraStack, coef) adds its delta."""
 
-    def matmul_add_(self, w, x, out: Array) -> None:
-        """out += x @ W.T (an output projection into the residual stream)."""
+    def matmul_add_(self, w, x, out: Array, lora: tuple | None = None) -> None:
+        """out += x @ W.T [+ the LoRA delta of lora = (LoraStack, coef)] (an output projection into the residual
+        stream)."""
 
     def lora_add_(self, y: Array, x, lora: LoraStack, coef: Array) -> None:
         """y += the LoRA delta of x (n, n_in) for the rows' coefficients coef (n, K) (kernels/ref.py lora_delta)."""

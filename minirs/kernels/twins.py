@@ -19,7 +19,7 @@ import numpy as np
 from minirs.formats import Tensor
 from minirs.formats.quants import dequantize
 from minirs.kernels import ref
-from minirs.kernels.backend import Act, values
+from minirs.kernels.backend import Act, LoraStack, values
 from minirs.kernels.cpu.backend import CpuBackend
 from minirs.kernels.cpu.matmul import int8_roundtrip
 
@@ -70,12 +70,19 @@ class TwinsBackend(CpuBackend):
     def layernorm(self, x, w, b, eps: float) -> Act:
         return Act(ref.layernorm(values(x), w, b, eps))
 
+    def lora_stack(self, a, bt, key, scale, lo, hi, base=None) -> LoraStack:
+        f32, i64 = (lambda v: np.ascontiguousarray(v, np.float32)), (lambda v: np.ascontiguousarray(v, np.int64))
+        return LoraStack(f32(a), f32(bt), i64(key), f32(scale), i64(lo), i64(hi))
+
     def lora_add_(self, y, x, lora, coef) -> None:
         y += ref.lora_delta(np.asarray(values(x), np.float32), lora.a, lora.bt, lora.key, lora.scale, coef)
 
-    def matmul(self, w: np.ndarray, x) -> np.ndarray:
-        # y[t, r] = sum_k W[r, k] * x[t, k]
-        return np.asarray(np.ascontiguousarray(_as_kernels_see(w, values(x))) @ w.T)
+    def matmul(self, w: np.ndarray, x, lora=None) -> np.ndarray:
+        # y[t, r] = sum_k W[r, k] * x[t, k]  (+ the LoRA delta)
+        y = np.asarray(np.ascontiguousarray(_as_kernels_see(w, values(x))) @ w.T)
+        if lora is not None:
+            self.lora_add_(y, x, *lora)
+        return y
 
     def rope_(self, x, pos, inv_freq, neox: bool) -> None:
         x[...] = ref.rope(x, np.asarray(pos), inv_freq, neox)

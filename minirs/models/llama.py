@@ -196,9 +196,7 @@ class Transformer:
 
     def linear(self, w, x, b=None, lora=None):
         """y = x W.T [+ LoRA delta] [+ b]"""
-        y = self.backend.matmul(w, x)
-        if lora is not None:
-            self.backend.lora_add_(y, x, *lora)
+        y = self.backend.matmul(w, x, lora)
         if b is not None:
             self.backend.add_bias_(y, b)
         return y
@@ -208,9 +206,7 @@ class Transformer:
         matmul when nothing comes between)."""
         be = self.backend
         if b is None and post_norm is None:
-            be.matmul_add_(w, a, x)
-            if lora is not None:
-                be.lora_add_(x, a, *lora)
+            be.matmul_add_(w, a, x, lora)
             return
         y = self.linear(w, a, b, lora)
         be.add_(x, be.rmsnorm(y, post_norm, self.config.norm_eps, gemv=False) if post_norm is not None else y)

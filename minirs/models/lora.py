@@ -278,7 +278,7 @@ def attach(model, adapters: list[Adapter], active: list[str] | None = None,
                 lo += [start] * m.a.shape[0]
                 hi += [start + n] * m.a.shape[0]
             lw.lora[stack] = be.lora_stack(np.concatenate(a), np.concatenate(bt), np.array(key), np.array(scale),
-                                           np.array(lo), np.array(hi))
+                                           np.array(lo), np.array(hi), getattr(lw, stack))
     lset = LoraSet(names, order, list(active if active is not None else names))
     for n in lset.active:
         if n not in names:

@@ -11,11 +11,11 @@ kernels from several threads need a thread-safe Numba threading layer (omp or tb
 import numpy as np
 
 from minirs.formats import Tensor
-from minirs.kernels.backend import Act, LoraStack, Stack, values
+from minirs.kernels.backend import Act, Stack, values
 from minirs.kernels.cpu import activation, attention, moe, norm, rope
 from minirs.kernels.cpu.dequant import embedding_rows
-from minirs.kernels.cpu.lora import lora_add, lora_add_rows
-from minirs.kernels.cpu.matmul import qmatmul
+from minirs.kernels.cpu.lora import CpuLora
+from minirs.kernels.cpu.matmul import lora_add_, qmatmul
 from minirs.kernels.cpu.weights import QMatrix
 from minirs.sampling import rows as sampling_rows
 from minirs.sampling.mask import mask_logits
@@ -63,15 +63,19 @@ class CpuBackend:
 
     def _stacked_matmul(self, w: QMatrix | Stack, h, lora) -> np.ndarray:
         """h times every part, side by side (n, sum of n_out), plus the LoRA delta."""
-        y = self.matmul(w, h) if isinstance(w, QMatrix) else np.concatenate([self.matmul(m, h) for m in w.parts],
-                                                                              axis=1)
+        if isinstance(w, QMatrix):
+            return self.matmul(w, h, lora)
+        y = np.concatenate([self.matmul(m, h) for m in w.parts], axis=1)
         if lora is not None:
             self.lora_add_(y, h, *lora)
         return y
 
-    def lora_stack(self, a, bt, key, scale, lo, hi) -> LoraStack:
-        f32, i64 = (lambda v: np.ascontiguousarray(v, np.float32)), (lambda v: np.ascontiguousarray(v, np.int64))
-        return LoraStack(f32(a), f32(bt), i64(key), f32(scale), i64(lo), i64(hi))
+    def lora_stack(self, a, bt, key, scale, lo, hi, base=None) -> CpuLora:
+        """The stack laid out for the CPU kernels: B^T in tiles of the matmul's 32 output rows, A and B in float16
+        beside a quantized base, float32 beside a float one (cpu/lora.py)."""
+        parts = base.parts if isinstance(base, Stack) else (base,)
+        quantized = all(isinstance(m, QMatrix) and m.family != "float" for m in parts)
+        return CpuLora.of(a, bt, key, scale, lo, hi, half=base is not None and quantized)
 
     def array(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a)
@@ -98,15 +102,14 @@ class CpuBackend:
         x2 = np.ascontiguousarray(x)
         return Act(norm.layernorm(x2, w, b, eps, np.empty_like(x2)))
 
-    def matmul(self, w: QMatrix, x) -> np.ndarray:
-        return qmatmul(w, np.ascontiguousarray(values(x), dtype=np.float32))
+    def matmul(self, w: QMatrix, x, lora=None) -> np.ndarray:
+        return qmatmul(w, np.ascontiguousarray(values(x), dtype=np.float32), lora)
 
-    def matmul_add_(self, w: QMatrix, x, out: np.ndarray) -> None:
-        out += self.matmul(w, x)
+    def matmul_add_(self, w: QMatrix, x, out: np.ndarray, lora=None) -> None:
+        out += self.matmul(w, x, lora)
 
-    def lora_add_(self, y: np.ndarray, x, lora: LoraStack, coef: np.ndarray) -> None:
-        kernel = lora_add_rows if y.shape[0] >= 16 else lora_add
-        kernel(np.ascontiguousarray(values(x), dtype=np.float32), *lora, coef, y)
+    def lora_add_(self, y: np.ndarray, x, lora: CpuLora, coef: np.ndarray) -> None:
+        lora_add_(y, values(x), lora, coef)
 
     def add_(self, x: np.ndarray, y) -> None:
         x += values(y)

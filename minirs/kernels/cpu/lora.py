@@ -4,56 +4,219 @@ kernels/ref.py (lora_delta).
     u[r, j] = coef[r, key[j]] * scale[j] * (A[j] . x[r])          # rank columns j of every adapter, stacked
     y[r, lo[j]:hi[j]] += u[r, j] * Bt[j, lo[j]:hi[j]]              # each column writes its part's output rows
 
-A row whose coefficients are all zero (a request with no adapter) costs one pass over its keys. Decode-sized
-batches run serially (waking the thread pool costs more); prefill batches spread rows over the threads.
+The down product (`down_rows`) and the up product (`up_rows` over whole output rows, `up_tile` over one tile of
+the matmul's TILE outputs) are the pieces every kernel calls. A decode-sized quantized matmul runs them inside its
+own call (matmul.py `_mm_q_lora`: the down product beside x's quantization, each tile's up product as the tile
+is written, from a copy of B^T laid out by tiles), so a projection with adapters is one call; `lora_add` and
+`lora_add_rows` add the delta to an output computed apart (prefill batches, float weights, projections kept as
+separate parts). The dot product is one function compiled on its own (`_dot`: its vectorised order is fixed
+there), and the up product adds column by column in order (a multiply, then an add), so a row's bits are the same
+in every kernel and batch. A row whose coefficients are all zero (a request with no adapter) skips its dot
+products and its columns. Beside a quantized base, A and B are kept in float16 (CpuLora).
 """
 
+from typing import NamedTuple
+
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from minirs.kernels.cpu.qdot import TILE
 
 ROWS = 8  # rows per block of the parallel kernel
 
 
-@njit(cache=True, fastmath=True, inline="always")
-def _block(x, a, bt, key, scale, lo, hi, coef, y, r0, r1, u):
-    # rows r0..r1-1, column-major: each A row and B^T row stays in L1 while the block's rows use it; a row's
-    # arithmetic is the same in any block, so its bits never depend on the batch
+@intrinsic
+def widen(typingctx, v):
+    """An adapter weight as float32: a float32 as it is, a uint16 as the IEEE half it holds (vcvtph2ps: Numba has
+    no float16 type on the CPU)."""
+    if v == types.float32:
+        return types.float32(v), lambda context, builder, sig, args: args[0]
+    if v == types.uint16:
+        def codegen(context, builder, sig, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return types.float32(v), codegen
+    return None
+
+
+@intrinsic
+def _prefetch(typingctx, arr, offset):
+    """Ask for the cache line at byte `offset` of arr's data (a hint: no fault past the end)."""
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        p = builder.gep(builder.bitcast(a.data, i8p), [args[1]])
+        builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, types.int64), codegen
+
+
+@njit(cache=True, inline="always")
+def prefetch_span(arr, start, nbytes):
+    """Prefetch nbytes of arr's data from byte `start`, a cache line at a time: the adapter's rows are read once a
+    step, from DRAM, in pieces too short for the hardware prefetcher to get ahead of."""
+    for off in range(start, start + nbytes, 64):
+        _prefetch(arr, off)
+
+
+@intrinsic
+def _axpy_tile(typingctx, y, r, o0, a, tiles, t, j):
+    """y[r, o0:o0 + TILE] += a * widen(tiles[t, j, :]) as TILE-wide vector operations, a multiply then an add
+    (as the scalar loops round). LLVM fully unrolls the scalar loop of known length and then cannot prove the
+    stores to y miss the loads of tiles, so it left it scalar."""
+    half = tiles.dtype == types.uint16
+
+    def codegen(context, builder, sig, args):
+        ya, ta = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 4))
+        i64 = ir.IntType(64)
+        ys = cgutils.unpack_tuple(builder, ya.strides, 2)[0]
+        ts = cgutils.unpack_tuple(builder, ta.strides, 3)
+        i8p = ir.IntType(8).as_pointer()
+        at = lambda arr, off: builder.gep(builder.bitcast(arr.data, i8p), [off])  # noqa: E731
+        vf = ir.VectorType(ir.FloatType(), TILE)
+        py = builder.bitcast(at(ya, builder.add(builder.mul(args[1], ys), builder.mul(args[2], ir.Constant(i64, 4)))),
+                             vf.as_pointer())
+        pt = at(ta, builder.add(builder.mul(args[5], ts[0]), builder.mul(args[6], ts[1])))
+        if half:
+            vh = ir.VectorType(ir.IntType(16), TILE)
+            b = builder.fpext(builder.bitcast(builder.load(builder.bitcast(pt, vh.as_pointer()), align=2),
+                                              ir.VectorType(ir.HalfType(), TILE)), vf)
+        else:
+            b = builder.load(builder.bitcast(pt, vf.as_pointer()), align=4)
+        i32 = ir.IntType(32)
+        splat = builder.insert_element(ir.Constant(vf, ir.Undefined), args[3], ir.Constant(i32, 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(vf, ir.Undefined),
+                                       ir.Constant(ir.VectorType(i32, TILE), [0] * TILE))
+        builder.store(builder.fadd(builder.load(py, align=4), builder.fmul(splat, b)), py, align=4)
+        return context.get_dummy_value()
+    return types.none(y, types.int64, types.int64, types.float32, tiles, types.int64, types.int64), codegen
+
+
+@njit(cache=True, fastmath=True)
+def _dot(w, x):
+    # sum_k w[k] x[k]: compiled once, not inlined by Numba, so every caller runs the same vectorised order
+    s = np.float32(0.0)
+    for k in range(x.shape[0]):
+        s += widen(w[k]) * x[k]
+    return s
+
+
+@njit(cache=True, inline="always")
+def _axpy(a, b, y, n):
+    # y[o] += a * b[o] for o < n, b and y 1-D views (indices from 0: LLVM vectorises the loop)
+    for o in range(n):
+        y[o] += a * widen(b[o])
+
+
+@njit(cache=True, inline="always")
+def down_rows(x, a, key, scale, coef, u, r0, r1):
+    """u[r, j] = coef[r, key[j]] * scale[j] * (A[j] . x[r]) for rows r0..r1-1 (column by column: A[j] stays in
+    L1 while the rows use it)."""
+    row = a.shape[1] * a.itemsize
     for j in range(a.shape[0]):
-        aj = a[j]
+        prefetch_span(a, (j + 2) * row, row)
         for r in range(r0, r1):
             c = coef[r, key[j]]
-            if c == 0.0:
-                u[r - r0, j] = 0.0
-                continue
-            xr = x[r]
-            acc = np.float32(0.0)
-            for k in range(xr.shape[0]):
-                acc += aj[k] * xr[k]
-            u[r - r0, j] = acc * c * scale[j]
-    for j in range(a.shape[0]):
-        start, n = lo[j], hi[j] - lo[j]
-        bv = bt[j, start:start + n]
+            u[r, j] = 0.0 if c == 0.0 else _dot(a[j], x[r]) * c * scale[j]
+
+
+@njit(cache=True, inline="always")
+def up_rows(u, bt, lo, hi, y, r0, r1):
+    """y[r, lo[j]:hi[j]] += u[r, j] * Bt[j, lo[j]:hi[j]] for rows r0..r1-1, column by column in order (Bt[j]
+    stays in L1 while the rows use it)."""
+    for j in range(bt.shape[0]):
+        s, n = lo[j], hi[j] - lo[j]
+        bj = bt[j, s:]
         for r in range(r0, r1):
-            uj = u[r - r0, j]
-            if uj != 0.0:  # slices of a known length: LLVM vectorises this loop (bounds read in the loop it did not)
-                yv = y[r, start:start + n]
-                for o in range(n):
-                    yv[o] += uj * bv[o]
+            uj = u[r, j]
+            if uj != 0.0:
+                _axpy(uj, bj, y[r, s:], n)
 
 
-@njit(cache=True, fastmath=True, nogil=True)
-def lora_add(x, a, bt, key, scale, lo, hi, coef, y):
-    """y += the LoRA delta of x (n, n_in) for the stacked adapters (a (R, n_in), bt (R, n_out)), see above."""
-    _block(x, a, bt, key, scale, lo, hi, coef, y, 0, x.shape[0], np.empty((x.shape[0], a.shape[0]), np.float32))
+@njit(cache=True, inline="always")
+def up_tile(u, tiles, lo, hi, tj, y, n, t):
+    """up_rows for rows 0..n-1 and the TILE outputs of tile t alone (the same per-element operations in the same
+    order), from B^T tiled (tiles, R, TILE): a tile's columns are one contiguous read. No slices here: a slice
+    counts a reference with an atomic add on an array the other threads use too."""
+    o0 = t * TILE
+    for j in range(tj[t, 0], tj[t, 1]):
+        if lo[j] <= o0 and o0 + TILE <= hi[j]:  # the column covers the tile: a loop of known length
+            for r in range(n):
+                uj = u[r, j]
+                if uj != 0.0:
+                    _axpy_tile(y, r, o0, uj, tiles, t, j)
+        else:
+            s, e = max(lo[j], o0), min(hi[j], o0 + TILE)
+            for r in range(n):
+                uj = u[r, j]
+                if uj != 0.0:
+                    for o in range(s - o0, e - o0):
+                        y[r, np.uint64(o0 + o)] += uj * widen(tiles[t, j, np.uint64(o)])
+
+
+@njit(cache=True, inline="always")
+def prefetch_tile(tiles, tj, t):
+    """Prefetch tile t's columns of the tiled B^T."""
+    line = TILE * tiles.itemsize
+    prefetch_span(tiles, (t * tiles.shape[1] + tj[t, 0]) * line, (tj[t, 1] - tj[t, 0]) * line)
+
+
+@njit(cache=True, nogil=True)
+def lora_add(x, a, bt, key, scale, lo, hi, tiles, tj, coef, y):
+    """y += the LoRA delta of x (n, n_in) for the stacked adapters (CpuLora's arrays), see above."""
+    n = x.shape[0]
+    u = np.empty((n, a.shape[0]), np.float32)
+    down_rows(x, a, key, scale, coef, u, 0, n)
+    up_rows(u, bt, lo, hi, y, 0, n)
     return y
 
 
-@njit(cache=True, fastmath=True, parallel=True, nogil=True)
-def lora_add_rows(x, a, bt, key, scale, lo, hi, coef, y):
+@njit(cache=True, parallel=True, nogil=True)
+def lora_add_rows(x, a, bt, key, scale, lo, hi, tiles, tj, coef, y):
     """lora_add with blocks of ROWS rows spread over the threads (the same per-row math)."""
     n = x.shape[0]
+    u = np.empty((n, a.shape[0]), np.float32)
     for b in prange((n + ROWS - 1) // ROWS):
-        r0 = b * ROWS
-        r1 = min(n, r0 + ROWS)
-        _block(x, a, bt, key, scale, lo, hi, coef, y, r0, r1, np.empty((r1 - r0, a.shape[0]), np.float32))
+        r0, r1 = b * ROWS, min(n, b * ROWS + ROWS)
+        down_rows(x, a, key, scale, coef, u, r0, r1)
+        up_rows(u, bt, lo, hi, y, r0, r1)
     return y
+
+
+class CpuLora(NamedTuple):
+    """A LoraStack for these kernels: LoraStack's arrays, plus B^T again in tiles of TILE outputs (tiles, R, TILE)
+    for the matmul's epilogue with each tile's range of columns tj (tiles, 2). A and B^T are float32, or IEEE half
+    bits (uint16) with `half`: decode reads the adapter from memory at every step, and half the bytes is most of
+    its cost beside a quantized base (whose own rounding is far coarser than half's 2^-11)."""
+    a: np.ndarray
+    bt: np.ndarray
+    key: np.ndarray
+    scale: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    tiles: np.ndarray
+    tj: np.ndarray
+
+    @classmethod
+    def of(cls, a, bt, key, scale, lo, hi, half: bool = False) -> "CpuLora":
+        """half: store A and B^T as float16 where every value fits its range (else float32)."""
+        R, n_out = bt.shape
+        tiles = -(-n_out // TILE)
+        padded = np.zeros((R, tiles * TILE), np.float32)
+        padded[:, :n_out] = bt
+        tiled = np.ascontiguousarray(padded.reshape(R, tiles, TILE).transpose(1, 0, 2))
+        lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+        tj = np.zeros((tiles, 2), np.int64)
+        for t in range(tiles):
+            js = np.nonzero((lo < (t + 1) * TILE) & (hi > t * TILE))[0]
+            if js.size:
+                tj[t] = js[0], js[-1] + 1
+        f32 = lambda v: np.ascontiguousarray(v, np.float32)  # noqa: E731
+        a, bt, tiled = f32(a), f32(bt), f32(tiled)
+        if half and max(np.abs(a).max(initial=0), np.abs(bt).max(initial=0)) < np.finfo(np.float16).max:
+            a, bt, tiled = (v.astype(np.float16).view(np.uint16) for v in (a, bt, tiled))
+        return cls(a, bt, np.ascontiguousarray(key, np.int64), f32(scale), lo, hi, tiled, tj)

@@ -19,10 +19,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from minirs.formats.model_file import Tensor
+from minirs.kernels.cpu.lora import down_rows, lora_add, lora_add_rows, prefetch_tile, up_tile
 from minirs.kernels.cpu.qdot import HI, TILE, quantize_row, quantize_rows, quantize_rows_ref, tile_dot
 from minirs.kernels.cpu.weights import QMatrix
 
 SERIAL_MACS = 1 << 18  # products below which a matmul runs on the calling thread alone (waking others costs more)
+LORA_INSIDE = 16  # rows below which the LoRA delta runs inside the matmul's call (larger: its own parallel kernel)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Quantized weights: x is quantized per row (qdot.quantize_rows), then each tile of TILE rows (prange) runs
@@ -80,6 +82,22 @@ def _mm_q(q, d, m, sup, kind, x):
     y = np.empty((n, q.shape[0] * TILE), np.float32)
     for t in prange(q.shape[0]):
         _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t)
+    return y
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _mm_q_lora(q, d, m, sup, kind, x, a, bt, key, scale, lo, hi, tiles, tj, coef):
+    # _mm_q for a decode-sized x plus the LoRA delta (lora.py) in the same call: the down product u = A x beside
+    # x's quantization, and each tile's up product added to the tile's rows as they are written
+    n = x.shape[0]
+    q1, q2, dx, sx = quantize_rows(x)
+    u = np.empty((n, a.shape[0]), np.float32)
+    down_rows(x, a, key, scale, coef, u, 0, n)
+    y = np.empty((n, q.shape[0] * TILE), np.float32)
+    for t in prange(q.shape[0]):
+        prefetch_tile(tiles, tj, t)  # its columns arrive while the tile's weights are multiplied
+        _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t)
+        up_tile(u, tiles, lo, hi, tj, y, n, t)
     return y
 
 
@@ -252,8 +270,9 @@ def _f16_to_f32(b):
 _FLOAT_KIND = {"F32": 0, "F16": 1, "BF16": 2}
 
 
-def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
-    """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32; row i of y depends only on x[i] and W (bits too)."""
+def qmatmul(w: QMatrix, x: np.ndarray, lora=None) -> np.ndarray:
+    """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32; row i of y depends only on x[i] and W (bits too).
+    lora = (LoraStack, coef (n, K)) adds the LoRA delta (lora.py) inside the quantized kernel, after it otherwise."""
     if x.ndim != 2 or x.shape[1] != w.n_in:
         raise ValueError(f"qmatmul: x has shape {x.shape}, expected (n, {w.n_in}) for a {w.qtype} matrix "
                          f"({w.n_out}, {w.n_in})")
@@ -263,10 +282,21 @@ def qmatmul(w: QMatrix, x: np.ndarray) -> np.ndarray:
         if w.n_in % 32:  # any row length is legal for float weights: pad x to whole groups of 32
             x = np.concatenate([x, np.zeros((x.shape[0], -w.n_in % 32), np.float32)], axis=1)
         _mm_float(w.q, _FLOAT_KIND[w.qtype], x, y)
-        return y
-    kernel = _mm_q_serial if x.shape[0] * w.n_out * w.n_in < SERIAL_MACS else _mm_q
-    y = kernel(w.q, w.d, w.m, w.sup, w.kind, x)
+        return y if lora is None else lora_add_(y, x, *lora)
+    if lora is not None and x.shape[0] < LORA_INSIDE:
+        y = _mm_q_lora(w.q, w.d, w.m, w.sup, w.kind, x, *lora[0], np.ascontiguousarray(lora[1], np.float32))
+    else:
+        kernel = _mm_q_serial if x.shape[0] * w.n_out * w.n_in < SERIAL_MACS else _mm_q
+        y = kernel(w.q, w.d, w.m, w.sup, w.kind, x)
+        if lora is not None:
+            lora_add_(y, x, *lora)
     return y if y.shape[1] == w.n_out else np.ascontiguousarray(y[:, :w.n_out])
+
+
+def lora_add_(y: np.ndarray, x: np.ndarray, stack, coef: np.ndarray) -> np.ndarray:
+    """y (n, n_out) += the LoRA delta of x (n, n_in) for the rows' coefficients coef (n, K); returns y."""
+    kernel = lora_add_rows if y.shape[0] >= 16 else lora_add
+    return kernel(np.ascontiguousarray(x, dtype=np.float32), *stack, np.ascontiguousarray(coef, np.float32), y)
 
 
 def qmatmul_ref(t, x: np.ndarray, qtype: str | None = None) -> np.ndarray:

@@ -178,7 +178,7 @@ class CudaBackend:
         of the parts when their layouts differ."""
         return GMatrix.stack(parts) or Stack(tuple(parts))
 
-    def lora_stack(self, a, bt, key, scale, lo, hi) -> LoraStack:
+    def lora_stack(self, a, bt, key, scale, lo, hi, base=None) -> LoraStack:
         f32, i64 = (lambda v: cp.asarray(np.ascontiguousarray(v, np.float32))), \
             (lambda v: cp.asarray(np.ascontiguousarray(v, np.int64)))
         return LoraStack(f32(a), f32(bt), i64(key), f32(scale), i64(lo), i64(hi))
@@ -190,15 +190,21 @@ class CudaBackend:
         launch_lora_add(y, xf, lora.a, lora.bt, lora.key, lora.scale, lora.lo, lora.hi,
                         cp.ascontiguousarray(coef, dtype=cp.float32), u, self.nbs)
 
-    def matmul(self, w: GMatrix, x):
-        """y = x @ W.T   x: (n, n_in) array or Act -> (n, n_out) float32"""
+    def matmul(self, w: GMatrix, x, lora=None):
+        """y = x @ W.T (+ the LoRA delta)   x: (n, n_in) array or Act -> (n, n_out) float32"""
         xf = cp.ascontiguousarray(values(x), dtype=cp.float32)
-        return gmatmul(w, xf, self.nbs, self._form_of(x, w), mma_min_n=self.mma_min_n)
+        y = gmatmul(w, xf, self.nbs, self._form_of(x, w), mma_min_n=self.mma_min_n)
+        if lora is not None:
+            self.lora_add_(y, x, *lora)
+        return y
 
-    def matmul_add_(self, w: GMatrix, x, out) -> None:
-        """out += x @ W.T (an output projection into the residual stream: the GEMVs add as they write)."""
+    def matmul_add_(self, w: GMatrix, x, out, lora=None) -> None:
+        """out += x @ W.T (+ the LoRA delta) (an output projection into the residual stream: the GEMVs add as they
+        write)."""
         xf = cp.ascontiguousarray(values(x), dtype=cp.float32)
         gmatmul(w, xf, self.nbs, self._form_of(x, w), out=out, mma_min_n=self.mma_min_n)
+        if lora is not None:
+            self.lora_add_(out, x, *lora)
 
     def embed(self, w: GMatrix, ids, scale: float = 1.0):
         """x[i] = W[ids[i]] * scale"""

@@ -54,9 +54,12 @@ class GpuNumericsCpu(CpuBackend):
             return dequantize_x(*quantize_x(x2)[:2]).reshape(x.shape)
         return x.astype(np.float16).astype(np.float32)
 
-    def matmul(self, w, x) -> np.ndarray:
+    def matmul(self, w, x, lora=None) -> np.ndarray:
         x = values(x)
-        return super().matmul(w, self._round_x(w, x, x.shape[0]))
+        y = super().matmul(w, self._round_x(w, x, x.shape[0]))
+        if lora is not None:  # the GPU's delta reads x in float32
+            self.lora_add_(y, x, *lora)
+        return y
 
     def matmul_id(self, experts, x, ids: np.ndarray) -> np.ndarray:
         return super().matmul_id(experts, self._round_x(experts[0], values(x), ids.shape[0]), ids)
