@@ -1,8 +1,8 @@
 """The engine's CUDA-graph decode path, on the CPU: a CpuBackend that claims graphs and device sampling (its
 "captured" step is a plain forward that records the batch size and mode it was given) stands in for the GPU, so
-the padding to GRAPH_BUCKETS, the spare KV slot, the prefill/decode split and the argmax / device-sampler choice run
-in CI. The CPU matmul is batch-invariant, as the GPU's GEMVs are, so padded and batched rows must give each request
-exactly its tokens alone.
+the padding to GRAPH_BUCKETS, the spare KV slot, the captured prefill of a prompt's first chunk, the prefill/decode
+split and the argmax / device-sampler choice run in CI. The CPU matmul is batch-invariant, as the GPU's GEMVs are,
+so padded and batched rows must give each request exactly its tokens alone.
 """
 
 import numpy as np
@@ -26,10 +26,17 @@ class GraphCpu(CpuBackend):
     def __init__(self):
         super().__init__()
         self.sizes = []
+        self.prefills = []
         self.greedy = []
         self.sampled = []
 
-    def capture(self, fn, finish, inputs):
+    def capture(self, fn, finish, inputs, pool=None):
+        if inputs[0].ndim == 1:  # a prefill chunk that starts a prompt (runner.py): record its bucket
+            def prefill(inputs):
+                self.prefills.append(inputs.shape[0] - 2)
+                return fn(inputs)
+            return super().capture(prefill, finish, inputs, pool)
+
         def recording(inputs, prm=None):
             ids, logits = fn(inputs, prm)
             self.sizes.append(inputs.shape[1])
@@ -65,6 +72,7 @@ def test_graph_buckets_alone_equals_batched(path):
                      .wait(TIMEOUT).seqs[0])
         eng.shutdown()
     be.sizes.clear()
+    be.prefills.clear()
     eng = engine()
     jobs = [eng.submit(Job(p, GenParams(max_tokens=10, logprobs=True), StubTokenizer())) for p in ps]
     batched = [j.wait(TIMEOUT).seqs[0] for j in jobs]
@@ -72,6 +80,7 @@ def test_graph_buckets_alone_equals_batched(path):
     assert [s.generated for s in batched] == [s.generated for s in alone]
     assert [s.logprobs for s in batched] == [s.logprobs for s in alone]
     assert set(be.sizes) <= set(GRAPH_BUCKETS) and max(be.sizes) >= 8  # rows padded to the bucket sizes
+    assert len(be.prefills) == len(ps) and set(be.prefills) == {16}  # each prompt's first chunk, padded
     assert sorted(eng.slots.free) == list(range(16))
 
 

@@ -74,3 +74,29 @@ def test_seeded_sampling_repeats(tiny_model):
     p = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=7)
     runs = [list(Generator(tiny_model, ctx_len=64).generate(ids, p, 12)) for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_prefill_replayed_in_the_spare_slot_equals_eager(tiny_model):
+    """A chunk that starts a sequence goes through the runner's captured prefill where graphs are on (here the CPU's
+    eager stand-in for a graph): padded to its bucket, run in the spare slot, then moved to the sequence's slot.
+    On the CPU every row is computed alone, so the logits and the sequence's KV rows equal an eager forward's bit
+    for bit; a later chunk and a chunk that does not start at 0 stay eager."""
+    from minirs.engine.runner import PREFILL_BUCKETS, ModelRunner
+    cfg = tiny_model.config
+    ids = np.random.default_rng(3).integers(0, cfg.vocab_size, 21)
+    eager = KVCache(cfg, tiny_model.backend, 3, 64, 32)
+    want = tiny_model.forward(ids, np.full(21, 1), np.arange(21), eager, logit_rows=[20])
+    cache = KVCache(cfg, tiny_model.backend, 3, 64, 32)
+    runner = ModelRunner(tiny_model, cache, graphs=True, spare_slot=2)
+    assert runner._prefill_bucket(np.full(21, 1), np.arange(21), [20], None) == 32 in PREFILL_BUCKETS
+    assert runner._prefill_bucket(np.full(21, 1), np.arange(3, 24), [20], None) is None  # not from position 0
+    assert runner._prefill_bucket(np.full(21, 1), np.arange(21), [19, 20], None) is None
+    got = runner.forward(ids, np.full(21, 1), np.arange(21), [20])
+    assert np.array_equal(got, want)
+    for i in range(cfg.n_layers):
+        for a, b in zip(cache.layer(i), eager.layer(i)):
+            assert np.array_equal(a[1, :, :21], b[1, :, :21])
+            assert not a[0].any()  # no other slot was written
+    nxt = [7]  # the next token decodes the same from either cache
+    assert np.array_equal(runner.decode(nxt, [1], [21]),
+                          tiny_model.forward(np.array(nxt), np.array([1]), np.array([21]), eager))

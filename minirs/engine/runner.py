@@ -4,6 +4,14 @@
     logits = runner.forward(tokens, slots, pos, want)            # eager: host logits of the wanted rows
     out = runner.decode(tokens, slots, pos, picks)               # a decode batch, from a captured graph
 
+A prefill chunk that starts a sequence (positions 0..n-1 of one slot, its last row wanted, no adapters) is replayed
+from a graph too, on a backend with graphs: padded to the next PREFILL_BUCKETS size (token 0 at the positions after
+the chunk, which the causal mask hides from its rows), run in the spare slot that the graph was recorded with (so
+the host's paths, cuBLAS attention included, see the same slot and positions every time), then moved to the
+sequence's slot, a graph input (backend.move_prefill). Eager, a small model's prefill is bound by Python issuing
+kernels: SmolLM2's pp512 ran at 0.26x llama.cpp's. Rows past the chunk in the sequence's slot hold padding until
+the sequence's next tokens overwrite them; nothing reads them before. The prefill graphs share one memory pool.
+
 decode pads the batch to the next GRAPH_BUCKETS size with dummy rows (token 0 at position 0 in a spare KV slot that
 no sequence owns), so a handful of graphs serve every batch size. On a backend with graphs (CUDA) each bucket's
 step is captured once (backend.capture: the runner hands it the step as a function, the kernels never see the
@@ -21,6 +29,7 @@ from minirs.sampling import rows as sampling_rows
 from minirs.sampling.mask import ALL, mask_words
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as graphs (32: the GEMVs' largest batch)
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)  # prefill chunk lengths captured as graphs
 
 
 class ModelRunner:
@@ -31,6 +40,8 @@ class ModelRunner:
         self.spare_slot = spare_slot  # the padding rows' KV slot (None: no padding, n must be a bucket size)
         self.exact = None  # the backend's own default until batch_invariant is called
         self._steps = {}  # (bucket, mode, exact) -> the captured step
+        self._prefills = {}  # (bucket, exact) -> the captured prefill of a chunk that starts a sequence
+        self._prefill_pool = None  # the memory the prefill graphs share
 
     @property
     def device_sampling(self) -> bool:
@@ -46,10 +57,54 @@ class ModelRunner:
     def forward(self, tokens, slots, pos, want, coef=None) -> np.ndarray:
         """Host logits (len(want), vocab) of rows `want` of an eager forward of n (token, slot, position) rows, with
         the rows' LoRA coefficients coef (n, K) (None: no adapters)."""
+        size = self._prefill_bucket(slots, pos, want, coef)
+        if size is not None:
+            return self._prefill(size, tokens, slots[0])
         coef = None if coef is None else self.backend.array(np.asarray(coef, np.float32))
         logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
                                     np.asarray(pos, np.int64), self.cache, logit_rows=list(want), coef=coef)
         return self.backend.to_numpy(logits)
+
+    def _prefill_bucket(self, slots, pos, want, coef) -> int | None:
+        """The bucket a forward is replayed in when it is a chunk that starts a sequence (one slot, positions 0..n-1,
+        the last row's logits, no adapters) and the cache has rows for its padding; else None (eager)."""
+        n = len(pos)
+        if not self.graphs or self.spare_slot is None or coef is not None or self.model.xlora is not None:
+            return None
+        size = next((b for b in PREFILL_BUCKETS if b >= n), None)
+        if size is None or size > min(self.cache.lengths) or list(want) != [n - 1]:
+            return None
+        slots, pos = np.asarray(slots), np.asarray(pos)
+        if (slots != slots[0]).any() or (pos != np.arange(n)).any():
+            return None
+        return size
+
+    def _prefill(self, size: int, tokens, slot: int) -> np.ndarray:
+        """Host logits (1, vocab) of the chunk's last row, from the bucket's captured prefill."""
+        key = (size, self.exact)
+        step = self._prefills.get(key)
+        if step is None:
+            step = self._prefills[key] = self._capture_prefill(size)
+        n = len(tokens)
+        inputs = np.zeros(size + 2, np.int64)  # ids (padded with token 0), then the slot, then the wanted row
+        inputs[:n], inputs[size], inputs[size + 1] = tokens, slot, n - 1
+        return step(inputs)
+
+    def _capture_prefill(self, size: int):
+        model, cache, be = self.model, self.cache, self.backend
+        slots, pos = be.known_index(np.full(size, self.spare_slot)), be.known_index(np.arange(size))
+
+        def step(inputs):
+            logits = model.forward(inputs[:size], slots, pos, cache, logit_rows=inputs[size + 1:size + 2])
+            for i in range(model.config.n_layers):
+                kc, vc = cache.layer(i)
+                be.move_prefill(kc, vc, self.spare_slot, inputs[size:size + 1], size)
+            return logits
+
+        if self._prefill_pool is None:
+            self._prefill_pool = be.capture_pool()
+        return be.capture(step, lambda out, inputs: be.to_numpy(out), [np.zeros(size + 2, np.int64)],
+                          self._prefill_pool)
 
     def hidden(self, tokens, slots, pos, coef) -> object:
         """The final-normed hidden states (n, dim) of an eager forward (X-LoRA's scaling pass), on the backend."""

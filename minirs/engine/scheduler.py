@@ -16,9 +16,9 @@ one forward per step is exact there. `row_invariant=True` is for backends whose 
 (cuBLAS in CUDA prefill, the tensor-core GEMVs): each prefill chunk then runs in its own forward, with chunk
 boundaries fixed by the sequence alone, and the backend keeps every GEMV batch-invariant (backend.batch_invariant).
 
-On a backend with graphs (CUDA) the decode rows of a step go through the model runner's captured steps (runner.py)
-and the prefill chunks run eagerly between them. A failed step is retried job by job, so a request that breaks
-the forward ends alone and the others go on.
+On a backend with graphs (CUDA) the decode rows of a step go through the model runner's captured steps (runner.py),
+and so does each prefill chunk that starts its prompt; later chunks run eagerly. A failed step is retried job by
+job, so a request that breaks the forward ends alone and the others go on.
 
 LoRA adapters (models/lora.py) are chosen per job: each row of a forward carries its job's coefficients, so one
 forward mixes adapters. An X-LoRA model (models/xlora.py) runs each step twice: the scaling pass over the rows that
@@ -307,7 +307,10 @@ class Engine:
         if not self.graphs and not self.row_invariant:
             batches = [prefill + decode]  # one forward per step
         else:  # each prefill chunk alone when exact, the decode rows together (graphs: through the runner)
-            batches = [[p] for p in prefill] if self.row_invariant else [prefill] if prefill else []
+            # a chunk that starts its prompt goes alone too where graphs are: the runner replays it (runner.py)
+            alone = [p for p in prefill if self.row_invariant or p[2] == 0]
+            rest = [p for p in prefill if not (self.row_invariant or p[2] == 0)]
+            batches = [[p] for p in alone] + ([rest] if rest else [])
             if not self.graphs:
                 batches += [decode] if decode else []
         for batch in batches:

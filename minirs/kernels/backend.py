@@ -194,6 +194,17 @@ class Backend(Protocol):
         """The host ids with the rows sample_ids left undecided (-1) drawn on the host from their logits."""
 
     # --- graphs ---
-    def capture(self, fn: Callable, finish: Callable, inputs: list[np.ndarray]) -> Callable:
+    def capture(self, fn: Callable, finish: Callable, inputs: list[np.ndarray], pool: Any = None) -> Callable:
         """A replayable step: fn(*device inputs shaped like `inputs`) -> device outputs, recorded once; calling the
-        result with host arrays of those shapes runs it and returns finish(outputs, *host inputs) (host values)."""
+        result with host arrays of those shapes runs it and returns finish(outputs, *host inputs) (host values).
+        Steps given the same pool (capture_pool) share their intermediates' memory (they never run at once)."""
+
+    def capture_pool(self) -> Any:
+        """Memory that captured steps may share (None where steps are not recorded)."""
+
+    def known_index(self, values) -> np.ndarray:
+        """An int64 index array (slots, positions) whose values the host knows and a captured step may read without
+        uploading it while recording."""
+
+    def move_prefill(self, kc: Array, vc: Array, src: int, dst: Array, n: int) -> None:
+        """Rows 0..n-1 of KV slot src -> the slot named by dst (a one-element int64 array, a step's input)."""

@@ -207,7 +207,19 @@ class CpuBackend:
     def finish_sampling(self, ids: np.ndarray, logits: np.ndarray, params: np.ndarray) -> np.ndarray:
         return sampling_rows.finish(ids, np.asarray(logits)[np.asarray(ids) < 0], params)
 
-    def capture(self, fn, finish, inputs: list[np.ndarray]):
+    def known_index(self, values) -> np.ndarray:
+        return np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
+
+    def move_prefill(self, kc, vc, src: int, dst, n: int) -> None:
+        d = int(np.asarray(dst).reshape(-1)[0])
+        kc[d, :, :n] = kc[src, :, :n]
+        vc[d, :, :n] = vc[src, :, :n]
+
+    @staticmethod
+    def capture_pool() -> None:
+        """No recorded steps, no memory of theirs to share."""
+
+    def capture(self, fn, finish, inputs: list[np.ndarray], pool=None):
         """No graphs on the CPU: the 'captured' step runs fn eagerly on each call."""
         def step(*host_inputs):
             return finish(fn(*host_inputs), *host_inputs)

@@ -36,6 +36,7 @@ from minirs.kernels.cuda.attention import (  # noqa: E402
 )
 from minirs.kernels.cuda.dequant import dequant  # noqa: E402
 from minirs.kernels.cuda.graph import StepGraph, copy_async  # noqa: E402
+from minirs.kernels.cuda.kv_move import launch_kv_move  # noqa: E402
 from minirs.kernels.cuda.lora import launch_lora_add  # noqa: E402
 from minirs.kernels.cuda.matmul import gmatmul, gmatmul_qkv_rope, on_tensor_cores  # noqa: E402
 from minirs.kernels.cuda.moe import gmatmul_id, launch_moe_sum, launch_topk_softmax  # noqa: E402
@@ -53,6 +54,20 @@ for _cfg in ("numba.cuda.core.config", "numba.core.config"):  # the env var is r
         pass
 
 MMA_MIN_N = 2  # quantized GEMVs of this many tokens or more run on the tensor cores (unless batch_invariant)
+
+
+class KnownIndex(np.ndarray):
+    """A host int64 index array carrying its device copy (`dev`, made once, from the default pool: it outlives
+    any graph that reads it). Host code sees the values; the backend's kernels read `dev` (CudaBackend._ix)."""
+
+    def __new__(cls, values):
+        obj = np.ascontiguousarray(values, dtype=np.int64).reshape(-1).view(cls)
+        with cp.cuda.using_allocator(cp.get_default_memory_pool().malloc):
+            obj.dev = cp.asarray(obj.view(np.ndarray))
+        return obj
+
+    def __array_finalize__(self, obj):
+        self.dev = None  # a view or a slice of it is not what the device copy holds
 
 
 class CudaBackend:
@@ -160,9 +175,12 @@ class CudaBackend:
         return buf.copy()
 
     def _ix(self, a):
-        """Index arrays (ids, slots, positions) as int64 device arrays; device arrays pass through."""
+        """Index arrays (ids, slots, positions) as int64 device arrays; device arrays pass through, and so does the
+        device copy of a KnownIndex."""
         if isinstance(a, cp.ndarray):
             return a if a.dtype == cp.int64 else a.astype(cp.int64)
+        if isinstance(a, KnownIndex) and a.dev is not None:
+            return a.dev
         hit = self._idx.get(id(a))
         if hit is not None and hit[0] is a:
             return hit[1]
@@ -214,7 +232,16 @@ class CudaBackend:
         x += values(y)
 
     def take_rows(self, x, rows):
-        return cp.ascontiguousarray(x[self._ix(np.asarray(rows))])
+        return cp.ascontiguousarray(x[rows if isinstance(rows, cp.ndarray) else self._ix(np.asarray(rows))])
+
+    def known_index(self, values) -> "KnownIndex":
+        """An int64 index array (slots, positions) whose values the host knows and the device holds: a captured
+        step may take the host's paths (prefill attention through cuBLAS) without uploading it while recording."""
+        return KnownIndex(values)
+
+    def move_prefill(self, kc, vc, src: int, dst, n: int) -> None:
+        """Rows 0..n-1 of KV slot src -> the slot in dst (a one-element device array; kv_move.py)."""
+        launch_kv_move(kc, vc, src, dst, n, self.nbs)
 
     def softcap_(self, x, cap: float) -> None:
         cp.tanh(x / np.float32(cap), out=x)
@@ -423,5 +450,12 @@ class CudaBackend:
                 else np.empty((0, logits.shape[1]), np.float32))
         return sampling_rows.finish(ids, rows, prm)
 
-    def capture(self, fn, finish, inputs: list[np.ndarray]) -> StepGraph:
-        return StepGraph(self, fn, finish, inputs)
+    def capture(self, fn, finish, inputs: list[np.ndarray], pool=None) -> StepGraph:
+        """A StepGraph; graphs given the same pool (capture_pool) share it for their intermediates (they never run
+        at once: one stream), so a handful of prefill graphs cost the memory of the largest."""
+        return StepGraph(self, fn, finish, inputs, pool)
+
+    @staticmethod
+    def capture_pool():
+        """A memory pool for captured steps to share (it goes when its last graph goes)."""
+        return cp.cuda.MemoryPool()

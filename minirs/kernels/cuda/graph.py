@@ -28,11 +28,13 @@ def copy_async(dst, src, stream) -> None:
 class StepGraph:
     """fn(*device inputs) -> device outputs, recorded once in a CUDA graph on the backend's stream and replayed."""
 
-    def __init__(self, backend, fn, finish, inputs: list[np.ndarray]):
+    def __init__(self, backend, fn, finish, inputs: list[np.ndarray], pool=None):
         self.be, self.fn, self.finish = backend, fn, finish
         self.inputs = [cp.zeros(a.shape, a.dtype) for a in inputs]  # what the graph reads
         self.staged = [cupyx.empty_pinned(a.shape, a.dtype) for a in inputs]
-        self.pool = cp.cuda.MemoryPool()  # intermediates of the graph live here and nowhere else
+        # intermediates of the graph live here and nowhere else (a pool shared with other graphs of the same
+        # stream: each graph's outputs stay allocated to it, and finish reads them before another graph runs)
+        self.pool = pool or cp.cuda.MemoryPool()
         self.graph = None
         self.out = None
 
