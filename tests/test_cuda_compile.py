@@ -32,8 +32,8 @@ pytestmark = pytest.mark.skipif(not _nvvm_ok(), reason="numba.cuda.compile_ptx n
 # The op-family files of minirs/kernels/cuda/ that hold kernels (each has SIGS and K = kernels(SIGS)), and how many
 # (kernel, signature) pairs they compile in all: a kernel that leaves SIGS, or a family file missing here, fails.
 FAMILIES = ("quantize", "norm", "rope", "activation", "attention", "mmvq", "mma", "mmv_float", "dequant", "moe",
-            "argmax", "prefetch", "sample", "mask", "lora")
-N_KERNELS = 112
+            "argmax", "prefetch", "sample", "mask", "lora", "kv_move")
+N_KERNELS = 113
 
 
 def _families():
