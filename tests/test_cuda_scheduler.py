@@ -30,12 +30,12 @@ class GraphCpu(CpuBackend):
         self.greedy = []
         self.sampled = []
 
-    def capture(self, fn, finish, inputs, pool=None):
+    def capture(self, fn, finish, inputs):
         if inputs[0].ndim == 1:  # a prefill chunk that starts a prompt (runner.py): record its bucket
             def prefill(inputs):
                 self.prefills.append(inputs.shape[0] - 2)
                 return fn(inputs)
-            return super().capture(prefill, finish, inputs, pool)
+            return super().capture(prefill, finish, inputs)
 
         def recording(inputs, prm=None):
             ids, logits = fn(inputs, prm)

@@ -37,9 +37,9 @@ class GraphCpu(CpuBackend):
         super().__init__()
         self.masked = []
 
-    def capture(self, fn, finish, inputs, pool=None):
+    def capture(self, fn, finish, inputs):
         masked = inputs[-1].dtype == np.uint32
-        step = super().capture(fn, finish, inputs, pool)
+        step = super().capture(fn, finish, inputs)
 
         def recording(*host_inputs):
             self.masked.append(masked)

@@ -10,7 +10,7 @@ the chunk, which the causal mask hides from its rows), run in the spare slot tha
 the host's paths, cuBLAS attention included, see the same slot and positions every time), then moved to the
 sequence's slot, a graph input (backend.move_prefill). Eager, a small model's prefill is bound by Python issuing
 kernels: SmolLM2's pp512 ran at 0.26x llama.cpp's. Rows past the chunk in the sequence's slot hold padding until
-the sequence's next tokens overwrite them; nothing reads them before. The prefill graphs share one memory pool.
+the sequence's next tokens overwrite them; nothing reads them before.
 
 decode pads the batch to the next GRAPH_BUCKETS size with dummy rows (token 0 at position 0 in a spare KV slot that
 no sequence owns), so a handful of graphs serve every batch size. On a backend with graphs (CUDA) each bucket's
@@ -41,7 +41,6 @@ class ModelRunner:
         self.exact = None  # the backend's own default until batch_invariant is called
         self._steps = {}  # (bucket, mode, exact) -> the captured step
         self._prefills = {}  # (bucket, exact) -> the captured prefill of a chunk that starts a sequence
-        self._prefill_pool = None  # the memory the prefill graphs share
 
     @property
     def device_sampling(self) -> bool:
@@ -69,7 +68,8 @@ class ModelRunner:
         """The bucket a forward is replayed in when it is a chunk that starts a sequence (one slot, positions 0..n-1,
         the last row's logits, no adapters) and the cache has rows for its padding; else None (eager)."""
         n = len(pos)
-        if not self.graphs or self.spare_slot is None or coef is not None or self.model.xlora is not None:
+        if not self.graphs or self.spare_slot is None or coef is not None or self.model.xlora is not None \
+                or self.model.config.n_experts:  # MoE routing reads the expert ids on the host
             return None
         size = next((b for b in PREFILL_BUCKETS if b >= n), None)
         if size is None or size > min(self.cache.lengths) or list(want) != [n - 1]:
@@ -84,11 +84,13 @@ class ModelRunner:
         key = (size, self.exact)
         step = self._prefills.get(key)
         if step is None:
-            step = self._prefills[key] = self._capture_prefill(size)
+            step = self._capture_prefill(size)
         n = len(tokens)
         inputs = np.zeros(size + 2, np.int64)  # ids (padded with token 0), then the slot, then the wanted row
         inputs[:n], inputs[size], inputs[size + 1] = tokens, slot, n - 1
-        return step(inputs)
+        out = step(inputs)  # the first call runs the step eagerly, then records it: kept only once recorded
+        self._prefills[key] = step
+        return out
 
     def _capture_prefill(self, size: int):
         model, cache, be = self.model, self.cache, self.backend
@@ -101,10 +103,7 @@ class ModelRunner:
                 be.move_prefill(kc, vc, self.spare_slot, inputs[size:size + 1], size)
             return logits
 
-        if self._prefill_pool is None:
-            self._prefill_pool = be.capture_pool()
-        return be.capture(step, lambda out, inputs: be.to_numpy(out), [np.zeros(size + 2, np.int64)],
-                          self._prefill_pool)
+        return be.capture(step, lambda out, inputs: be.to_numpy(out), [np.zeros(size + 2, np.int64)])
 
     def hidden(self, tokens, slots, pos, coef) -> object:
         """The final-normed hidden states (n, dim) of an eager forward (X-LoRA's scaling pass), on the backend."""

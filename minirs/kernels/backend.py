@@ -194,13 +194,9 @@ class Backend(Protocol):
         """The host ids with the rows sample_ids left undecided (-1) drawn on the host from their logits."""
 
     # --- graphs ---
-    def capture(self, fn: Callable, finish: Callable, inputs: list[np.ndarray], pool: Any = None) -> Callable:
+    def capture(self, fn: Callable, finish: Callable, inputs: list[np.ndarray]) -> Callable:
         """A replayable step: fn(*device inputs shaped like `inputs`) -> device outputs, recorded once; calling the
-        result with host arrays of those shapes runs it and returns finish(outputs, *host inputs) (host values).
-        Steps given the same pool (capture_pool) share their intermediates' memory (they never run at once)."""
-
-    def capture_pool(self) -> Any:
-        """Memory that captured steps may share (None where steps are not recorded)."""
+        result with host arrays of those shapes runs it and returns finish(outputs, *host inputs) (host values)."""
 
     def known_index(self, values) -> np.ndarray:
         """An int64 index array (slots, positions) whose values the host knows and a captured step may read without

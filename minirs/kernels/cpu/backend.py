@@ -215,11 +215,7 @@ class CpuBackend:
         kc[d, :, :n] = kc[src, :, :n]
         vc[d, :, :n] = vc[src, :, :n]
 
-    @staticmethod
-    def capture_pool() -> None:
-        """No recorded steps, no memory of theirs to share."""
-
-    def capture(self, fn, finish, inputs: list[np.ndarray], pool=None):
+    def capture(self, fn, finish, inputs: list[np.ndarray]):
         """No graphs on the CPU: the 'captured' step runs fn eagerly on each call."""
         def step(*host_inputs):
             return finish(fn(*host_inputs), *host_inputs)

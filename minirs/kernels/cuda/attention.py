@@ -14,6 +14,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int32
 
+from minirs.kernels.cuda.blas import bmm_f32
 from minirs.kernels.cuda.intrinsics import ld_half2, ld_volatile, wait_prior_kernel
 from minirs.kernels.cuda.launch import kernels
 from minirs.kernels.cuda.norm import _block_sum
@@ -339,8 +340,8 @@ def attention_gemm(q, kc, vc, slots, pos, pos_dev, window, scale, softcap, strea
         m = int(p.max()) + 1 - k0
         if k0 + m > L:
             return None
-        keys = kc[int(s), :, k0:k0 + m].astype(cp.float32)  # (hkv, m, d)
-        vals = vc[int(s), :, k0:k0 + m].astype(cp.float32)
+        keys = cp.ascontiguousarray(kc[int(s), :, k0:k0 + m], dtype=cp.float32)  # (hkv, m, d)
+        vals = cp.ascontiguousarray(vc[int(s), :, k0:k0 + m], dtype=cp.float32)
         step = max(1, (256 << 20) // (4 * h * m))  # query rows per round: scores stay under 256 MiB
         for c0 in range(0, len(rows), step):
             r = rows[c0:c0 + step]
@@ -348,11 +349,14 @@ def attention_gemm(q, kc, vc, slots, pos, pos_dev, window, scale, softcap, strea
             block = r[-1] - r[0] + 1 == nq  # consecutive rows: slices, not gathers
             qr = q[r[0]:r[0] + nq] if block else q[cp.asarray(r)]
             qs = qr.reshape(nq, hkv, g, d).transpose(1, 2, 0, 3).reshape(hkv, g * nq, d)
-            sc = cp.matmul(qs, keys.transpose(0, 2, 1))  # (hkv, g * nq, m)
+            sc = cp.empty((hkv, g * nq, m), cp.float32)
+            bmm_f32(qs, keys, sc, True)  # Q K^T; not cp.matmul: CuPy's cuBLAS calls cannot be captured (blas.py)
             qpos, q0 = (pos_dev, int(r[0])) if block else (cp.asarray(p[c0:c0 + nq]), 0)
             K["softmax_masked_"][hkv * g * nq, 128, stream](sc.reshape(-1, m), qpos, q0, nq, k0, int(window),
                                                              np.float32(scale), np.float32(softcap))
-            o = cp.matmul(sc, vals).reshape(hkv, g, nq, d).transpose(2, 0, 1, 3).reshape(nq, h, d)
+            o = cp.empty((hkv, g * nq, d), cp.float32)
+            bmm_f32(sc, vals, o, False)  # P V
+            o = o.reshape(hkv, g, nq, d).transpose(2, 0, 1, 3).reshape(nq, h, d)
             if block:
                 out[r[0]:r[0] + nq] = o
             else:

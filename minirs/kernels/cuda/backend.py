@@ -430,6 +430,10 @@ class CudaBackend:
         launch_prefetch(spans, self._side_nbs)
         self._side_busy = self.side.record()
 
+    def forget_side(self) -> None:
+        """Drop the side stream's last event unjoined (it was recorded in a capture that failed)."""
+        self._side_busy = None
+
     def join_side(self) -> None:
         """Make the main stream wait for the side stream's prefetch (a captured graph must join every stream it
         forked; a prefetch is long done by the time of the next one)."""
@@ -450,12 +454,5 @@ class CudaBackend:
                 else np.empty((0, logits.shape[1]), np.float32))
         return sampling_rows.finish(ids, rows, prm)
 
-    def capture(self, fn, finish, inputs: list[np.ndarray], pool=None) -> StepGraph:
-        """A StepGraph; graphs given the same pool (capture_pool) share it for their intermediates (they never run
-        at once: one stream), so a handful of prefill graphs cost the memory of the largest."""
-        return StepGraph(self, fn, finish, inputs, pool)
-
-    @staticmethod
-    def capture_pool():
-        """A memory pool for captured steps to share (it goes when its last graph goes)."""
-        return cp.cuda.MemoryPool()
+    def capture(self, fn, finish, inputs: list[np.ndarray]) -> StepGraph:
+        return StepGraph(self, fn, finish, inputs)

@@ -1,6 +1,7 @@
 """The prefill GEMM: cuBLAS's cublasGemmEx, called directly, float16 in, float32 out.
 
     gemm_nt(x16, w16, out, accumulate)   # out (n, m) float32 = (or +=) x16 (n, k) @ w16 (m, k).T
+    bmm_f32(a, b, out, b_transposed)     # out (B, M, N) = a @ b (or b^T), float32: the prefill attention
 
 Prefill multiplies x by W dequantized to float16 (dequant.dequant_f16). `cupy.matmul` on two float16 arrays
 writes float16, so its product was rounded to float16 and took one more pass to become float32, and one more to
@@ -48,6 +49,9 @@ def _lib():
     lib.cublasSetStream_v2.argtypes = [p, p]
     lib.cublasSetWorkspace_v2.argtypes = [p, p, ctypes.c_size_t]
     lib.cublasGemmEx.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
+    ll = ctypes.c_longlong
+    lib.cublasGemmStridedBatchedEx.argtypes = [p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll, p, p, i, i, ll, i, i,
+                                               i]
     return lib
 
 
@@ -98,3 +102,23 @@ def gemm_nt(x16, w16, out, accumulate: bool) -> None:
                                w16.data.ptr, _R_16F, k, x16.data.ptr, _R_16F, k,
                                ctypes.byref(_ONE if accumulate else _ZERO), out.data.ptr, _R_32F, m,
                                _COMPUTE_32F, _ALGO_DEFAULT), "GemmEx")
+
+
+def bmm_f32(a, b, out, b_transposed: bool) -> None:
+    """out (B, M, N) = a (B, M, K) @ (b (B, N, K) transposed if b_transposed, else b (B, K, N)), float32 in and
+    out, full float32 arithmetic (no TF32: CuPy's float32 matmul rounds the same), one strided batched call on
+    CuPy's current stream, capturable into a graph as gemm_nt is. The prefill attention's two products (cuda/
+    attention.py attention_gemm)."""
+    import cupy as cp
+    B, M, K = a.shape
+    N = b.shape[1] if b_transposed else b.shape[2]
+    want = {"a": (a, (B, M, K)), "b": (b, (B, N, K) if b_transposed else (B, K, N)), "out": (out, (B, M, N))}
+    for name, (x, shape) in want.items():
+        if x.shape != shape or x.dtype != cp.float32 or not x.flags.c_contiguous:
+            raise ValueError(f"bmm_f32: {name} is {x.shape} {x.dtype}{'' if x.flags.c_contiguous else ' strided'}, "
+                             f"needs {shape} float32 C-contiguous")
+    # row-major out (M, N) is column-major out^T (N, M) = op(b) (N, K) @ a^T (K, M), a^T being a read as it is
+    _check(_lib().cublasGemmStridedBatchedEx(
+        _handle(cp.cuda.get_current_stream()), _OP_T if b_transposed else _OP_N, _OP_N, N, M, K, ctypes.byref(_ONE),
+        b.data.ptr, _R_32F, K if b_transposed else N, N * K, a.data.ptr, _R_32F, K, M * K, ctypes.byref(_ZERO),
+        out.data.ptr, _R_32F, N, M * N, B, _COMPUTE_32F, _ALGO_DEFAULT), "GemmStridedBatchedEx")

@@ -28,13 +28,11 @@ def copy_async(dst, src, stream) -> None:
 class StepGraph:
     """fn(*device inputs) -> device outputs, recorded once in a CUDA graph on the backend's stream and replayed."""
 
-    def __init__(self, backend, fn, finish, inputs: list[np.ndarray], pool=None):
+    def __init__(self, backend, fn, finish, inputs: list[np.ndarray]):
         self.be, self.fn, self.finish = backend, fn, finish
         self.inputs = [cp.zeros(a.shape, a.dtype) for a in inputs]  # what the graph reads
         self.staged = [cupyx.empty_pinned(a.shape, a.dtype) for a in inputs]
-        # intermediates of the graph live here and nowhere else (a pool shared with other graphs of the same
-        # stream: each graph's outputs stay allocated to it, and finish reads them before another graph runs)
-        self.pool = pool or cp.cuda.MemoryPool()
+        self.pool = cp.cuda.MemoryPool()  # intermediates of the graph live here and nowhere else
         self.graph = None
         self.out = None
 
@@ -67,8 +65,11 @@ class StepGraph:
             s.begin_capture()
             try:
                 self.out = self._run()
-            finally:
-                self.graph = s.end_capture()
+            except BaseException:  # end the capture, keep no partial graph, and let the caller see why
+                s.end_capture()
+                self.be.forget_side()
+                raise
+            self.graph = s.end_capture()
         if hasattr(self.graph, "upload"):  # CuPy versions without it upload at the first launch
             self.graph.upload(s)
         return result
