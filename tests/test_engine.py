@@ -100,3 +100,21 @@ def test_prefill_replayed_in_the_spare_slot_equals_eager(tiny_model):
     nxt = [7]  # the next token decodes the same from either cache
     assert np.array_equal(runner.decode(nxt, [1], [21]),
                           tiny_model.forward(np.array(nxt), np.array([1]), np.array([21]), eager))
+
+
+def test_prefill_that_cannot_be_captured_runs_eagerly(tiny_model, monkeypatch):
+    """A bucket whose capture fails warns once and runs its chunks eagerly from then on: same logits."""
+    from minirs.engine.runner import ModelRunner
+    cfg = tiny_model.config
+    ids = np.random.default_rng(4).integers(0, cfg.vocab_size, 10)
+    want = tiny_model.forward(ids, np.zeros(10, np.int64), np.arange(10),
+                              KVCache(cfg, tiny_model.backend, 2, 64, 32), logit_rows=[9])
+    runner = ModelRunner(tiny_model, KVCache(cfg, tiny_model.backend, 2, 64, 32), graphs=True, spare_slot=1)
+
+    def refuse(*args):
+        raise RuntimeError("not capturable here")
+    monkeypatch.setattr(runner.backend, "move_prefill", refuse)
+    with pytest.warns(RuntimeWarning, match="could not be captured"):
+        assert np.array_equal(runner.forward(ids, np.zeros(10, np.int64), np.arange(10), [9]), want)
+    assert runner._prefills[16, None] is False
+    assert np.array_equal(runner.forward(ids, np.zeros(10, np.int64), np.arange(10), [9]), want)  # no warning

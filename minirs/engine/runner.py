@@ -23,6 +23,8 @@ packed as minirs.sampling.mask packs them; all ones for a free row) go to the de
 step sets the disallowed logits to -inf before argmax or the sampler reads them. Each step makes one host copy.
 """
 
+import warnings
+
 import numpy as np
 
 from minirs.sampling import rows as sampling_rows
@@ -40,7 +42,8 @@ class ModelRunner:
         self.spare_slot = spare_slot  # the padding rows' KV slot (None: no padding, n must be a bucket size)
         self.exact = None  # the backend's own default until batch_invariant is called
         self._steps = {}  # (bucket, mode, exact) -> the captured step
-        self._prefills = {}  # (bucket, exact) -> the captured prefill of a chunk that starts a sequence
+        self._prefills = {}  # (bucket, exact) -> the captured prefill of a chunk that starts a sequence (False:
+        # its capture failed, those chunks run eagerly)
 
     @property
     def device_sampling(self) -> bool:
@@ -57,8 +60,15 @@ class ModelRunner:
         """Host logits (len(want), vocab) of rows `want` of an eager forward of n (token, slot, position) rows, with
         the rows' LoRA coefficients coef (n, K) (None: no adapters)."""
         size = self._prefill_bucket(slots, pos, want, coef)
-        if size is not None:
-            return self._prefill(size, tokens, slots[0])
+        if size is not None and self._prefills.get((size, self.exact)) is not False:
+            try:
+                return self._prefill(size, tokens, slots[0])
+            except Exception as e:  # noqa: BLE001 - a step that cannot be recorded runs eagerly, as before
+                if (size, self.exact) in self._prefills:
+                    raise  # a recorded step that fails is a real error
+                self._prefills[size, self.exact] = False
+                warnings.warn(f"minirs: prefill chunks of {size} rows could not be captured as a graph and run "
+                              f"eagerly ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
         coef = None if coef is None else self.backend.array(np.asarray(coef, np.float32))
         logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
                                     np.asarray(pos, np.int64), self.cache, logit_rows=list(want), coef=coef)
