@@ -1,7 +1,8 @@
 """Single-sequence generation: chunked prefill, then one decode step per token, for tests and benchmarks.
 
-A thin loop over the engine's own pieces (engine/runner.py's ModelRunner with a one-slot KV cache, the pure sampling
-functions): the same forward, the same captured decode step on CUDA, as the batching engine.
+A thin loop over the engine's own pieces (engine/runner.py's ModelRunner with a KV cache of one sequence's slot and
+the runner's spare, the pure sampling functions): the same forward, the same captured prefill and decode steps on
+CUDA, as the batching engine.
 """
 
 import time
@@ -43,8 +44,9 @@ class Generator:
         self.model = model
         self.ctx_len = min(ctx_len, model.config.context_length)
         self.max_chunk = max_chunk
-        self.cache = KVCache(model.config, model.backend, 1, self.ctx_len, max_chunk)
-        self.runner = ModelRunner(model, self.cache)
+        spare = 1 if model.backend.graphs else None  # where graphs are: the captured prefill's slot (runner.py)
+        self.cache = KVCache(model.config, model.backend, 1 + (spare is not None), self.ctx_len, max_chunk)
+        self.runner = ModelRunner(model, self.cache, spare_slot=spare)
         self.cached: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self.stats = GenStats()
 
