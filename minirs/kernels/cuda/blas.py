@@ -49,10 +49,16 @@ def _lib():
     lib.cublasSetStream_v2.argtypes = [p, p]
     lib.cublasSetWorkspace_v2.argtypes = [p, p, ctypes.c_size_t]
     lib.cublasGemmEx.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
-    ll = ctypes.c_longlong
-    lib.cublasGemmStridedBatchedEx.argtypes = [p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll, p, p, i, i, ll, i, i,
-                                               i]
     return lib
+
+
+@functools.cache
+def _batched():
+    """cublasGemmStridedBatchedEx, typed (looked up apart, so gemm_nt never depends on it)."""
+    p, i, ll = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
+    fn = _lib().cublasGemmStridedBatchedEx
+    fn.argtypes = [p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll, p, p, i, i, ll, i, i, i]
+    return fn
 
 
 def _check(status: int, what: str) -> None:
@@ -118,7 +124,7 @@ def bmm_f32(a, b, out, b_transposed: bool) -> None:
             raise ValueError(f"bmm_f32: {name} is {x.shape} {x.dtype}{'' if x.flags.c_contiguous else ' strided'}, "
                              f"needs {shape} float32 C-contiguous")
     # row-major out (M, N) is column-major out^T (N, M) = op(b) (N, K) @ a^T (K, M), a^T being a read as it is
-    _check(_lib().cublasGemmStridedBatchedEx(
+    _check(_batched()(
         _handle(cp.cuda.get_current_stream()), _OP_T if b_transposed else _OP_N, _OP_N, N, M, K, ctypes.byref(_ONE),
         b.data.ptr, _R_32F, K if b_transposed else N, N * K, a.data.ptr, _R_32F, K, M * K, ctypes.byref(_ZERO),
         out.data.ptr, _R_32F, N, M * N, B, _COMPUTE_32F, _ALGO_DEFAULT), "GemmStridedBatchedEx")
