@@ -10,7 +10,8 @@ the chunk, which the causal mask hides from its rows), run in the spare slot tha
 the host's paths, cuBLAS attention included, see the same slot and positions every time), then moved to the
 sequence's slot, a graph input (backend.move_prefill). Eager, a small model's prefill is bound by Python issuing
 kernels: SmolLM2's pp512 ran at 0.26x llama.cpp's. Rows past the chunk in the sequence's slot hold padding until
-the sequence's next tokens overwrite them; nothing reads them before. MINIRS_PREFILL_GRAPHS=0 prefills eagerly.
+the sequence's next tokens overwrite them; nothing reads them before. Only where backend.prefill_graphs (on CUDA:
+MINIRS_PREFILL_GRAPHS=1, until it has run on a GPU).
 
 decode pads the batch to the next GRAPH_BUCKETS size with dummy rows (token 0 at position 0 in a spare KV slot that
 no sequence owns), so a handful of graphs serve every batch size. On a backend with graphs (CUDA) each bucket's
@@ -23,7 +24,6 @@ packed as minirs.sampling.mask packs them; all ones for a free row) go to the de
 step sets the disallowed logits to -inf before argmax or the sampler reads them. Each step makes one host copy.
 """
 
-import os
 import warnings
 
 import numpy as np
@@ -33,7 +33,6 @@ from minirs.sampling.mask import ALL, mask_words
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)  # decode batch sizes captured as graphs (32: the GEMVs' largest batch)
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)  # prefill chunk lengths captured as graphs
-PREFILL_GRAPHS = os.environ.get("MINIRS_PREFILL_GRAPHS", "1") != "0"  # MINIRS_PREFILL_GRAPHS=0: prefill eagerly
 
 
 class ModelRunner:
@@ -80,8 +79,8 @@ class ModelRunner:
         """The bucket a forward is replayed in when it is a chunk that starts a sequence (one slot, positions 0..n-1,
         the last row's logits, no adapters) and the cache has rows for its padding; else None (eager)."""
         n = len(pos)
-        if not self.graphs or self.spare_slot is None or coef is not None or self.model.xlora is not None \
-                or self.model.config.n_experts or not PREFILL_GRAPHS:  # MoE routing reads expert ids on the host
+        if not (self.graphs and self.backend.prefill_graphs) or self.spare_slot is None or coef is not None \
+                or self.model.xlora is not None or self.model.config.n_experts:  # MoE routing: ids on the host
             return None
         size = next((b for b in PREFILL_BUCKETS if b >= n), None)
         if size is None or size > min(self.cache.lengths) or list(want) != [n - 1]:

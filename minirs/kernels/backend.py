@@ -65,6 +65,7 @@ class Backend(Protocol):
     graphs: bool  # capture() works: a decode step can be recorded once and replayed
     device_sampling: bool  # argmax and sample_ids run where the logits are (else the engine samples on the host)
     numba_threads: bool  # steps run on Numba's CPU threads: the engine picks how many (engine/threads.py)
+    prefill_graphs: bool  # a prefill chunk's forward may be captured like a decode step (engine/runner.py)
 
     # --- the engine's switches ---
     def batch_invariant(self, exact: bool) -> None:

@@ -27,6 +27,7 @@ class CpuBackend:
     graphs = False  # capture() runs the step eagerly each time: there is no launch cost to save
     device_sampling = False  # the logits are on the host already
     numba_threads = True
+    prefill_graphs = True  # (no graphs here; a stand-in that claims them records prefill chunks too)
 
     def batch_invariant(self, exact: bool) -> None:
         """Every CPU kernel is batch-invariant already."""

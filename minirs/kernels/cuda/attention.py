@@ -321,7 +321,7 @@ def launch_attention(q, kc, vc, slots, pos, window, scale, softcap, out, quant, 
             *args, chunk, pm, pl, po, counts(n, h), out, quant, *form)
 
 
-def attention_gemm(q, kc, vc, slots, pos, pos_dev, window, scale, softcap, stream):
+def attention_gemm(q, kc, vc, slots, pos, pos_dev, window, scale, softcap, stream, capturable=False):
     """Prefill attention through cuBLAS (fp32): per sequence slot, scores = Q K^T for all its query rows
     against its keys, a masked softmax kernel (causal, window, soft-cap), then P V. GQA: the g query heads
     of a kv head are stacked as rows of one matrix. None when a slot's keys have wrapped around its ring
@@ -349,13 +349,19 @@ def attention_gemm(q, kc, vc, slots, pos, pos_dev, window, scale, softcap, strea
             block = r[-1] - r[0] + 1 == nq  # consecutive rows: slices, not gathers
             qr = q[r[0]:r[0] + nq] if block else q[cp.asarray(r)]
             qs = qr.reshape(nq, hkv, g, d).transpose(1, 2, 0, 3).reshape(hkv, g * nq, d)
-            sc = cp.empty((hkv, g * nq, m), cp.float32)
-            bmm_f32(qs, keys, sc, True)  # Q K^T; not cp.matmul: CuPy's cuBLAS calls cannot be captured (blas.py)
+            if capturable:  # CuPy's cuBLAS calls cannot be captured; ours can (blas.py)
+                sc = cp.empty((hkv, g * nq, m), cp.float32)
+                bmm_f32(qs, keys, sc, True)
+            else:
+                sc = cp.matmul(qs, keys.transpose(0, 2, 1))  # (hkv, g * nq, m)
             qpos, q0 = (pos_dev, int(r[0])) if block else (cp.asarray(p[c0:c0 + nq]), 0)
             K["softmax_masked_"][hkv * g * nq, 128, stream](sc.reshape(-1, m), qpos, q0, nq, k0, int(window),
                                                              np.float32(scale), np.float32(softcap))
-            o = cp.empty((hkv, g * nq, d), cp.float32)
-            bmm_f32(sc, vals, o, False)  # P V
+            if capturable:
+                o = cp.empty((hkv, g * nq, d), cp.float32)
+                bmm_f32(sc, vals, o, False)
+            else:
+                o = cp.matmul(sc, vals)
             o = o.reshape(hkv, g, nq, d).transpose(2, 0, 1, 3).reshape(nq, h, d)
             if block:
                 out[r[0]:r[0] + nq] = o

@@ -76,6 +76,9 @@ class CudaBackend:
     graphs = True
     device_sampling = True
     numba_threads = False
+    # captured prefill (engine/runner.py), opt-in with MINIRS_PREFILL_GRAPHS=1 until it has run on a GPU: written
+    # and tested on the CPU's stand-in in a session that got no GPU (BENCHMARKS.md)
+    prefill_graphs = os.environ.get("MINIRS_PREFILL_GRAPHS", "0") == "1"
 
     def __init__(self, device: int = 0):
         cp.cuda.Device(device).use()
@@ -332,7 +335,8 @@ class CudaBackend:
             raise ModelError(f"CUDA attention handles even head_dim up to {ATT_DMAX}, got {d}")
         q = cp.ascontiguousarray(q)
         if n > GEMV_MAX_N and not isinstance(slots, cp.ndarray) and not isinstance(pos, cp.ndarray):
-            out = attention_gemm(q, kc, vc, slots, pos, self._ix(pos), window, scale, softcap, self.nbs)
+            out = attention_gemm(q, kc, vc, slots, pos, self._ix(pos), window, scale, softcap, self.nbs,
+                                 self.prefill_graphs)
             if out is not None:
                 return Act(out.reshape(n, h * d))
         sl, ps = self._ix(slots), self._ix(pos)
