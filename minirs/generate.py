@@ -44,7 +44,8 @@ class Generator:
         self.model = model
         self.ctx_len = min(ctx_len, model.config.context_length)
         self.max_chunk = max_chunk
-        spare = 1 if model.backend.graphs else None  # where graphs are: the captured prefill's slot (runner.py)
+        # where prefill is captured: the slot the captured prefill runs in (runner.py)
+        spare = 1 if model.backend.graphs and model.backend.prefill_graphs else None
         self.cache = KVCache(model.config, model.backend, 1 + (spare is not None), self.ctx_len, max_chunk)
         self.runner = ModelRunner(model, self.cache, spare_slot=spare)
         self.cached: list[int] = []  # the tokens whose keys and values the cache holds, in order
