@@ -87,8 +87,9 @@ def bench_preset(preset: str, device: str, pp: int, tg: int, reps: int, folder: 
     model = load(mf, backend=be, tokenizer=False).model
     load_s = clock.now() - t0
     cfg = model.config
-    cache = KVCache(cfg, be, 2, pp + tg + 8, max(pp, 1))  # slot 1: the runner's spare (graph padding, prefill)
-    runner = ModelRunner(model, cache, spare_slot=1)
+    spare = 1 if be.graphs and be.prefill_graphs else None  # the slot a captured prefill runs in (runner.py)
+    cache = KVCache(cfg, be, 1 + (spare is not None), pp + tg + 8, max(pp, 1))
+    runner = ModelRunner(model, cache, spare_slot=spare)
     rng = np.random.default_rng(0)
     res = {"preset": preset, "device": device, "size": path.stat().st_size, "load_s": load_s}
     if device == "cuda":
