@@ -17,15 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _median_s(fn, reps: int = 5) -> float:
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+from prefill_graph_probe import _median_ms  # noqa: E402  (bench/ is this script's own folder on sys.path)
 
 
 def _row(be, model, preset: str, n: int) -> None:
@@ -39,11 +31,11 @@ def _row(be, model, preset: str, n: int) -> None:
     def eager():
         return be.to_numpy(model.forward(ids, slots, pos, cache, logit_rows=[n - 1]))
     ref = eager()  # compiles
-    te = _median_s(eager)
+    te = _median_ms(eager) / 1e3
     t = time.perf_counter()
     got = runner.forward(ids, slots, pos, [n - 1])
     first = time.perf_counter() - t
-    tg = _median_s(lambda: runner.forward(ids, slots, pos, [n - 1]))
+    tg = _median_ms(lambda: runner.forward(ids, slots, pos, [n - 1])) / 1e3
     apart = float(np.abs(got - ref).max() / np.abs(ref).max())
     print(f"| {preset} | {n} | {n / te:,.0f} | {n / tg:,.0f} | {te / tg:.2f}x | {apart:.1e} | {first:.2f} |",
           flush=True)

@@ -118,3 +118,18 @@ def test_prefill_that_cannot_be_captured_runs_eagerly(tiny_model, monkeypatch):
         assert np.array_equal(runner.forward(ids, np.zeros(10, np.int64), np.arange(10), [9]), want)
     assert runner._prefills[16, None] is False
     assert np.array_equal(runner.forward(ids, np.zeros(10, np.int64), np.arange(10), [9]), want)  # no warning
+
+
+def test_a_failing_forward_does_not_turn_capture_off(tiny_model, monkeypatch):
+    """An error the eager forward raises too is the request's own: it reaches the caller, and the bucket keeps
+    being captured for the next chunks."""
+    from minirs.engine.runner import ModelRunner
+    runner = ModelRunner(tiny_model, KVCache(tiny_model.config, tiny_model.backend, 2, 64, 32), graphs=True,
+                         spare_slot=1)
+
+    def broken(*args, **kw):
+        raise ValueError("bad input")
+    monkeypatch.setattr(tiny_model, "forward", broken)
+    with pytest.raises(ValueError, match="bad input"):
+        runner.forward(np.arange(10), np.zeros(10, np.int64), np.arange(10), [9])
+    assert (16, None) not in runner._prefills

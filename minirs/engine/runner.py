@@ -58,18 +58,25 @@ class ModelRunner:
         self.backend.batch_invariant(exact)
 
     def forward(self, tokens, slots, pos, want, coef=None) -> np.ndarray:
-        """Host logits (len(want), vocab) of rows `want` of an eager forward of n (token, slot, position) rows, with
-        the rows' LoRA coefficients coef (n, K) (None: no adapters)."""
+        """Host logits (len(want), vocab) of rows `want` of a forward of n (token, slot, position) rows, with the
+        rows' LoRA coefficients coef (n, K) (None: no adapters): eager, or a chunk that starts a sequence replayed
+        from its bucket's captured prefill."""
         size = self._prefill_bucket(slots, pos, want, coef)
-        if size is not None and self._prefills.get((size, self.exact)) is not False:
-            try:
-                return self._prefill(size, tokens, slots[0])
-            except Exception as e:  # noqa: BLE001 - a step that cannot be recorded runs eagerly, as before
-                if (size, self.exact) in self._prefills:
-                    raise  # a recorded step that fails is a real error
-                self._prefills[size, self.exact] = False
-                warnings.warn(f"minirs: prefill chunks of {size} rows could not be captured as a graph and run "
-                              f"eagerly ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
+        key = (size, self.exact)
+        if size is None or self._prefills.get(key) is False:
+            return self._eager(tokens, slots, pos, want, coef)
+        try:
+            return self._prefill(size, tokens, slots[0])
+        except Exception as e:
+            if key in self._prefills:
+                raise  # a recorded step that fails is a real error
+            logits = self._eager(tokens, slots, pos, want, coef)  # the request's own error, if it was not recording
+            self._prefills[key] = False  # recording failed: this bucket runs eagerly from now on
+            warnings.warn(f"minirs: prefill chunks of {size} rows could not be captured as a graph and run "
+                          f"eagerly ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
+            return logits
+
+    def _eager(self, tokens, slots, pos, want, coef) -> np.ndarray:
         coef = None if coef is None else self.backend.array(np.asarray(coef, np.float32))
         logits = self.model.forward(np.asarray(tokens, np.int64), np.asarray(slots, np.int64),
                                     np.asarray(pos, np.int64), self.cache, logit_rows=list(want), coef=coef)
