@@ -6,6 +6,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from minirs.kernels.cpu.activation import exp32
+
 
 @njit(cache=True, nogil=True)
 def kv_write(k_cache, v_cache, slots, pos, k, v):
@@ -50,9 +52,9 @@ def attention(q, k_cache, v_cache, slots, pos, window, scale, softcap, out):
             best = max(best, acc)
         total = np.float32(0.0)
         for jj in range(m):
-            e = np.float32(math.exp(scores[jj] - best))
-            scores[jj] = e
-            total += e
+            scores[jj] = exp32(scores[jj] - best)
+        for jj in range(m):
+            total += scores[jj]
         inv = np.float32(1.0) / total
         o = np.zeros(d, dtype=np.float32)
         for jj in range(m):

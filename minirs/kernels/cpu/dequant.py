@@ -2,7 +2,7 @@
 
     e = embedding_rows(w, ids)             # (len(ids), n_in) float32
 
-The row-interleaved tiles of cpu/weights.py are decoded a tile (32 rows) at a time.
+Each id's row is decoded alone from the row-interleaved tiles of cpu/weights.py (its lane of its tile).
 """
 
 import numpy as np
@@ -12,75 +12,52 @@ from minirs.kernels.cpu.weights import QMatrix
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _deq_q4(q, d, m, off, tiles, out):
-    # out[32g + j (+16), k*L + l] = d[t, g, l] * (lo (hi) nibble of byte j of group g - off) (+ m[t, g, l]),
-    # t = tiles[k]; byte j of group g is q[t, 4g + j // 4, l, j % 4]; d and m are the float32 scales of the
-    # selected tiles (QMatrix.float_scales), d[k] for tile tiles[k]
-    L = q.shape[2]
+def _deq_q4(q, d, m, off, tiles, lanes, out):
+    # out[k, 32g + j (+16)] = d[k, g, r] * (lo (hi) nibble of byte j of group g - off) (+ m[k, g, r]) for row r of
+    # tile t (t, r = tiles[k], lanes[k]); byte j of group g is q[t, 4g + j // 4, r, j % 4]; d and m are the float32
+    # scales of the selected tiles (QMatrix.float_scales), d[k] for tile tiles[k]
     has_m = m.shape[0] > 0
     for k in prange(tiles.shape[0]):
-        t = tiles[k]
+        t, r = tiles[k], lanes[k]
         for g in range(d.shape[1]):
-            dg = d[k, g]
-            mg = m[k, g] if has_m else dg
+            dg = d[k, g, r]
+            mg = m[k, g, r] if has_m else dg
             for j in range(32):
-                byte = q[t, 4 * g + (j % 16) // 4, :, j % 4]
-                shift = np.uint8(4 * (j // 16))
-                o = out[32 * g + j, k * L:(k + 1) * L]
-                for l in range(L):
-                    v = dg[l] * (np.float32((byte[l] >> shift) & np.uint8(15)) - np.float32(off))
-                    o[l] = v + mg[l] if has_m else v
+                u = (q[t, 4 * g + (j % 16) // 4, r, j % 4] >> np.uint8(4 * (j // 16))) & np.uint8(15)
+                v = dg * (np.float32(u) - np.float32(off))
+                out[k, 32 * g + j] = v + mg if has_m else v
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _deq_q8(q, d, m, off, tiles, out):
-    # out[e, k*L + l] = d[k, e // gs, l] * (q[t, e // 4, l, e % 4] - off) (+ m[k, e // gs, l]),  t = tiles[k]
-    L = q.shape[2]
+def _deq_q8(q, d, m, off, tiles, lanes, out):
+    # out[k, e] = d[k, e // gs, r] * (q[t, e // 4, r, e % 4] - off) (+ m[k, e // gs, r]),  t, r = tiles[k], lanes[k]
     has_m = m.shape[0] > 0
     gs = 4 * q.shape[1] // d.shape[1]
     for k in prange(tiles.shape[0]):
-        t = tiles[k]
+        t, r = tiles[k], lanes[k]
         for e in range(4 * q.shape[1]):
-            dg = d[k, e // gs]
-            mg = m[k, e // gs] if has_m else dg
-            u = q[t, e // 4, :, e % 4]
-            o = out[e, k * L:(k + 1) * L]
-            for l in range(L):
-                v = dg[l] * (np.float32(u[l]) - np.float32(off))
-                o[l] = v + mg[l] if has_m else v
+            v = d[k, e // gs, r] * (np.float32(q[t, e // 4, r, e % 4]) - np.float32(off))
+            out[k, e] = v + m[k, e // gs, r] if has_m else v
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _deq_q6(q, d, m, off, tiles, out):
-    # out[16g + e, k*L + l] = d[k, g, l] * (u - off), u the 6-bit value of input e of group g (weights._pack_q6):
-    # low 4 bits in nibble e // 8 of byte e % 4 of word (e // 4) % 2, top 2 bits at bit 2 * (e // 4) of byte e % 4
-    # of word 2
-    L = q.shape[2]
+def _deq_q6(q, d, m, off, tiles, lanes, out):
+    # out[k, 16g + e] = d[k, g, r] * (u - off), u the 6-bit value of input e of group g (weights._pack_q6): low 4
+    # bits in nibble e // 8 of byte e % 4 of word (e // 4) % 2, top 2 bits at bit 2 * (e // 4) of byte e % 4 of
+    # word 2
     for k in prange(tiles.shape[0]):
-        t = tiles[k]
+        t, r = tiles[k], lanes[k]
         for g in range(d.shape[1]):
-            dg = d[k, g]
+            dg = d[k, g, r]
             for e in range(16):
                 s, b = e // 4, e % 4
-                lo, top = q[t, 3 * g + s % 2, :, b], q[t, 3 * g + 2, :, b]
-                o = out[16 * g + e, k * L:(k + 1) * L]
-                for l in range(L):
-                    u = (((lo[l] >> np.uint8(4 * (s // 2))) & np.uint8(15))
-                         | (((top[l] >> np.uint8(2 * s)) & np.uint8(3)) << np.uint8(4)))
-                    o[l] = dg[l] * (np.float32(u) - np.float32(off))
+                lo, top = q[t, 3 * g + s % 2, r, b], q[t, 3 * g + 2, r, b]
+                u = (((lo >> np.uint8(4 * (s // 2))) & np.uint8(15)) | (((top >> np.uint8(2 * s)) & np.uint8(3))
+                                                                        << np.uint8(4)))
+                out[k, 16 * g + e] = dg * (np.float32(u) - np.float32(off))
 
 
-def _decode_tiles(w: QMatrix, tiles: np.ndarray, out: np.ndarray) -> None:
-    """out[:, k*L:(k+1)*L] <- rows tiles[k]*L ... of W, transposed: (n_in, len(tiles)*L) float32, bit-exact with
-    gguf's dequantize."""
-    d, m = w.float_scales(tiles)
-    if w.family == "q4":
-        _deq_q4(w.q, d, m, w.off, tiles, out)
-    elif w.family == "q6":
-        _deq_q6(w.q, d, m, w.off, tiles, out)
-    else:
-        _deq_q8(w.q, d, m, w.off, tiles, out)
-
+_DECODE = {"q4": _deq_q4, "q6": _deq_q6, "q8": _deq_q8}
 
 
 def _float_rows(w: QMatrix, rows) -> np.ndarray:
@@ -98,7 +75,8 @@ def embedding_rows(w: QMatrix, ids) -> np.ndarray:
         raise IndexError(f"embedding_rows: id {ids[bad][0]} out of range for a matrix of {w.n_out} rows")
     if w.family == "float":
         return _float_rows(w, ids)
-    L = w.q.shape[2]
-    buf = np.empty((w.n_in, ids.shape[0] * L), np.float32)  # whole tiles: decoding 32 rows per id is cheap
-    _decode_tiles(w, ids // L, buf)
-    return np.ascontiguousarray(buf[:, np.arange(ids.shape[0]) * L + ids % L].T)
+    tiles = ids // w.q.shape[2]
+    d, m = w.float_scales(tiles)
+    out = np.empty((ids.shape[0], w.n_in), np.float32)
+    _DECODE[w.family](w.q, d, m, w.off, tiles, ids % w.q.shape[2], out)
+    return out

@@ -32,6 +32,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from minirs.kernels.cpu.bits import f32_from_bits
+
 PREFETCH = 8192  # bytes of weights ahead of the group being multiplied that tile_dot asks the memory for
 LANES = 16  # int32 / float32 lanes of one vector; a tile is TILE rows = two vectors
 TILE = 32
@@ -66,10 +68,12 @@ def quantize_rows(x):
 
 @njit(cache=True, inline="always")
 def quantize_row(x, q1, q2, dx, sx):
+    bits = x.view(np.int32)  # |x| ordered as its bits: a vectorised integer maximum, not a chain of 32 float ones
     for b in range(x.shape[0] // 32):
-        amax = np.float32(0.0)
+        top = 0
         for j in range(32 * b, 32 * b + 32):
-            amax = max(amax, abs(x[j]))
+            top = max(top, bits[j] & 0x7FFFFFFF)
+        amax = f32_from_bits(top)
         d1 = amax / QMAX
         d2 = d1 / np.float32(HI)
         inv1 = np.float32(1.0) / d1 if d1 > 0 else np.float32(0.0)
