@@ -53,8 +53,19 @@ def test_the_first_guess_follows_the_load_average():
     assert ThreadChooser(2, free=lambda: 1.9).pick("prefill") == 2  # a quiet machine: all the threads
     assert ThreadChooser(2, free=lambda: -6.0).pick("prefill") == 1  # 8 jobs on 2 cores: one thread
     assert ThreadChooser(8, free=lambda: 4.2).pick("prefill") == 4
+    chooser = ThreadChooser(2, free=lambda: 1.9)
+    assert [chooser.pick("decode") for _ in range(2)] == [2, 1]  # the guess first, then the smaller count once
+
+
+def test_more_threads_than_the_guess_wait_for_the_first_exploration():
+    """A step on more threads than there are free cores can cost ten times a step (116 ms against 8 beside a
+    spinning process): on a busy machine 2 threads are first tried at the first exploration, not at once."""
     chooser = ThreadChooser(2, free=lambda: -6.0)
-    assert [chooser.pick("decode") for _ in range(2)] == [1, 2]  # the guess first, then the other count once
+    used = simulate(chooser, {2: 0.116, 1: 0.008}, EXPLORE + 2)
+    assert used[:EXPLORE + 1] == [1] * (EXPLORE + 1) and used[EXPLORE + 1] == 2
+    chooser = ThreadChooser(2, free=lambda: -6.0)
+    assert simulate(chooser, {2: 0.004, 1: 0.008}, 3 * EXPLORE)[-EXPLORE:].count(2) >= EXPLORE - 1  # a wrong guess
+    # mends at the first exploration (then 1 thread is looked at again now and then)
 
 
 def test_one_core_has_nothing_to_choose():

@@ -10,14 +10,15 @@ waits for a core stalls every other one at each of the ~200 kernel calls of a de
 0.8 tokens/s on 2 threads against 15.8 on 1 thread with other jobs holding the 2 cores. So the chooser runs the
 steps of a kind on the thread count that has measured fastest for it. The first count is a guess from the load
 average (the cores other processes leave free), which is all a command that makes one prefill step gets; the next
-steps try every other count once, then an exploring step now and then tries the next other count, so that the
-choice follows the load as it comes and goes. The count in use keeps an exponential average of its step times per
-key; an exploring step takes over when it beats that average by MARGIN. Exploring costs what the losing count is
-slower, so each lost exploration at least doubles the wait before the next (EXPLORE steps up to MAX_EXPLORE), and
-more where it lost badly: the wait grows until the explorations cost about EXPLORE_COST of the steps' time (a
-2-thread step 2.4x slower than 1 thread beside a spinning process waits 140 steps, not 64). A step twice as slow as
-the average (the load came) explores at once.
-"""
+steps try every smaller count once, then an exploring step now and then tries the next other count, so that the
+choice follows the load as it comes and goes. Larger counts than the guess wait for the first exploration: a step on
+more threads than there are free cores can cost ten times a step (one 2-thread SmolLM2 decode step beside a spinning
+process took 116 ms against 8 on 1 thread), one on fewer at most the ratio of the counts. The count in use keeps an
+exponential average of its step times per key; an exploring step takes over when it beats that average by MARGIN.
+Exploring costs what the losing count is slower, so each lost exploration at least doubles the wait before the next
+(EXPLORE steps up to MAX_EXPLORE), and more where it lost badly: the wait grows until the explorations cost about
+EXPLORE_COST of the steps' time (a 2-thread step 2.4x slower than 1 thread beside a spinning process waits 140
+steps, not 64). A step twice as slow as the average (the load came) explores at once."""
 
 import os
 
@@ -38,7 +39,7 @@ class ThreadChooser:
     def __init__(self, max_threads: int, free=free_cores):
         self.counts = sorted({max_threads, max(1, max_threads // 2), 1}, reverse=True)
         self.free = free
-        self.order: dict = {}  # key -> the counts in the order of the first look, the guess first
+        self.order: dict = {}  # key -> the counts of the first look: the guess, then the smaller ones
         self.best: dict = {}  # key -> the thread count in use
         self.avg: dict = {}  # key -> average seconds per step of the count in use
         self.steps: dict = {}  # key -> steps seen
@@ -49,12 +50,12 @@ class ThreadChooser:
     def pick(self, key) -> int:
         if key not in self.order:
             guess = next((c for c in self.counts if c <= self.free() + 0.5), self.counts[-1])
-            self.order[key] = [guess] + [c for c in self.counts if c != guess]
+            self.order[key] = [guess] + [c for c in self.counts if c < guess]
             self.best[key] = guess
         best = self.best[key]
         k = self.steps.get(key, 0)
         self.steps[key] = k + 1
-        if k < len(self.counts):  # the first steps of a kind try every count once
+        if k < len(self.order[key]):  # the first steps of a kind try the guess and every smaller count once
             return self.order[key][k]
         if len(self.counts) == 1 or k < self.next.setdefault(key, k + EXPLORE):
             return best
@@ -75,7 +76,7 @@ class ThreadChooser:
         wait = self.wait.get(key, EXPLORE)
         if avg is None or seconds < MARGIN * avg:
             self.best[key], self.avg[key], wait = threads, seconds, EXPLORE
-        elif k > len(self.counts):  # a lost exploration (not the first look): wait longer for the next
+        elif k > len(self.order.get(key, ())):  # a lost exploration (not the first look): wait longer for the next
             lost = seconds / avg - 1  # in steps of the current count
             wait = min(max(2 * wait, int(lost / EXPLORE_COST)), MAX_EXPLORE)
         self.wait[key] = wait
