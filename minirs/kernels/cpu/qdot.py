@@ -154,7 +154,7 @@ def _unpack(builder, family: str, gs: int, words: list, n_vec: int) -> list:
     return out
 
 # the forms of a group's scale d (and offset m), by the dtype of their arrays: float32 as they are; the f16 bits of
-# the legacy types; or K-quant sub-scales (int8 / uint8) times the super-block's float32 d (and -dmin), so that
+# the legacy types; or K-quant sub-scales (int8 / uint8) times the super-block's d (and -dmin, f16), so that
 # d = D * sc and m = (-DMIN) * mn are the products gguf's dequantization forms, bit for bit
 SCALES = {"float32": "f32", "uint16": "f16", "int8": "k8", "uint8": "ku8"}
 
@@ -242,8 +242,9 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
     """y[j, l] = row l of the tile times token j's x, for the N_TOK (a literal, 1 or 2) tokens of q1, q2, dx, sx
     (see the module docstring): two tokens share each weight load and its unpacking. qt (n_in/4, TILE, 4) uint8;
     dt and mt (n_groups, TILE) the group scales and offsets (mt ignored without m) in one of SCALES' forms, st
-    (n_groups / (256 / gs), 2, TILE) float32 the super-block scales of the "k" form; q1 and q2 (N_TOK, n_in) int8,
-    dx (N_TOK, n_in/32) float32, sx (N_TOK, n_in/16) int32, y (N_TOK, TILE) float32 (rows may be strided)."""
+    (n_groups / (256 / gs), 2, TILE) the f16 bits of the super-block scales of the "k" form; q1 and q2 (N_TOK,
+    n_in) int8, dx (N_TOK, n_in/32) float32, sx (N_TOK, n_in/16) int32, y (N_TOK, TILE) float32 (rows may be
+    strided)."""
     if not isinstance(kind, types.IntegerLiteral) or not isinstance(n_tok, types.IntegerLiteral):
         return None
     family, gs, has_m, off = KINDS[kind.literal_value]
@@ -267,7 +268,7 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
         i64 = ir.IntType(64)
         k = lambda v: ir.Constant(i64, v)  # noqa: E731
         at = lambda p, *terms: builder.gep(p, [_sum(builder, terms)])  # noqa: E731
-        pq, pst = data(0, _I32), data(3, _F32)
+        pq, pst = data(0, _I32), data(3, ir.IntType(16))
         scale_elt = {"f32": _F32, "f16": ir.IntType(16), "k8": ir.IntType(8), "ku8": ir.IntType(8)}[form]
         pd, pm = data(1, scale_elt), data(2, scale_elt)
         px = list(zip(rows(4, _I32), rows(5, _I32)))  # px[j] = (q1, q2) of token j
@@ -294,7 +295,8 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
             small = builder.sitofp(small, _VF) if form == "k8" else builder.uitofp(small, _VF)
             block = builder.udiv(g, k(256 // gs))
             big = _vload(builder, pst, _sum(builder, [builder.mul(block, k(2 * TILE)), k(which * TILE + LANES * c)]),
-                         _VF)
+                         ir.VectorType(ir.IntType(16), LANES))
+            big = builder.fpext(builder.bitcast(big, ir.VectorType(ir.HalfType(), LANES)), _VF)
             return builder.fmul(big, small)
 
         with cgutils.for_range(builder, n_groups_64) as loop:

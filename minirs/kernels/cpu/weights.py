@@ -5,8 +5,9 @@
 Load time re-lays every GGML block type out into one of two *families* of plain arrays, so that one matmul kernel
 per family (plus a tile decoder for embeddings) covers fifteen types. Nibbles are re-packed to one order, and the
 group scales keep a compact form that the kernel widens (qdot.SCALES): the legacy types' f16 bits as they are; the
-K-quants' (Q4_K, Q5_K, Q6_K, IQ4_XS) 6- and 8-bit sub-scales with their super-block's d (and -dmin) as float32, so
-that a Q4_K weight costs 0.59 bytes instead of 0.75 with float32 scales per group; Q3_K and Q2_K float32 scales.
+K-quants' (Q4_K, Q5_K, Q6_K, IQ4_XS) 6- and 8-bit sub-scales with their super-block's d (and -dmin) as the file's
+f16 bits, so that a Q4_K weight costs 0.578 bytes (the file 0.5625) instead of 0.75 with float32 scales per group;
+Q3_K and Q2_K float32 scales.
 Every conversion keeps the gguf dequantized value bit for bit (`d*q - dm` is stored as `d*q + (-dm)`).
 
 | family | weight element            | integers per row (unsigned bytes)                     | types                   |
@@ -43,7 +44,7 @@ from minirs.kernels.cpu.qdot import TILE
 
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _NO_M = np.zeros((0, 0, 0), np.float32)
-_NO_SUP = np.zeros((0, 0, 2, TILE), np.float32)
+_NO_SUP = np.zeros((0, 0, 2, TILE), np.uint16)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class QMatrix:
     d: np.ndarray  # (T, n_in/gs, TILE) group scales in one of qdot.SCALES' forms
     m: np.ndarray = field(default_factory=lambda: _NO_M)  # (T, n_in/gs, TILE) group offsets like d, or empty
     off: int = 0  # integer subtracted from u before scaling (Q4_0: 8, the q8 family: 128)
-    sup: np.ndarray = field(default_factory=lambda: _NO_SUP)  # (T, n_in/256, 2, TILE) float32 [D, -DMIN], "k" forms
+    sup: np.ndarray = field(default_factory=lambda: _NO_SUP)  # (T, n_in/256, 2, TILE) f16 bits [D, -DMIN], "k" forms
 
     @property
     def nbytes(self) -> int:
@@ -73,7 +74,8 @@ class QMatrix:
                 return a.view(np.float16).astype(np.float32)
             if a.dtype != np.float32:  # K-quant sub-scales times their super-block's D (or -DMIN)
                 per = self.d.shape[1] // self.sup.shape[1]
-                return np.repeat(self.sup[tiles, :, which], per, axis=1) * a.astype(np.float32)
+                big = self.sup[tiles, :, which].view(np.float16).astype(np.float32)
+                return np.repeat(big, per, axis=1) * a.astype(np.float32)
             return a
         return one(self.d, 0), one(self.m, 1) if self.m.shape[0] else np.zeros((0, 0, 0), np.float32)
 
@@ -203,7 +205,7 @@ def _q45k(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     blk = rows.reshape(n_out, nb, -1)
     sc, mn = kq._k_scale_min(blk[..., 4:16])  # 6-bit sub-scales and mins: kept as bytes (the "k" scale form)
     d, m = sc.astype(np.uint8).reshape(n_out, -1), mn.astype(np.uint8).reshape(n_out, -1)
-    sup = np.stack([kq._f16(blk[..., 0:2]), -kq._f16(blk[..., 2:4])], axis=-1)  # (n_out, nb, 2): D, -DMIN
+    sup = np.stack([_f16_bits(blk[..., 0:2]), _f16_bits(blk[..., 2:4]) ^ 0x8000], axis=-1)  # (n_out, nb, 2): D, -DMIN
     qs = blk[..., -128:].reshape(n_out, nb, 4, 1, 32)
     v = ((qs >> np.array([0, 4], np.uint8).reshape(2, 1)) & 15).reshape(n_out, nb * 8, 32)
     if qtype == "Q4_K":
@@ -224,7 +226,7 @@ def _iq4_xs(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     lo = (sl[..., g // 2] >> (4 * (g % 2)).astype(np.uint8)) & 15
     hi = (sh >> (2 * g).astype(np.uint16)) & 3
     sc = ((lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32).astype(np.int8)  # the "k" form, signed
-    sup = np.stack([kq._f16(blk[..., 0:2]), np.zeros((n_out, nb), np.float32)], axis=-1)
+    sup = np.stack([_f16_bits(blk[..., 0:2]), np.zeros((n_out, nb), np.uint16)], axis=-1)
     q = IQ4_VALUES[_nibbles(blk[..., 8:].reshape(n_out, nb, 8, 16))]
     return _make(qtype, n_out, n_in, "q8", q.reshape(n_out, -1), sc.reshape(n_out, -1), sup=sup)
 
@@ -237,7 +239,7 @@ def _kquant_q8(qtype: str, n_out: int, n_in: int, rows: np.ndarray) -> QMatrix:
     if qtype == "Q6_K":
         blk = rows.reshape(n_out, n_in // 256, -1)
         sc = np.ascontiguousarray(blk[..., 192:208]).view(np.int8).reshape(n_out, -1)
-        sup = np.stack([kq._f16(blk[..., 208:210]), np.zeros(blk.shape[:2], np.float32)], axis=-1)
+        sup = np.stack([_f16_bits(blk[..., 208:210]), np.zeros(blk.shape[:2], np.uint16)], axis=-1)
         return _make(qtype, n_out, n_in, "q6", _pack_q6(q.astype(np.int16) + 32), sc, off=32, sup=sup)
     return _make(qtype, n_out, n_in, "q8", q, d, m)
 
