@@ -37,10 +37,10 @@ PREFILL_ROWS = 16  # a prefill chunk this long takes every batched kernel (gated
 def kernels(model) -> list:
     """The Numba dispatchers (with an on-disk cache) that a CPU model's prefill and decode call (run_path runs
     exactly these): the quantized matmul (and its one-thread form where a decode matmul is small enough for it),
-    the float matmul where there are float weights, the embedding's dequantizer, and the norm, activation, RoPE
-    and attention kernels (MoE: the router too)."""
+    the float matmul where there are float weights, the embedding's dequantizer, and the norm, activation,
+    attention-input (biases, q/k norms, RoPE, cache writes) and attention kernels (MoE: the router too)."""
     from minirs.kernels.backend import Stack
-    from minirs.kernels.cpu import activation, attention, dequant, matmul, moe, norm, rope
+    from minirs.kernels.cpu import activation, attention, attn_inputs, dequant, matmul, moe, norm
     from minirs.kernels.cpu.weights import QMatrix
     cfg = model.config
     mats = [model.output] + [w for lw in model.layers for w in vars(lw).values()]
@@ -48,9 +48,12 @@ def kernels(model) -> list:
     for w in mats:
         flat += list(w.parts) if isinstance(w, Stack) else w if isinstance(w, list) else [w]
     quantized = [w for w in flat if isinstance(w, QMatrix) and w.family != "float"]
-    found = [attention.attention, attention.kv_write, rope.rope_,
-             norm.layernorm if cfg.norm == "layer" else norm.rmsnorm]
-    found += [activation.gated_act, activation.gated_act_rows] if cfg.gated_ffn or cfg.n_experts else [activation.act]
+    found = [attention.attention, attn_inputs.attn_inputs, norm.layernorm if cfg.norm == "layer" else norm.rmsnorm]
+    up_bias = any(lw.ffn_up_bias is not None for lw in model.layers)
+    if cfg.gated_ffn and not cfg.n_experts:
+        found += [activation.gated_halves, activation.gated_halves_rows]
+    found += [activation.gated_act, activation.gated_act_rows] if cfg.n_experts or (cfg.gated_ffn and up_bias) else []
+    found += [] if cfg.gated_ffn or cfg.n_experts else [activation.act]
     found += [moe.topk_softmax] if cfg.n_experts else []
     found += [matmul._mm_q] if quantized else []
     found += [matmul._mm_q_serial] if any(w.n_out * w.n_in < matmul.SERIAL_MACS for w in quantized) else []

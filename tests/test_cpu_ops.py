@@ -113,3 +113,45 @@ def test_gated_act_rows_equals_serial(rng):
         a = activation.gated_act(g, u, gelu, np.empty_like(g))
         b = activation.gated_act_rows(g, u, gelu, np.empty_like(g))
         np.testing.assert_array_equal(a, b)
+
+
+def test_gated_halves_equal_the_gated_act_of_the_halves(rng):
+    """gate|up from one matmul, read in place: the same bits as gated_act on copies of the halves, alone or in rows."""
+    gu = (rng.standard_normal((20, 2 * 96)) * 6).astype(np.float32)
+    gate, up = np.ascontiguousarray(gu[:, :96]), np.ascontiguousarray(gu[:, 96:])
+    for gelu in (False, True):
+        want = activation.gated_act(gate, up, gelu, np.empty_like(gate))
+        np.testing.assert_array_equal(activation.gated_halves(gu, 96, gelu, np.empty_like(gate)), want)
+        np.testing.assert_array_equal(activation.gated_halves_rows(gu, 96, gelu, np.empty_like(gate)), want)
+        assert rel_err(want, ref.gated_act(gate, up, "gelu" if gelu else "silu")) < RTOL
+
+
+def test_exp32_is_within_an_ulp_and_saturates(rng):
+    x = np.concatenate([np.linspace(-87, 88, 100_001), rng.uniform(-20, 20, 10_000)]).astype(np.float32)
+    got = activation.act(x[None, :] * 0 + x[None, :], False, np.empty((1, x.size), np.float32))[0]  # silu(x)
+    want = x.astype(np.float64) / (1 + np.exp(-x.astype(np.float64)))
+    assert np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-30)) < 1e-6
+    ext = np.array([[-1e30, -100.0, -87.5, 88.5, 100.0, 1e30, np.inf]], np.float32)
+    out = activation.act(ext, False, np.empty_like(ext))
+    assert np.all(np.abs(out[0, :3]) < 1e-30) and np.array_equal(out[0, 3:], ext[0, 3:])  # no NaN, no overflow
+
+
+@pytest.mark.parametrize("extras", ["plain", "biases and q/k norms"])
+@pytest.mark.parametrize("neox", [False, True])
+def test_attention_inputs_in_one_call_equal_the_ops_one_by_one(rng, extras, neox):
+    from minirs.kernels.cpu import CpuBackend
+    be, n, h, h_kv, d = CpuBackend(), 3, 4, 2, 32
+    qkv = rng.standard_normal((n, (h + 2 * h_kv) * d)).astype(np.float32)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    biases, norms = ((f32(h * d), f32(h_kv * d), f32(h_kv * d)), (f32(d), f32(d))) if extras != "plain" \
+        else ((None,) * 3, None)
+    inv_freq = (10000.0 ** (-np.arange(0, 24, 2) / 24)).astype(np.float32)  # a partial rotary (24 of 32 dims)
+    slots, pos = np.array([1, 0, 1]), np.array([5, 9, 6])
+    outs = []
+    for post in (be.qkv_post, be.qkv_post_composed):
+        kc, vc = np.zeros((2, h_kv, 16, d), np.float32), np.zeros((2, h_kv, 16, d), np.float32)
+        q = post(qkv.copy(), h * d, h_kv * d, biases, norms, 1e-6, pos, inv_freq, neox, kc, vc, slots)
+        outs.append((q, kc, vc))
+    for got, want in zip(*outs):
+        assert got.shape == want.shape and rel_err(got, want) < 1e-6
+    assert outs[0][0].shape == (n, h, d) and np.count_nonzero(outs[0][1][1, :, 5]) == h_kv * d

@@ -18,8 +18,8 @@ def test_the_kernels_a_model_needs(model):
     names = {k.py_func.__name__ for k in warmup.kernels(model)}
     # SmolLM2 Q4_1: quantized matrices all above the one-thread size, a Q8_0 embedding tied to the output
     # projection, RMSNorm, a gated FFN, no MoE
-    assert {"_mm_q", "_deq_q8", "rmsnorm", "gated_act", "attention"} <= names
-    assert not names & {"topk_softmax", "layernorm", "act", "_mm_float", "_deq_q4", "_mm_q_serial"}
+    assert {"_mm_q", "_deq_q8", "rmsnorm", "gated_halves", "attn_inputs", "attention"} <= names
+    assert not names & {"topk_softmax", "layernorm", "act", "gated_act", "_mm_float", "_deq_q4", "_mm_q_serial"}
 
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma3"])

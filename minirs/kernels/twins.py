@@ -84,6 +84,9 @@ class TwinsBackend(CpuBackend):
             self.lora_add_(y, x, *lora)
         return y
 
+    qkv_post = CpuBackend.qkv_post_composed  # the op-by-op statements, on the twins below
+    gated_split = CpuBackend.gated_split_composed
+
     def rope_(self, x, pos, inv_freq, neox: bool) -> None:
         x[...] = ref.rope(x, np.asarray(pos), inv_freq, neox)
 

@@ -8,6 +8,8 @@
 | matmul.py | qmatmul: the batch-invariant quantized and float matmul kernels |
 | dequant.py | embedding_rows: whole rows decoded bit-exactly (token embeddings) |
 | norm.py, rope.py, activation.py, attention.py, moe.py | the other ops of the transformer |
+| attn_inputs.py | what follows the q, k, v projection (biases, q/k norms, RoPE, cache writes) in one call |
+| bits.py, lora.py | bit-level intrinsics; the LoRA delta |
 """
 
 from minirs.kernels.cpu.backend import CpuBackend

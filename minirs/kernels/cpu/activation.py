@@ -18,16 +18,16 @@ from minirs.kernels.cpu.bits import f32_from_bits
 
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = HI + LO, HI exact in 10 bits
-_X_MIN, _X_MAX = np.float32(-87.0), np.float32(88.0)  # 2^k stays a normal float32 (k in -126..127)
+_X_MIN, _X_MAX = np.float32(-87.0), np.float32(88.0)  # where 2^k is a normal float32 (k in -126..127)
 _GELU_A = np.float32(2.0 * math.sqrt(2.0 / math.pi))
 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def exp32(x):
-    """e^x in float32 within 1 ulp (measured over [-87, 88]) (clamped there: e^-87 ~ 1.6e-38, e^88 ~ 1.7e38)."""
-    x = min(max(x, _X_MIN), _X_MAX)
-    k = np.rint(x * _LOG2E)
-    r = (x - k * _LN2_HI) - k * _LN2_LO  # k * HI is exact, so r carries no error from ln 2's rounding
+    """e^x in float32 within 1 ulp (measured over [-87, 88]); 0 below -87 and inf above 88 (no subnormals)."""
+    xc = min(max(x, _X_MIN), _X_MAX)  # 2^k below stays a normal float32
+    k = np.rint(xc * _LOG2E)
+    r = (xc - k * _LN2_HI) - k * _LN2_LO  # k * HI is exact, so r carries no error from ln 2's rounding
     p = np.float32(1.9875691500e-4)
     p = p * r + np.float32(1.3981999507e-3)
     p = p * r + np.float32(8.3334519073e-3)
@@ -35,7 +35,8 @@ def exp32(x):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     er = p * (r * r) + r + np.float32(1.0)  # e^r
-    return er * f32_from_bits((np.int64(k) + 127) << 23)  # times 2^k
+    e = er * f32_from_bits((np.int64(k) + 127) << 23)  # times 2^k
+    return np.float32(np.inf) if x > _X_MAX else np.float32(0.0) if x < _X_MIN else e
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -64,6 +65,24 @@ def gated_act_rows(gate, up, gelu, out):
     """gated_act with the rows spread over the threads: for prefill-sized batches (the same per-row math)."""
     for i in prange(gate.shape[0]):
         _gated_row(gate, up, gelu, out, i)
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gated_halves(gu, f, gelu, out):
+    """out = act(gu[:, :f]) * gu[:, f:] (gate|up from one matmul, no copies of its halves).  out: (n, f)."""
+    for i in range(gu.shape[0]):
+        for j in range(f):
+            out[i, j] = _act(gu[i, j], gelu) * gu[i, f + j]
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def gated_halves_rows(gu, f, gelu, out):
+    """gated_halves with the rows spread over the threads (the same per-element math)."""
+    for i in prange(gu.shape[0]):
+        for j in range(f):
+            out[i, j] = _act(gu[i, j], gelu) * gu[i, f + j]
     return out
 
 

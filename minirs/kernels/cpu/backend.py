@@ -13,6 +13,7 @@ import numpy as np
 from minirs.formats import Tensor
 from minirs.kernels.backend import Act, Stack, values
 from minirs.kernels.cpu import activation, attention, moe, norm, rope
+from minirs.kernels.cpu.attn_inputs import attn_inputs
 from minirs.kernels.cpu.dequant import embedding_rows
 from minirs.kernels.cpu.lora import CpuLora
 from minirs.kernels.cpu.matmul import lora_add_, qmatmul
@@ -130,8 +131,20 @@ class CpuBackend:
 
     def qkv_attn_inputs(self, w: Stack, h, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots,
                         lora=None):
-        n, d = h.shape[0], kc.shape[3]
         qkv = self._stacked_matmul(w, h, lora)
+        return self.qkv_post(qkv, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots)
+
+    def qkv_post(self, qkv, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots):
+        """What follows the q|k|v projection, in one Numba call (cpu/attn_inputs.py): q (n, h, hd)."""
+        none = np.zeros(0, np.float32)
+        bq, bk, bv = (none,) * 3 if biases[0] is None else biases
+        wq, wk = (none,) * 2 if norms is None else norms
+        return attn_inputs(np.ascontiguousarray(qkv), q_dim, kv_dim, bq, bk, bv, wq, wk, eps,
+                           np.asarray(pos, np.int64), inv_freq, neox, kc, vc, np.asarray(slots, np.int64))
+
+    def qkv_post_composed(self, qkv, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots):
+        """qkv_post stated op by op with this backend's methods (the twins' and GPU numerics' qkv_post)."""
+        n, d = qkv.shape[0], kc.shape[3]
         q, k, v = (np.ascontiguousarray(a) for a in np.split(qkv, [q_dim, q_dim + kv_dim], axis=1))
         if biases[0] is not None:
             for a, b in zip((q, k, v), biases):
@@ -158,11 +171,22 @@ class CpuBackend:
         return Act(out.reshape(q.shape[0], -1))
 
     def gated_ffn(self, w: Stack, h, ffn_dim: int, activation: str, up_bias=None, lora=None) -> Act:
-        gu = self._stacked_matmul(w, h, lora)
+        return self.gated_split(self._stacked_matmul(w, h, lora), ffn_dim, activation, up_bias)
+
+    def gated_split(self, gu, ffn_dim: int, activation_name: str, up_bias=None) -> Act:
+        """act(gate) * (up + up_bias) of gate|up (n, 2f): one kernel over the halves where there is no bias."""
+        if up_bias is not None:
+            return self.gated_split_composed(gu, ffn_dim, activation_name, up_bias)
+        kernel = activation.gated_halves_rows if gu.shape[0] >= 16 else activation.gated_halves
+        return Act(kernel(np.ascontiguousarray(gu), ffn_dim, activation_name == "gelu",
+                          np.empty((gu.shape[0], ffn_dim), np.float32)))
+
+    def gated_split_composed(self, gu, ffn_dim: int, activation_name: str, up_bias=None) -> Act:
+        """gated_split stated with this backend's gated_act (the twins' gated_split)."""
         gate, up = np.ascontiguousarray(gu[:, :ffn_dim]), np.ascontiguousarray(gu[:, ffn_dim:])
         if up_bias is not None:
             up += up_bias
-        return self.gated_act(gate, up, activation)
+        return self.gated_act(gate, up, activation_name)
 
     def gated_act(self, gate, up, activation_name: str) -> Act:
         # large batches (prefill) spread rows over the threads; a decode step is cheaper than waking them

@@ -64,6 +64,8 @@ class GpuNumericsCpu(CpuBackend):
     def matmul_id(self, experts, x, ids: np.ndarray) -> np.ndarray:
         return super().matmul_id(experts, self._round_x(experts[0], values(x), ids.shape[0]), ids)
 
+    qkv_post = CpuBackend.qkv_post_composed  # so that the cache writes go through kv_write below
+
     def kv_write(self, kc, vc, slots, pos, k, v) -> None:
         f16 = lambda a: np.ascontiguousarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
         super().kv_write(kc, vc, slots, pos, f16(k), f16(v))
