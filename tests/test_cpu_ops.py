@@ -134,6 +134,12 @@ def test_exp32_is_within_an_ulp_and_saturates(rng):
     ext = np.array([[-1e30, -100.0, -87.5, 88.5, 100.0, 1e30, np.inf]], np.float32)
     out = activation.act(ext, False, np.empty_like(ext))
     assert np.all(np.abs(out[0, :3]) < 1e-30) and np.array_equal(out[0, 3:], ext[0, 3:])  # no NaN, no overflow
+    nan = np.full((1, 40), np.nan, np.float32)
+    assert np.isnan(activation.act(nan, False, np.empty_like(nan))).all()  # NaN stays NaN, on vectors and alone
+    q, kc = np.ones((1, 2, 8), np.float32), np.ones((1, 1, 4, 8), np.float32)
+    kc[0, 0, 1] = np.nan  # one NaN key: every output of its heads is NaN, not a finite mix
+    out = attention.attention(q, kc, kc.copy(), np.array([0]), np.array([3]), 0, 0.35, 0.0, np.empty_like(q))
+    assert np.isnan(out).all()
 
 
 @pytest.mark.parametrize("extras", ["plain", "biases and q/k norms"])

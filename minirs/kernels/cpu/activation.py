@@ -24,7 +24,8 @@ _GELU_A = np.float32(2.0 * math.sqrt(2.0 / math.pi))
 
 @njit(cache=True, inline="always", error_model="numpy")
 def exp32(x):
-    """e^x in float32 within 1 ulp (measured over [-87, 88]); 0 below -87 and inf above 88 (no subnormals)."""
+    """e^x in float32 within 1 ulp (measured over [-87, 88]); 0 below -87, inf above 88 (no subnormals), NaN for
+    NaN."""
     xc = min(max(x, _X_MIN), _X_MAX)  # 2^k below stays a normal float32
     k = np.rint(xc * _LOG2E)
     r = (xc - k * _LN2_HI) - k * _LN2_LO  # k * HI is exact, so r carries no error from ln 2's rounding
@@ -36,7 +37,7 @@ def exp32(x):
     p = p * r + np.float32(5.0000001201e-1)
     er = p * (r * r) + r + np.float32(1.0)  # e^r
     e = er * f32_from_bits((np.int64(k) + 127) << 23)  # times 2^k
-    return np.float32(np.inf) if x > _X_MAX else np.float32(0.0) if x < _X_MIN else e
+    return np.float32(np.inf) if x > _X_MAX else np.float32(0.0) if x < _X_MIN else x if x != x else e  # NaN: NaN
 
 
 @njit(cache=True, inline="always", error_model="numpy")
