@@ -11,7 +11,16 @@ import sys
 import numpy as np
 import pytest
 
-from minirs.kernels.cpu.qdot import HI, dot_isa, quantize_rows, quantize_rows_ref
+from minirs.kernels.cpu.qdot import (
+    HI,
+    X8,
+    X16,
+    dot_isa,
+    quantize_as,
+    quantize_rows,
+    quantize_rows8_ref,
+    quantize_rows_ref,
+)
 
 # what every spelling computes: small matrices of each kernel kind, x with a zero block and an outlier
 _SCRIPT = r"""
@@ -92,3 +101,31 @@ def test_rows_do_not_depend_on_the_batch_or_threads(n):
             assert np.array_equal(qmatmul(w, x[i:i + 1])[0], whole[i])
     finally:
         numba.set_num_threads(top)
+
+
+def test_the_8_bit_form_matches_its_twins_and_keeps_rows_apart():
+    """X8 (MINIRS_CPU_ACT_BITS=8): one int8 per input, as llama.cpp does; its quantization is bit-identical with
+    the twin, its matmuls follow the twin for every family (and the all-zero and outlier blocks), and a row's bits
+    do not depend on the batch."""
+    from test_cpu_matmul import as_tensor, random_rows
+
+    from minirs.kernels.cpu.matmul import qmatmul, qmatmul_ref
+    from minirs.kernels.cpu.weights import QMatrix
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((20, 512)) * rng.uniform(1e-3, 1e3, (20, 1))).astype(np.float32)
+    x[1, :32] = 0
+    x[2, 40] = 1e4
+    q1, q2, dx, sx = quantize_as(x, X8)
+    r1, rd, rs = quantize_rows8_ref(x)
+    assert q2.shape == (20, 0) and np.array_equal(q1, r1) and np.array_equal(dx, rd) and np.array_equal(sx, rs)
+    err = np.abs(q1.reshape(20, -1, 32) * dx[..., None].astype(np.float64) - x.reshape(20, -1, 32))
+    assert (err <= np.abs(x.reshape(20, -1, 32)).max(axis=2, keepdims=True) / 250).all()  # d1 / 2, and rounding
+    for qtype in ("Q4_1", "Q4_K", "Q6_K", "Q8_0", "Q2_K"):
+        raw = random_rows(qtype, 96, 512, rng)
+        w = QMatrix.from_tensor(as_tensor(qtype, 96, 512, raw))
+        got = qmatmul(w, x, form=X8)
+        want = qmatmul_ref(raw, x, qtype, form=X8)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), qtype
+        solo = np.concatenate([qmatmul(w, x[i:i + 1], form=X8) for i in range(3)])
+        assert np.array_equal(solo, got[:3]), qtype
+        assert not np.array_equal(got, qmatmul(w, x, form=X16))  # the two forms are not the same numbers

@@ -20,7 +20,18 @@ from numba.extending import intrinsic
 
 from minirs.formats.model_file import Tensor
 from minirs.kernels.cpu.lora import down_rows, lora_add, lora_add_rows, prefetch_tile, up_tile
-from minirs.kernels.cpu.qdot import HI, TILE, quantize_row, quantize_rows, quantize_rows_ref, tile_dot
+from minirs.kernels.cpu.qdot import (
+    HI,
+    TILE,
+    X8,
+    X_FORM,
+    quantize_as,
+    quantize_row_as,
+    quantize_rows8_ref,
+    quantize_rows_ref,
+    tile_dot,
+    x_arrays,
+)
 from minirs.kernels.cpu.weights import QMatrix
 
 SERIAL_MACS = 1 << 18  # products below which a matmul runs on the calling thread alone (waking others costs more)
@@ -68,17 +79,16 @@ def _tile_tokens(q, d, m, sup, kind, q1, q2, dx, sx, y, t, i, n_tok):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _mm_q(q, d, m, sup, kind, x):
-    # y (n, tiles * TILE): x quantized (rows spread over the threads when there are many), then every tile t
-    # (spread over the threads) for every token
+def _mm_q(q, d, m, sup, kind, x, form):
+    # y (n, tiles * TILE): x quantized in `form` (qdot.X16 or X8; rows spread over the threads when there are
+    # many), then every tile t (spread over the threads) for every token
     n, n_in = x.shape
     if n >= 16:
-        q1, q2 = np.empty((n, n_in), np.int8), np.empty((n, n_in), np.int8)
-        dx, sx = np.empty((n, n_in // 32), np.float32), np.empty((n, n_in // 16), np.int32)
+        q1, q2, dx, sx = x_arrays(n, n_in, form)
         for i in prange(n):
-            quantize_row(x[i], q1[i], q2[i], dx[i], sx[i])
+            quantize_row_as(x[i], q1[i], q2[i], dx[i], sx[i], form)
     else:
-        q1, q2, dx, sx = quantize_rows(x)
+        q1, q2, dx, sx = quantize_as(x, form)
     y = np.empty((n, q.shape[0] * TILE), np.float32)
     for t in prange(q.shape[0]):
         _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t)
@@ -86,11 +96,11 @@ def _mm_q(q, d, m, sup, kind, x):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _mm_q_lora(q, d, m, sup, kind, x, a, bt, key, scale, lo, hi, tiles, tj, coef):
+def _mm_q_lora(q, d, m, sup, kind, x, form, a, bt, key, scale, lo, hi, tiles, tj, coef):
     # _mm_q for a decode-sized x plus the LoRA delta (lora.py) in the same call: the down product u = A x beside
     # x's quantization, and each tile's up product added to the tile's rows as they are written
     n = x.shape[0]
-    q1, q2, dx, sx = quantize_rows(x)
+    q1, q2, dx, sx = quantize_as(x, form)
     u = np.empty((n, a.shape[0]), np.float32)
     down_rows(x, a, key, scale, coef, u, 0, n)
     y = np.empty((n, q.shape[0] * TILE), np.float32)
@@ -102,9 +112,9 @@ def _mm_q_lora(q, d, m, sup, kind, x, a, bt, key, scale, lo, hi, tiles, tj, coef
 
 
 @njit(cache=True, nogil=True)
-def _mm_q_serial(q, d, m, sup, kind, x):
+def _mm_q_serial(q, d, m, sup, kind, x, form):
     # _mm_q on the calling thread: a matrix too small to be worth waking the others (same bits)
-    q1, q2, dx, sx = quantize_rows(x)
+    q1, q2, dx, sx = quantize_as(x, form)
     y = np.empty((x.shape[0], q.shape[0] * TILE), np.float32)
     for t in range(q.shape[0]):
         _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t)
@@ -270,9 +280,10 @@ def _f16_to_f32(b):
 _FLOAT_KIND = {"F32": 0, "F16": 1, "BF16": 2}
 
 
-def qmatmul(w: QMatrix, x: np.ndarray, lora=None) -> np.ndarray:
+def qmatmul(w: QMatrix, x: np.ndarray, lora=None, form: np.ndarray = X_FORM) -> np.ndarray:
     """y = x @ W.T   x: (n, n_in) float32 -> (n, n_out) float32; row i of y depends only on x[i] and W (bits too).
-    lora = (LoraStack, coef (n, K)) adds the LoRA delta (lora.py) inside the quantized kernel, after it otherwise."""
+    lora = (LoraStack, coef (n, K)) adds the LoRA delta (lora.py) inside the quantized kernel, after it otherwise.
+    form: the activations' form for quantized weights (qdot.X16, two int8 per input, or X8, one)."""
     if x.ndim != 2 or x.shape[1] != w.n_in:
         raise ValueError(f"qmatmul: x has shape {x.shape}, expected (n, {w.n_in}) for a {w.qtype} matrix "
                          f"({w.n_out}, {w.n_in})")
@@ -284,10 +295,10 @@ def qmatmul(w: QMatrix, x: np.ndarray, lora=None) -> np.ndarray:
         _mm_float(w.q, _FLOAT_KIND[w.qtype], x, y)
         return y if lora is None else lora_add_(y, x, *lora)
     if lora is not None and x.shape[0] < LORA_INSIDE:
-        y = _mm_q_lora(w.q, w.d, w.m, w.sup, w.kind, x, *lora[0], np.ascontiguousarray(lora[1], np.float32))
+        y = _mm_q_lora(w.q, w.d, w.m, w.sup, w.kind, x, form, *lora[0], np.ascontiguousarray(lora[1], np.float32))
     else:
         kernel = _mm_q_serial if x.shape[0] * w.n_out * w.n_in < SERIAL_MACS else _mm_q
-        y = kernel(w.q, w.d, w.m, w.sup, w.kind, x)
+        y = kernel(w.q, w.d, w.m, w.sup, w.kind, x, form)
         if lora is not None:
             lora_add_(y, x, *lora)
     return y if y.shape[1] == w.n_out else np.ascontiguousarray(y[:, :w.n_out])
@@ -299,21 +310,27 @@ def lora_add_(y: np.ndarray, x: np.ndarray, stack, coef: np.ndarray) -> np.ndarr
     return kernel(np.ascontiguousarray(x, dtype=np.float32), *stack, np.ascontiguousarray(coef, np.float32), y)
 
 
-def qmatmul_ref(t, x: np.ndarray, qtype: str | None = None) -> np.ndarray:
+def qmatmul_ref(t, x: np.ndarray, qtype: str | None = None, form: np.ndarray = X_FORM) -> np.ndarray:
     """The NumPy twin: q8(x) @ dequantize(W).T, for a Tensor, or for raw (n_out, row_bytes) uint8 rows plus qtype;
-    q8(x) is x quantized per 32 inputs (two int8) as the kernels do (qdot.quantize_rows_ref), except for float
-    weights, which meet x itself."""
+    q8(x) is x quantized per 32 inputs (two int8, or one for X8) as the kernels do (qdot.quantize_rows_ref),
+    except for float weights, which meet x itself."""
     import gguf
     raw, qtype = (t.rows(), t.qtype) if isinstance(t, Tensor) else (t, qtype)
     w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype])
-    return (x if qtype in _FLOAT_KIND else int8_roundtrip(x)) @ w.T
+    return (x if qtype in _FLOAT_KIND else int8_roundtrip(x, form)) @ w.T
 
 
-def int8_roundtrip(x: np.ndarray) -> np.ndarray:
-    """x as the quantized matmul sees it: dx * (254 * q1 + q2) per 32 inputs (qdot), in float64."""
-    q1, q2, dx, _ = quantize_rows_ref(np.asarray(x, np.float32))
-    n, n_in = q1.shape
-    big = HI * q1.astype(np.int32) + q2.astype(np.int32)
+def int8_roundtrip(x: np.ndarray, form: np.ndarray = X_FORM) -> np.ndarray:
+    """x as the quantized matmul sees it: dx * (254 * q1 + q2) per 32 inputs (qdot), or d1 * q1 for X8, in
+    float64."""
+    x = np.asarray(x, np.float32)
+    if form.dtype == X8.dtype:
+        big, dx, _ = quantize_rows8_ref(x)
+        big = big.astype(np.int32)
+    else:
+        q1, q2, dx, _ = quantize_rows_ref(x)
+        big = HI * q1.astype(np.int32) + q2.astype(np.int32)
+    n, n_in = big.shape
     return (big.reshape(n, -1, 32) * dx[..., None].astype(np.float64)).reshape(n, n_in)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from minirs.kernels.cpu.bits import f32_from_bits
 
@@ -54,6 +54,18 @@ QMAX = np.float32(127.0)
 # ---------------------------------------------------------------------------------------------------------------
 
 HI = 254  # X = HI * q1 + q2
+
+# The form of x a matmul multiplies, chosen by the type of a marker array (so that each form compiles apart, and
+# only where it is used): X16, the two int8 above (the default); or X8, one int8 per input with d1 its scale, as
+# llama.cpp does with its q8 activations (q2 then has no columns). X8 puts SmolLM2's logits 5.1e-2 of the largest
+# from transformers' where X16 puts them 2.6e-4, and takes half the byte products: prefill, bound by them, runs
+# ~1.4x faster; decode, bound by memory, ~3%. $MINIRS_CPU_ACT_BITS=8 makes it every matmul's form (X_FORM) in this
+# process; 16 (or unset) X16.
+X16, X8 = np.zeros(0, np.int8), np.zeros(0, np.uint8)
+_BITS = os.environ.get("MINIRS_CPU_ACT_BITS", "16")
+if _BITS not in ("8", "16"):
+    raise ValueError(f"MINIRS_CPU_ACT_BITS={_BITS}: the CPU matmul's activations are 16 (two int8) or 8 bits")
+X_FORM = X8 if _BITS == "8" else X16
 
 
 @njit(cache=True, nogil=True)
@@ -88,6 +100,72 @@ def quantize_row(x, q1, q2, dx, sx):
                 q2[j] = np.int8(c)
                 s += HI * np.int32(a) + np.int32(c)
             sx[2 * b + h] = s
+
+
+def x_arrays(n: int, n_in: int, form):
+    """Empty (q1, q2, dx, sx) for n rows of x in this form (q2 (n, 0) uint8 for X8)."""
+
+
+def quantize_row_as(x, q1, q2, dx, sx, form):
+    """quantize_row, or quantize_row8 for X8 (q2 untouched)."""
+
+
+@overload(x_arrays, inline="always")
+def _x_arrays(n, n_in, form):
+    if form.dtype == types.uint8:
+        return lambda n, n_in, form: (np.empty((n, n_in), np.int8), np.empty((n, 0), np.uint8),
+                                      np.empty((n, n_in // 32), np.float32), np.empty((n, n_in // 16), np.int32))
+    return lambda n, n_in, form: (np.empty((n, n_in), np.int8), np.empty((n, n_in), np.int8),
+                                  np.empty((n, n_in // 32), np.float32), np.empty((n, n_in // 16), np.int32))
+
+
+@overload(quantize_row_as, inline="always")
+def _quantize_row_as(x, q1, q2, dx, sx, form):
+    if form.dtype == types.uint8:
+        return lambda x, q1, q2, dx, sx, form: quantize_row8(x, q1, dx, sx)
+    return lambda x, q1, q2, dx, sx, form: quantize_row(x, q1, q2, dx, sx)
+
+
+@njit(cache=True, nogil=True)
+def quantize_as(x, form):
+    """quantize_rows in the given form: (q1, q2, dx, sx), one row after the other."""
+    n, n_in = x.shape
+    q1, q2, dx, sx = x_arrays(n, n_in, form)
+    for i in range(n):
+        quantize_row_as(x[i], q1[i], q2[i], dx[i], sx[i], form)
+    return q1, q2, dx, sx
+
+
+@njit(cache=True, inline="always")
+def quantize_row8(x, q1, dx, sx):
+    # one int8 per input: d1 = max|x| / 127, q1 = rint(x / d1), dx = d1, sx = sum of q1 per 16 inputs
+    bits = x.view(np.int32)
+    for b in range(x.shape[0] // 32):
+        top = 0
+        for j in range(32 * b, 32 * b + 32):
+            top = max(top, bits[j] & 0x7FFFFFFF)
+        d1 = f32_from_bits(top) / QMAX
+        inv1 = np.float32(1.0) / d1 if d1 > 0 else np.float32(0.0)
+        dx[b] = d1
+        for h in range(2):
+            s = 0
+            for j in range(32 * b + 16 * h, 32 * b + 16 * h + 16):
+                a = min(max(np.rint(x[j] * inv1), -QMAX), QMAX)
+                q1[j] = np.int8(a)
+                s += np.int32(a)
+            sx[2 * b + h] = s
+
+
+def quantize_rows8_ref(x: np.ndarray):
+    """The NumPy twin of X8's quantization: (q1, dx, sx), bit-identical with quantize_row8."""
+    n, n_in = x.shape
+    blocks = x.reshape(n, n_in // 32, 32).astype(np.float32)
+    d1 = (np.abs(blocks).max(axis=2) / QMAX).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv1 = np.where(d1 > 0, np.float32(1.0) / d1, np.float32(0.0)).astype(np.float32)[..., None]
+    a = np.clip(np.rint(blocks * inv1), -QMAX, QMAX)
+    sx = a.astype(np.int32).reshape(n, n_in // 16, 16).sum(axis=2, dtype=np.int32)
+    return a.astype(np.int8).reshape(n, n_in), d1, sx
 
 
 def quantize_rows_ref(x: np.ndarray):
@@ -251,6 +329,7 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
     tokens = range(n_tok.literal_value)
     isa = dot_isa()
     form = SCALES[str(dt.dtype)]
+    streams = 2 if q2.dtype == types.int8 else 1  # X16: q1 and q2; X8: q1 alone (q2 has no columns)
     sig = types.void(qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok)
 
     def codegen(context, builder, signature, args):
@@ -271,7 +350,7 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
         pq, pst = data(0, _I32), data(3, ir.IntType(16))
         scale_elt = {"f32": _F32, "f16": ir.IntType(16), "k8": ir.IntType(8), "ku8": ir.IntType(8)}[form]
         pd, pm = data(1, scale_elt), data(2, scale_elt)
-        px = list(zip(rows(4, _I32), rows(5, _I32)))  # px[j] = (q1, q2) of token j
+        px = list(zip(rows(4, _I32), rows(5 if streams == 2 else 4, _I32)))  # px[j] = (q1, q2) of token j
         pdx, psx, py = rows(6, _F32), rows(7, _I32), rows(8, _F32)
         n_vec = TILE // LANES
         quads = QUADS[family](gs)  # 4-byte words of weights per row and group
@@ -308,17 +387,19 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
             for line in range(quads * TILE * 4 // 64):
                 p8 = builder.bitcast(builder.gep(pq, [builder.add(ahead, k(16 * line))]), ir.IntType(8).as_pointer())
                 builder.call(prefetch, [p8, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-            # sums[j][c][s][h]: token j, vector c of rows, x stream s (q1, q2), two independent sums (h)
-            sums = [[[[zero, zero], [zero, zero]] for _ in range(n_vec)] for _ in tokens]
+            # sums[j][c][s][h]: token j, vector c of rows, x stream s (q1, q2), two independent sums (h) (four with
+            # one stream measured no faster)
+            halves = 2
+            sums = [[[[zero] * halves for _ in range(streams)] for _ in range(n_vec)] for _ in tokens]
             words = [_vload(builder, pq, _sum(builder, [builder.mul(g, k(quads * TILE)), k(w * TILE + LANES * c)]),
                             _VI) for w in range(quads) for c in range(n_vec)]
             for p, (x_at, c, part) in enumerate(_unpack(builder, family, gs, words, n_vec)):
                 for j in tokens:
-                    for stream in range(2):
+                    for stream in range(streams):
                         x_word = _splat(builder, builder.load(at(px[j][stream], builder.mul(g, k(gs // 4)), k(x_at))),
                                         _VI)
-                        sums[j][c][stream][p % 2] = _dot4(builder, sums[j][c][stream][p % 2], part, x_word, isa,
-                                                          family != "q8")
+                        h = p % halves
+                        sums[j][c][stream][h] = _dot4(builder, sums[j][c][stream][h], part, x_word, isa, family != "q8")
             for j in tokens:
                 if gs == 32:
                     sxg = builder.add(builder.load(at(psx[j], builder.mul(g, k(2)))),
@@ -332,9 +413,10 @@ def tile_dot(typingctx, qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, kind, n_tok
                 if has_m:
                     msx = _splat(builder, builder.fmul(dxg, builder.sitofp(sxg, _F32)), _VF)
                 for c in range(n_vec):
-                    (a0, a1), (b0, b1) = sums[j][c]
-                    big = builder.mul(builder.add(a0, a1), ir.Constant(_VI, [HI] * LANES))
-                    total = builder.sub(builder.add(big, builder.add(b0, b1)), corr)
+                    a = _sum(builder, sums[j][c][0])
+                    if streams == 2:  # X = HI * q1 + q2
+                        a = builder.add(builder.mul(a, ir.Constant(_VI, [HI] * LANES)), _sum(builder, sums[j][c][1]))
+                    total = builder.sub(a, corr)
                     t = builder.fmul(builder.sitofp(total, _VF), dxv)
                     acc = builder.call(fma, [group_scale(pd, 0, g, c), t, builder.load(accs[j][c])])
                     if has_m:
