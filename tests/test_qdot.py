@@ -121,8 +121,8 @@ def test_the_8_bit_form_matches_its_twins_and_keeps_rows_apart():
     err = np.abs(q1.reshape(20, -1, 32) * dx[..., None].astype(np.float64) - x.reshape(20, -1, 32))
     assert (err <= np.abs(x.reshape(20, -1, 32)).max(axis=2, keepdims=True) / 250).all()  # d1 / 2, and rounding
     for qtype in ("Q4_1", "Q4_K", "Q6_K", "Q8_0", "Q2_K"):
-        raw = random_rows(qtype, 96, 512, rng)
-        w = QMatrix.from_tensor(as_tensor(qtype, 96, 512, raw))
+        raw = random_rows(qtype, 512, 512, rng)  # one row: 512 * 512 products, the parallel kernel (one compile)
+        w = QMatrix.from_tensor(as_tensor(qtype, 512, 512, raw))
         got = qmatmul(w, x, form=X8)
         want = qmatmul_ref(raw, x, qtype, form=X8)
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), qtype
