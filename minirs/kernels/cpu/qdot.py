@@ -79,14 +79,20 @@ def quantize_rows(x):
 
 
 @njit(cache=True, inline="always")
+def _block_max(bits, b):
+    # max |x| over block b of x, from x's int32 view: |x| is ordered as its bits, so this is a vectorised integer
+    # maximum, not a chain of 32 float ones
+    top = 0
+    for j in range(32 * b, 32 * b + 32):
+        top = max(top, bits[j] & 0x7FFFFFFF)
+    return f32_from_bits(top)
+
+
+@njit(cache=True, inline="always")
 def quantize_row(x, q1, q2, dx, sx):
-    bits = x.view(np.int32)  # |x| ordered as its bits: a vectorised integer maximum, not a chain of 32 float ones
+    bits = x.view(np.int32)
     for b in range(x.shape[0] // 32):
-        top = 0
-        for j in range(32 * b, 32 * b + 32):
-            top = max(top, bits[j] & 0x7FFFFFFF)
-        amax = f32_from_bits(top)
-        d1 = amax / QMAX
+        d1 = _block_max(bits, b) / QMAX
         d2 = d1 / np.float32(HI)
         inv1 = np.float32(1.0) / d1 if d1 > 0 else np.float32(0.0)
         inv2 = np.float32(1.0) / d2 if d2 > 0 else np.float32(0.0)
@@ -141,10 +147,7 @@ def quantize_row8(x, q1, dx, sx):
     # one int8 per input: d1 = max|x| / 127, q1 = rint(x / d1), dx = d1, sx = sum of q1 per 16 inputs
     bits = x.view(np.int32)
     for b in range(x.shape[0] // 32):
-        top = 0
-        for j in range(32 * b, 32 * b + 32):
-            top = max(top, bits[j] & 0x7FFFFFFF)
-        d1 = f32_from_bits(top) / QMAX
+        d1 = _block_max(bits, b) / QMAX
         inv1 = np.float32(1.0) / d1 if d1 > 0 else np.float32(0.0)
         dx[b] = d1
         for h in range(2):
