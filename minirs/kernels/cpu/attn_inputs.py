@@ -16,16 +16,25 @@ from minirs.kernels.cpu.norm import rmsnorm
 from minirs.kernels.cpu.rope import rope_
 
 
+@njit(cache=True, inline="always")
+def _split(qkv, start, width, bias):
+    # columns start .. start + width of qkv (n, width), plus the bias where there is one (loops, not array
+    # expressions: they took seconds to compile)
+    out = np.empty((qkv.shape[0], width), np.float32)
+    for t in range(qkv.shape[0]):
+        if bias.shape[0]:
+            for j in range(width):
+                out[t, j] = qkv[t, start + j] + bias[j]
+        else:
+            for j in range(width):
+                out[t, j] = qkv[t, start + j]
+    return out
+
+
 @njit(cache=True, nogil=True)
 def attn_inputs(qkv, q_dim, kv_dim, bq, bk, bv, wq, wk, eps, pos, inv_freq, neox, kc, vc, slots):
     n, hd = qkv.shape[0], kc.shape[3]
-    q = np.ascontiguousarray(qkv[:, :q_dim])  # (n, q_dim)
-    k = np.ascontiguousarray(qkv[:, q_dim:q_dim + kv_dim])  # (n, kv_dim)
-    v = np.ascontiguousarray(qkv[:, q_dim + kv_dim:q_dim + 2 * kv_dim])  # (n, kv_dim)
-    if bq.shape[0]:
-        q += bq
-        k += bk
-        v += bv
+    q, k, v = _split(qkv, 0, q_dim, bq), _split(qkv, q_dim, kv_dim, bk), _split(qkv, q_dim + kv_dim, kv_dim, bv)
     q, k = q.reshape(n * (q_dim // hd), hd), k.reshape(n * (kv_dim // hd), hd)  # a row per head
     if wq.shape[0]:
         q, k = rmsnorm(q, wq, eps, np.empty_like(q)), rmsnorm(k, wk, eps, np.empty_like(k))
