@@ -1,6 +1,7 @@
 """The attention inputs after the q|k|v projection, in one Numba call: biases, per-head q/k RMSNorm, RoPE, cache
 writes. Its statement is CpuBackend.qkv_post_composed (the same kernels called one by one from Python, which the
-twins and GPU-numerics backends keep); one call saves a decode step ~15 us a layer of Python and dispatch.
+twins and GPU-numerics backends keep); one call instead of seven saves Python and dispatch time at every layer
+(with activation.gated_halves, SmolLM2 decode measured 4.7% faster).
 
     q = attn_inputs(qkv, q_dim, kv_dim, bq, bk, bv, wq, wk, eps, pos, inv_freq, neox, kc, vc, slots)
 
