@@ -22,6 +22,9 @@ from minirs.sampling import rows as sampling_rows
 from minirs.sampling.mask import mask_logits
 
 
+_NONE = np.zeros(0, np.float32)  # an absent bias or norm weight, for the Numba kernels
+
+
 class CpuBackend:
     name = "cpu"
     kv_dtype = np.float32
@@ -136,9 +139,8 @@ class CpuBackend:
 
     def qkv_post(self, qkv, q_dim, kv_dim, biases, norms, eps, pos, inv_freq, neox, kc, vc, slots):
         """What follows the q|k|v projection, in one Numba call (cpu/attn_inputs.py): q (n, h, hd)."""
-        none = np.zeros(0, np.float32)
-        bq, bk, bv = (none,) * 3 if biases[0] is None else biases
-        wq, wk = (none,) * 2 if norms is None else norms
+        bq, bk, bv = (_NONE,) * 3 if biases[0] is None else biases
+        wq, wk = (_NONE,) * 2 if norms is None else norms
         return attn_inputs(np.ascontiguousarray(qkv), q_dim, kv_dim, bq, bk, bv, wq, wk, eps,
                            np.asarray(pos, np.int64), inv_freq, neox, kc, vc, np.asarray(slots, np.int64))
 

@@ -4,7 +4,7 @@
     y_ref = qmatmul_ref(tensor, x)         # the NumPy twin: q8(x) @ dequantize(W).T
 
 Quantized weights meet int8 activations, as in llama.cpp: each row of x is quantized per 32 inputs
-(qdot.quantize_rows), and each tile of 32 output rows is a sequence of integer dot products, one per group, scaled
+(qdot.quantize_as), and each tile of 32 output rows is a sequence of integer dot products, one per group, scaled
 and summed in float32 (qdot.tile_dot, AVX-512 VNNI where the CPU has it). One kernel serves decode (n = 1) and
 prefill (n = hundreds): a tile's weights stay in L1 while every token runs over them. Float weights (F32, F16,
 BF16) keep float32 activations (_mm_float). Every row of y is computed in one fixed order whatever n is, so rows
@@ -38,7 +38,7 @@ SERIAL_MACS = 1 << 18  # products below which a matmul runs on the calling threa
 LORA_INSIDE = 16  # rows below which the LoRA delta runs inside the matmul's call (larger: its own parallel kernel)
 
 # ---------------------------------------------------------------------------------------------------------------
-# Quantized weights: x is quantized per row (qdot.quantize_rows), then each tile of TILE rows (prange) runs
+# Quantized weights: x is quantized per row (qdot.quantize_as), then each tile of TILE rows (prange) runs
 # qdot.tile_dot for every token in turn, the tile's weights staying in L1 across the tokens. KIND is a literal in
 # each branch so that tile_dot's IR is specialised for it (numba.literally(kind) instead made the matmul tests
 # compile for 9 minutes against 45 s).

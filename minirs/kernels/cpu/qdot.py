@@ -1,6 +1,6 @@
 """Integer dot products for the CPU matmul: x quantized per 32 inputs, times the weights' integers.
 
-    q1, q2, dx, sx = quantize_rows(x)      # x (n, n_in) float32 -> two int8 (n, n_in), scales (n, n_in/32), sums
+    q1, q2, dx, sx = quantize_as(x, X16)   # x (n, n_in) float32 -> two int8 (n, n_in), scales (n, n_in/32), sums
     q1, q2, dx, sx = quantize_rows_ref(x)  # its NumPy twin (bit-identical)
     tile_dot(qt, dt, mt, st, q1, q2, dx, sx, y, n_groups, KIND, N_TOK)   # a tile of 32 rows, 1 or 2 tokens (IR)
 
@@ -68,16 +68,6 @@ if _BITS not in ("8", "16"):
 X_FORM = X8 if _BITS == "8" else X16
 
 
-@njit(cache=True, nogil=True)
-def quantize_rows(x):
-    n, n_in = x.shape
-    q1, q2 = np.empty((n, n_in), np.int8), np.empty((n, n_in), np.int8)
-    dx, sx = np.empty((n, n_in // 32), np.float32), np.empty((n, n_in // 16), np.int32)
-    for i in range(n):
-        quantize_row(x[i], q1[i], q2[i], dx[i], sx[i])
-    return q1, q2, dx, sx
-
-
 @njit(cache=True, inline="always")
 def _block_max(bits, b):
     # max |x| over block b of x, from x's int32 view: |x| is ordered as its bits, so this is a vectorised integer
@@ -134,7 +124,7 @@ def _quantize_row_as(x, q1, q2, dx, sx, form):
 
 @njit(cache=True, nogil=True)
 def quantize_as(x, form):
-    """quantize_rows in the given form: (q1, q2, dx, sx), one row after the other."""
+    """x (n, n_in) quantized row by row in the given form: (q1, q2, dx, sx)."""
     n, n_in = x.shape
     q1, q2, dx, sx = x_arrays(n, n_in, form)
     for i in range(n):
@@ -172,7 +162,7 @@ def quantize_rows8_ref(x: np.ndarray):
 
 
 def quantize_rows_ref(x: np.ndarray):
-    """The NumPy twin of quantize_rows: (q1, q2, dx, sx)."""
+    """The NumPy twin of quantize_as(x, X16): (q1, q2, dx, sx)."""
     n, n_in = x.shape
     blocks = x.reshape(n, n_in // 32, 32).astype(np.float32)
     d1 = (np.abs(blocks).max(axis=2) / QMAX).astype(np.float32)
