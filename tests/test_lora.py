@@ -114,10 +114,12 @@ def test_kernel_matches_its_twin():
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q6_K", "F16"])
-def test_matmul_with_the_delta_inside(qtype):
+@pytest.mark.parametrize("parts", ["ragged", "stacked"])
+def test_matmul_with_the_delta_inside(qtype, parts):
     """A quantized projection adds the delta inside its own kernel (matmul.py _mm_q_lora), from a float16 copy of
-    the adapter: the product plus the
-    twin's delta, and each row's bits the same alone or batched, serial (n < 16) or row-parallel."""
+    the adapter: the product plus the twin's delta, and each row's bits the same alone or batched, serial (n < 16)
+    or row-parallel. Columns reach ragged output ranges, or a stack's parts (q | k | v: whole tiles of 32 outputs
+    but the last, which the tiled epilogue takes through its vector path)."""
     import gguf
     from test_cpu_matmul import as_tensor, random_rows
 
@@ -129,7 +131,10 @@ def test_matmul_with_the_delta_inside(qtype):
     raw = random_rows(qtype, n_out, n_in, rng)
     w = QMatrix.from_tensor(as_tensor(qtype, n_out, n_in, raw))
     a, bt = rng.standard_normal((R, n_in)) * 0.1, rng.standard_normal((R, n_out))
-    lo, hi = rng.integers(0, 70, R), rng.integers(90, n_out + 1, R)
+    if parts == "ragged":
+        lo, hi = rng.integers(0, 70, R), rng.integers(90, n_out + 1, R)
+    else:  # parts [0, 64), [64, 160), [160, 200), rank 8, 8, 4
+        lo, hi = np.repeat([0, 64, 160], [8, 8, 4]), np.repeat([64, 160, 200], [8, 8, 4])
     for j in range(R):
         bt[j, :lo[j]] = bt[j, hi[j]:] = 0
     key, scale = rng.integers(0, K, R), rng.random(R)
@@ -138,6 +143,7 @@ def test_matmul_with_the_delta_inside(qtype):
     base = x @ gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype]).T
     bt *= 0.3 * np.abs(base).max() / np.abs(ref.lora_delta(x, a, bt, key, scale, coef)).max()  # a delta that shows
     stack = be.lora_stack(a, bt, key, scale, lo, hi, base=w)
+    assert stack.tj[:, 3].any() == (parts == "stacked")  # whole tiles take the vector path
     if w.family != "float":  # beside a quantized base the adapter is kept in float16
         assert stack.a.dtype == np.uint16
         a, bt = (v.astype(np.float16).astype(np.float64) for v in (a, bt))

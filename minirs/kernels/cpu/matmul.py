@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from minirs.formats.model_file import Tensor
-from minirs.kernels.cpu.lora import down_rows, lora_add, lora_add_rows, prefetch_tile, up_tile
+from minirs.kernels.cpu.lora import down_rows, lora_add, lora_add_rows, up_tile
 from minirs.kernels.cpu.qdot import (
     HI,
     TILE,
@@ -35,6 +35,7 @@ from minirs.kernels.cpu.qdot import (
 from minirs.kernels.cpu.weights import QMatrix
 
 SERIAL_MACS = 1 << 18  # products below which a matmul runs on the calling thread alone (waking others costs more)
+DOWN = 8  # rows of a LoRA A per work item of _mm_q_lora's down product
 LORA_INSIDE = 16  # rows below which the LoRA delta runs inside the matmul's call (larger: its own parallel kernel)
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,10 +103,13 @@ def _mm_q_lora(q, d, m, sup, kind, x, form, a, bt, key, scale, lo, hi, tiles, tj
     n = x.shape[0]
     q1, q2, dx, sx = quantize_as(x, form)
     u = np.empty((n, a.shape[0]), np.float32)
-    down_rows(x, a, key, scale, coef, u, 0, n)
+    if n < 4:
+        down_rows(x, a, key, scale, coef, u, 0, n)
+    else:  # the down product of several rows is worth the other threads: DOWN of A's rows at a time
+        for c in prange(-(-a.shape[0] // DOWN)):
+            down_rows(x, a, key, scale, coef, u, 0, n, c * DOWN, min(a.shape[0], c * DOWN + DOWN))
     y = np.empty((n, q.shape[0] * TILE), np.float32)
     for t in prange(q.shape[0]):
-        prefetch_tile(tiles, tj, t)  # its columns arrive while the tile's weights are multiplied
         _tile_rows(q, d, m, sup, kind, q1, q2, dx, sx, y, t)
         up_tile(u, tiles, lo, hi, tj, y, n, t)
     return y
