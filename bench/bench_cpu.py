@@ -4,7 +4,9 @@
     python bench/bench_cpu.py --gguf model.gguf --pp 128 --tg 64 --reps 3
 
 pp: time to process a prompt of N tokens (one prefill, logits of the last token), as tokens/s.
-tg: decode N tokens one at a time after the prompt, as tokens/s. Median of --reps runs, after a warm-up.
+tg: decode N tokens one at a time from the end of the context (position 0, or D with --depth), as tokens/s, as
+llama-bench's tg does (until 2026-12-08 they came after the prompt, 128 positions further). Median of --reps runs,
+after a warm-up.
 --depth D: both after D tokens already in the cache (llama-bench's -d), where attention reads D more rows a token.
 
     python bench/bench_cpu.py --busy 1 --threads 2 auto 1     # beside one spinning process: fixed 2, the engine's
@@ -118,7 +120,7 @@ def run(args) -> int:
             prefill(prompt, args.depth)
             pp_times.append(time.perf_counter() - t)
             t = time.perf_counter()
-            decode(args.tg, args.depth + args.pp)
+            decode(args.tg, args.depth)  # from the context's end, as llama-bench's tg (the prompt's rows are not read)
             tg_times.append(time.perf_counter() - t)
         print(f"| {name} | {threads} | pp{args.pp} | {args.pp / statistics.median(pp_times):.1f} |")
         print(f"| {name} | {threads} | tg{args.tg} | {args.tg / statistics.median(tg_times):.1f} |", flush=True)
