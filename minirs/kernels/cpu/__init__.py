@@ -10,8 +10,15 @@
 | norm.py, rope.py, activation.py, attention.py, moe.py | the other ops of the transformer |
 | attn_inputs.py | what follows the q, k, v projection (biases, q/k norms, RoPE, cache writes) in one call |
 | bits.py, lora.py | bit-level intrinsics; the LoRA delta |
+| cache.py | Numba's on-disk cache of these kernels dropped when any of these files changed |
 """
 
-from minirs.kernels.cpu.backend import CpuBackend
+from pathlib import Path
+
+from minirs.kernels.cpu.cache import drop_stale
+
+drop_stale(Path(__file__).parent)  # before any kernel is loaded from the cache
+
+from minirs.kernels.cpu.backend import CpuBackend  # noqa: E402
 
 __all__ = ["CpuBackend"]
