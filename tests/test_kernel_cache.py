@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from minirs.kernels.cpu.cache import STAMP
 
 MOD = """
@@ -49,7 +51,9 @@ def test_a_change_in_an_inlined_file_recompiles_the_kernel(tmp_path):
     assert run(tmp_path, drop=True) == "1"
     assert (tmp_path / "__pycache__" / STAMP).exists()
     write_dep(tmp_path, 2)
-    assert run(tmp_path, drop=False) == "1"  # what Numba alone does: the kernel from the old dep.py
+    if run(tmp_path, drop=False) == "2":
+        pytest.skip("this Numba recompiles a kernel when a file it inlines changes: nothing for drop_stale to do")
+    # Numba alone handed back the kernel compiled from the old dep.py (above); drop_stale gets the new one
     assert run(tmp_path, drop=True) == "2"
     assert run(tmp_path, drop=True) == "2"  # and then loads it from the cache again
     assert list((tmp_path / "__pycache__").glob("mod.kernel-*.nbc"))

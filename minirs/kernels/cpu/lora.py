@@ -121,11 +121,11 @@ def _axpy(a, b, y, n):
 
 
 @njit(cache=True, inline="always")
-def down_rows(x, a, key, scale, coef, u, r0, r1, j0=0, j1=-1):
-    """u[r, j] = coef[r, key[j]] * scale[j] * (A[j] . x[r]) for rows r0..r1-1 and columns j0..j1-1 (all with
-    j1 = -1), column by column: A[j] stays in L1 while the rows use it."""
+def down_rows(x, a, key, scale, coef, u, r0, r1, j0, j1):
+    """u[r, j] = coef[r, key[j]] * scale[j] * (A[j] . x[r]) for rows r0..r1-1 and columns j0..j1-1, column by
+    column: A[j] stays in L1 while the rows use it."""
     row = a.shape[1] * a.itemsize
-    for j in range(j0, a.shape[0] if j1 < 0 else j1):
+    for j in range(j0, j1):
         prefetch_span(a, (j + 2) * row, row)
         for r in range(r0, r1):
             c = coef[r, key[j]]
@@ -170,7 +170,7 @@ def lora_add(x, a, bt, key, scale, lo, hi, tiles, tj, coef, y):
     """y += the LoRA delta of x (n, n_in) for the stacked adapters (CpuLora's arrays), see above."""
     n = x.shape[0]
     u = np.empty((n, a.shape[0]), np.float32)
-    down_rows(x, a, key, scale, coef, u, 0, n)
+    down_rows(x, a, key, scale, coef, u, 0, n, 0, a.shape[0])
     up_rows(u, bt, lo, hi, y, 0, n)
     return y
 
@@ -182,7 +182,7 @@ def lora_add_rows(x, a, bt, key, scale, lo, hi, tiles, tj, coef, y):
     u = np.empty((n, a.shape[0]), np.float32)
     for b in prange((n + ROWS - 1) // ROWS):
         r0, r1 = b * ROWS, min(n, b * ROWS + ROWS)
-        down_rows(x, a, key, scale, coef, u, r0, r1)
+        down_rows(x, a, key, scale, coef, u, r0, r1, 0, a.shape[0])
         up_rows(u, bt, lo, hi, y, r0, r1)
     return y
 

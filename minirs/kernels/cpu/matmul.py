@@ -98,13 +98,14 @@ def _mm_q(q, d, m, sup, kind, x, form):
 
 @njit(cache=True, parallel=True, nogil=True)
 def _mm_q_lora(q, d, m, sup, kind, x, form, a, bt, key, scale, lo, hi, tiles, tj, coef):
-    # _mm_q for a decode-sized x plus the LoRA delta (lora.py) in the same call: the down product u = A x beside
-    # x's quantization, and each tile's up product added to the tile's rows as they are written
+    # _mm_q for a decode-sized x plus the LoRA delta (lora.py) in the same call: the down product u = A x after
+    # x's quantization (on every thread from 4 rows), then each tile's up product added to its rows as they are
+    # written
     n = x.shape[0]
     q1, q2, dx, sx = quantize_as(x, form)
     u = np.empty((n, a.shape[0]), np.float32)
     if n < 4:
-        down_rows(x, a, key, scale, coef, u, 0, n)
+        down_rows(x, a, key, scale, coef, u, 0, n, 0, a.shape[0])
     else:  # the down product of several rows is worth the other threads: DOWN of A's rows at a time
         for c in prange(-(-a.shape[0] // DOWN)):
             down_rows(x, a, key, scale, coef, u, 0, n, c * DOWN, min(a.shape[0], c * DOWN + DOWN))

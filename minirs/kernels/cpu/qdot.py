@@ -80,12 +80,18 @@ def _block_max(bits, b):
 
 
 @njit(cache=True, inline="always")
+def _block_scale(bits, b):
+    # block b's first scale d1 = max|x| / 127 and its reciprocal (0 for an all-zero block): q1 = rint(x * inv1)
+    d1 = _block_max(bits, b) / QMAX
+    return d1, np.float32(1.0) / d1 if d1 > 0 else np.float32(0.0)
+
+
+@njit(cache=True, inline="always")
 def quantize_row(x, q1, q2, dx, sx):
     bits = x.view(np.int32)
     for b in range(x.shape[0] // 32):
-        d1 = _block_max(bits, b) / QMAX
+        d1, inv1 = _block_scale(bits, b)
         d2 = d1 / np.float32(HI)
-        inv1 = np.float32(1.0) / d1 if d1 > 0 else np.float32(0.0)
         inv2 = np.float32(1.0) / d2 if d2 > 0 else np.float32(0.0)
         dx[b] = d2
         for h in range(2):
@@ -138,8 +144,7 @@ def quantize_row8(x, q1, dx, sx):
     # one int8 per input: d1 = max|x| / 127, q1 = rint(x / d1), dx = d1, sx = sum of q1 per 16 inputs
     bits = x.view(np.int32)
     for b in range(x.shape[0] // 32):
-        d1 = _block_max(bits, b) / QMAX
-        inv1 = np.float32(1.0) / d1 if d1 > 0 else np.float32(0.0)
+        d1, inv1 = _block_scale(bits, b)
         dx[b] = d1
         for h in range(2):
             s = 0
@@ -150,14 +155,20 @@ def quantize_row8(x, q1, dx, sx):
             sx[2 * b + h] = s
 
 
-def quantize_rows8_ref(x: np.ndarray):
-    """The NumPy twin of X8's quantization: (q1, dx, sx), bit-identical with quantize_row8."""
+def _first_int8_ref(x: np.ndarray):
+    """What both forms' twins start with: x's 32-blocks (n, n_in/32, 32), their scales d1 and q1 (as floats)."""
     n, n_in = x.shape
     blocks = x.reshape(n, n_in // 32, 32).astype(np.float32)
     d1 = (np.abs(blocks).max(axis=2) / QMAX).astype(np.float32)
     with np.errstate(divide="ignore"):
         inv1 = np.where(d1 > 0, np.float32(1.0) / d1, np.float32(0.0)).astype(np.float32)[..., None]
-    a = np.clip(np.rint(blocks * inv1), -QMAX, QMAX)
+    return blocks, d1, np.clip(np.rint(blocks * inv1), -QMAX, QMAX)
+
+
+def quantize_rows8_ref(x: np.ndarray):
+    """The NumPy twin of X8's quantization: (q1, dx, sx), bit-identical with quantize_row8."""
+    n, n_in = x.shape
+    _, d1, a = _first_int8_ref(x)
     sx = a.astype(np.int32).reshape(n, n_in // 16, 16).sum(axis=2, dtype=np.int32)
     return a.astype(np.int8).reshape(n, n_in), d1, sx
 
@@ -165,13 +176,10 @@ def quantize_rows8_ref(x: np.ndarray):
 def quantize_rows_ref(x: np.ndarray):
     """The NumPy twin of quantize_as(x, X16): (q1, q2, dx, sx)."""
     n, n_in = x.shape
-    blocks = x.reshape(n, n_in // 32, 32).astype(np.float32)
-    d1 = (np.abs(blocks).max(axis=2) / QMAX).astype(np.float32)
+    blocks, d1, a = _first_int8_ref(x)
     d2 = (d1 / np.float32(HI)).astype(np.float32)
     with np.errstate(divide="ignore"):
-        inv1 = np.where(d1 > 0, np.float32(1.0) / d1, np.float32(0.0)).astype(np.float32)[..., None]
         inv2 = np.where(d2 > 0, np.float32(1.0) / d2, np.float32(0.0)).astype(np.float32)[..., None]
-    a = np.clip(np.rint(blocks * inv1), -QMAX, QMAX)
     c = np.clip(np.rint((blocks - a * d1[..., None]) * inv2), -QMAX, QMAX)
     big = HI * a.astype(np.int32) + c.astype(np.int32)
     sx = big.reshape(n, n_in // 16, 16).sum(axis=2, dtype=np.int32)
